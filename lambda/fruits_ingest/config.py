@@ -1,0 +1,61 @@
+"""Configuration of the ingest Lambda, read from environment variables.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``MANIFEST_BUCKET`` | bucket the manifests are written to | required |
+| ``MANIFEST_PREFIX`` | key prefix of the manifests | ``manifests/`` |
+| ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/`` |
+| ``IMAGE_SUFFIXES`` | comma-separated file suffixes to accept (case-insensitive) | ``.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .exceptions import ConfigurationError
+
+DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    manifest_bucket: str
+    manifest_prefix: str = "manifests/"
+    accepted_prefixes: tuple[str, ...] = ("uploads/",)
+    image_suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+
+    def __post_init__(self) -> None:
+        if not self.manifest_bucket:
+            raise ConfigurationError("MANIFEST_BUCKET is empty: set it to the bucket the manifests go to.")
+        if self.manifest_prefix and not self.manifest_prefix.endswith("/"):
+            object.__setattr__(self, "manifest_prefix", self.manifest_prefix + "/")
+        object.__setattr__(self, "image_suffixes", tuple(s.lower() for s in self.image_suffixes))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestConfig:
+        env = os.environ if environ is None else environ
+        if "MANIFEST_BUCKET" not in env:
+            raise ConfigurationError(
+                "MANIFEST_BUCKET is not set: give the Lambda the name of the bucket to write manifests to."
+            )
+        return cls(
+            manifest_bucket=env["MANIFEST_BUCKET"],
+            manifest_prefix=env.get("MANIFEST_PREFIX", "manifests/"),
+            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", "uploads/")),
+            image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES))),
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables that reproduce this configuration (for deployment and local runs)."""
+        return {
+            "MANIFEST_BUCKET": self.manifest_bucket,
+            "MANIFEST_PREFIX": self.manifest_prefix,
+            "ACCEPTED_PREFIXES": ",".join(self.accepted_prefixes),
+            "IMAGE_SUFFIXES": ",".join(self.image_suffixes),
+        }

@@ -1,0 +1,114 @@
+"""The ingest Lambda's entry point: ``fruits_ingest.handler.handler``.
+
+Invoked by an SQS event source mapping with ``ReportBatchItemFailures``. Each record is parsed on
+its own (a malformed message fails only itself); the accepted images of the whole batch are then
+written as one manifest. If that write fails, every record is reported failed, so nothing is
+acknowledged that was not recorded.
+
+Example (what the event source mapping does)::
+
+    from fruits_ingest.handler import handler
+    response = handler({"Records": [sqs_record, ...]}, context)
+    # {"batchItemFailures": [{"itemIdentifier": "<messageId of a bad record>"}]}
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from .config import IngestConfig
+from .events import ImageEvent, parse_message
+from .exceptions import ManifestWriteError
+from .manifest import manifest_key, write_manifest
+
+SERVICE = "fruits-ingest"
+NAMESPACE = "Fruits"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+processor = BatchProcessor(event_type=EventType.SQS)
+
+_s3_client: Any = None
+
+
+def _s3() -> Any:
+    # Created once per execution environment; AWS_ENDPOINT_URL_S3 points it at an emulator.
+    global _s3_client
+    if _s3_client is None:
+        _s3_client = boto3.client("s3")
+    return _s3_client
+
+
+def _all_failed(event: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
+
+
+def _record_skips(skipped: Counter[str]) -> None:
+    if is_metrics_disabled():  # single_metric prints regardless (local runs switch metrics off)
+        return
+    for reason, count in skipped.items():
+        with single_metric(
+            name="RecordsSkipped", unit=MetricUnit.Count, value=count, namespace=NAMESPACE
+        ) as metric:
+            metric.add_dimension(name="reason", value=reason)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    config = IngestConfig.from_env()
+    images: list[ImageEvent] = []
+    skipped: Counter[str] = Counter()
+
+    def record_handler(record: SQSRecord) -> None:
+        logger.set_correlation_id(record.message_id)
+        parsed = parse_message(record.body, record.message_id, config)
+        images.extend(parsed.images)
+        skipped.update(parsed.skipped)
+        for image in parsed.images:
+            logger.debug("accepted", extra={"bucket": image.bucket, "key": image.key})
+        if parsed.skipped:
+            logger.info("skipped", extra={"skipped": dict(parsed.skipped)})
+
+    try:
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    except BatchProcessingError:
+        logger.set_correlation_id(None)
+        logger.warning("every record of the batch failed", extra={"records": len(event.get("Records", []))})
+        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
+        return _all_failed(event)
+    logger.set_correlation_id(None)
+    failed = len(response.get("batchItemFailures", []))
+    if failed:
+        logger.warning("malformed records", extra={"failed": failed})
+
+    if images:
+        ok_ids = sorted({image.message_id for image in images})
+        key = manifest_key(config.manifest_prefix, ok_ids)
+        try:
+            write_manifest(_s3(), config.manifest_bucket, key, images)
+        except ManifestWriteError:
+            logger.exception("manifest write failed; reporting the whole batch failed")
+            metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
+            return _all_failed(event)
+        logger.info("manifest written", extra={"manifest": key, "images": len(images)})
+
+    metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(images))
+    metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
+    _record_skips(skipped)
+    return response

@@ -1,0 +1,152 @@
+"""A local stand-in for the SQS event source mapping, for the embedded default and the tests.
+
+It does what the mapping does for a Lambda with ``ReportBatchItemFailures``: long-polls the queue,
+hands up to ``batch_size`` messages to the handler as one Lambda event, deletes only the messages
+the handler did not report as failed, and leaves the failed ones to reappear after the visibility
+timeout (so that, after the queue's maxReceiveCount, SQS moves them to the dead-letter queue).
+A handler that raises fails the whole batch, as in Lambda.
+
+Example::
+
+    sqs = boto3.client("sqs", endpoint_url="http://127.0.0.1:5000")
+    stats = EventSourceMapping(sqs, queue_url, handler).drain()
+    print(stats.deleted, stats.failed)
+
+Limitations: one poller (the real mapping scales pollers with the backlog); no batching window.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass
+class LocalContext:
+    """The attributes of a Lambda context object that powertools reads."""
+
+    function_name: str = "fruits-ingest-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 256
+    timeout_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+        self._deadline = time.monotonic() + self.timeout_seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class RunStats:
+    invocations: int = 0
+    received: int = 0
+    deleted: int = 0
+    failed: int = 0
+
+
+def to_lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+    """An SQS message as ``ReceiveMessage`` returns it, in the shape Lambda delivers it."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {
+            name: {
+                "stringValue": value.get("StringValue"),
+                "binaryValue": value.get("BinaryValue"),
+                "dataType": value["DataType"],
+            }
+            for name, value in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message.get("MD5OfBody"),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+class EventSourceMapping:
+    def __init__(
+        self,
+        sqs_client: Any,
+        queue_url: str,
+        handler: Handler,
+        *,
+        batch_size: int = 10,
+        wait_seconds: int = 1,
+        visibility_timeout: int = 30,
+    ) -> None:
+        if not 1 <= batch_size <= 10:
+            raise ValueError("batch_size must be between 1 and 10 (SQS ReceiveMessage's limit)")
+        self.sqs = sqs_client
+        self.queue_url = queue_url
+        self.handler = handler
+        self.batch_size = batch_size
+        self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout
+        attrs = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        self.queue_arn = attrs["Attributes"]["QueueArn"]
+        self.region = self.queue_arn.split(":")[3]
+
+    def poll_once(self, stats: RunStats) -> int:
+        """One receive and one invocation; returns how many messages were received."""
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,
+            WaitTimeSeconds=self.wait_seconds,
+            VisibilityTimeout=self.visibility_timeout,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return 0
+        event = {"Records": [to_lambda_record(m, self.queue_arn, self.region) for m in messages]}
+        try:
+            result = self.handler(event, LocalContext()) or {}
+            failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
+        except Exception:  # as in Lambda: an unhandled error fails the whole batch
+            failed = {m["MessageId"] for m in messages}
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if done:
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
+        stats.invocations += 1
+        stats.received += len(messages)
+        stats.deleted += len(done)
+        stats.failed += len(messages) - len(done)
+        return len(messages)
+
+    def backlog(self) -> int:
+        """Visible plus in-flight messages."""
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def drain(self, timeout_seconds: float = 600.0, on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
+        """Poll until the queue holds no visible or in-flight message (failed messages are retried
+        until they succeed or SQS moves them to the dead-letter queue)."""
+        stats = RunStats()
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if self.poll_once(stats) == 0 and self.backlog() == 0:
+                return stats
+            if on_progress is not None:
+                on_progress(stats)
+        raise TimeoutError(
+            f"queue {self.queue_url} not drained after {timeout_seconds:.0f}s ({stats}); "
+            "is a message failing without a dead-letter queue configured?"
+        )

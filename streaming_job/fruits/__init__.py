@@ -1,0 +1,1 @@
+"""Fruits! image-feature pipeline: the Spark jobs and the local tooling around them."""

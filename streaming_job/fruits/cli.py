@@ -1,0 +1,181 @@
+"""The ``fruits`` command: the demo, and each stage on its own against the emulator or AWS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        endpoint_url=args.endpoint_url, region=args.region, bucket=args.bucket,
+        table_root=args.table_root, weights=getattr(args, "weights", None), queue=args.queue,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(
+        images_dir=Path(args.images), work_dir=Path(args.work), per_class=args.per_class, weights=args.weights
+    )
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from . import emulator
+
+    with emulator.LocalAWS(port=args.port) as endpoint:
+        emulator.provision(_settings(args).with_(endpoint_url=endpoint))
+        print(f"local AWS emulator on {endpoint}, provisioned. In another shell:\n"
+              f"  export FRUITS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
+              "Ctrl-C stops it (its contents are in memory only).", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from . import emulator
+
+    emulator.provision(_settings(args))
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from . import upload
+
+    keys = upload.upload_images(_settings(args), upload.sample_images(Path(args.folder), args.per_class))
+    print(f"uploaded {len(keys)} images")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from . import ingest
+
+    stats = ingest.drain(_settings(args), visibility_timeout=args.visibility_timeout)
+    print(f"{stats.invocations} invocations, {stats.deleted} acknowledged, {stats.failed} failed deliveries")
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from . import stream
+    from .spark import get_spark
+
+    settings = _settings(args)
+    trigger: dict[str, Any] = (
+        {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
+    )
+    handle = stream.start(get_spark(settings), settings, trigger=trigger)
+    handle.awaitTermination()
+    return 0
+
+
+def cmd_pca_refit(args: argparse.Namespace) -> int:
+    from . import pca
+    from .spark import get_spark
+
+    model = pca.refit(get_spark(_settings(args)), _settings(args), threshold=args.threshold, k=args.k)
+    print(f"PCA version {model.version}: k={model.k}, "
+          f"explained variance {model.explained_variance_ratio[: model.k].sum():.4f}, rows {model.row_count}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from . import query
+    from .spark import get_spark
+
+    settings = _settings(args)
+    result = query.sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
+    if args.json:
+        print(json.dumps({"versions": result.versions,
+                          "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str))
+    else:
+        print(query.format_table(result))
+    return 0
+
+
+def cmd_jars(args: argparse.Namespace) -> int:
+    from . import jars
+
+    jars.main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import BUNDLED_WEIGHTS, PROJECT_ROOT, SAMPLE_IMAGES
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint-url", help="S3/SQS endpoint (the emulator); default FRUITS_ENDPOINT_URL or AWS")
+    common.add_argument("--region", help="default FRUITS_REGION or eu-west-3")
+    common.add_argument("--bucket", help="default FRUITS_BUCKET or fruits-images")
+    common.add_argument("--queue", help="default FRUITS_QUEUE or fruits-uploads")
+    common.add_argument("--table-root", help="Delta tables root (s3a://... or a path); default s3a://<bucket>/tables")
+
+    parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (the Lambda's JSON logs too)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole pipeline locally on the sample images")
+    p.add_argument("--images", default=str(SAMPLE_IMAGES))
+    p.add_argument("--work", default=str(PROJECT_ROOT / "work" / "demo"), help="where the tables go (wiped first)")
+    p.add_argument("--per-class", type=int, help="upload at most N images per class")
+    p.add_argument("--weights", default=str(BUNDLED_WEIGHTS))
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("emulator", parents=[common], help="run a provisioned local AWS emulator until Ctrl-C")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_emulator)
+
+    sub.add_parser("provision", parents=[common], help="create bucket, queues, notification").set_defaults(
+        func=cmd_provision
+    )
+
+    p = sub.add_parser("upload", parents=[common], help="upload <folder>/<Class Name>/<file> images")
+    p.add_argument("folder")
+    p.add_argument("--per-class", type=int)
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("ingest", parents=[common], help="run the ingest Lambda on the queue until it is empty")
+    p.add_argument("--visibility-timeout", type=int, default=30)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("stream", parents=[common], help="run the featurizer stream")
+    p.add_argument("--trigger", default="availableNow", help="availableNow, or a processing-time interval")
+    p.add_argument("--weights", help="imagenet or a weights file; default FRUITS_WEIGHTS or imagenet")
+    p.set_defaults(func=cmd_stream)
+
+    pca_parser = sub.add_parser("pca", help="PCA over the features table")
+    pca_sub = pca_parser.add_subparsers(dest="pca_command", required=True)
+    p = pca_sub.add_parser("refit", parents=[common], help="fit a new PCA version and re-project the rows")
+    p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
+    p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
+    p.set_defaults(func=cmd_pca_refit)
+
+    p = sub.add_parser("query", parents=[common], help="Spark SQL over features, quarantine, pca_models")
+    p.add_argument("sql")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--as-of-version", type=int, help="read the features table at this Delta version")
+    p.set_defaults(func=cmd_query)
+
+    sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    verbose = args.verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false" if verbose else "true")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(args.func(args))

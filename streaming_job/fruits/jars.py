@@ -1,0 +1,96 @@
+"""The JVM jars the jobs need beyond Spark's own: Delta Lake and S3A (hadoop-aws + AWS SDK v2).
+
+They are resolved once from Maven Central with Spark's own Ivy resolver, then cached under
+``~/.cache/fruits/jars/<hash>/`` (``FRUITS_JARS_DIR`` moves it). Jars that Spark already ships
+(Hadoop client, Parquet, Jackson, log4j, ...) are dropped from the resolved set, so Spark's
+versions stay the only ones on the classpath. Later sessions use ``spark.jars`` with the cached
+files and never touch the network.
+
+On EMR, whose Spark ships Delta and S3 support, none of this is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyspark
+
+log = logging.getLogger(__name__)
+
+SPARK_MINOR = ".".join(pyspark.__version__.split(".")[:2])
+DELTA_VERSION = "4.4.0"
+HADOOP_VERSION = "3.5.0"  # Spark 4.2's Hadoop client; hadoop-aws must match it exactly
+PACKAGES = (
+    f"io.delta:delta-spark_{SPARK_MINOR}_2.13:{DELTA_VERSION}",
+    f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}",
+)
+
+_VERSION_SUFFIX = re.compile(r"-\d[\w.\-]*$")
+
+
+def _cache_dir() -> Path:
+    key = hashlib.sha256(f"{pyspark.__version__}|{','.join(PACKAGES)}".encode()).hexdigest()[:12]
+    root = os.environ.get("FRUITS_JARS_DIR") or Path.home() / ".cache" / "fruits" / "jars"
+    return Path(root) / key
+
+
+def _artifact(jar_name: str) -> str:
+    """``org.apache.parquet_parquet-hadoop-1.16.0.jar`` -> ``parquet-hadoop``."""
+    stem = jar_name.removesuffix(".jar")
+    return _VERSION_SUFFIX.sub("", stem.split("_", 1)[-1])
+
+
+def spark_shipped_artifacts() -> set[str]:
+    jars = Path(pyspark.__file__).parent / "jars"
+    return {_VERSION_SUFFIX.sub("", p.stem) for p in jars.glob("*.jar")}
+
+
+_RESOLVE = """
+from pyspark.sql import SparkSession
+SparkSession.builder.master("local[1]").config("spark.jars.packages", {packages!r}) \\
+    .config("spark.jars.ivy", {ivy!r}).config("spark.ui.enabled", "false").getOrCreate().stop()
+"""
+
+
+def fetch() -> list[Path]:
+    """Resolve and cache the jars if needed; return their paths."""
+    target = _cache_dir()
+    listing = target / "jars.txt"
+    if listing.exists():
+        jars = [Path(line) for line in listing.read_text().split()]
+        if all(j.exists() for j in jars):
+            return jars
+    ivy = target / "ivy"
+    log.info("resolving %s from Maven Central into %s (once)", ", ".join(PACKAGES), target)
+    code = _RESOLVE.format(packages=",".join(PACKAGES), ivy=str(ivy))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"could not resolve {PACKAGES} from Maven Central (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    shipped = spark_shipped_artifacts()
+    keep = target / "lib"
+    keep.mkdir(parents=True, exist_ok=True)
+    jars = []
+    for jar in sorted((ivy / "jars").glob("*.jar")):
+        if _artifact(jar.name) in shipped:
+            continue
+        dest = keep / jar.name
+        if not dest.exists():
+            shutil.copy2(jar, dest)
+        jars.append(dest)
+    shutil.rmtree(ivy, ignore_errors=True)
+    listing.write_text("\n".join(str(j) for j in jars) + "\n")
+    return jars
+
+
+def main() -> None:
+    for jar in fetch():
+        print(jar)

@@ -1,0 +1,86 @@
+"""The explicit schemas of the manifests and of the three Delta tables."""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+# One line of a Lambda manifest (lambda/README.md has the contract).
+MANIFEST = StructType(
+    [
+        StructField("bucket", StringType()),
+        StructField("key", StringType()),
+        StructField("size", LongType()),
+        StructField("etag", StringType()),
+        StructField("version_id", StringType()),
+        StructField("sequencer", StringType()),
+        StructField("event_time", StringType()),
+        StructField("event_name", StringType()),
+        StructField("message_id", StringType()),
+    ]
+)
+
+FEATURES = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("bucket", StringType(), False),
+        StructField("key", StringType(), False),
+        StructField("label", StringType()),
+        StructField("size", LongType()),
+        StructField("etag", StringType()),
+        StructField("version_id", StringType()),
+        StructField("event_time", TimestampType()),
+        StructField("ingested_at", TimestampType(), False),
+        StructField("features", ArrayType(FloatType(), False), False),
+        StructField("model_id", StringType(), False),
+        StructField("pca_features", ArrayType(FloatType(), False)),
+        StructField("pca_version", LongType()),
+    ]
+)
+
+QUARANTINE = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("bucket", StringType(), False),
+        StructField("key", StringType(), False),
+        StructField("etag", StringType()),
+        StructField("version_id", StringType()),
+        StructField("reason", StringType(), False),
+        StructField("error", StringType()),
+        StructField("quarantined_at", TimestampType(), False),
+        StructField("manifest", StringType()),
+    ]
+)
+
+PCA_MODELS = StructType(
+    [
+        StructField("version", LongType(), False),
+        StructField("k", IntegerType(), False),
+        StructField("mean", ArrayType(DoubleType(), False), False),
+        # Row-major k x 1280.
+        StructField("components", ArrayType(DoubleType(), False), False),
+        StructField("explained_variance_ratio", ArrayType(DoubleType(), False), False),
+        StructField("row_count", LongType(), False),
+        StructField("source_table_version", LongType(), False),
+        StructField("fitted_at", TimestampType(), False),
+        StructField("feature_model_id", StringType(), False),
+    ]
+)
+
+# What the featurizing UDF returns per image: features, or why there are none.
+FEATURIZE_RESULT = StructType(
+    [
+        StructField("features", ArrayType(FloatType(), False)),
+        StructField("reason", StringType()),
+        StructField("error", StringType()),
+    ]
+)

@@ -1,0 +1,68 @@
+"""The Spark session: Delta Lake enabled, S3A pointed at the configured endpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from . import jars
+from .config import Settings
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.endpoint.region": settings.region,
+    }
+    if settings.endpoint_url:
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.endpoint": settings.endpoint_url,
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.endpoint_url.startswith("https")).lower(),
+                "spark.hadoop.fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+                "spark.hadoop.fs.s3a.access.key": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                "spark.hadoop.fs.s3a.secret.key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+                # The emulator's in-memory S3 is small and fast: no need for long retry backoffs.
+                "spark.hadoop.fs.s3a.attempts.maximum": "3",
+                "spark.hadoop.fs.s3a.retry.limit": "3",
+            }
+        )
+    return conf
+
+
+def get_spark(settings: Settings, master: str | None = None, app_name: str = "fruits") -> SparkSession:
+    """The active session, or a new one (``FRUITS_SPARK_MASTER``, default ``local[*, 4]``: all
+    cores, and a failed task is retried up to 4 times as on a cluster)."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        # Reused (tests, notebooks): point S3A at this settings' endpoint.
+        hadoop = active.sparkContext._jsc.hadoopConfiguration()
+        for key, value in s3a_conf(settings).items():
+            hadoop.set(key.removeprefix("spark.hadoop."), value)
+        return active
+    # Python workers must run this interpreter, with this venv's packages.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    master = master or os.environ.get("FRUITS_SPARK_MASTER", "local[*, 4]")
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.jars", ",".join(str(j) for j in jars.fetch()))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+    )
+    for key, value in s3a_conf(settings).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("FRUITS_SPARK_LOG_LEVEL", "WARN"))
+    return spark

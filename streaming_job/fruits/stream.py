@@ -1,0 +1,228 @@
+"""Stage 3: the featurizer stream. Manifests in, one Delta row per image out.
+
+    source:    readStream over the manifest prefix (JSON Lines, explicit schema)
+    transform: identify -> dedupe -> drop already-known -> featurize (fetch, decode, MobileNetV2)
+    sink:      insert-only MERGE into `features`; failures into `quarantine` with a reason
+
+Each transform is a plain function on DataFrames, usable without a stream. Images are fetched on
+the executors (boto3 inside the pandas UDF); the driver only sees manifest lines.
+
+Example::
+
+    query = start(spark, settings, trigger={"availableNow": True})
+    query.awaitTermination()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.streaming import StreamingQuery
+
+from . import table
+from .config import Settings
+from .images import ImageError, Reason, decode
+from .model import WeightsBlob, get_featurizer, load_weights
+from .schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
+
+log = logging.getLogger(__name__)
+
+
+# --- source ---------------------------------------------------------------------------------
+
+def read_manifests(spark: SparkSession, settings: Settings) -> DataFrame:
+    return (
+        spark.readStream.schema(MANIFEST)
+        .option("maxFilesPerTrigger", settings.max_files_per_trigger)
+        .json(settings.manifests_uri)
+        .withColumn("manifest", F.col("_metadata.file_path"))
+    )
+
+
+# --- transforms -----------------------------------------------------------------------------
+
+def label_from_key(upload_prefix: str) -> F.Column:
+    """The folder right under the upload prefix: ``uploads/Apple Braeburn/1.jpg`` -> ``Apple Braeburn``."""
+    key = F.col("key")
+    rest = F.when(key.startswith(upload_prefix), F.expr(f"substring(key, {len(upload_prefix) + 1})"))
+    parts = F.split(rest, "/")
+    return F.when(F.size(parts) > 1, F.element_at(parts, 1))
+
+
+def identify(manifest_lines: DataFrame, upload_prefix: str) -> DataFrame:
+    """Add the image identity (bucket, key, version, etag) and the label."""
+    identity = F.concat_ws(
+        "\u0000", "bucket", "key", F.coalesce("version_id", F.lit("")), F.coalesce("etag", F.lit(""))
+    )
+    return manifest_lines.withColumn("image_id", F.sha2(identity, 256)).withColumn(
+        "label", label_from_key(upload_prefix)
+    )
+
+
+def dedupe(images: DataFrame) -> DataFrame:
+    """The same image announced twice (redelivered event, repeated manifest) is one image."""
+    return images.dropDuplicates(["image_id"])
+
+
+def drop_known(images: DataFrame, *known: DataFrame) -> DataFrame:
+    for seen in known:
+        images = images.join(seen.select("image_id"), "image_id", "left_anti")
+    return images
+
+
+_S3: dict[str | None, Any] = {}
+
+
+def _s3(endpoint_url: str | None, region: str) -> Any:
+    client = _S3.get(endpoint_url)
+    if client is None:
+        import boto3
+        from botocore.config import Config
+
+        client = _S3[endpoint_url] = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            config=Config(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=16),
+        )
+    return client
+
+
+def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None) -> bytes:
+    """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
+    from botocore.exceptions import ClientError
+
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        args["VersionId"] = version_id
+    elif etag:
+        args["IfMatch"] = etag
+    try:
+        return client.get_object(**args)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchVersion", "404"):
+            raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
+        if code in ("PreconditionFailed", "412"):
+            raise ImageError(
+                Reason.CHANGED, f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event"
+            ) from exc
+        raise
+
+
+def featurize_udf(weights: Any, settings: Settings) -> Any:
+    """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``.
+
+    ``weights`` is a broadcast ``WeightsBlob``; the model is built once per Python worker.
+    """
+    endpoint, region = settings.endpoint_url, settings.region
+    batch_size, max_bytes = settings.batch_size, settings.max_image_bytes
+
+    @pandas_udf(FEATURIZE_RESULT)  # type: ignore[call-overload]
+    def featurize(
+        batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]],
+    ) -> Iterator[pd.DataFrame]:
+        featurizer = get_featurizer(weights.value)
+        client = _s3(endpoint, region)
+        for buckets, keys, etags, versions in batches:
+            n = len(keys)
+            features: list[Any] = [None] * n
+            reasons: list[str | None] = [None] * n
+            errors: list[str | None] = [None] * n
+            good_rows, good_pixels = [], []
+            for i in range(n):
+                try:
+                    data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i])
+                    good_pixels.append(decode(data, max_bytes=max_bytes))
+                    good_rows.append(i)
+                except ImageError as exc:
+                    reasons[i], errors[i] = exc.reason, str(exc)
+            for start in range(0, len(good_rows), batch_size):
+                chunk = np.stack(good_pixels[start : start + batch_size])
+                for i, vector in zip(good_rows[start : start + batch_size], featurizer(chunk)):
+                    features[i] = vector
+            yield pd.DataFrame({"features": features, "reason": reasons, "error": errors})
+
+    return featurize
+
+
+def featurize(images: DataFrame, weights: Any, settings: Settings, model_id: str) -> DataFrame:
+    udf = featurize_udf(weights, settings)
+    return images.withColumn("result", udf("bucket", "key", "etag", "version_id")).withColumn(
+        "model_id", F.lit(model_id)
+    )
+
+
+def feature_rows(scored: DataFrame) -> DataFrame:
+    return scored.where(F.col("result.reason").isNull()).select(
+        *[
+            F.col("result.features").alias("features") if f.name == "features"
+            else F.to_timestamp("event_time").alias("event_time") if f.name == "event_time"
+            else F.current_timestamp().alias("ingested_at") if f.name == "ingested_at"
+            else F.lit(None).cast(f.dataType).alias(f.name) if f.name in ("pca_features", "pca_version")
+            else F.col(f.name)
+            for f in FEATURES.fields
+        ]
+    )
+
+
+def quarantine_rows(scored: DataFrame) -> DataFrame:
+    return scored.where(F.col("result.reason").isNotNull()).select(
+        *[
+            F.col(f"result.{f.name}").alias(f.name) if f.name in ("reason", "error")
+            else F.current_timestamp().alias("quarantined_at") if f.name == "quarantined_at"
+            else F.col(f.name)
+            for f in QUARANTINE.fields
+        ]
+    )
+
+
+# --- sink -----------------------------------------------------------------------------------
+
+class BatchWriter:
+    """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, blob: WeightsBlob) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.model_id = blob.model_id
+        self.weights = spark.sparkContext.broadcast(blob)
+        table.ensure_tables(spark, settings)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        s = self.settings
+        images = dedupe(identify(batch, s.upload_prefix))
+        images = drop_known(images, table.read(self.spark, s.features_table), table.read(self.spark, s.quarantine_table))
+        scored = featurize(images, self.weights, s, self.model_id).persist()
+        try:
+            good, bad = feature_rows(scored), quarantine_rows(scored)
+            table.insert_new(self.spark, s.features_table, good)
+            table.insert_new(self.spark, s.quarantine_table, bad)
+            log.info("batch %d: %d images, %d quarantined", batch_id, scored.count(), bad.count())
+        finally:
+            scored.unpersist()
+
+
+def start(
+    spark: SparkSession,
+    settings: Settings,
+    trigger: dict[str, Any] | None = None,
+    blob: WeightsBlob | None = None,
+) -> StreamingQuery:
+    """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow)."""
+    blob = blob or load_weights(settings.weights)
+    writer = BatchWriter(spark, settings, blob)
+    return (
+        read_manifests(spark, settings)
+        .writeStream.foreachBatch(writer)
+        .option("checkpointLocation", settings.checkpoint)
+        .trigger(**(trigger or {"availableNow": True}))
+        .queryName("fruits-featurizer")
+        .start()
+    )
+

@@ -1,0 +1,41 @@
+"""What the mobile app does: upload photos to ``<upload prefix><Class Name>/<file>``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import aws
+from .config import Settings
+
+IMAGE_GLOBS = ("*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG")
+
+
+def sample_images(folder: Path, per_class: int | None = None) -> list[tuple[str, Path]]:
+    """``(label, path)`` for the images of a ``<folder>/<Class Name>/<file>`` tree, sorted."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    found: list[tuple[str, Path]] = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted({f for g in IMAGE_GLOBS for f in class_dir.glob(g)})
+        found.extend((class_dir.name, f) for f in files[:per_class])
+    if not found:
+        raise FileNotFoundError(f"no images under {folder}/<Class Name>/; expected *.jpg or *.png files")
+    return found
+
+
+def upload_images(
+    settings: Settings,
+    images: list[tuple[str, Path]],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Upload each image as the app would; returns the keys written."""
+    s3 = aws.client("s3", settings)
+    keys = []
+    for done, (label, path) in enumerate(images, start=1):
+        key = f"{settings.upload_prefix}{label}/{path.name}"
+        s3.upload_file(str(path), settings.bucket, key)
+        keys.append(key)
+        if on_progress is not None:
+            on_progress(done, len(images))
+    return keys
