@@ -69,6 +69,9 @@ def _record_skips(skipped: Counter[str]) -> None:
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # Powertools keeps metrics it did not print (POWERTOOLS_METRICS_DISABLED, local runs) for the
+    # next invocation; start each one clean.
+    metrics.clear_metrics()
     config = IngestConfig.from_env()
     images: list[ImageEvent] = []
     skipped: Counter[str] = Counter()

@@ -1,0 +1,35 @@
+"""One flow through every real component: upload -> S3 event -> SQS -> Lambda -> manifest ->
+Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit -> SQL."""
+
+from __future__ import annotations
+
+import pytest
+from fruits import ingest, pca, query, stream, upload
+
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.spark
+
+
+def test_uploads_become_one_delta_row_each(spark, settings) -> None:
+    settings = settings.with_(table_root=f"s3a://{settings.bucket}/tables")  # Delta over S3A too
+    images = upload.sample_images(SAMPLE, per_class=1)[:20]
+    keys = upload.upload_images(settings, images)
+
+    stats = ingest.drain(settings, visibility_timeout=5)
+    assert stats.failed == 0
+
+    stream.start(spark, settings).awaitTermination()
+    model = pca.refit(spark, settings)
+
+    result = query.sql(spark, settings, "SELECT key, label, features, pca_features, pca_version, model_id FROM features")
+    rows = {r[0]: r for r in result.rows}
+    assert sorted(rows) == sorted(keys) and len(result.rows) == len(keys)
+    for label, path in images:
+        _, row_label, features, pca_features, pca_version, model_id = rows[f"uploads/{label}/{path.name}"]
+        assert row_label == label
+        assert len(features) == 1280 and all(isinstance(v, float) for v in features)
+        assert pca_version == model.version and len(pca_features) == model.k
+        assert model_id.endswith(":e68a3d0b88d3a2e292ee89e9fc099e8ce65f71b700dd49284a12296acc8596d0")
+    assert query.sql(spark, settings, "SELECT count(*) FROM quarantine").rows == [(0,)]
+    assert ingest.dead_letter_depth(settings) == 0

@@ -1,0 +1,142 @@
+"""Parsing S3 event notifications: key decoding, SNS envelopes, skips and malformed messages."""
+
+from __future__ import annotations
+
+import json
+import copy
+from urllib.parse import quote, quote_plus
+
+import pytest
+from fruits_ingest.config import IngestConfig
+from fruits_ingest.events import SkipReason, parse_message
+from fruits_ingest.exceptions import ConfigurationError, MalformedMessage
+from fruits_ingest.manifest import manifest_key
+
+from conftest import FIXTURES
+
+CONFIG = IngestConfig(manifest_bucket="fruits-images")
+S3_PUT = json.loads((FIXTURES / "events" / "s3_put.json").read_text())
+
+ODD_KEYS = [
+    "uploads/Apple Braeburn/r_45_100.jpg",
+    "uploads/Tomato 1/a+b.jpg",
+    "uploads/Cherry 1/100%.jpg",
+    "uploads/Kiwi/x=1&y=2.jpg",
+    "uploads/Kiwi/#1.jpg",
+    "uploads/Pêche/été 🍑.jpg",
+    "uploads/Mango/deep/er/and/deeper/still.jpeg",
+]
+
+
+def aws_encode(key: str) -> str:
+    """How S3 encodes keys in event notifications: form encoding, '/' kept."""
+    return quote_plus(key, safe="/")
+
+
+def emulator_encode(key: str) -> str:
+    """How moto encodes them: form encoding, '/' too."""
+    return quote_plus(key)
+
+
+def s3_event(key_encoded: str, **object_fields) -> str:
+    event = copy.deepcopy(S3_PUT)
+    event["Records"][0]["s3"]["object"]["key"] = key_encoded
+    event["Records"][0]["s3"]["object"].update(object_fields)
+    return json.dumps(event)
+
+
+@pytest.mark.parametrize("encode", [aws_encode, emulator_encode], ids=["aws", "emulator"])
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_keys_are_decoded_exactly(key: str, encode) -> None:
+    parsed = parse_message(s3_event(encode(key)), "m-1", CONFIG)
+    assert [i.key for i in parsed.images] == [key]
+
+
+def test_aws_documentation_event_fields() -> None:
+    (image,) = parse_message(json.dumps(S3_PUT), "m-1", CONFIG).images
+    assert image.bucket == "fruits-images"
+    assert image.key == "uploads/Apple Braeburn/r_45_100.jpg"
+    assert image.size == 4702
+    assert image.etag == "d41d8cd98f00b204e9800998ecf8427e"
+    assert image.version_id == "096fKKXTRTtl3on89fVO.nfljtsv6qko"
+    assert image.sequencer == "0055AED6DCD90281E5"
+    assert image.event_time == "2026-11-21T10:15:30.123Z"
+    assert image.event_name == "ObjectCreated:Put"
+    assert image.message_id == "m-1"
+
+
+def test_literal_plus_is_not_a_space() -> None:
+    # AWS sends "a+b c" as "a%2Bb+c".
+    parsed = parse_message(s3_event("uploads/Kiwi/a%2Bb+c.jpg"), "m", CONFIG)
+    assert parsed.images[0].key == "uploads/Kiwi/a+b c.jpg"
+
+
+def test_sns_envelope_is_unwrapped() -> None:
+    envelope = json.loads((FIXTURES / "events" / "sns_envelope.json").read_text())
+    envelope["Message"] = s3_event(aws_encode("uploads/Tomato 1/x.jpg"))
+    parsed = parse_message(json.dumps(envelope), "m", CONFIG)
+    assert [i.key for i in parsed.images] == ["uploads/Tomato 1/x.jpg"]
+
+
+def test_sns_wrapped_test_event_is_skipped() -> None:
+    envelope = json.loads((FIXTURES / "events" / "sns_envelope.json").read_text())
+    envelope["Message"] = (FIXTURES / "events" / "s3_test_event.json").read_text()
+    parsed = parse_message(json.dumps(envelope), "m", CONFIG)
+    assert parsed.images == [] and parsed.skipped == {SkipReason.TEST_EVENT: 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ((FIXTURES / "events" / "s3_test_event.json").read_text(), SkipReason.TEST_EVENT),
+        (s3_event("uploads/Kiwi/a.jpg").replace("ObjectCreated:Put", "ObjectRemoved:Delete"), SkipReason.NOT_OBJECT_CREATED),
+        (s3_event("uploads/Kiwi/"), SkipReason.FOLDER_KEY),
+        (s3_event("uploads/Kiwi/a.jpg", size=0), SkipReason.EMPTY_OBJECT),
+        (s3_event("elsewhere/Kiwi/a.jpg"), SkipReason.OUTSIDE_PREFIX),
+        (s3_event("uploads/Kiwi/notes.txt"), SkipReason.NOT_AN_IMAGE),
+        (s3_event("uploads/Kiwi/a.jpg.exe"), SkipReason.NOT_AN_IMAGE),
+    ],
+    ids=["test-event", "removed", "folder", "zero-bytes", "prefix", "txt", "double-suffix"],
+)
+def test_skipped_not_failed(body: str, reason: str) -> None:
+    parsed = parse_message(body, "m", CONFIG)
+    assert parsed.images == []
+    assert parsed.skipped == {reason: 1}
+
+
+def test_suffixes_are_case_insensitive() -> None:
+    for name in ("A.JPG", "b.Jpeg", "c.PNG", "d.webp"):
+        assert len(parse_message(s3_event(f"uploads/Kiwi/{name}"), "m", CONFIG).images) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["not json", "[1, 2]", "{}", '{"Records": "x"}', '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
+     '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}}]}'],
+    ids=["text", "list", "empty", "records-not-list", "no-s3", "key-not-string"],
+)
+def test_malformed_messages_raise(body: str) -> None:
+    with pytest.raises(MalformedMessage):
+        parse_message(body, "m", CONFIG)
+
+
+def test_manifest_key_is_order_independent_and_distinct() -> None:
+    assert manifest_key("manifests/", ["b", "a"]) == manifest_key("manifests/", ["a", "b"])
+    assert manifest_key("manifests/", ["a"]) != manifest_key("manifests/", ["a", "b"])
+    assert manifest_key("manifests/", ["a"]).startswith("manifests/batch-")
+
+
+def test_configuration_from_environment() -> None:
+    config = IngestConfig.from_env(
+        {"MANIFEST_BUCKET": "b", "MANIFEST_PREFIX": "m", "ACCEPTED_PREFIXES": "a/, b/", "IMAGE_SUFFIXES": ".JPG"}
+    )
+    assert config.manifest_prefix == "m/"
+    assert config.accepted_prefixes == ("a/", "b/")
+    assert config.image_suffixes == (".jpg",)
+    with pytest.raises(ConfigurationError, match="MANIFEST_BUCKET"):
+        IngestConfig.from_env({})
+
+
+def test_quote_helpers_differ_on_slash() -> None:
+    # Guards the two encodings above really are different, so both paths are exercised.
+    assert aws_encode("a/b c") == "a/b+c" and emulator_encode("a/b c") == "a%2Fb+c" and quote("/") == "/"

@@ -1,0 +1,144 @@
+"""The ingest Lambda against the emulator: partial batch failures, manifests, redelivery, DLQ."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from fruits import aws
+from fruits.ingest import dead_letter_depth, event_source_mapping, lambda_environment
+from fruits_ingest.manifest import manifest_key
+from fruits_ingest.runner import LocalContext
+
+from conftest import FIXTURES
+from test_ingest_events import s3_event
+
+SQS_EVENT = json.loads((FIXTURES / "events" / "sqs_event.json").read_text())
+
+
+@pytest.fixture
+def lambda_env(settings, monkeypatch):
+    for name, value in lambda_environment(settings).items():
+        monkeypatch.setenv(name, value)
+    return settings
+
+
+def sqs_event(*bodies: str) -> dict:
+    template = SQS_EVENT["Records"][0]
+    return {"Records": [dict(template, messageId=f"msg-{i}", body=body) for i, body in enumerate(bodies)]}
+
+
+def manifests(settings) -> dict[str, list[dict]]:
+    s3 = aws.client("s3", settings)
+    listing = s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.manifest_prefix).get("Contents", [])
+    return {
+        o["Key"]: [json.loads(line) for line in s3.get_object(Bucket=settings.bucket, Key=o["Key"])["Body"].read().decode().splitlines()]
+        for o in listing
+    }
+
+
+def test_one_malformed_record_fails_alone(lambda_env) -> None:
+    from fruits_ingest.handler import handler
+
+    event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), "this is not json", s3_event("uploads/Tomato+1/b.jpg"))
+    response = handler(event, LocalContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
+    (key, lines), = manifests(lambda_env).items()
+    assert key == manifest_key(lambda_env.manifest_prefix, ["msg-0", "msg-2"])
+    assert [(line["key"], line["message_id"]) for line in lines] == [
+        ("uploads/Kiwi/a.jpg", "msg-0"), ("uploads/Tomato 1/b.jpg", "msg-2")
+    ]
+    assert set(lines[0]) == {
+        "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time", "event_name", "message_id"
+    }
+
+
+def test_retried_batch_rewrites_the_same_manifest(lambda_env) -> None:
+    from fruits_ingest.handler import handler
+
+    event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), s3_event("uploads/Kiwi/b.jpg"))
+    assert handler(event, LocalContext()) == {"batchItemFailures": []}
+    first = manifests(lambda_env)
+    handler(event, LocalContext())
+    assert manifests(lambda_env) == first and len(first) == 1
+
+
+def test_batch_of_only_skips_writes_no_manifest(lambda_env) -> None:
+    from fruits_ingest.handler import handler
+
+    event = sqs_event((FIXTURES / "events" / "s3_test_event.json").read_text(), s3_event("uploads/Kiwi/x.txt"))
+    assert handler(event, LocalContext()) == {"batchItemFailures": []}
+    assert manifests(lambda_env) == {}
+
+
+def test_manifest_write_failure_fails_every_record(lambda_env, monkeypatch) -> None:
+    from fruits_ingest.handler import handler
+
+    monkeypatch.setenv("MANIFEST_BUCKET", "no-such-bucket-anywhere")
+    event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), "garbage", s3_event("uploads/Kiwi/b.jpg"))
+    response = handler(event, LocalContext())
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == ["msg-0", "msg-1", "msg-2"]
+
+
+def test_all_records_malformed_fails_all(lambda_env) -> None:
+    from fruits_ingest.handler import handler
+
+    response = handler(sqs_event("x", "y"), LocalContext())
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == ["msg-0", "msg-1"]
+
+
+def test_logs_are_structured_with_the_message_id(lambda_env) -> None:
+    from fruits_ingest.handler import handler, logger
+
+    buffer = io.StringIO()
+    previous = logger.registered_handler.setStream(buffer)
+    logger.setLevel("INFO")
+    try:
+        handler(sqs_event((FIXTURES / "events" / "s3_test_event.json").read_text()), LocalContext())
+    finally:
+        logger.setLevel("WARNING")
+        logger.registered_handler.setStream(previous)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    skipped = [line for line in lines if line.get("message") == "skipped"]
+    assert skipped and skipped[0]["correlation_id"] == "msg-0" and skipped[0]["skipped"] == {"test_event": 1}
+
+
+def test_metrics_are_emitted_as_emf(lambda_env, monkeypatch, capsys) -> None:
+    from fruits_ingest.handler import handler
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    handler(sqs_event(s3_event("uploads/Kiwi/a.jpg"), s3_event("uploads/Kiwi/a.txt"), "bad"), LocalContext())
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    merged = {k: v for blob in blobs for k, v in blob.items()}
+    assert merged["ImagesAccepted"] in (1, [1.0], 1.0)
+    assert merged["RecordsFailed"] in (1, [1.0], 1.0)
+    assert any(blob.get("reason") == "not_an_image" for blob in blobs)
+
+
+def test_real_uploads_through_the_event_source_mapping(settings) -> None:
+    """Upload -> S3 notification (emulator) -> SQS -> runner -> handler -> manifest; DLQ stays empty."""
+    s3 = aws.client("s3", settings)
+    keys = ["uploads/Apple Braeburn/1.jpg", "uploads/Kiwi/a+b.JPG", "uploads/Pêche/é 1.png", "uploads/notes.txt"]
+    for key in keys:
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=b"bytes")
+    stats = event_source_mapping(settings, visibility_timeout=2).drain(timeout_seconds=60)
+    assert stats.failed == 0
+    lines = [line for ls in manifests(settings).values() for line in ls]
+    assert sorted(line["key"] for line in lines) == sorted(keys[:3])  # .txt is never notified
+    assert all(line["etag"] and line["size"] == 5 for line in lines)
+    assert dead_letter_depth(settings) == 0
+
+
+def test_poison_message_lands_in_the_dead_letter_queue(settings) -> None:
+    sqs = aws.client("sqs", settings)
+    s3 = aws.client("s3", settings)
+    sqs.send_message(QueueUrl=aws.queue_url(settings), MessageBody="definitely not an S3 event")
+    s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/ok.jpg", Body=b"x")
+    mapping = event_source_mapping(settings, visibility_timeout=1)
+    stats = mapping.drain(timeout_seconds=60)
+    assert stats.failed >= 3  # maxReceiveCount deliveries of the poison message
+    assert dead_letter_depth(settings) == 1
+    assert [line["key"] for ls in manifests(settings).values() for line in ls] == ["uploads/Kiwi/ok.jpg"]
+    assert os.environ["MANIFEST_BUCKET"] == settings.bucket
