@@ -29,3 +29,15 @@ test-reliability: setup
 
 clean:
 	rm -rf $(VENV) .cache work build *.egg-info
+
+# The Lambda's deployment package: lambda/fruits_ingest plus what the Python 3.11 runtime lacks
+# (boto3 is in the runtime; powertools is not).
+LAMBDA_ZIP := build/fruits-ingest-lambda.zip
+lambda-zip: $(STAMP)
+	rm -rf build/lambda && mkdir -p build/lambda
+	$(BIN)/pip install --quiet --target build/lambda --platform manylinux2014_x86_64 \
+		--only-binary=:all: --python-version 3.11 -r lambda/requirements.txt
+	cp -r lambda/fruits_ingest build/lambda/
+	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
+	rm -f $(LAMBDA_ZIP) && cd build/lambda && $(CURDIR)/$(BIN)/python -m zipfile -c ../$(notdir $(LAMBDA_ZIP)) .
+	@ls -l $(LAMBDA_ZIP) | awk '{printf "%s: %.0f kB\n", $$9, $$5/1024}'

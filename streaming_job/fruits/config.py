@@ -16,6 +16,8 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_BATCH_SIZE`` | images per model call | ``64`` |
 | ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch | ``64`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
+| ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
+| ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ class Settings:
     batch_size: int = 64
     max_files_per_trigger: int = 64
     max_image_bytes: int = 50 * 1024 * 1024
+    checkpoint_location: str = ""
+    label_rule: str = "folder"
 
     def __post_init__(self) -> None:
         if not self.table_root:
             object.__setattr__(self, "table_root", f"s3a://{self.bucket}/tables")
         object.__setattr__(self, "table_root", self.table_root.rstrip("/"))
+        if self.label_rule not in ("folder", "parent"):
+            raise ValueError(f"label_rule must be 'folder' or 'parent', got {self.label_rule!r}")
 
     # Locations derived from the table root, so one setting moves all of them.
     @property
@@ -62,7 +68,7 @@ class Settings:
 
     @property
     def checkpoint(self) -> str:
-        return f"{self.table_root}/_checkpoints/featurizer"
+        return self.checkpoint_location or f"{self.table_root}/_checkpoints/featurizer"
 
     @property
     def manifests_uri(self) -> str:

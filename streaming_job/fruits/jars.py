@@ -92,5 +92,6 @@ def fetch() -> list[Path]:
 
 
 def main() -> None:
-    for jar in fetch():
-        print(jar)
+    found = fetch()
+    size = sum(j.stat().st_size for j in found) / 1e6
+    print(f"{len(found)} jars ({size:.0f} MB) in {found[0].parent}")

@@ -30,6 +30,7 @@ from . import table
 from .config import Settings
 from .images import ImageError, Reason, decode
 from .model import WeightsBlob, get_featurizer, load_weights
+from .pca import PcaModel, latest_model, project_column
 from .schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -48,21 +49,25 @@ def read_manifests(spark: SparkSession, settings: Settings) -> DataFrame:
 
 # --- transforms -----------------------------------------------------------------------------
 
-def label_from_key(upload_prefix: str) -> F.Column:
-    """The folder right under the upload prefix: ``uploads/Apple Braeburn/1.jpg`` -> ``Apple Braeburn``."""
+def label_from_key(upload_prefix: str, rule: str = "folder") -> F.Column:
+    """The label of an upload, from its key (null when the key has no folder under the prefix).
+
+    ``folder``: the folder right under the upload prefix (``uploads/Apple Braeburn/a/1.jpg`` ->
+    ``Apple Braeburn``); ``parent``: the file's own folder (-> ``a``).
+    """
     key = F.col("key")
     rest = F.when(key.startswith(upload_prefix), F.expr(f"substring(key, {len(upload_prefix) + 1})"))
     parts = F.split(rest, "/")
-    return F.when(F.size(parts) > 1, F.element_at(parts, 1))
+    return F.when(F.size(parts) > 1, F.element_at(parts, 1 if rule == "folder" else -2))
 
 
-def identify(manifest_lines: DataFrame, upload_prefix: str) -> DataFrame:
+def identify(manifest_lines: DataFrame, upload_prefix: str, label_rule: str = "folder") -> DataFrame:
     """Add the image identity (bucket, key, version, etag) and the label."""
     identity = F.concat_ws(
         "\u0000", "bucket", "key", F.coalesce("version_id", F.lit("")), F.coalesce("etag", F.lit(""))
     )
     return manifest_lines.withColumn("image_id", F.sha2(identity, 256)).withColumn(
-        "label", label_from_key(upload_prefix)
+        "label", label_from_key(upload_prefix, label_rule)
     )
 
 
@@ -158,8 +163,9 @@ def featurize(images: DataFrame, weights: Any, settings: Settings, model_id: str
     )
 
 
-def feature_rows(scored: DataFrame) -> DataFrame:
-    return scored.where(F.col("result.reason").isNull()).select(
+def feature_rows(scored: DataFrame, pca_model: PcaModel | None = None, projection: F.Column | None = None) -> DataFrame:
+    """The features-table rows of the images that were featurized; projected if a PCA model is given."""
+    rows = scored.where(F.col("result.reason").isNull()).select(
         *[
             F.col("result.features").alias("features") if f.name == "features"
             else F.to_timestamp("event_time").alias("event_time") if f.name == "event_time"
@@ -169,6 +175,9 @@ def feature_rows(scored: DataFrame) -> DataFrame:
             for f in FEATURES.fields
         ]
     )
+    if pca_model is None or projection is None:
+        return rows
+    return rows.withColumn("pca_features", projection).withColumn("pca_version", F.lit(pca_model.version).cast("long"))
 
 
 def quarantine_rows(scored: DataFrame) -> DataFrame:
@@ -192,15 +201,25 @@ class BatchWriter:
         self.settings = settings
         self.model_id = blob.model_id
         self.weights = spark.sparkContext.broadcast(blob)
+        self._pca: tuple[PcaModel, F.Column] | None = None
         table.ensure_tables(spark, settings)
+
+    def current_pca(self) -> tuple[PcaModel | None, F.Column | None]:
+        """The newest PCA model fitted on this feature model, and its projection column (cached)."""
+        model = latest_model(self.spark, self.settings)
+        if model is None or model.feature_model_id != self.model_id:
+            return None, None
+        if self._pca is None or self._pca[0].version != model.version:
+            self._pca = (model, project_column(self.spark, model))
+        return self._pca
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
-        images = dedupe(identify(batch, s.upload_prefix))
+        images = dedupe(identify(batch, s.upload_prefix, s.label_rule))
         images = drop_known(images, table.read(self.spark, s.features_table), table.read(self.spark, s.quarantine_table))
         scored = featurize(images, self.weights, s, self.model_id).persist()
         try:
-            good, bad = feature_rows(scored), quarantine_rows(scored)
+            good, bad = feature_rows(scored, *self.current_pca()), quarantine_rows(scored)
             table.insert_new(self.spark, s.features_table, good)
             table.insert_new(self.spark, s.quarantine_table, bad)
             log.info("batch %d: %d images, %d quarantined", batch_id, scored.count(), bad.count())

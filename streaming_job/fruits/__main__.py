@@ -1,0 +1,5 @@
+"""``python -m fruits`` is the ``fruits`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""The featurizer stream: bad images to quarantine beside good rows, duplicates removed."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fruits import aws, ingest, query, stream
+from PIL import Image
+
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.spark
+
+
+def run_stream(spark, settings, blob) -> None:
+    stream.start(spark, settings, blob=blob).awaitTermination()
+
+
+def table_rows(spark, settings, sql: str) -> list[tuple]:
+    return query.sql(spark, settings, sql).rows
+
+
+def png_bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_blob) -> None:
+    s3 = aws.client("s3", settings)
+    good = sorted(SAMPLE.glob("Kiwi/*.jpg"))[:2]
+    put = lambda key, body: s3.put_object(Bucket=settings.bucket, Key=key, Body=body)  # noqa: E731
+    for path in good:
+        put(f"uploads/Kiwi/{path.name}", path.read_bytes())
+    put("uploads/Kiwi/text.jpg", b"just some text, not a photo")
+    put("uploads/Kiwi/truncated.jpg", good[0].read_bytes()[:400])
+    put("uploads/Kiwi/bomb.png", png_bomb())
+    put("uploads/Kiwi/deleted.jpg", good[0].read_bytes())
+    put("uploads/Kiwi/overwritten.jpg", good[0].read_bytes())
+    ingest.drain(settings, visibility_timeout=5)
+    s3.delete_object(Bucket=settings.bucket, Key="uploads/Kiwi/deleted.jpg")
+    put("uploads/Kiwi/overwritten.jpg", good[1].read_bytes())  # a second upload, a second event
+    ingest.drain(settings, visibility_timeout=5)
+
+    run_stream(spark, settings, weights_blob)
+
+    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
+    assert [r[0] for r in rows] == sorted(
+        [f"uploads/Kiwi/{p.name}" for p in good] + ["uploads/Kiwi/overwritten.jpg"]
+    )
+    quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
+    assert quarantined == {
+        "uploads/Kiwi/text.jpg": "not_an_image",
+        "uploads/Kiwi/truncated.jpg": "truncated_or_corrupt",
+        "uploads/Kiwi/bomb.png": "decompression_bomb",
+        "uploads/Kiwi/deleted.jpg": "object_missing",
+        "uploads/Kiwi/overwritten.jpg": "object_changed",
+    }
+    errors = table_rows(spark, settings, "SELECT count(*) FROM quarantine WHERE error IS NULL OR error = ''")
+    assert errors == [(0,)]
+
+
+def test_redelivered_manifests_add_no_rows(spark, settings, weights_blob) -> None:
+    s3 = aws.client("s3", settings)
+    for path in sorted(SAMPLE.glob("Tomato 1/*.jpg"))[:3]:
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Tomato 1/{path.name}", Body=path.read_bytes())
+    ingest.drain(settings, visibility_timeout=5)
+    manifest_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["Contents"]]
+    body = b"".join(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read() for k in manifest_keys)
+    # The same lines twice inside one new manifest (one micro-batch) ...
+    s3.put_object(Bucket=settings.bucket, Key="manifests/replay-1.jsonl", Body=body + body)
+    run_stream(spark, settings, weights_blob)
+    # ... and again in a later micro-batch.
+    s3.put_object(Bucket=settings.bucket, Key="manifests/replay-2.jsonl", Body=body)
+    run_stream(spark, settings, weights_blob)
+
+    rows = table_rows(spark, settings, "SELECT label, count(*), count(DISTINCT key) FROM features GROUP BY label")
+    assert rows == [("Tomato 1", 3, 3)]
+
+
+def test_transforms_work_without_a_stream(spark) -> None:
+    lines = spark.createDataFrame(
+        [("b", "uploads/Apple Red 1/x.jpg", "e1", None), ("b", "uploads/Apple Red 1/x.jpg", "e1", None),
+         ("b", "uploads/Apple Red 1/x.jpg", "e2", None), ("b", "uploads/loose.jpg", "e3", None),
+         ("b", "elsewhere/Kiwi/y.jpg", "e4", None)],
+        "bucket string, key string, etag string, version_id string",
+    )
+    images = stream.dedupe(stream.identify(lines, "uploads/"))
+    got = sorted((r.key, r.etag, r.label) for r in images.collect())
+    assert got == [
+        ("elsewhere/Kiwi/y.jpg", "e4", None),
+        ("uploads/Apple Red 1/x.jpg", "e1", "Apple Red 1"),
+        ("uploads/Apple Red 1/x.jpg", "e2", "Apple Red 1"),  # an overwrite is a new image
+        ("uploads/loose.jpg", "e3", None),
+    ]
