@@ -33,3 +33,14 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
         assert model_id.endswith(":e68a3d0b88d3a2e292ee89e9fc099e8ce65f71b700dd49284a12296acc8596d0")
     assert query.sql(spark, settings, "SELECT count(*) FROM quarantine").rows == [(0,)]
     assert ingest.dead_letter_depth(settings) == 0
+
+    # Uploads after the refit are projected with the current model as they are ingested.
+    late = upload.sample_images(SAMPLE, per_class=2)[1::2][:2]
+    upload.upload_images(settings, late)
+    ingest.drain(settings, visibility_timeout=5)
+    stream.start(spark, settings).awaitTermination()
+    projected = query.sql(
+        spark, settings,
+        f"SELECT count(*) FROM features WHERE pca_version = {model.version} AND size(pca_features) = {model.k}",
+    )
+    assert projected.rows == [(len(keys) + len(late),)]
