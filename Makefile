@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability lambda-zip clean
+.PHONY: setup jars demo test test-reliability lambda-zip bench clean
 
 setup: $(STAMP) jars
 
@@ -41,3 +41,6 @@ lambda-zip: $(STAMP)
 	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
 	rm -f $(LAMBDA_ZIP) && cd build/lambda && $(CURDIR)/$(BIN)/python -m zipfile -c ../$(notdir $(LAMBDA_ZIP)) .
 	@ls -l $(LAMBDA_ZIP) | awk '{printf "%s: %.0f kB\n", $$9, $$5/1024}'
+
+bench: setup
+	$(BIN)/python benchmarks/bench_featurize.py

@@ -27,6 +27,9 @@ def lambda_environment(settings: Settings) -> dict[str, str]:
 
 def event_source_mapping(settings: Settings, visibility_timeout: int = 30, batch_size: int = 10) -> EventSourceMapping:
     os.environ.update(lambda_environment(settings))
+    # Locally the Lambda shares the terminal: quiet unless asked (fruits -v sets these first).
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     from fruits_ingest.handler import handler  # after the environment is set: it configures itself from it
 
     return EventSourceMapping(

@@ -1,7 +1,7 @@
 """The Delta tables: created with their explicit schemas, written idempotently.
 
-``insert_new`` is an insert-only MERGE on the image identity: running it twice with the same rows
-(a redelivered manifest, a micro-batch retried after a crash) adds nothing the second time.
+``append_once`` is a blind append tagged with Delta's idempotent-write options (``txnAppId`` /
+``txnVersion``): a micro-batch retried after a crash is skipped by Delta if it already committed.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     ensure_table(spark, settings.pca_models_table, PCA_MODELS)
 
 
-def insert_new(spark: SparkSession, location: str, rows: DataFrame, key: str = "image_id") -> None:
-    """Insert the rows whose ``key`` the table does not hold yet."""
+def append_once(rows: DataFrame, location: str, app_id: str, version: int) -> None:
+    """Append ``rows`` unless this ``(app_id, version)`` already committed to the table."""
     (
-        DeltaTable.forPath(spark, location)
-        .alias("t")
-        .merge(rows.alias("s"), f"t.{key} = s.{key}")
-        .whenNotMatchedInsertAll()
-        .execute()
+        rows.write.format("delta").mode("append")
+        .option("txnAppId", app_id).option("txnVersion", version)
+        .save(location)
     )
 
 
