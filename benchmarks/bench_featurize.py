@@ -1,7 +1,7 @@
 """Featurization throughput of the streaming job against the model's own ceiling, in one run.
 
     ours:    the featurizer stream (availableNow) over manifests of N uploads, through the emulator:
-             fetch on executors, decode, MobileNetV2, MERGE into Delta. JVM start and model build
+             fetch on executors, decode, MobileNetV2, idempotent Delta appends. JVM start and model build
              are excluded by a warm-up run on a separate bucket first.
     ceiling: the same model in this one Python process on pre-decoded tensors, compiled tf.function.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -83,13 +84,14 @@ def main() -> None:
         print(f"uploads: {args.uploads} (+64 warm-up), manifests ready", flush=True)
         run_stream(warm, blob)
         seconds = run_stream(main_run, blob)
-        rows = get_spark(main_run).read.format("delta").load(main_run.features_table).count()
+        spark = get_spark(main_run)
+        rows = spark.read.format("delta").load(main_run.features_table).count()
         ours = rows / seconds
-        get_spark(main_run).stop()
+        spark.stop()
     top = ceiling(blob, images, args.uploads, main_run.batch_size)
 
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "uploads": args.uploads, "rows": rows, "stream_seconds": round(seconds, 2),
         "ours_images_per_s": round(ours, 1), "ceiling_images_per_s": round(top, 1),
         "ours_over_ceiling": round(ours / top, 3),

@@ -84,7 +84,8 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
     from . import pca
     from .spark import get_spark
 
-    model = pca.refit(get_spark(_settings(args)), _settings(args), threshold=args.threshold, k=args.k)
+    settings = _settings(args)
+    model = pca.refit(get_spark(settings), settings, threshold=args.threshold, k=args.k)
     print(f"PCA version {model.version}: k={model.k}, "
           f"explained variance {model.explained_variance_ratio[: model.k].sum():.4f}, rows {model.row_count}")
     return 0

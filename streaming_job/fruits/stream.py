@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -195,6 +196,21 @@ def quarantine_rows(scored: DataFrame) -> DataFrame:
 
 # --- sink -----------------------------------------------------------------------------------
 
+@contextmanager
+def materialized(df: DataFrame) -> Iterator[DataFrame]:
+    """``df`` computed once, lineage cut, so that the model runs once per image however many writes
+    read the result (``persist`` alone let the writes recompute it); its blocks are freed on exit
+    instead of waiting for the JVM's periodic GC."""
+    sc = df.sparkSession.sparkContext
+    before = set(sc._jsc.getPersistentRDDs().keys())
+    done = df.localCheckpoint(eager=True)
+    try:
+        yield done
+    finally:
+        persistent = sc._jsc.getPersistentRDDs()
+        for rdd_id in set(persistent.keys()) - before:
+            persistent[rdd_id].unpersist(False)
+
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
@@ -226,21 +242,17 @@ class BatchWriter:
         s = self.settings
         images = dedupe(identify(batch, s.upload_prefix, s.label_rule))
         images = drop_known(images, table.read(self.spark, s.features_table), table.read(self.spark, s.quarantine_table))
-        # Materialize once (lineage cut): the model runs once per image, however many writes read it.
         started = time.perf_counter()
-        scored = featurize(images, self.weights, s, self.model_id).localCheckpoint(eager=True)
-        try:
-            total = scored.count()
+        with materialized(featurize(images, self.weights, s, self.model_id)) as scored:
+            total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             good, bad = feature_rows(scored, *self.current_pca()), quarantine_rows(scored)
             table.append_once(good, s.features_table, self.app_id, batch_id)
             table.append_once(bad, s.quarantine_table, self.app_id, batch_id)
-            log.info(
-                "batch %d: %d new images (%d quarantined); featurized in %.1fs, written in %.1fs",
-                batch_id, total, bad.count(), featurized - started, time.perf_counter() - featurized,
-            )
-        finally:
-            scored.unpersist()
+        log.info(
+            "batch %d: %d new images (%d quarantined); featurized in %.1fs, written in %.1fs",
+            batch_id, total, quarantined, featurized - started, time.perf_counter() - featurized,
+        )
 
 
 def start(
