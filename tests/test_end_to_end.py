@@ -20,7 +20,7 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     assert stats.failed == 0
 
     stream.start(spark, settings).awaitTermination()
-    model = pca.refit(spark, settings)
+    model = pca.refit(spark, settings).model
 
     result = query.sql(spark, settings, "SELECT key, label, features, pca_features, pca_version, model_id FROM features")
     rows = {r[0]: r for r in result.rows}

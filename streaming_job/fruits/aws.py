@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -31,3 +32,14 @@ def is_s3(uri: str) -> bool:
 
 def queue_url(settings: Settings, name: str | None = None) -> str:
     return client("sqs", settings).get_queue_url(QueueName=name or settings.queue)["QueueUrl"]
+
+
+def write_bytes(settings: Settings, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    """Write ``data`` to an S3 URI (through boto3) or to a local path (parent folders created)."""
+    if is_s3(uri):
+        bucket, key = split_s3_uri(uri)
+        client("s3", settings).put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return
+    path = Path(uri.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

@@ -85,9 +85,42 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
     from .spark import get_spark
 
     settings = _settings(args)
-    model = pca.refit(get_spark(settings), settings, threshold=args.threshold, k=args.k)
-    print(f"PCA version {model.version}: k={model.k}, "
-          f"explained variance {model.explained_variance_ratio[: model.k].sum():.4f}, rows {model.row_count}")
+    spark = get_spark(settings)
+    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full}
+    if args.every is None and args.min_new_rows is None:
+        _print_refit(pca.refit(spark, settings, **fit_args))
+        return 0
+    print(f"refitting every {args.every} min (if rows arrived) or after {args.min_new_rows} new rows; Ctrl-C stops",
+          flush=True)
+    try:
+        pca.run_periodically(spark, settings, every_minutes=args.every, min_new_rows=args.min_new_rows,
+                             poll_seconds=args.poll, on_fit=_print_refit, **fit_args)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _print_refit(fit: Any) -> None:
+    m = fit.model
+    print(f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read): k={m.k}, "
+          f"explained variance {m.explained_variance_ratio[: m.k].sum():.4f}, rows {m.row_count}, "
+          f"table version {m.source_table_version}; "
+          + ", ".join(f"{name} {s:.1f}s" for name, s in fit.seconds.items()), flush=True)
+    for uri in fit.plots:
+        print(f"  plot: {uri}", flush=True)
+
+
+def cmd_pca_reproject(args: argparse.Namespace) -> int:
+    from . import pca
+    from .spark import get_spark
+
+    settings = _settings(args)
+    spark = get_spark(settings)
+    model = pca.latest_model(spark, settings)
+    if model is None:
+        print("no PCA model yet: run `fruits pca refit` first", file=sys.stderr)
+        return 1
+    print(f"{pca.reproject(spark, settings, model)} rows re-projected onto PCA version {model.version}")
     return 0
 
 
@@ -160,7 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = pca_sub.add_parser("refit", parents=[common], help="fit a new PCA version and re-project the rows")
     p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
+    p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
+    p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
+    p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")
     p.set_defaults(func=cmd_pca_refit)
+    p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
+    p.set_defaults(func=cmd_pca_reproject)
 
     p = sub.add_parser("query", parents=[common], help="Spark SQL over features, quarantine, pca_models")
     p.add_argument("sql")

@@ -67,6 +67,14 @@ class Settings:
         return f"{self.table_root}/pca_models"
 
     @property
+    def pca_stats_table(self) -> str:
+        return f"{self.table_root}/pca_stats"
+
+    @property
+    def pca_plots(self) -> str:
+        return f"{self.table_root}/pca_plots"
+
+    @property
     def checkpoint(self) -> str:
         return self.checkpoint_location or f"{self.table_root}/_checkpoints/featurizer"
 

@@ -71,9 +71,12 @@ def run(
         done("stream caught up with every manifest")
 
         done = _step("PCA refit")
-        model = pca.refit(spark, settings)
+        fit = pca.refit(spark, settings)
+        model = fit.model
         kept = model.explained_variance_ratio[: model.k].sum()
         done(f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, {model.row_count} rows")
+        for uri in fit.plots:
+            print(f"    plot: {uri}")
 
         counts = query.sql(
             spark, settings,

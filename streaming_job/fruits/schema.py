@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     DoubleType,
     FloatType,
     IntegerType,
@@ -73,6 +74,21 @@ PCA_MODELS = StructType(
         StructField("source_table_version", LongType(), False),
         StructField("fitted_at", TimestampType(), False),
         StructField("feature_model_id", StringType(), False),
+    ]
+)
+
+# The mergeable sufficient statistics behind the newest PCA fit (one row, replaced at each refit).
+# ``total`` (d) and ``outer`` (d x d, row-major) are little-endian float64 bytes: 13 MB as one
+# value rather than 1.6 million array elements to box and unbox.
+PCA_STATS = StructType(
+    [
+        StructField("source_table_version", LongType(), False),
+        StructField("row_count", LongType(), False),
+        StructField("dim", IntegerType(), False),
+        StructField("total", BinaryType(), False),
+        StructField("outer", BinaryType(), False),
+        StructField("feature_model_id", StringType(), False),
+        StructField("computed_at", TimestampType(), False),
     ]
 )
 

@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from .config import Settings
-from .schema import FEATURES, PCA_MODELS, QUARANTINE
+from .schema import FEATURES, PCA_MODELS, PCA_STATS, QUARANTINE
 
 
 def ensure_table(spark: SparkSession, location: str, schema: StructType) -> DeltaTable:
@@ -24,6 +24,7 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     ensure_table(spark, settings.features_table, FEATURES)
     ensure_table(spark, settings.quarantine_table, QUARANTINE)
     ensure_table(spark, settings.pca_models_table, PCA_MODELS)
+    ensure_table(spark, settings.pca_stats_table, PCA_STATS)
 
 
 def append_once(rows: DataFrame, location: str, app_id: str, version: int) -> None:

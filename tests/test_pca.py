@@ -1,0 +1,145 @@
+"""PCA refit: validated against Spark ML, incremental equal to full, versioned, plotted, periodic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from delta.tables import DeltaTable
+from fruits import pca, table
+from fruits.schema import FEATURES
+
+pytestmark = pytest.mark.spark
+
+MODEL_ID = "mobilenet_v2:synthetic"
+
+
+def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.ndarray:
+    """Rows with a few well-separated principal directions plus small isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(d, rank)))[0].T  # same directions for every seed
+    scales = np.geomspace(10.0, 1.0, rank)
+    x = (rng.normal(size=(n, rank)) * scales) @ basis + rng.normal(scale=0.05, size=(n, d)) + 0.3
+    return x.astype(np.float32)
+
+
+def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None) -> None:
+    """A blind append of feature rows, as the stream writes them."""
+    now = dt.datetime.now(dt.timezone.utc)
+    labels = labels or [f"class {i % 5}" for i in range(len(x))]
+    rows = pd.DataFrame({
+        "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
+        "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
+        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
+        "features": list(x), "model_id": MODEL_ID, "pca_features": None, "pca_version": None,
+    })
+    spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
+
+
+def table_versions(spark, location: str) -> list[int | None]:
+    return [r.pca_version for r in table.read(spark, location).select("pca_version").collect()]
+
+
+def test_fit_matches_spark_ml_pca(spark) -> None:
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.functions import array_to_vector
+
+    x = synthetic_features(400, seed=1)
+    df = spark.createDataFrame(pd.DataFrame({"features": list(x), "model_id": MODEL_ID}))
+    stats, ids = pca.collect_stats(df)
+    assert ids == {MODEL_ID} and stats.n == 400
+    _, components, ratios, _ = pca.solve(stats, k=8)
+
+    reference = PCA(k=8, inputCol="v").fit(df.select(array_to_vector("features").alias("v")))
+    expected_ratios = reference.explainedVariance.toArray()
+    np.testing.assert_allclose(ratios[:8], expected_ratios, rtol=1e-6)
+    pc = reference.pc.toArray().T  # (8, 1280)
+    alignment = np.abs(np.sum(components[:8] * pc, axis=1))  # |cos| of unit vectors: 1 up to sign
+    np.testing.assert_allclose(alignment, 1.0, atol=1e-6)
+
+
+def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_path: Path) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    first, later = synthetic_features(300, seed=2), synthetic_features(30, seed=3)
+    append_rows(spark, settings.features_table, first)
+
+    fit1 = pca.refit(spark, settings, threshold=0.95)
+    assert fit1.mode == "full" and fit1.rows_read == 300 and fit1.model.version == 1
+    assert 1 <= fit1.model.k <= 8  # the data has 8 strong directions
+    assert set(table_versions(spark, settings.features_table)) == {1}
+
+    # New rows, appended after the re-projection MERGE: only they are read, and the fit equals a
+    # fit from scratch.
+    append_rows(spark, settings.features_table, later)
+    assert pca.pending_rows(spark, settings) == 30
+    fit2 = pca.refit(spark, settings, threshold=0.95)
+    assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
+    assert pca.pending_rows(spark, settings) == 0
+    fit3 = pca.refit(spark, settings, threshold=0.95, full=True)
+    assert fit3.mode == "full" and fit3.rows_read == 330
+    np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fit2.model.explained_variance_ratio[:8], fit3.model.explained_variance_ratio[:8],
+                               rtol=1e-9)
+    assert fit2.model.k == fit3.model.k
+    assert np.allclose(np.abs(np.sum(fit2.model.components * fit3.model.components, axis=1)), 1.0, atol=1e-9)
+
+    # Every row is on the newest version, projected with it.
+    rows = table.read(spark, settings.features_table).select("features", "pca_features", "pca_version").collect()
+    assert {r.pca_version for r in rows} == {3} and len(rows) == 330
+    np.testing.assert_allclose(
+        np.array([r.pca_features for r in rows]), fit3.model.project(np.array([r.features for r in rows])),
+        rtol=1e-4, atol=1e-4,
+    )
+    models = table.read(spark, settings.pca_models_table).orderBy("version").collect()
+    assert [(m.version, m.row_count) for m in models] == [(1, 300), (2, 330), (3, 330)]
+    assert all(len(m.components) == m.k * 1280 for m in models)
+
+    # The plots are real PNGs next to each version.
+    for version in (1, 2, 3):
+        for name in ("scree.png", "pc1_pc2.png"):
+            png = Path(settings.pca_plots) / f"v{version}" / name
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(60, seed=4))
+    pca.refit(spark, settings, write_plots=False)
+    DeltaTable.forPath(spark, settings.features_table).delete("label = 'class 0'")
+    fit = pca.refit(spark, settings, write_plots=False)
+    assert fit.mode == "full" and fit.model.row_count == 48
+
+
+def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=5))
+    fits = pca.run_periodically(spark, settings, min_new_rows=40, poll_seconds=0.1, max_fits=1, write_plots=False)
+    assert [f.model.version for f in fits] == [1]
+    assert pca.pending_rows(spark, settings) == 0
+    with pytest.raises(ValueError, match="say when to refit"):
+        pca.run_periodically(spark, settings)
+
+
+def test_rows_of_another_feature_model_are_refused(spark, tmp_path: Path) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=6))
+    other = table.read(spark, settings.features_table).limit(1).selectExpr("* EXCEPT (model_id)", "'other' AS model_id")
+    other.select(*FEATURES.fieldNames()).write.format("delta").mode("append").save(settings.features_table)
+    with pytest.raises(ValueError, match="mixes feature models"):
+        pca.refit(spark, settings, write_plots=False)
