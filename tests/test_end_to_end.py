@@ -4,7 +4,7 @@ Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit -> SQL."""
 from __future__ import annotations
 
 import pytest
-from fruits import ingest, pca, query, stream, upload
+from fruits import FeatureStore, ingest, pca, query, stream, upload
 
 from conftest import SAMPLE
 
@@ -44,3 +44,16 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
         f"SELECT count(*) FROM features WHERE pca_version = {model.version} AND size(pca_features) = {model.k}",
     )
     assert projected.rows == [(len(keys) + len(late),)]
+
+    # The JVM-free store reads the same tables over the emulator's S3: same rows, one model version.
+    store = FeatureStore(settings)
+    assert store.sql("SELECT count(*), max(pca_version) FROM features").rows == [(len(keys) + len(late), model.version)]
+    label, path = images[0]
+    assert store.status(f"uploads/{label}/{path.name}").state == "processed"
+    assert store.similar(f"uploads/{label}/{path.name}", k=3)[0].key != f"uploads/{label}/{path.name}"
+    # In a manifest, not yet streamed: pending.
+    pending = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=3)[2::3][:1])[0]
+    ingest.drain(settings, visibility_timeout=5)
+    status = store.status(pending)
+    assert status.state == "pending" and f"s3://{settings.bucket}/{settings.manifest_prefix}" in status.detail
+    assert store.status("uploads/never/uploaded.jpg").state == "unknown"

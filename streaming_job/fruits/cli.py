@@ -126,16 +126,73 @@ def cmd_pca_reproject(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from . import query
-    from .spark import get_spark
 
     settings = _settings(args)
-    result = query.sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
+    if args.engine == "duckdb":
+        from .store import FeatureStore
+
+        result = FeatureStore(settings).sql(args.sql, as_of_version=args.as_of_version)
+    else:
+        from .spark import get_spark
+
+        result = query.sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
     if args.json:
         print(json.dumps({"versions": result.versions,
                           "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str))
     else:
         print(query.format_table(result))
     return 0
+
+
+def _target(value: str) -> str | Path:
+    """A local image file if one exists at ``value``, else an upload key."""
+    return Path(value) if Path(value).is_file() else value
+
+
+def _neighbour_table(neighbours: list[Any], versions: dict[str, int]) -> str:
+    from .query import QueryResult, format_table
+
+    rows = [(i, n.key, n.label, round(n.distance, 4)) for i, n in enumerate(neighbours, 1)]
+    return format_table(QueryResult(["rank", "key", "label", "distance"], rows, versions), max_width=80)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .store import FeatureStore, to_json
+
+    store = FeatureStore(_settings(args))
+    neighbours = store.similar(_target(args.target), k=args.k)
+    if args.json:
+        print(to_json(neighbours))
+    else:
+        print(_neighbour_table(neighbours, {"pca_models": store.pca_model().version}))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .store import FeatureStore, to_json
+
+    suggestion = FeatureStore(_settings(args)).classify(_target(args.target), k=args.k)
+    if args.json:
+        print(to_json(suggestion))
+        return 0
+    votes = ", ".join(f"{label} {n}" for label, n in suggestion.votes.items())
+    print(f"{suggestion.label}  (confidence {suggestion.confidence:.0%}; votes of the {len(suggestion.neighbours)} "
+          f"nearest labelled rows: {votes})")
+    print(_neighbour_table(suggestion.neighbours, {"pca_models": suggestion.pca_version}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import FeatureStore, to_json
+
+    status = FeatureStore(_settings(args)).status(args.key)
+    if args.json:
+        print(to_json(status))
+        return 0
+    print(f"{status.key}: {status.state} ({status.detail})")
+    for row in status.rows:
+        print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+    return 0 if status.state != "unknown" else 3
 
 
 def cmd_jars(args: argparse.Namespace) -> int:
@@ -201,11 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
     p.set_defaults(func=cmd_pca_reproject)
 
-    p = sub.add_parser("query", parents=[common], help="Spark SQL over features, quarantine, pca_models")
+    p = sub.add_parser("query", parents=[common], help="SQL over the tables features, quarantine, pca_models")
     p.add_argument("sql")
+    p.add_argument("--engine", choices=("spark", "duckdb"), default="spark",
+                   help="spark: Spark SQL (default); duckdb: JVM-free, delta-rs + DuckDB, for interactive use")
     p.add_argument("--json", action="store_true")
     p.add_argument("--as-of-version", type=int, help="read the features table at this Delta version")
     p.set_defaults(func=cmd_query)
+
+    lookup = argparse.ArgumentParser(add_help=False, parents=[common])
+    lookup.add_argument("target", help="an upload key (uploads/<Label>/<file>, or s3://bucket/key) or a local image")
+    lookup.add_argument("-k", type=int, default=10, help="number of neighbours")
+    lookup.add_argument("--weights", help="for a local image: the weights the table was featurized with")
+    lookup.add_argument("--json", action="store_true")
+    sub.add_parser("similar", parents=[lookup], help="nearest images in the current PCA space (cosine)") \
+        .set_defaults(func=cmd_similar)
+    sub.add_parser("classify", parents=[lookup], help="suggest a label: majority of the k nearest labelled rows") \
+        .set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("status", parents=[common], help="processed, quarantined, pending or unknown")
+    p.add_argument("key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
     return parser

@@ -1,0 +1,321 @@
+"""Stage 5 without a JVM: the tables through delta-rs, SQL through DuckDB, similar images, a
+label suggestion and the status of an upload. This is the Python API a service calls.
+
+Example::
+
+    from fruits import FeatureStore, Settings
+
+    store = FeatureStore(Settings.from_env())
+    store.sql("SELECT label, count(*) AS n FROM features GROUP BY label").rows
+    store.similar("uploads/Banana/r_1.jpg", k=5)      # [Neighbour(key=..., label='Banana', distance=0.04), ...]
+    store.classify(Path("photo.jpg"))                  # Suggestion(label='Banana', confidence=0.9, ...)
+    store.status("uploads/Banana/r_1.jpg").state       # 'processed'
+
+``similar`` and ``classify`` work in the newest PCA space with cosine distance; a local file is
+featurized with the pipeline's own decoding and weights (``settings.weights``, which must be the
+weights the table was featurized with). Rows not yet re-projected onto the newest PCA version are
+projected here, so every answer uses one model version.
+
+Limitations: the search is brute force over every row's PCA vector, held in memory and reused
+while the table version stays the same: about 400 bytes a row at k=92, so comfortable up to a few
+million rows; beyond that, put an ANN index behind the same API. ``status`` looks in the tables
+first, then reads the manifests newest first, so "pending" and "unknown" answers cost one S3 LIST
+plus a read per manifest until the key is found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pa_fs
+from deltalake import DeltaTable
+
+from . import aws
+from .config import Settings
+from .query import QueryResult
+
+TABLES = ("features", "quarantine", "pca_models")
+
+
+@dataclass
+class Neighbour:
+    key: str
+    label: str | None
+    distance: float  # cosine distance, 0 = same direction
+    image_id: str
+
+
+@dataclass
+class Suggestion:
+    """The majority label of the k nearest labelled rows; ``confidence`` is its share of the votes."""
+
+    label: str
+    confidence: float
+    votes: dict[str, int]
+    neighbours: list[Neighbour]
+    pca_version: int
+
+
+@dataclass
+class Status:
+    key: str
+    state: str  # processed | quarantined | pending | unknown
+    detail: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Index:
+    versions: tuple[int, int]  # (features table version, PCA model version)
+    image_ids: np.ndarray
+    keys: np.ndarray
+    labels: np.ndarray
+    unit: np.ndarray  # (n, k) float32, rows normalised
+
+
+class FeatureStore:
+    """Read-only access to the pipeline's Delta tables, with no JVM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._index: _Index | None = None
+        self._featurizer: Any = None
+
+    # --- tables -----------------------------------------------------------------------------
+
+    def table(self, name: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self._uri(name), version=version, storage_options=self._storage_options())
+        except Exception as exc:
+            if type(exc).__name__ == "TableNotFoundError":
+                raise FileNotFoundError(
+                    f"no Delta table at {self._uri(name)}: run the stream first (or check --table-root)"
+                ) from exc
+            raise
+
+    def dataset(self, name: str, version: int | None = None) -> tuple[ds.Dataset, int]:
+        """The table as a pyarrow dataset, and the Delta version it is."""
+        dt = self.table(name, version)
+        return dt.to_pyarrow_dataset(filesystem=self._filesystem(name)), dt.version()
+
+    def _uri(self, name: str) -> str:
+        if name not in TABLES:
+            raise ValueError(f"no table {name!r}; the tables are {', '.join(TABLES)}")
+        location = getattr(self.settings, "pca_models_table" if name == "pca_models" else f"{name}_table")
+        return location.replace("s3a://", "s3://", 1)
+
+    def _storage_options(self) -> dict[str, str]:
+        s = self.settings
+        options = {"AWS_REGION": s.region}
+        if s.endpoint_url:
+            options.update(
+                AWS_ENDPOINT_URL=s.endpoint_url,
+                AWS_ALLOW_HTTP="true",
+                AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            )
+        return options
+
+    def _filesystem(self, name: str) -> pa_fs.FileSystem:
+        # Arrow's own S3 or local filesystem: reads in native threads. delta-rs's default (a Python
+        # filesystem calling into Rust) can abort the interpreter at exit after a threaded scan.
+        uri = self._uri(name)
+        if not aws.is_s3(uri):
+            return pa_fs.SubTreeFileSystem(str(Path(uri.removeprefix("file://")).resolve()), pa_fs.LocalFileSystem())
+        s = self.settings
+        options = self._storage_options()
+        base = pa_fs.S3FileSystem(
+            region=s.region, endpoint_override=s.endpoint_url,
+            scheme="http" if (s.endpoint_url or "").startswith("http://") else "https",
+            access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+        )
+        bucket, key = aws.split_s3_uri(uri)
+        return pa_fs.SubTreeFileSystem(f"{bucket}/{key}", base)
+
+    def sql(self, statement: str, as_of_version: int | None = None) -> QueryResult:
+        """Run one DuckDB SQL statement over ``features``, ``quarantine`` and ``pca_models``;
+        ``as_of_version`` time-travels the ``features`` table."""
+        # Imported here: a process that imports duckdb but never opens a connection can abort at
+        # exit ("terminate called without an active exception") once delta-rs has run.
+        import duckdb
+
+        versions = {}
+        with duckdb.connect() as con:
+            for name in TABLES:
+                dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
+                con.register(name, dataset)
+            result = con.sql(statement)
+            if result is None:  # a statement without a result set
+                return QueryResult(columns=[], rows=[], versions=versions)
+            return QueryResult(columns=list(result.columns), rows=result.fetchall(), versions=versions)
+
+    def pca_model(self) -> Any:
+        """The newest PCA model (a ``pca.PcaModel``), or None before the first refit."""
+        from .pca import PcaModel
+
+        models = self.dataset("pca_models")[0].to_table()
+        if models.num_rows == 0:
+            return None
+        r = models.slice(int(np.argmax(models["version"].to_numpy())), 1).to_pylist()[0]
+        mean = np.asarray(r["mean"])
+        return PcaModel(
+            version=r["version"], k=r["k"], mean=mean, components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
+            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]), row_count=r["row_count"],
+            source_table_version=r["source_table_version"], feature_model_id=r["feature_model_id"],
+        )
+
+    # --- similar images and labels ----------------------------------------------------------
+
+    def _current_index(self) -> tuple[_Index, Any]:
+        model = self.pca_model()
+        if model is None:
+            raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
+        features, version = self.dataset("features")
+        versions = (version, model.version)
+        if self._index is None or self._index.versions != versions:
+            self._index = _build_index(features, model, versions)
+        return self._index, model
+
+    def vector(self, target: str | Path) -> tuple[np.ndarray, str | None, Any]:
+        """``target``'s vector in the newest PCA space, its image id if it is in the table, and the model.
+
+        ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
+        image file as a ``Path``.
+        """
+        index, model = self._current_index()
+        if isinstance(target, Path):
+            return model.project(self._featurize_file(Path(target), model.feature_model_id))[0], None, model
+        key = aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target)
+        matches = np.flatnonzero(index.keys == key)
+        if len(matches) == 0:
+            raise KeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
+        i = matches[-1]
+        return index.unit[i], str(index.image_ids[i]), model
+
+    def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
+        from .images import decode
+        from .model import Featurizer, load_weights
+
+        if self._featurizer is None:
+            blob = load_weights(self.settings.weights)
+            if blob.model_id != table_model_id:
+                raise ValueError(
+                    f"the table was featurized with {table_model_id}, but the weights {self.settings.weights!r} "
+                    f"are {blob.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights file"
+                )
+            self._featurizer = Featurizer(blob)
+        pixels = decode(path.read_bytes(), self.settings.max_image_bytes)
+        return self._featurizer(pixels[None])
+
+    def similar(self, target: str | Path, k: int = 10, labelled_only: bool = False) -> list[Neighbour]:
+        """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
+        index, _ = self._current_index()
+        query, own_id, _ = self.vector(target)
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise ValueError("the target's PCA vector is all zeros; no direction to compare")
+        distances = 1.0 - index.unit @ (query / norm).astype(np.float32)
+        keep = np.ones(len(distances), dtype=bool)
+        if own_id is not None:
+            keep &= index.image_ids != own_id
+        if labelled_only:
+            keep &= index.labels != None  # noqa: E711 (element-wise on an object array)
+        candidates = np.flatnonzero(keep)
+        nearest = candidates[np.argsort(distances[candidates], kind="stable")[:k]]
+        return [
+            Neighbour(key=str(index.keys[i]), label=index.labels[i], distance=float(distances[i]),
+                      image_id=str(index.image_ids[i]))
+            for i in nearest
+        ]
+
+    def classify(self, target: str | Path, k: int = 10) -> Suggestion:
+        """A label for ``target``: the majority of its ``k`` nearest labelled rows.
+
+        Ties go to the label whose neighbours are closer in total.
+        """
+        neighbours = self.similar(target, k=k, labelled_only=True)
+        if not neighbours:
+            raise LookupError("the table has no labelled rows to vote")
+        votes = Counter(n.label for n in neighbours)
+        closeness = Counter()
+        for n in neighbours:
+            closeness[n.label] += 1.0 - n.distance
+        label = max(votes, key=lambda name: (votes[name], closeness[name]))
+        return Suggestion(label=label, confidence=votes[label] / len(neighbours), votes=dict(votes.most_common()),
+                          neighbours=neighbours, pca_version=self._current_index()[1].version)
+
+    # --- where is an upload -----------------------------------------------------------------
+
+    def status(self, key: str) -> Status:
+        """processed (with its rows), quarantined (with the reason), pending (in a manifest, not
+        yet in a table) or unknown."""
+        key = aws.split_s3_uri(key)[1] if "://" in key else key
+        cols = ["image_id", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
+        rows = _rows_with_key(self.dataset("features")[0], key, cols)
+        if rows:
+            return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
+        rows = _rows_with_key(self.dataset("quarantine")[0], key, ["image_id", "key", "etag", "reason", "error",
+                                                             "quarantined_at", "manifest"])
+        if rows:
+            return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
+        try:
+            manifest = self._manifest_with(key)
+        except (BotoCoreError, ClientError) as exc:
+            return Status(key, "unknown", f"in no table; the manifests could not be read ({exc})")
+        if manifest is not None:
+            return Status(key, "pending", f"in manifest {manifest}, not yet featurized")
+        return Status(key, "unknown", "in no table and no manifest: not uploaded, not an image suffix, "
+                                      "or its event has not reached the ingest Lambda yet")
+
+    def _manifest_with(self, key: str) -> str | None:
+        s3 = aws.client("s3", self.settings)
+        objects = []
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.settings.bucket, Prefix=self.settings.manifest_prefix
+        ):
+            objects += page.get("Contents", [])
+        for obj in sorted(objects, key=lambda o: o["LastModified"], reverse=True):
+            body = s3.get_object(Bucket=self.settings.bucket, Key=obj["Key"])["Body"].read().decode("utf-8")
+            if any(json.loads(line).get("key") == key for line in body.splitlines() if line.strip()):
+                return f"s3://{self.settings.bucket}/{obj['Key']}"
+        return None
+
+
+def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str]) -> list[dict[str, Any]]:
+    found = dataset.to_table(columns=columns, filter=pc.field("key") == key)
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
+
+
+def _build_index(dataset: ds.Dataset, model: Any, versions: tuple[int, int]) -> _Index:
+    current = pc.field("pca_version") == model.version
+    on_model = dataset.to_table(columns=["image_id", "key", "label", "pca_features"], filter=current)
+    stale = dataset.to_table(columns=["image_id", "key", "label", "features"], filter=~current | pc.field("pca_version").is_null())
+    parts = []
+    if on_model.num_rows:
+        parts.append(np.stack(on_model["pca_features"].to_numpy(zero_copy_only=False)).astype(np.float32))
+    if stale.num_rows:
+        parts.append(model.project(np.stack(stale["features"].to_numpy(zero_copy_only=False))))
+    if not parts:
+        raise LookupError("the features table is empty")
+    vectors = np.concatenate(parts)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    column = lambda name: np.concatenate(  # noqa: E731
+        [t[name].to_numpy(zero_copy_only=False) for t in (on_model, stale) if t.num_rows]
+    )
+    return _Index(versions, column("image_id"), column("key"), column("label"),
+                  (vectors / np.where(norms == 0, 1, norms)).astype(np.float32))
+
+
+def to_json(value: Any) -> str:
+    """JSON for the API's results (dataclasses, numpy scalars, timestamps)."""
+    return json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else
+                      [asdict(v) for v in value], default=str)

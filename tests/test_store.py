@@ -1,0 +1,139 @@
+"""The JVM-free store: DuckDB SQL with time travel, similar images, label suggestions, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fruits import FeatureStore, pca, table
+from fruits.config import Settings
+from fruits.images import decode
+from fruits.model import Featurizer
+from fruits.schema import FEATURES, QUARANTINE
+from fruits.upload import sample_images
+
+from conftest import SAMPLE, WEIGHTS
+
+pytestmark = pytest.mark.spark
+
+# Top-1 accuracy the label suggestion must reach on held-out sample images. The split is by file
+# name: the first 8 of each class train, the other 4 (mostly the "r_" series, the fruit turned on
+# another axis) are held out, so the test sees new views rather than neighbouring frames. Measured
+# here with k=5: 86/100 with the pretrained weights (the misses are look-alikes: blueberry vs grape
+# blue, apricot vs tomato, avocado vs mango), 8/100 with random weights; chance is 4/100. An
+# interleaved split (every third frame held out) scores 99/100, which would flatter the engine.
+# 0.75 leaves room for a new sample or weights release, and still fails a real regression
+# (random or mismatched weights, broken preprocessing) by a wide margin.
+ACCURACY_FLOOR = 0.75
+TRAIN_PER_CLASS = 8
+
+
+@pytest.fixture(scope="module")
+def sample_split(weights_blob):
+    """Features of the sample: the first 8 images of each class to train, the rest held out."""
+    featurizer = Featurizer(weights_blob)
+    by_label: dict[str, list[Path]] = {}
+    for label, path in sample_images(SAMPLE):
+        by_label.setdefault(label, []).append(path)
+    train, held_out = [], []
+    for label, paths in sorted(by_label.items()):
+        train += [(label, p) for p in paths[:TRAIN_PER_CLASS]]
+        held_out += [(label, p) for p in paths[TRAIN_PER_CLASS:]]
+    pixels = np.stack([decode(p.read_bytes()) for _, p in train])
+    features = np.concatenate([featurizer(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
+    return train, features, held_out
+
+
+def write_features(spark, settings: Settings, images: list[tuple[str, Path]], features: np.ndarray,
+                   model_id: str) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = pd.DataFrame({
+        "image_id": [f"id-{i}" for i in range(len(images))], "bucket": settings.bucket,
+        "key": [f"uploads/{label}/{p.name}" for label, p in images], "label": [label for label, _ in images],
+        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
+        "features": list(features), "model_id": model_id, "pca_features": None, "pca_version": None,
+    })
+    spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
+
+
+@pytest.fixture(scope="module")
+def store_settings(spark, sample_split, weights_blob, tmp_path_factory) -> Settings:
+    train, features, _ = sample_split
+    settings = Settings(table_root=str(tmp_path_factory.mktemp("store") / "tables"), weights=str(WEIGHTS),
+                        endpoint_url="http://127.0.0.1:9")  # status must not need S3 for rows in the tables
+    table.ensure_tables(spark, settings)
+    write_features(spark, settings, train, features, weights_blob.model_id)
+    pca.refit(spark, settings, write_plots=False)
+    return settings
+
+
+def test_classify_held_out_images_above_the_floor(store_settings, sample_split) -> None:
+    _, _, held_out = sample_split
+    store = FeatureStore(store_settings)
+    suggestions = [store.classify(path, k=5) for _, path in held_out]
+    correct = sum(s.label == label for s, (label, _) in zip(suggestions, held_out))
+    accuracy = correct / len(held_out)
+    print(f"\nclassify top-1 on {len(held_out)} held-out sample images: {accuracy:.1%}")
+    assert len(held_out) == 100
+    assert accuracy >= ACCURACY_FLOOR
+    assert all(0.2 <= s.confidence <= 1.0 and sum(s.votes.values()) == 5 for s in suggestions)
+
+
+def test_similar_by_key_finds_its_class_and_leaves_itself_out(store_settings, sample_split) -> None:
+    train, _, _ = sample_split
+    store = FeatureStore(store_settings)
+    label, path = train[0]
+    key = f"uploads/{label}/{path.name}"
+    neighbours = store.similar(key, k=3)
+    assert len(neighbours) == 3 and key not in {n.key for n in neighbours}
+    assert neighbours[0].label == label
+    assert [n.distance for n in neighbours] == sorted(n.distance for n in neighbours)
+    # The same image as a local file is at distance ~0 from its own row.
+    assert store.similar(path, k=1)[0].key == key and store.similar(path, k=1)[0].distance < 1e-4
+    with pytest.raises(KeyError, match="not in the features table"):
+        store.similar("uploads/nope.jpg")
+
+
+def test_rows_not_yet_reprojected_are_projected_at_query_time(spark, store_settings, sample_split,
+                                                              weights_blob) -> None:
+    """A stream batch that landed on an older PCA version is still comparable."""
+    train, features, _ = sample_split
+    settings = store_settings.with_(table_root=store_settings.table_root + "-stale")
+    table.ensure_tables(spark, settings)
+    write_features(spark, settings, train, features, weights_blob.model_id)
+    pca.refit(spark, settings, write_plots=False)
+    write_features(spark, settings, train[:1], features[:1] * 1.0, weights_blob.model_id)  # pca_version null
+    store = FeatureStore(settings)
+    label, path = train[0]
+    nearest = store.similar(path, k=2)
+    assert {n.key for n in nearest} == {f"uploads/{label}/{path.name}"}
+    assert all(n.distance < 1e-4 for n in nearest)
+
+
+def test_duckdb_sql_reads_the_versions_and_time_travels(store_settings) -> None:
+    store = FeatureStore(store_settings)
+    result = store.sql("SELECT count(*) AS n, count(DISTINCT label) AS labels FROM features")
+    assert result.rows == [(200, 25)]
+    assert result.versions["features"] >= 2 and result.versions["pca_models"] == 1
+    assert store.sql("SELECT count(*) FROM features", as_of_version=0).rows == [(0,)]
+
+
+def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings, sample_split) -> None:
+    train, _, _ = sample_split
+    now = dt.datetime.now(dt.timezone.utc)
+    bad = pd.DataFrame([{"image_id": "q1", "bucket": "b", "key": "uploads/Kiwi/broken.jpg", "etag": "e",
+                         "version_id": None, "reason": "truncated_or_corrupt", "error": "cannot decode",
+                         "quarantined_at": now, "manifest": "m"}])
+    spark.createDataFrame(bad, QUARANTINE).write.format("delta").mode("append").save(store_settings.quarantine_table)
+    store = FeatureStore(store_settings)
+    label, path = train[3]
+    processed = store.status(f"uploads/{label}/{path.name}")
+    assert processed.state == "processed" and processed.rows[0]["label"] == label
+    quarantined = store.status("uploads/Kiwi/broken.jpg")
+    assert quarantined.state == "quarantined" and "truncated_or_corrupt" in quarantined.detail
+    # The endpoint of these settings refuses connections: the answer says the manifests were not read.
+    unknown = store.status("uploads/Kiwi/never.jpg")
+    assert unknown.state == "unknown" and "could not be read" in unknown.detail
