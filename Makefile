@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability lambda-zip bench clean
+.PHONY: setup jars demo test test-reliability lambda-zip bench synth clean
 
 setup: $(STAMP) jars
 
@@ -28,7 +28,14 @@ test-reliability: setup
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .cache work build *.egg-info
+	rm -rf $(VENV) .cache work build *.egg-info infra/cdk.out
+
+# The CloudFormation template of infra/ (offline: CDK runs on the local Node.js), then cfn-lint.
+# W3005: CDK writes a DependsOn next to a GetAtt on the same resource; harmless.
+synth: $(STAMP)
+	cd infra && JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out ../$(BIN)/python app.py
+	$(BIN)/cfn-lint --ignore-checks W3005 -- infra/cdk.out/fruits-dev.template.json
+	@echo "template: infra/cdk.out/fruits-dev.template.json"
 
 # The Lambda's deployment package: lambda/fruits_ingest plus what the Python 3.11 runtime lacks
 # (boto3 is in the runtime; powertools is not).

@@ -29,6 +29,11 @@ from typing import Any
 
 IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image to it
 
+# What the S3 -> SQS notification sends, on the emulator (emulator.provision) and on AWS (infra/).
+# S3 suffix filters are case-sensitive; phones upload both cases.
+NOTIFIED_SUFFIXES = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp", ".WEBP", ".gif", ".GIF")
+MAX_RECEIVE_COUNT = 3  # deliveries of an event before it goes to the dead-letter queue
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -23,13 +23,10 @@ from types import TracebackType
 from moto.server import ThreadedMotoServer
 
 from . import aws
-from .config import Settings
+from .config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES, Settings
 
 log = logging.getLogger(__name__)
 
-# S3 suffix filters are case-sensitive; phones upload both cases.
-NOTIFIED_SUFFIXES = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp", ".WEBP", ".gif", ".GIF")
-MAX_RECEIVE_COUNT = 3
 
 # Credentials the emulator accepts; set only when no real ones are configured.
 _FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -1,0 +1,299 @@
+"""One stage of the pipeline on AWS: what ``fruits.emulator.provision`` creates locally, plus the
+Lambda, the Spark jobs on EMR Serverless, the scheduled PCA refit and the alarms.
+
+Every name derives from the stage (``fruits-<stage>-...``); the region defaults to eu-west-3 (Paris)
+for EU data residency. Each component gets its own role with only what it uses:
+
+- the ingest Lambda receives and deletes from its queue and writes objects under ``manifests/``;
+- the Spark jobs read ``uploads/``, ``manifests/`` and ``artifacts/``, and read and write ``tables/``;
+- the scheduler may start job runs on this application, passing the job role, and nothing more.
+
+Example::
+
+    app = cdk.App()
+    FruitsStack(app, "fruits-dev", config=StageConfig(stage="dev"))
+    app.synth()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_emrserverless as emrs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES
+
+ROOT = Path(__file__).resolve().parents[2]
+LAMBDA_DIR = ROOT / "lambda"
+
+UPLOADS, MANIFESTS, TABLES, ARTIFACTS = "uploads/", "manifests/", "tables/", "artifacts/"
+LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
+# AWS's advice for an SQS event source: visibility at least 6x the function timeout.
+QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)
+# Powertools' public layer, resolved at deploy time from the SSM parameter AWS publishes for this
+# exact version (the version lambda/requirements.txt pins), so synth needs no network.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.11/3.37.0"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: str = "dev"
+    region: str = "eu-west-3"
+    # AWS runtime for Apache Spark 8.0.0: Spark 4.0.2, Delta 4.0.0 (our local pins are 4.2 / 4.4).
+    emr_release: str = "emr-spark-8.0.0"
+    refit_schedule: str = "rate(1 hour)"
+    manifest_retention_days: int = 30
+    start_stream: bool = False
+    alarm_email: str | None = None
+
+    @classmethod
+    def from_context(cls, node: Construct | object) -> StageConfig:
+        get = node.try_get_context  # type: ignore[attr-defined]
+        return cls(
+            stage=get("stage") or cls.stage,
+            region=get("region") or cls.region,
+            emr_release=get("emrRelease") or cls.emr_release,
+            refit_schedule=get("refitSchedule") or cls.refit_schedule,
+            start_stream=str(get("startStream")).lower() == "true",
+            alarm_email=get("alarmEmail"),
+        )
+
+    def name(self, suffix: str) -> str:
+        return f"fruits-{self.stage}-{suffix}"
+
+
+class FruitsStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig, **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
+        self.bucket = self._bucket()
+        self.dead_letters, self.queue = self._queues()
+        for suffix in NOTIFIED_SUFFIXES:
+            self.bucket.add_event_notification(
+                s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue),
+                s3.NotificationKeyFilter(prefix=UPLOADS, suffix=suffix),
+            )
+        self.ingest = self._ingest_lambda()
+        self.application, self.job_role = self._spark()
+        self._jobs()
+        self._alarms()
+        cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name)
+        cdk.CfnOutput(self, "QueueUrl", value=self.queue.queue_url)
+        cdk.CfnOutput(self, "ApplicationId", value=self.application.attr_application_id)
+        cdk.CfnOutput(self, "JobRoleArn", value=self.job_role.role_arn)
+
+    # --- storage and events -------------------------------------------------------------------
+
+    def _bucket(self) -> s3.Bucket:
+        return s3.Bucket(
+            self, "Images",
+            bucket_name=f"{self.config.name('images')}-{cdk.Aws.ACCOUNT_ID}",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                # The stream's checkpoint remembers which manifests it read; old ones are dead weight.
+                s3.LifecycleRule(id="expire-manifests", prefix=MANIFESTS,
+                                 expiration=cdk.Duration.days(self.config.manifest_retention_days)),
+                s3.LifecycleRule(id="abort-incomplete-uploads",
+                                 abort_incomplete_multipart_upload_after=cdk.Duration.days(7)),
+            ],
+            # Photos and the table outlive a stack deletion; see infra/README.md to remove them.
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+
+    def _queues(self) -> tuple[sqs.Queue, sqs.Queue]:
+        dead_letters = sqs.Queue(
+            self, "DeadLetters", queue_name=self.config.name("uploads-dlq"),
+            retention_period=cdk.Duration.days(14), encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+        )
+        queue = sqs.Queue(
+            self, "Uploads", queue_name=self.config.name("uploads"),
+            visibility_timeout=QUEUE_VISIBILITY, retention_period=cdk.Duration.days(4),
+            encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+            dead_letter_queue=sqs.DeadLetterQueue(queue=dead_letters, max_receive_count=MAX_RECEIVE_COUNT),
+        )
+        return dead_letters, queue
+
+    # --- stage 2: the ingest Lambda -----------------------------------------------------------
+
+    def _ingest_lambda(self) -> lambda_.Function:
+        log_group = logs.LogGroup(
+            self, "IngestLogs", log_group_name=f"/aws/lambda/{self.config.name('ingest')}",
+            retention=logs.RetentionDays.ONE_MONTH, removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        role = iam.Role(
+            self, "IngestRole", role_name=self.config.name("ingest"),
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="ingest Lambda: its queue, its log group, manifests/ only",
+        )
+        log_group.grant_write(role)
+        role.add_to_policy(iam.PolicyStatement(
+            actions=["s3:PutObject"], resources=[self.bucket.arn_for_objects(f"{MANIFESTS}*")],
+        ))
+        powertools = lambda_.LayerVersion.from_layer_version_arn(
+            self, "Powertools",
+            ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER),
+        )
+        function = lambda_.Function(
+            self, "Ingest", function_name=self.config.name("ingest"),
+            runtime=lambda_.Runtime.PYTHON_3_11, architecture=lambda_.Architecture.X86_64,
+            handler="fruits_ingest.handler.handler",
+            code=lambda_.Code.from_asset(str(LAMBDA_DIR), exclude=["README.md", "requirements.txt", "**/__pycache__"]),
+            layers=[powertools], role=role, log_group=log_group,
+            timeout=LAMBDA_TIMEOUT, memory_size=256,
+            environment={
+                "MANIFEST_BUCKET": self.bucket.bucket_name,
+                "MANIFEST_PREFIX": MANIFESTS,
+                "ACCEPTED_PREFIXES": UPLOADS,
+                "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
+                "POWERTOOLS_METRICS_NAMESPACE": "Fruits",
+                "POWERTOOLS_LOG_LEVEL": "INFO",
+            },
+        )
+        function.add_event_source(sources.SqsEventSource(
+            self.queue, batch_size=100, max_batching_window=cdk.Duration.seconds(5),
+            report_batch_item_failures=True,
+        ))
+        return function
+
+    # --- stages 3 and 4: Spark on EMR Serverless ----------------------------------------------
+
+    def _spark(self) -> tuple[emrs.CfnApplication, iam.Role]:
+        application = emrs.CfnApplication(
+            self, "Spark", name=self.config.name("spark"), release_label=self.config.emr_release, type="SPARK",
+            architecture="X86_64",
+            auto_start_configuration=emrs.CfnApplication.AutoStartConfigurationProperty(enabled=True),
+            auto_stop_configuration=emrs.CfnApplication.AutoStopConfigurationProperty(
+                enabled=True, idle_timeout_minutes=15),
+            maximum_capacity=emrs.CfnApplication.MaximumAllowedResourcesProperty(cpu="16 vCPU", memory="64 GB"),
+        )
+        role = iam.Role(
+            self, "JobRole", role_name=self.config.name("spark-job"),
+            assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
+            description="Spark jobs: read uploads, manifests, artifacts; read and write tables",
+        )
+        b = self.bucket
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ReadInputs", actions=["s3:GetObject", "s3:GetObjectVersion"],
+            resources=[b.arn_for_objects(f"{p}*") for p in (UPLOADS, MANIFESTS, ARTIFACTS)],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ReadWriteTables", actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            resources=[b.arn_for_objects(f"{TABLES}*")],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, MANIFESTS, TABLES, ARTIFACTS)]}},
+        ))
+        return application, role
+
+    def _job_run(self, name: str, arguments: list[str]) -> dict[str, object]:
+        """The StartJobRun request of ``python -m fruits <arguments>`` on this application."""
+        b = f"s3://{self.bucket.bucket_name}"
+        env = {"FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
+               "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables"}
+        conf = [f"spark.archives={b}/{ARTIFACTS}pyenv.tar.gz#environment",
+                "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON=./environment/bin/python",
+                "spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python",
+                "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python"]
+        conf += [f"spark.emr-serverless.driverEnv.{k}={v}" for k, v in env.items()]
+        return {
+            "applicationId": self.application.attr_application_id,
+            "executionRoleArn": self.job_role.role_arn,
+            "name": self.config.name(name),
+            "jobDriver": {"sparkSubmit": {
+                "entryPoint": f"{b}/{ARTIFACTS}fruits_job.py",
+                "entryPointArguments": arguments,
+                "sparkSubmitParameters": " ".join(f"--conf {c}" for c in conf),
+            }},
+        }
+
+    def _jobs(self) -> None:
+        # The periodic PCA refit: EventBridge Scheduler calls StartJobRun directly.
+        role = iam.Role(self, "SchedulerRole", role_name=self.config.name("scheduler"),
+                        assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+                        description="starts the PCA refit job run, nothing else")
+        for statement in self._job_starter():
+            role.add_to_policy(statement)
+        request = self._job_run("pca-refit", ["pca", "refit"])
+        request["clientToken"] = "<aws.scheduler.execution-id>"  # one run per scheduled invocation
+        scheduler.CfnSchedule(
+            self, "PcaRefit", name=self.config.name("pca-refit"),
+            schedule_expression=self.config.refit_schedule, state="ENABLED",
+            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+            target=scheduler.CfnSchedule.TargetProperty(
+                arn="arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun",
+                role_arn=role.role_arn, input=cdk.Stack.of(self).to_json_string(request),
+                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2),
+            ),
+        )
+        if not self.config.start_stream:
+            return
+        # The stream: started once the artifacts exist (-c startStream=true), cancelled on delete.
+        stream = self._job_run("stream", ["stream", "--trigger", "30 seconds"])
+        stream["mode"] = "STREAMING"
+        cr.AwsCustomResource(
+            self, "StartStream",
+            on_create=cr.AwsSdkCall(service="emr-serverless", action="StartJobRun", parameters=stream,
+                                    physical_resource_id=cr.PhysicalResourceId.from_response("jobRunId")),
+            on_delete=cr.AwsSdkCall(service="emr-serverless", action="CancelJobRun", parameters={
+                "applicationId": self.application.attr_application_id,
+                "jobRunId": cr.PhysicalResourceIdReference()}),
+            policy=cr.AwsCustomResourcePolicy.from_statements(self._job_starter(cancel=True)),
+            install_latest_aws_sdk=False,
+        )
+
+    def _job_starter(self, cancel: bool = False) -> list[iam.PolicyStatement]:
+        """Start (and cancel) job runs on this application, passing the job role only to EMR Serverless."""
+        app_arn = cdk.Stack.of(self).format_arn(
+            service="emr-serverless", resource="/applications", resource_name=self.application.attr_application_id,
+        )
+        actions = ["emr-serverless:StartJobRun"] + (["emr-serverless:CancelJobRun"] if cancel else [])
+        return [
+            iam.PolicyStatement(actions=actions, resources=[app_arn, f"{app_arn}/jobruns/*"]),
+            iam.PolicyStatement(actions=["iam:PassRole"], resources=[self.job_role.role_arn],
+                                conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}),
+        ]
+
+    # --- alarms -------------------------------------------------------------------------------
+
+    def _alarms(self) -> None:
+        topic = sns.Topic(self, "Alarms", topic_name=self.config.name("alarms"), enforce_ssl=True)
+        if self.config.alarm_email:
+            topic.add_subscription(subscriptions.EmailSubscription(self.config.alarm_email))
+        for alarm in (
+            cloudwatch.Alarm(
+                self, "DeadLettersAlarm", alarm_name=self.config.name("dead-letters"),
+                alarm_description="Upload events failed 3 deliveries; see lambda/README.md to replay them.",
+                metric=self.dead_letters.metric_approximate_number_of_messages_visible(period=cdk.Duration.minutes(5)),
+                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            cloudwatch.Alarm(
+                self, "QueueAgeAlarm", alarm_name=self.config.name("queue-age"),
+                alarm_description="The oldest upload event waits over 15 minutes: is the ingest Lambda failing?",
+                metric=self.queue.metric_approximate_age_of_oldest_message(period=cdk.Duration.minutes(5)),
+                threshold=15 * 60, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=2, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+        ):
+            alarm.add_alarm_action(cw_actions.SnsAction(topic))
+

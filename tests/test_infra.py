@@ -1,0 +1,189 @@
+"""infra/: the synthesized CloudFormation template has every resource and policy the design asks
+for, and cfn-lint passes on it. Offline: CDK synth runs on the local Node.js, no AWS account."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+cdk = pytest.importorskip("aws_cdk")
+from aws_cdk.assertions import Match, Template  # noqa: E402
+from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES  # noqa: E402
+from fruits_infra import FruitsStack, StageConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# CDK writes an explicit DependsOn next to a GetAtt on the same resource; harmless, and not ours.
+CFN_LINT_IGNORED = "W3005"
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    app = cdk.App()
+    stack = FruitsStack(app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True),
+                        env=cdk.Environment(region="eu-west-3"))
+    return Template.from_stack(stack)
+
+
+def resources(template: Template, kind: str) -> dict[str, dict]:
+    return template.find_resources(kind)
+
+
+def one(template: Template, kind: str) -> dict:
+    found = resources(template, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return next(iter(found.values()))["Properties"]
+
+
+def policy_statements(template: Template, role_logical_prefix: str) -> list[dict]:
+    statements = []
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        roles = [r["Ref"] for r in policy["Properties"].get("Roles", [])]
+        if any(r.startswith(role_logical_prefix) for r in roles):
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statements, f"no policy on {role_logical_prefix}"
+    return statements
+
+
+def listify(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_bucket_is_private_encrypted_tls_only_and_expires_manifests(template: Template) -> None:
+    bucket = one(template, "AWS::S3::Bucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+    }
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] == "AES256"
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-manifests"]["Prefix"] == "manifests/" and rules["expire-manifests"]["ExpirationInDays"] == 30
+    policy = one(template, "AWS::S3::BucketPolicy")["PolicyDocument"]["Statement"]
+    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
+
+
+def test_queue_has_dead_letters_and_visibility_six_times_the_lambda_timeout(template: Template) -> None:
+    queues = {q["Properties"]["QueueName"]: q["Properties"] for q in resources(template, "AWS::SQS::Queue").values()}
+    assert set(queues) == {"fruits-qa-uploads", "fruits-qa-uploads-dlq"}
+    uploads = queues["fruits-qa-uploads"]
+    assert uploads["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVE_COUNT
+    assert uploads["VisibilityTimeout"] >= 6 * ingest_function(template)["Timeout"]
+    assert all(q.get("SqsManagedSseEnabled") for q in queues.values())
+
+
+def ingest_function(template: Template) -> dict:
+    functions = [f["Properties"] for f in resources(template, "AWS::Lambda::Function").values()
+                 if f["Properties"].get("FunctionName") == "fruits-qa-ingest"]
+    assert len(functions) == 1
+    return functions[0]
+
+
+def test_uploads_notify_the_queue_for_image_suffixes_only(template: Template) -> None:
+    notifications = one(template, "Custom::S3BucketNotifications")["NotificationConfiguration"]
+    configs = notifications["QueueConfigurations"]
+    assert len(configs) == len(NOTIFIED_SUFFIXES)
+    seen = set()
+    for c in configs:
+        assert c["Events"] == ["s3:ObjectCreated:*"]
+        rules = {r["Name"]: r["Value"] for r in c["Filter"]["Key"]["FilterRules"]}
+        assert rules["prefix"] == "uploads/"
+        seen.add(rules["suffix"])
+    assert seen == set(NOTIFIED_SUFFIXES)
+
+
+def test_ingest_lambda_with_powertools_and_partial_batch_responses(template: Template) -> None:
+    function = ingest_function(template)
+    assert function["Runtime"] == "python3.11" and function["Handler"] == "fruits_ingest.handler.handler"
+    assert function["Environment"]["Variables"]["MANIFEST_PREFIX"] == "manifests/"
+    assert len(function["Layers"]) == 1  # Powertools, from AWS's SSM parameter for 3.37.0
+    parameters = template.to_json()["Parameters"]
+    assert any(p["Default"] == "/aws/service/powertools/python/x86_64/python3.11/3.37.0" for p in parameters.values())
+    mapping = one(template, "AWS::Lambda::EventSourceMapping")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["MaximumBatchingWindowInSeconds"] > 0 and mapping["BatchSize"] > 10
+
+
+def test_ingest_role_reads_its_queue_and_writes_manifests_only(template: Template) -> None:
+    statements = policy_statements(template, "IngestRole")
+    s3_statements = [s for s in statements if any(a.startswith("s3:") for a in listify(s["Action"]))]
+    assert len(s3_statements) == 1 and s3_statements[0]["Action"] == "s3:PutObject"
+    assert s3_statements[0]["Resource"]["Fn::Join"][1][-1] == "/manifests/*"
+    sqs_actions = {a for s in statements for a in listify(s["Action"]) if a.startswith("sqs:")}
+    assert sqs_actions <= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                           "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+    assert "sqs:DeleteMessage" in sqs_actions and "sqs:ReceiveMessage" in sqs_actions
+    for s in statements:
+        assert s["Resource"] != "*" and "*" not in listify(s["Action"])
+
+
+def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> None:
+    statements = {s["Sid"]: s for s in policy_statements(template, "JobRole")}
+    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes"}
+
+    def prefixes(statement: dict) -> set[str]:
+        return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
+
+    assert prefixes(statements["ReadInputs"]) == {"/uploads/*", "/manifests/*", "/artifacts/*"}
+    assert set(statements["ReadInputs"]["Action"]) == {"s3:GetObject", "s3:GetObjectVersion"}
+    assert prefixes(statements["ReadWriteTables"]) == {"/tables/*"}
+    assert set(statements["ReadWriteTables"]["Action"]) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert statements["ListOwnPrefixes"]["Action"] == "s3:ListBucket"
+    trust = resources(template, "AWS::IAM::Role")
+    job_role = next(r for name, r in trust.items() if name.startswith("JobRole"))["Properties"]
+    assert job_role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "emr-serverless.amazonaws.com"}
+
+
+def test_emr_serverless_application_and_the_streaming_job(template: Template) -> None:
+    app = one(template, "AWS::EMRServerless::Application")
+    assert app["Type"] == "SPARK" and app["ReleaseLabel"] == "emr-spark-8.0.0"
+    assert app["AutoStopConfiguration"]["Enabled"] is True
+    start = one(template, "Custom::AWS")
+    create = json.dumps(start["Create"])
+    assert "StartJobRun" in create and "STREAMING" in create and "fruits_job.py" in create
+
+
+def test_pca_refit_is_scheduled_with_least_privilege(template: Template) -> None:
+    schedule = one(template, "AWS::Scheduler::Schedule")
+    assert schedule["ScheduleExpression"] == "rate(1 hour)"
+    target = schedule["Target"]
+    assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun"
+    assert '\\"pca\\",\\"refit\\"' in json.dumps(target["Input"])
+    statements = policy_statements(template, "SchedulerRole")
+    assert {a for s in statements for a in listify(s["Action"])} == {"emr-serverless:StartJobRun", "iam:PassRole"}
+
+
+def test_alarms_on_dead_letters_and_queue_age(template: Template) -> None:
+    alarms = {a["Properties"]["MetricName"]: a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}
+    assert alarms["ApproximateNumberOfMessagesVisible"]["Threshold"] == 0
+    assert all(a["AlarmActions"] for a in alarms.values())
+    template.has_resource_properties("AWS::SNS::Topic", {"TopicName": "fruits-qa-alarms"})
+
+
+def test_names_derive_from_the_stage_and_the_region_defaults_to_paris(template: Template) -> None:
+    assert StageConfig().region == "eu-west-3"
+    named = [("AWS::Lambda::Function", "FunctionName"), ("AWS::SQS::Queue", "QueueName"),
+             ("AWS::IAM::Role", "RoleName"), ("AWS::EMRServerless::Application", "Name"),
+             ("AWS::Scheduler::Schedule", "Name"), ("AWS::CloudWatch::Alarm", "AlarmName")]
+    for kind, prop in named:
+        for r in resources(template, kind).values():
+            value = r["Properties"].get(prop)
+            if value is not None:
+                assert value.startswith("fruits-qa-"), (kind, value)
+    template.has_resource_properties("AWS::S3::Bucket", {"BucketName": Match.object_like({"Fn::Join": Match.any_value()})})
+
+
+def test_make_synth_template_passes_cfn_lint(tmp_path: Path) -> None:
+    env = {**os.environ, "CDK_OUTDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "app.py"], cwd=ROOT / "infra", env=env, check=True, capture_output=True)
+    template_file = tmp_path / "fruits-dev.template.json"
+    assert json.loads(template_file.read_text())["Resources"]
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--ignore-checks", CFN_LINT_IGNORED, "--",
+                           str(template_file)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
