@@ -50,4 +50,4 @@ lambda-zip: $(STAMP)
 	@ls -l $(LAMBDA_ZIP) | awk '{printf "%s: %.0f kB\n", $$9, $$5/1024}'
 
 bench: setup
-	$(BIN)/python benchmarks/bench_featurize.py
+	$(BIN)/python benchmarks/run.py

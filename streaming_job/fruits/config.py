@@ -14,6 +14,8 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_TABLE_ROOT`` | root of the Delta tables and checkpoints (``s3a://`` or a path) | ``s3a://<bucket>/tables`` |
 | ``FRUITS_WEIGHTS`` | ``imagenet`` or a path to MobileNetV2 no-top weights | ``imagenet`` |
 | ``FRUITS_BATCH_SIZE`` | images per model call | ``64`` |
+| ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
+| ``FRUITS_MODEL_THREADS`` | TensorFlow threads per Python worker (one per task core); 0 = all cores | ``1`` |
 | ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch | ``64`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
@@ -46,6 +48,8 @@ class Settings:
     table_root: str = ""
     weights: str = "imagenet"
     batch_size: int = 64
+    featurize_partitions: int = 0
+    model_threads: int = 1
     max_files_per_trigger: int = 64
     max_image_bytes: int = 50 * 1024 * 1024
     checkpoint_location: str = ""

@@ -71,10 +71,15 @@ def load_weights(spec: str) -> WeightsBlob:
 class Featurizer:
     """A MobileNetV2 feature extractor built from a ``WeightsBlob``."""
 
-    def __init__(self, blob: WeightsBlob) -> None:
+    def __init__(self, blob: WeightsBlob, threads: int | None = None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import keras
         import tensorflow as tf
+        if threads:
+            # Before TF's first op in this process; one thread per Spark task core avoids
+            # oversubscribing the executor when several tasks run the model at once.
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
 
         # Keras picks the loader by file name, so keep the original suffix.
         suffix = ".weights.h5" if blob.name.endswith(".weights.h5") else Path(blob.name).suffix
@@ -103,9 +108,10 @@ class Featurizer:
 _FEATURIZERS: dict[str, Featurizer] = {}
 
 
-def get_featurizer(blob: WeightsBlob) -> Featurizer:
-    """The worker's model for these weights, built on first use."""
+def get_featurizer(blob: WeightsBlob, threads: int | None = None) -> Featurizer:
+    """The worker's model for these weights, built on first use (``threads``: TensorFlow threads,
+    None or 0 for TF's default of every core; only the first call in a process sets them)."""
     featurizer = _FEATURIZERS.get(blob.sha256)
     if featurizer is None:
-        featurizer = _FEATURIZERS[blob.sha256] = Featurizer(blob)
+        featurizer = _FEATURIZERS[blob.sha256] = Featurizer(blob, threads)
     return featurizer

@@ -57,6 +57,10 @@ def get_spark(settings: Settings, master: str | None = None, app_name: str = "fr
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.shuffle.partitions", "4")
+        # Delta rebuilds a table's state with this many tasks at each new version it reads (default
+        # 50). Our streaming tables see a new version every micro-batch and their logs are small:
+        # 50 tiny tasks cost seconds per batch here, for nothing.
+        .config("spark.databricks.delta.snapshotPartitions", os.environ.get("FRUITS_DELTA_SNAPSHOT_PARTITIONS", "2"))
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")

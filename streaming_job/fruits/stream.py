@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -123,45 +125,73 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
         raise
 
 
+FETCH_THREADS = 8  # concurrent GETs + decodes per Python worker, overlapping the model's work
+
+
+def prefetched(load: Callable[[int], Any], n: int, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Any]:
+    """``load(0) .. load(n - 1)`` in order, computed by ``pool`` at most ``ahead`` items in advance
+    (so memory holds a bounded number of decoded images, whatever the Arrow batch size)."""
+    pending: deque[Future[Any]] = deque()
+    for i in range(n):
+        pending.append(pool.submit(load, i))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def featurize_udf(weights: Any, settings: Settings) -> Any:
     """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``.
 
-    ``weights`` is a broadcast ``WeightsBlob``; the model is built once per Python worker.
+    ``weights`` is a broadcast ``WeightsBlob``; the model is built once per Python worker. Threads
+    fetch and decode the next images while the model runs on the current chunk of ``batch_size``.
     """
     endpoint, region = settings.endpoint_url, settings.region
-    batch_size, max_bytes = settings.batch_size, settings.max_image_bytes
+    batch_size, max_bytes, threads = settings.batch_size, settings.max_image_bytes, settings.model_threads
 
     @pandas_udf(FEATURIZE_RESULT)  # type: ignore[call-overload]
     def featurize(
         batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]],
     ) -> Iterator[pd.DataFrame]:
-        featurizer = get_featurizer(weights.value)
+        featurizer = get_featurizer(weights.value, threads)
         client = _s3(endpoint, region)
-        for buckets, keys, etags, versions in batches:
-            n = len(keys)
-            features: list[Any] = [None] * n
-            reasons: list[str | None] = [None] * n
-            errors: list[str | None] = [None] * n
-            good_rows, good_pixels = [], []
-            for i in range(n):
-                try:
-                    data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i])
-                    good_pixels.append(decode(data, max_bytes=max_bytes))
-                    good_rows.append(i)
-                except ImageError as exc:
-                    reasons[i], errors[i] = exc.reason, str(exc)
-            for start in range(0, len(good_rows), batch_size):
-                chunk = np.stack(good_pixels[start : start + batch_size])
-                for i, vector in zip(good_rows[start : start + batch_size], featurizer(chunk)):
-                    features[i] = vector
-            yield pd.DataFrame({"features": features, "reason": reasons, "error": errors})
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            for buckets, keys, etags, versions in batches:
+                n = len(keys)
+                features: list[Any] = [None] * n
+                reasons: list[str | None] = [None] * n
+                errors: list[str | None] = [None] * n
+
+                def load(i: int) -> np.ndarray | ImageError:
+                    try:
+                        data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i])
+                        return decode(data, max_bytes=max_bytes)
+                    except ImageError as exc:
+                        return exc
+
+                rows: list[int] = []
+                pixels: list[np.ndarray] = []
+                for i, result in enumerate(prefetched(load, n, pool, ahead=2 * batch_size)):
+                    if isinstance(result, ImageError):
+                        reasons[i], errors[i] = result.reason, str(result)
+                    else:
+                        rows.append(i)
+                        pixels.append(result)
+                    if len(rows) == batch_size or (i == n - 1 and rows):
+                        for row, vector in zip(rows, featurizer(np.stack(pixels))):
+                            features[row] = vector
+                        rows, pixels = [], []
+                yield pd.DataFrame({"features": features, "reason": reasons, "error": errors})
 
     return featurize
 
 
 def featurize(images: DataFrame, weights: Any, settings: Settings, model_id: str) -> DataFrame:
     udf = featurize_udf(weights, settings)
-    return images.withColumn("result", udf("bucket", "key", "etag", "version_id")).withColumn(
+    # Spread the batch over the cluster: the dedupe shuffle otherwise coalesces small batches
+    # into one partition, so one executor would featurize everything.
+    partitions = settings.featurize_partitions or images.sparkSession.sparkContext.defaultParallelism
+    return images.repartition(partitions).withColumn("result", udf("bucket", "key", "etag", "version_id")).withColumn(
         "model_id", F.lit(model_id)
     )
 
@@ -246,9 +276,12 @@ class BatchWriter:
         with materialized(featurize(images, self.weights, s, self.model_id)) as scored:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
-            good, bad = feature_rows(scored, *self.current_pca()), quarantine_rows(scored)
-            table.append_once(good, s.features_table, self.app_id, batch_id)
-            table.append_once(bad, s.quarantine_table, self.app_id, batch_id)
+            # An empty append is skipped: a replay of this batch drops the images already written
+            # (drop_known) before it gets here, so no idempotency marker is needed for it.
+            if total > quarantined:
+                table.append_once(feature_rows(scored, *self.current_pca()), s.features_table, self.app_id, batch_id)
+            if quarantined:
+                table.append_once(quarantine_rows(scored), s.quarantine_table, self.app_id, batch_id)
         log.info(
             "batch %d: %d new images (%d quarantined); featurized in %.1fs, written in %.1fs",
             batch_id, total, quarantined, featurized - started, time.perf_counter() - featurized,

@@ -1,0 +1,59 @@
+"""Shared pieces of the benchmarks: uploads of sample copies, worker memory, a result table."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fruits import aws, emulator, ingest, stream
+from fruits.config import Settings
+from fruits.demo import BUNDLED_WEIGHTS
+
+
+def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> Settings:
+    settings = Settings(endpoint_url=endpoint, bucket=f"bench-{name}", queue=f"bench-{name}",
+                        table_root=str(root / name), weights=str(BUNDLED_WEIGHTS)).with_(**changes)
+    emulator.provision(settings)
+    return settings
+
+
+def upload_copies(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
+    """Upload ``total`` copies of the sample, each under its own key ``<label>/<tag><n>_<file>``."""
+    s3 = aws.client("s3", settings)
+    blobs = [(label, path.name, path.read_bytes()) for label, path in images]
+    jobs = [(f"{settings.upload_prefix}{label}/{tag}{i // len(blobs)}_{name}", data)
+            for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job: s3.put_object(Bucket=settings.bucket, Key=job[0], Body=job[1]), jobs))
+    return [key for key, _ in jobs]
+
+
+def ingested(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
+    """Upload, then run the ingest Lambda until the queue is empty: manifests are ready."""
+    keys = upload_copies(settings, images, total, tag)
+    ingest.drain(settings)
+    return keys
+
+
+def timed_stream(spark, settings: Settings, blob) -> float:  # noqa: ANN001
+    started = time.perf_counter()
+    stream.start(spark, settings, blob=blob).awaitTermination()
+    return time.perf_counter() - started
+
+
+def peak_worker_rss_mb() -> float:
+    """The largest peak resident set (VmHWM) among this machine's PySpark Python workers."""
+    peak = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue  # the process ended meanwhile
+    return peak / 1024

@@ -1,0 +1,125 @@
+"""``make bench``: every benchmark in one session, as ratios measured in the same run.
+
+Prints one table (with the targets of the benchmarks issue) and writes the JSON next to it.
+
+Usage: python benchmarks/run.py [--uploads 2100] [--latency-uploads 200] [--pca-rows 20000,100000]
+                                [--only featurize,latency,pca,decode] [--json benchmarks/results/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_decode  # noqa: E402
+import bench_featurize  # noqa: E402
+import bench_latency  # noqa: E402
+import bench_pca  # noqa: E402
+from fruits import emulator, upload  # noqa: E402
+from fruits.config import Settings  # noqa: E402
+from fruits.demo import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
+from fruits.model import load_weights  # noqa: E402
+from fruits.spark import get_spark  # noqa: E402
+
+PARTS = ("featurize", "latency", "pca", "decode")
+
+
+def row(name: str, value: float, unit: str, target: str = "", ok: bool | None = None) -> tuple[str, str, str, str]:
+    verdict = "" if ok is None else ("met" if ok else "missed")
+    return name, f"{value:,.3f}".rstrip("0").rstrip(".") + (f" {unit}" if unit else ""), target, verdict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uploads", type=int, default=2100)
+    parser.add_argument("--latency-uploads", type=int, default=200)
+    parser.add_argument("--pca-rows", default="20000,100000")
+    parser.add_argument("--only", default=",".join(PARTS))
+    parser.add_argument("--json", default="benchmarks/results/bench.json")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("fruits").setLevel(logging.INFO)
+
+    images = upload.sample_images(SAMPLE_IMAGES)
+    blob = load_weights(str(BUNDLED_WEIGHTS))
+    results: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+    }
+    table: list[tuple[str, str, str, str]] = []
+    started = time.perf_counter()
+    with emulator.LocalAWS() as endpoint, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        spark = get_spark(Settings(endpoint_url=endpoint))
+        if "featurize" in only:
+            print(f"featurize: {args.uploads} uploads, ours / original / ceiling ...", flush=True)
+            ours = bench_featurize.ours(spark, endpoint, root, images, args.uploads, blob)
+            original = bench_featurize.original(spark, str(ours.pop("bucket")), root, blob)
+            top = bench_featurize.ceiling(blob, images, args.uploads, Settings().batch_size)
+            results["featurize"] = {"ours": ours, "original": original, "ceiling": top}
+            table += [
+                row("featurize: ours", ours["images_per_s"], "img/s"),
+                row("featurize: original notebooks' approach", original["images_per_s"], "img/s"),
+                row("featurize: ceiling (tf.function, in memory)", top["images_per_s"], "img/s"),
+                row("ours / ceiling", ours["images_per_s"] / top["images_per_s"], "", ">= 0.85",
+                    ours["images_per_s"] / top["images_per_s"] >= 0.85),
+                row("ours / original", ours["images_per_s"] / original["images_per_s"], "", ">= 2.5",
+                    ours["images_per_s"] / original["images_per_s"] >= 2.5),
+                row("peak RSS of a Python worker", ours["worker_peak_rss_mb"], "MB"),
+            ]
+        if "latency" in only:
+            print(f"latency: {args.latency_uploads} uploads through the full local path ...", flush=True)
+            latency = bench_latency.run(spark, endpoint, root, images, args.latency_uploads, blob)
+            results["latency"] = latency
+            table += [
+                row("upload -> queryable, p50", latency["p50_s"], "s", "<= 5 s", latency["p50_s"] <= 5.0),
+                row("upload -> queryable, p95", latency["p95_s"], "s"),
+            ]
+        if "pca" in only:
+            pca_results = {}
+            for n in (int(v) for v in args.pca_rows.split(",")):
+                print(f"pca: {n:,} rows, ours vs Spark ML, incremental vs full ...", flush=True)
+                r = bench_pca.run(spark, root, n)
+                pca_results[str(n)] = r
+                speedup = r["spark_ml_s"] / r["ours_full_s"]
+                share = r["ours_incremental_s"] / r["ours_full_s"]
+                table += [
+                    row(f"pca fit {n:,} rows: Spark ML", r["spark_ml_s"], "s"),
+                    row(f"pca fit {n:,} rows: ours (full)", r["ours_full_s"], "s"),
+                    row(f"pca {n:,}: Spark ML / ours", speedup, "x", ">= 10", speedup >= 10),
+                    row(f"pca {n:,}: incremental (+1 %) / full", share, "", "<= 0.1", share <= 0.1),
+                ]
+            results["pca"] = pca_results
+        spark.stop()
+    if "decode" in only:
+        print("decode: a 12-megapixel JPEG with and without draft mode ...", flush=True)
+        decode = bench_decode.run()
+        results["decode"] = decode
+        table += [
+            row("decode 12 MP: full decode", decode["full_ms"], "ms"),
+            row("decode 12 MP: draft mode (ours)", decode["draft_ms"], "ms"),
+            row("decode: full / draft", decode["full_ms"] / decode["draft_ms"], "x"),
+        ]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    widths = [max(len(r[i]) for r in [("measure", "value", "target", "")] + table) for i in range(4)]
+    print()
+    for r in [("measure", "value", "target", "")] + table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"\n{results['machine']}; {results['seconds']:.0f} s in all; JSON in {args.json}")
+
+
+if __name__ == "__main__":
+    main()
