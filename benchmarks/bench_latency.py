@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import bench_settings, ingested, upload_copies
+from common import bench_settings, ingested
 from fruits import FeatureStore, ingest, stream
+from fruits.upload import upload_copies
 from fruits_ingest.runner import RunStats
 from pyspark.sql import SparkSession
 

@@ -1,15 +1,15 @@
-"""Shared pieces of the benchmarks: uploads of sample copies, worker memory, a result table."""
+"""Shared pieces of the benchmarks: settings per benchmark, ready manifests, worker memory."""
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fruits import aws, emulator, ingest, stream
+from fruits import emulator, ingest, stream
 from fruits.config import Settings
 from fruits.demo import BUNDLED_WEIGHTS
+from fruits.upload import upload_copies
 
 
 def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> Settings:
@@ -17,17 +17,6 @@ def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> S
                         table_root=str(root / name), weights=str(BUNDLED_WEIGHTS)).with_(**changes)
     emulator.provision(settings)
     return settings
-
-
-def upload_copies(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
-    """Upload ``total`` copies of the sample, each under its own key ``<label>/<tag><n>_<file>``."""
-    s3 = aws.client("s3", settings)
-    blobs = [(label, path.name, path.read_bytes()) for label, path in images]
-    jobs = [(f"{settings.upload_prefix}{label}/{tag}{i // len(blobs)}_{name}", data)
-            for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda job: s3.put_object(Bucket=settings.bucket, Key=job[0], Body=job[1]), jobs))
-    return [key for key, _ in jobs]
 
 
 def ingested(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:

@@ -91,12 +91,11 @@ def test_sns_wrapped_test_event_is_skipped() -> None:
         ((FIXTURES / "events" / "s3_test_event.json").read_text(), SkipReason.TEST_EVENT),
         (s3_event("uploads/Kiwi/a.jpg").replace("ObjectCreated:Put", "ObjectRemoved:Delete"), SkipReason.NOT_OBJECT_CREATED),
         (s3_event("uploads/Kiwi/"), SkipReason.FOLDER_KEY),
-        (s3_event("uploads/Kiwi/a.jpg", size=0), SkipReason.EMPTY_OBJECT),
         (s3_event("elsewhere/Kiwi/a.jpg"), SkipReason.OUTSIDE_PREFIX),
         (s3_event("uploads/Kiwi/notes.txt"), SkipReason.NOT_AN_IMAGE),
         (s3_event("uploads/Kiwi/a.jpg.exe"), SkipReason.NOT_AN_IMAGE),
     ],
-    ids=["test-event", "removed", "folder", "zero-bytes", "prefix", "txt", "double-suffix"],
+    ids=["test-event", "removed", "folder", "prefix", "txt", "double-suffix"],
 )
 def test_skipped_not_failed(body: str, reason: str) -> None:
     parsed = parse_message(body, "m", CONFIG)
@@ -140,3 +139,9 @@ def test_configuration_from_environment() -> None:
 def test_quote_helpers_differ_on_slash() -> None:
     # Guards the two encodings above really are different, so both paths are exercised.
     assert aws_encode("a/b c") == "a/b+c" and emulator_encode("a/b c") == "a%2Fb+c" and quote("/") == "/"
+
+
+def test_a_zero_byte_image_is_accepted_for_the_stream_to_quarantine() -> None:
+    parsed = parse_message(s3_event("uploads/Kiwi/a.jpg", size=0), "m", CONFIG)
+    assert [i.key for i in parsed.images] == ["uploads/Kiwi/a.jpg"] and parsed.images[0].size == 0
+    assert not parsed.skipped

@@ -34,6 +34,7 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
     for path in good:
         put(f"uploads/Kiwi/{path.name}", path.read_bytes())
     put("uploads/Kiwi/text.jpg", b"just some text, not a photo")
+    put("uploads/Kiwi/empty.jpg", b"")
     put("uploads/Kiwi/truncated.jpg", good[0].read_bytes()[:400])
     put("uploads/Kiwi/bomb.png", png_bomb())
     put("uploads/Kiwi/deleted.jpg", good[0].read_bytes())
@@ -52,6 +53,7 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
     quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
     assert quarantined == {
         "uploads/Kiwi/text.jpg": "not_an_image",
+        "uploads/Kiwi/empty.jpg": "empty_object",
         "uploads/Kiwi/truncated.jpg": "truncated_or_corrupt",
         "uploads/Kiwi/bomb.png": "decompression_bomb",
         "uploads/Kiwi/deleted.jpg": "object_missing",
@@ -94,3 +96,23 @@ def test_transforms_work_without_a_stream(spark) -> None:
         ("uploads/Apple Red 1/x.jpg", "e2", "Apple Red 1"),  # an overwrite is a new image
         ("uploads/loose.jpg", "e3", None),
     ]
+
+
+def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_blob) -> None:
+    """SQS is at-least-once: the same S3 event body arrives as two messages."""
+    s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
+    path = sorted(SAMPLE.glob("Banana/*.jpg"))[0]
+    s3.put_object(Bucket=settings.bucket, Key=f"uploads/Banana/{path.name}", Body=path.read_bytes())
+    queue = aws.queue_url(settings)
+    event = None
+    while event is None:  # skip the emulator's s3:TestEvent; leave every message in the queue
+        received = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1, VisibilityTimeout=0, MaxNumberOfMessages=10)
+        event = next((m["Body"] for m in received.get("Messages", []) if path.name in m["Body"]), None)
+    sqs.send_message(QueueUrl=queue, MessageBody=event)
+    assert ingest.drain(settings, visibility_timeout=5).failed == 0
+    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["Contents"]]
+    lines = b"".join(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read() for k in manifests).splitlines()
+    assert sum(path.name.encode() in line for line in lines) == 2  # the image announced twice
+    run_stream(spark, settings, weights_blob)
+    assert table_rows(spark, settings, "SELECT key FROM features") == [(f"uploads/Banana/{path.name}",)]
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]

@@ -35,7 +35,6 @@ class SkipReason:
     TEST_EVENT = "test_event"
     NOT_OBJECT_CREATED = "not_object_created"
     FOLDER_KEY = "folder_key"
-    EMPTY_OBJECT = "empty_object"
     OUTSIDE_PREFIX = "outside_prefix"
     NOT_AN_IMAGE = "not_an_image"
 
@@ -110,8 +109,6 @@ def _skip_reason(image: ImageEvent, config: IngestConfig) -> str | None:
         return SkipReason.NOT_OBJECT_CREATED
     if image.key.endswith("/"):
         return SkipReason.FOLDER_KEY
-    if image.size == 0:
-        return SkipReason.EMPTY_OBJECT
     if config.accepted_prefixes and not image.key.startswith(config.accepted_prefixes):
         return SkipReason.OUTSIDE_PREFIX
     if not image.key.lower().endswith(config.image_suffixes):

@@ -65,6 +65,10 @@ def get_spark(settings: Settings, master: str | None = None, app_name: str = "fr
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
     )
+    if master.startswith("local"):
+        # The driver is the executor too: Spark's 1 GB default is short for 1280-d rows (a cluster
+        # sizes its own driver, so this is only set for local masters).
+        builder = builder.config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
     for key, value in s3a_conf(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import aws
@@ -39,3 +40,15 @@ def upload_images(
         if on_progress is not None:
             on_progress(done, len(images))
     return keys
+
+
+def upload_copies(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
+    """Load generation: ``total`` copies of ``images``, each under its own key
+    ``<upload prefix><label>/<tag><n>_<file>``, uploaded by 8 threads; returns the keys."""
+    s3 = aws.client("s3", settings)
+    blobs = [(label, path.name, path.read_bytes()) for label, path in images]
+    jobs = [(f"{settings.upload_prefix}{label}/{tag}{i // len(blobs)}_{name}", data)
+            for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job: s3.put_object(Bucket=settings.bucket, Key=job[0], Body=job[1]), jobs))
+    return [key for key, _ in jobs]

@@ -1,0 +1,42 @@
+"""The featurizer on Spark ``local-cluster``: two worker JVMs, so the broadcast weights, the pandas
+UDF and the Delta writes cross process boundaries as on a real cluster. Its rows must equal a
+``local[*]`` run over the same manifests, feature for feature."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fruits import query, stream, upload
+
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.spark
+
+
+def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_path) -> None:
+    upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=1)[:8])
+    from fruits import ingest
+
+    ingest.drain(settings, visibility_timeout=5)
+    cluster = settings.with_(table_root=str(tmp_path / "cluster"))
+    env = {
+        **os.environ, "FRUITS_SPARK_MASTER": "local-cluster[2,1,2048]", "FRUITS_ENDPOINT_URL": settings.endpoint_url,
+        "FRUITS_BUCKET": settings.bucket, "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": cluster.table_root,
+        "FRUITS_WEIGHTS": settings.weights, "FRUITS_BATCH_SIZE": "4", "FRUITS_DRIVER_MEMORY": "1g",
+    }
+    done = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    stream.start(spark, settings, blob=weights_blob).awaitTermination()
+    sql = "SELECT key, features, model_id FROM features ORDER BY key"
+    local_rows = query.sql(spark, settings, sql).rows
+    cluster_rows = query.sql(spark, cluster, sql).rows
+    assert len(local_rows) == 8 and [r[0] for r in cluster_rows] == [r[0] for r in local_rows]
+    for (_, a, model_a), (_, b, model_b) in zip(local_rows, cluster_rows):
+        assert model_a == model_b
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
