@@ -116,3 +116,72 @@ def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_
     run_stream(spark, settings, weights_blob)
     assert table_rows(spark, settings, "SELECT key FROM features") == [(f"uploads/Banana/{path.name}",)]
     assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+class FlakyProxy:
+    """A TCP forwarder to the emulator that resets the first ``drop`` connections it accepts:
+    the emulator dropping connections while the executors fetch."""
+
+    def __init__(self, target_url: str, drop: int) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target_url)
+        self.target = (parts.hostname, parts.port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.drop, self.dropped, self.forwarded = drop, 0, 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.dropped < self.drop:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+                client.close()
+                self.dropped += 1
+                continue
+            upstream = socket.create_connection(self.target)
+            self.forwarded += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:  # noqa: ANN001
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_connections_dropped_during_the_fetch_lose_nothing(spark, settings, weights_blob) -> None:
+    """The executors' GETs meet reset connections; botocore retries them and every image lands."""
+    s3 = aws.client("s3", settings)
+    paths = sorted(SAMPLE.glob("Mango/*.jpg"))[:6]
+    for path in paths:
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Mango/{path.name}", Body=path.read_bytes())
+    ingest.drain(settings, visibility_timeout=5)
+    proxy = FlakyProxy(settings.endpoint_url, drop=3)
+    try:
+        # Only the executors' fetches go through the proxy; manifests and tables do not.
+        run_stream(spark, settings.with_(endpoint_url=proxy.url), weights_blob)
+    finally:
+        proxy.close()
+    assert proxy.dropped == 3 and proxy.forwarded >= 1
+    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
+    assert [r[0] for r in rows] == [f"uploads/Mango/{p.name}" for p in paths]
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
