@@ -100,6 +100,11 @@ def run(
             f"\nDelta table: {settings.features_table}"
             f"\nQuery it:    .venv/bin/fruits query --table-root {settings.table_root} "
             "\"SELECT label, count(*) FROM features GROUP BY label\""
+            f"\n  no JVM:    .venv/bin/fruits query --engine duckdb --table-root {settings.table_root} "
+            "\"SELECT count(*) FROM features\""
+            f"\n  a label:   .venv/bin/fruits classify --table-root {settings.table_root} --weights {weights} "
+            f"\"{files[0][1]}\""
+            f"\nPCA plots:   {settings.pca_plots}/v{model.version}/"
         )
         spark.stop()
         ok = rows + quarantined == len(files) and dlq == 0
