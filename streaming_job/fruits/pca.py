@@ -32,7 +32,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -96,6 +96,16 @@ class PcaModel:
     row_count: int
     source_table_version: int
     feature_model_id: str
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> PcaModel:
+        """A model from one ``pca_models`` row, as Spark (``Row.asDict()``) or Arrow gives it."""
+        mean = np.asarray(r["mean"])
+        return cls(
+            version=r["version"], k=r["k"], mean=mean, components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
+            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]), row_count=r["row_count"],
+            source_table_version=r["source_table_version"], feature_model_id=r["feature_model_id"],
+        )
 
     def project(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T).astype(np.float32)
@@ -216,8 +226,9 @@ def appended_files(spark: SparkSession, location: str, after: int, upto: int) ->
 
 def pending_rows(spark: SparkSession, settings: Settings) -> int:
     """Rows appended to the features table since the stored statistics (from the Delta history)."""
-    stored = latest_stats(spark, settings)
-    after = stored.source_table_version if stored else -1
+    # Only the version: the periodic loop asks often, and the statistics themselves are 13 MB.
+    covered = table.read(spark, settings.pca_stats_table).agg(F.max("source_table_version")).first()[0]
+    after = -1 if covered is None else covered
     history = DeltaTable.forPath(spark, settings.features_table).history().where(
         (F.col("version") > after) & F.col("isBlindAppend")
     )
@@ -248,16 +259,7 @@ def solve(stats: Stats, threshold: float = 0.95, k: int | None = None) -> tuple[
 
 def latest_model(spark: SparkSession, settings: Settings) -> PcaModel | None:
     rows = table.read(spark, settings.pca_models_table).orderBy(F.desc("version")).limit(1).collect()
-    if not rows:
-        return None
-    r = rows[0]
-    d = len(r.mean)
-    return PcaModel(
-        version=r.version, k=r.k, mean=np.asarray(r.mean),
-        components=np.asarray(r.components).reshape(r.k, d),
-        explained_variance_ratio=np.asarray(r.explained_variance_ratio),
-        row_count=r.row_count, source_table_version=r.source_table_version, feature_model_id=r.feature_model_id,
-    )
+    return PcaModel.from_record(rows[0].asDict()) if rows else None
 
 
 def project_column(spark: SparkSession, model: PcaModel) -> F.Column:
@@ -391,8 +393,8 @@ def run_periodically(
         raise ValueError("say when to refit: every N minutes, after M new rows, or both")
     fits: list[Refit] = []
     last_fit = -math.inf
+    table.ensure_tables(spark, settings)
     while max_fits is None or len(fits) < max_fits:
-        table.ensure_tables(spark, settings)
         pending = pending_rows(spark, settings)
         due = min_new_rows is not None and pending >= min_new_rows
         due |= every_minutes is not None and pending > 0 and time.monotonic() - last_fit >= every_minutes * 60

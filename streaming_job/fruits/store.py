@@ -165,13 +165,7 @@ class FeatureStore:
         models = self.dataset("pca_models")[0].to_table()
         if models.num_rows == 0:
             return None
-        r = models.slice(int(np.argmax(models["version"].to_numpy())), 1).to_pylist()[0]
-        mean = np.asarray(r["mean"])
-        return PcaModel(
-            version=r["version"], k=r["k"], mean=mean, components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
-            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]), row_count=r["row_count"],
-            source_table_version=r["source_table_version"], feature_model_id=r["feature_model_id"],
-        )
+        return PcaModel.from_record(models.slice(int(np.argmax(models["version"].to_numpy())), 1).to_pylist()[0])
 
     # --- similar images and labels ----------------------------------------------------------
 
@@ -185,21 +179,17 @@ class FeatureStore:
             self._index = _build_index(features, model, versions)
         return self._index, model
 
-    def vector(self, target: str | Path) -> tuple[np.ndarray, str | None, Any]:
-        """``target``'s vector in the newest PCA space, its image id if it is in the table, and the model.
-
-        ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
-        image file as a ``Path``.
-        """
-        index, model = self._current_index()
+    def _vector(self, target: str | Path, index: _Index, model: Any) -> tuple[np.ndarray, str | None]:
+        """``target``'s vector in ``model``'s space and its image id if it is in the table. ``target``
+        is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local image as a ``Path``."""
         if isinstance(target, Path):
-            return model.project(self._featurize_file(Path(target), model.feature_model_id))[0], None, model
+            return model.project(self._featurize_file(target, model.feature_model_id))[0], None
         key = aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target)
         matches = np.flatnonzero(index.keys == key)
         if len(matches) == 0:
             raise KeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
         i = matches[-1]
-        return index.unit[i], str(index.image_ids[i]), model
+        return index.unit[i], str(index.image_ids[i])
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
         from .images import decode
@@ -218,8 +208,12 @@ class FeatureStore:
 
     def similar(self, target: str | Path, k: int = 10, labelled_only: bool = False) -> list[Neighbour]:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
-        index, _ = self._current_index()
-        query, own_id, _ = self.vector(target)
+        return self._nearest(target, k, labelled_only)[0]
+
+    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], Any]:
+        """The neighbours and the model they were found with (the tables are read once per call)."""
+        index, model = self._current_index()
+        query, own_id = self._vector(target, index, model)
         norm = float(np.linalg.norm(query))
         if norm == 0.0:
             raise ValueError("the target's PCA vector is all zeros; no direction to compare")
@@ -231,18 +225,19 @@ class FeatureStore:
             keep &= index.labels != None  # noqa: E711 (element-wise on an object array)
         candidates = np.flatnonzero(keep)
         nearest = candidates[np.argsort(distances[candidates], kind="stable")[:k]]
-        return [
+        neighbours = [
             Neighbour(key=str(index.keys[i]), label=index.labels[i], distance=float(distances[i]),
                       image_id=str(index.image_ids[i]))
             for i in nearest
         ]
+        return neighbours, model
 
     def classify(self, target: str | Path, k: int = 10) -> Suggestion:
         """A label for ``target``: the majority of its ``k`` nearest labelled rows.
 
         Ties go to the label whose neighbours are closer in total.
         """
-        neighbours = self.similar(target, k=k, labelled_only=True)
+        neighbours, model = self._nearest(target, k, labelled_only=True)
         if not neighbours:
             raise LookupError("the table has no labelled rows to vote")
         votes = Counter(n.label for n in neighbours)
@@ -251,7 +246,7 @@ class FeatureStore:
             closeness[n.label] += 1.0 - n.distance
         label = max(votes, key=lambda name: (votes[name], closeness[name]))
         return Suggestion(label=label, confidence=votes[label] / len(neighbours), votes=dict(votes.most_common()),
-                          neighbours=neighbours, pca_version=self._current_index()[1].version)
+                          neighbours=neighbours, pca_version=model.version)
 
     # --- where is an upload -----------------------------------------------------------------
 

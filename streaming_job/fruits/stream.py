@@ -241,6 +241,7 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
         for rdd_id in set(persistent.keys()) - before:
             persistent[rdd_id].unpersist(False)
 
+
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
