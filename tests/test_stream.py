@@ -9,6 +9,7 @@ from fruits import aws, ingest, query, stream
 from PIL import Image
 
 from conftest import SAMPLE
+from faults import FlakyProxy
 
 pytestmark = pytest.mark.spark
 
@@ -118,56 +119,6 @@ def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_
     assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
 
 
-class FlakyProxy:
-    """A TCP forwarder to the emulator that resets the first ``drop`` connections it accepts:
-    the emulator dropping connections while the executors fetch."""
-
-    def __init__(self, target_url: str, drop: int) -> None:
-        import socket
-        import threading
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(target_url)
-        self.target = (parts.hostname, parts.port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.drop, self.dropped, self.forwarded = drop, 0, 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import struct
-        import threading
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if self.dropped < self.drop:
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
-                client.close()
-                self.dropped += 1
-                continue
-            upstream = socket.create_connection(self.target)
-            self.forwarded += 1
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, sink) -> None:  # noqa: ANN001
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def test_connections_dropped_during_the_fetch_lose_nothing(spark, settings, weights_blob) -> None:
     """The executors' GETs meet reset connections; botocore retries them and every image lands."""
     s3 = aws.client("s3", settings)
@@ -185,3 +136,44 @@ def test_connections_dropped_during_the_fetch_lose_nothing(spark, settings, weig
     rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
     assert [r[0] for r in rows] == [f"uploads/Mango/{p.name}" for p in paths]
     assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_an_unreachable_emulator_during_the_fetch_loses_nothing(spark, settings, weights_blob) -> None:
+    """The executors' first connection is reset, then the port refuses connections for 3 s.
+
+    botocore's first retry comes within 50 ms, so the fetches meet the refused port; they wait it
+    out and every image lands, none quarantined."""
+    s3 = aws.client("s3", settings)
+    paths = sorted(SAMPLE.glob("Pear/*.jpg"))[:4]
+    for path in paths:
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Pear/{path.name}", Body=path.read_bytes())
+    ingest.drain(settings, visibility_timeout=5)
+    proxy = FlakyProxy(settings.endpoint_url, outage=3.0)
+    try:
+        run_stream(spark, settings.with_(endpoint_url=proxy.url), weights_blob)
+    finally:
+        proxy.close()
+    assert proxy.down_at is not None and proxy.up_at - proxy.down_at >= 3.0
+    assert proxy.first_forward_at is not None and proxy.first_forward_at >= proxy.up_at
+    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
+    assert [r[0] for r in rows] == [f"uploads/Pear/{p.name}" for p in paths]
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> None:
+    """A client without retries of its own: only ``fetch``'s patience bridges the 2 s outage."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = aws.client("s3", settings)
+    body = sorted(SAMPLE.glob("Pear/*.jpg"))[0].read_bytes()
+    etag = s3.put_object(Bucket=settings.bucket, Key="uploads/Pear/p.jpg", Body=body)["ETag"].strip('"')
+    proxy = FlakyProxy(settings.endpoint_url, outage=2.0)
+    client = boto3.client(
+        "s3", endpoint_url=proxy.url, region_name=settings.region, config=Config(retries={"max_attempts": 1})
+    )
+    try:
+        assert stream.fetch(client, settings.bucket, "uploads/Pear/p.jpg", etag, None) == body
+    finally:
+        proxy.close()
+    assert proxy.dropped == 1 and proxy.up_at - proxy.down_at >= 2.0

@@ -103,26 +103,41 @@ def _s3(endpoint_url: str | None, region: str) -> Any:
     return client
 
 
+# How long one object's fetch waits out an unreachable S3 (refused or dropped connections), beyond
+# botocore's own retries (about 6 s in standard mode), before its task fails and Spark's task
+# retries, then the stream's restart from its checkpoint, take over. Never a quarantine: the image
+# is not at fault.
+FETCH_PATIENCE = 60.0
+
+
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None) -> bytes:
     """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
     elif etag:
         args["IfMatch"] = etag
-    try:
-        return client.get_object(**args)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "NoSuchVersion", "404"):
-            raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
-        if code in ("PreconditionFailed", "412"):
-            raise ImageError(
-                Reason.CHANGED, f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event"
-            ) from exc
-        raise
+    deadline, pause = time.monotonic() + FETCH_PATIENCE, 0.5
+    while True:
+        try:
+            return client.get_object(**args)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchVersion", "404"):
+                raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
+            if code in ("PreconditionFailed", "412"):
+                raise ImageError(
+                    Reason.CHANGED, f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event"
+                ) from exc
+            raise
+        except (ConnectionError, HTTPClientError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("S3 unreachable for s3://%s/%s (%s); retrying in %.1fs", bucket, key, exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 8.0)
 
 
 FETCH_THREADS = 8  # concurrent GETs + decodes per Python worker, overlapping the model's work
