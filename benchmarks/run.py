@@ -98,6 +98,8 @@ def main() -> None:
                     row(f"pca fit {n:,} rows: ours (full)", r["ours_full_s"], "s"),
                     row(f"pca {n:,}: Spark ML / ours", speedup, "x", ">= 10", speedup >= 10),
                     row(f"pca {n:,}: incremental (+1 %) / full", share, "", "<= 0.1", share <= 0.1),
+                    row(f"pca {n:,}: whole refit with re-projection, full", r["refit_full_wall_s"], "s"),
+                    row(f"pca {n:,}: whole refit with re-projection, incremental", r["refit_incremental_wall_s"], "s"),
                 ]
             results["pca"] = pca_results
         spark.stop()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from delta.tables import DeltaTable
-from fruits import pca, table
+from fruits import pca, stats, table
 from fruits.schema import FEATURES
 
 pytestmark = pytest.mark.spark
@@ -50,9 +50,9 @@ def test_fit_matches_spark_ml_pca(spark) -> None:
 
     x = synthetic_features(400, seed=1)
     df = spark.createDataFrame(pd.DataFrame({"features": list(x), "model_id": MODEL_ID}))
-    stats, ids = pca.collect_stats(df)
-    assert ids == {MODEL_ID} and stats.n == 400
-    _, components, ratios, _ = pca.solve(stats, k=8)
+    collected, ids = stats.collect_stats(df)
+    assert ids == {MODEL_ID} and collected.n == 400
+    _, components, ratios, _ = pca.solve(collected, k=8)
 
     reference = PCA(k=8, inputCol="v").fit(df.select(array_to_vector("features").alias("v")))
     expected_ratios = reference.explainedVariance.toArray()
@@ -78,10 +78,12 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     # New rows, appended after the re-projection MERGE: only they are read, and the fit equals a
     # fit from scratch.
     append_rows(spark, settings.features_table, later)
-    assert pca.pending_rows(spark, settings) == 30
+    assert stats.pending_rows(settings) == 30
+    assert pca.reproject(spark, settings, fit1.model) == 30  # the new rows only
+    assert pca.reproject(spark, settings, fit1.model) == 0
     fit2 = pca.refit(spark, settings, threshold=0.95)
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
-    assert pca.pending_rows(spark, settings) == 0
+    assert stats.pending_rows(settings) == 0
     fit3 = pca.refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
     np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)
@@ -108,16 +110,42 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path) -> None:
+@pytest.mark.parametrize("deletion_vectors", [False, True])
+def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path, deletion_vectors: bool) -> None:
+    """With deletion vectors the data files still hold the deleted rows: the full pass must then
+    read the table through Delta, not file by file."""
     from fruits.config import Settings
 
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
+    if deletion_vectors:
+        spark.sql(f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
     append_rows(spark, settings.features_table, synthetic_features(60, seed=4))
     pca.refit(spark, settings, write_plots=False)
     DeltaTable.forPath(spark, settings.features_table).delete("label = 'class 0'")
+    assert (stats.table_files(settings, settings.features_table) is None) == deletion_vectors
     fit = pca.refit(spark, settings, write_plots=False)
     assert fit.mode == "full" and fit.model.row_count == 48
+
+
+def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spark, tmp_path: Path, monkeypatch) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    for seed in (7, 8, 9):  # three commits, three or more files
+        append_rows(spark, settings.features_table, synthetic_features(50, seed=seed))
+    files, version = stats.table_files(settings, settings.features_table)
+    assert len(files) >= 3 and version == 3
+    reference, reference_ids = stats.collect_stats(table.read(spark, settings.features_table))
+    on_driver = stats.file_stats(spark, settings, files)
+    monkeypatch.setattr(stats, "DRIVER_BYTES", 0)
+    in_tasks = stats.file_stats(spark, settings, files)
+    for got, ids in (on_driver, in_tasks):
+        assert got.n == reference.n == 150 and ids == reference_ids == {MODEL_ID}
+        np.testing.assert_allclose(got.total, reference.total, rtol=0, atol=1e-12 * np.abs(reference.total).max())
+        # Summation order differs: equal to float64 rounding, relative to the largest entry.
+        np.testing.assert_allclose(got.outer, reference.outer, rtol=0, atol=1e-12 * np.abs(reference.outer).max())
 
 
 def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> None:
@@ -128,7 +156,7 @@ def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> No
     append_rows(spark, settings.features_table, synthetic_features(40, seed=5))
     fits = pca.run_periodically(spark, settings, min_new_rows=40, poll_seconds=0.1, max_fits=1, write_plots=False)
     assert [f.model.version for f in fits] == [1]
-    assert pca.pending_rows(spark, settings) == 0
+    assert stats.pending_rows(settings) == 0
     with pytest.raises(ValueError, match="say when to refit"):
         pca.run_periodically(spark, settings)
 

@@ -26,7 +26,6 @@ plus a read per manifest until the key is found.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +35,9 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
-from . import aws
+from . import aws, lake
 from .config import Settings
 from .query import QueryResult
 
@@ -94,52 +92,23 @@ class FeatureStore:
 
     def table(self, name: str, version: int | None = None) -> DeltaTable:
         try:
-            return DeltaTable(self._uri(name), version=version, storage_options=self._storage_options())
+            return lake.delta_table(self.settings, self._location(name), version)
         except Exception as exc:
             if type(exc).__name__ == "TableNotFoundError":
                 raise FileNotFoundError(
-                    f"no Delta table at {self._uri(name)}: run the stream first (or check --table-root)"
+                    f"no Delta table at {self._location(name)}: run the stream first (or check --table-root)"
                 ) from exc
             raise
 
     def dataset(self, name: str, version: int | None = None) -> tuple[ds.Dataset, int]:
         """The table as a pyarrow dataset, and the Delta version it is."""
         dt = self.table(name, version)
-        return dt.to_pyarrow_dataset(filesystem=self._filesystem(name)), dt.version()
+        return lake.as_dataset(self.settings, self._location(name), dt), dt.version()
 
-    def _uri(self, name: str) -> str:
+    def _location(self, name: str) -> str:
         if name not in TABLES:
             raise ValueError(f"no table {name!r}; the tables are {', '.join(TABLES)}")
-        location = getattr(self.settings, "pca_models_table" if name == "pca_models" else f"{name}_table")
-        return location.replace("s3a://", "s3://", 1)
-
-    def _storage_options(self) -> dict[str, str]:
-        s = self.settings
-        options = {"AWS_REGION": s.region}
-        if s.endpoint_url:
-            options.update(
-                AWS_ENDPOINT_URL=s.endpoint_url,
-                AWS_ALLOW_HTTP="true",
-                AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-                AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-            )
-        return options
-
-    def _filesystem(self, name: str) -> pa_fs.FileSystem:
-        # Arrow's own S3 or local filesystem: reads in native threads. delta-rs's default (a Python
-        # filesystem calling into Rust) can abort the interpreter at exit after a threaded scan.
-        uri = self._uri(name)
-        if not aws.is_s3(uri):
-            return pa_fs.SubTreeFileSystem(str(Path(uri.removeprefix("file://")).resolve()), pa_fs.LocalFileSystem())
-        s = self.settings
-        options = self._storage_options()
-        base = pa_fs.S3FileSystem(
-            region=s.region, endpoint_override=s.endpoint_url,
-            scheme="http" if (s.endpoint_url or "").startswith("http://") else "https",
-            access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
-        )
-        bucket, key = aws.split_s3_uri(uri)
-        return pa_fs.SubTreeFileSystem(f"{bucket}/{key}", base)
+        return getattr(self.settings, "pca_models_table" if name == "pca_models" else f"{name}_table")
 
     def sql(self, statement: str, as_of_version: int | None = None) -> QueryResult:
         """Run one DuckDB SQL statement over ``features``, ``quarantine`` and ``pca_models``;

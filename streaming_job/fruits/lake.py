@@ -1,0 +1,92 @@
+"""The Delta tables without Spark: their state through delta-rs, their files through Arrow's native
+local or S3 filesystem.
+
+Used where a Spark job would cost more than the work itself: the JVM-free store, reading the small
+PCA tables, and planning the PCA statistics pass (whose tasks read Parquet files with Arrow).
+
+Example::
+
+    table = delta_table(settings, settings.features_table)
+    fs = filesystem(settings)
+    fs.open_input_file(path_in(table.file_uris()[0]))
+
+Limitations: Arrow reads data files as they are, so callers check ``plain_files`` first: a table
+with deletion vectors or column mapping must be read through a Delta reader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.fs as pa_fs
+from deltalake import DeltaTable
+
+from . import aws
+from .config import Settings
+
+
+def delta_uri(location: str) -> str:
+    """The location as delta-rs names it (``s3://`` where Spark says ``s3a://``)."""
+    return location.replace("s3a://", "s3://", 1)
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """delta-rs's options for the configured endpoint (the emulator) or the default AWS chain."""
+    options = {"AWS_REGION": settings.region}
+    if settings.endpoint_url:
+        options.update(
+            AWS_ENDPOINT_URL=settings.endpoint_url,
+            AWS_ALLOW_HTTP="true",
+            AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        )
+    return options
+
+
+def delta_table(settings: Settings, location: str, version: int | None = None) -> DeltaTable:
+    """The Delta table at ``location`` (a local path or an S3 URI), at ``version`` or the newest."""
+    return DeltaTable(delta_uri(location), version=version, storage_options=storage_options(settings))
+
+
+def dataset(settings: Settings, location: str, version: int | None = None) -> tuple[ds.Dataset, int]:
+    """The table as a pyarrow dataset read through Arrow's filesystem, and its Delta version."""
+    table = delta_table(settings, location, version)
+    return as_dataset(settings, location, table), table.version()
+
+
+def as_dataset(settings: Settings, location: str, table: DeltaTable) -> ds.Dataset:
+    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(path_in(location), filesystem(settings)))
+
+
+def filesystem(settings: Settings) -> pa_fs.FileSystem:
+    """Arrow's S3 filesystem for the configured endpoint, or the local one when no S3 is involved.
+
+    Arrow's own filesystems read in native threads. (delta-rs's default, a Python filesystem
+    calling into Rust, can abort the interpreter at exit after a threaded scan.)
+    """
+    if not aws.is_s3(settings.table_root):
+        return pa_fs.LocalFileSystem()
+    options = storage_options(settings)
+    return pa_fs.S3FileSystem(
+        region=settings.region, endpoint_override=settings.endpoint_url,
+        scheme="http" if (settings.endpoint_url or "").startswith("http://") else "https",
+        access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+    )
+
+
+def path_in(uri: str) -> str:
+    """A location as a path in ``filesystem``'s terms: ``bucket/key`` for S3, absolute otherwise."""
+    if aws.is_s3(uri):
+        return "/".join(aws.split_s3_uri(uri))
+    return str(Path(uri.removeprefix("file://")).resolve())
+
+
+def plain_files(table: DeltaTable) -> bool:
+    """Whether the table's rows are exactly the rows of its data files, as Arrow reads them: no
+    deletion vectors, no column mapping."""
+    protocol = table.protocol()
+    if protocol.min_reader_version == 2:  # column mapping
+        return False
+    return not {"deletionVectors", "columnMapping"} & set(protocol.reader_features or [])
