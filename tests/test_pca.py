@@ -128,7 +128,7 @@ def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path, deletion_vect
     assert fit.mode == "full" and fit.model.row_count == 48
 
 
-def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spark, tmp_path: Path, monkeypatch) -> None:
+def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spark, tmp_path: Path) -> None:
     from fruits.config import Settings
 
     settings = Settings(table_root=str(tmp_path / "tables"))
@@ -139,8 +139,7 @@ def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spar
     assert len(files) >= 3 and version == 3
     reference, reference_ids = stats.collect_stats(table.read(spark, settings.features_table))
     on_driver = stats.file_stats(spark, settings, files)
-    monkeypatch.setattr(stats, "DRIVER_BYTES", 0)
-    in_tasks = stats.file_stats(spark, settings, files)
+    in_tasks = stats.file_stats(spark, settings, files, driver_bytes=0)
     for got, ids in (on_driver, in_tasks):
         assert got.n == reference.n == 150 and ids == reference_ids == {MODEL_ID}
         np.testing.assert_allclose(got.total, reference.total, rtol=0, atol=1e-12 * np.abs(reference.total).max())

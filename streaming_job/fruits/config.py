@@ -16,10 +16,14 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_BATCH_SIZE`` | images per model call | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
 | ``FRUITS_MODEL_THREADS`` | TensorFlow threads per Python worker (one per task core); 0 = all cores | ``1`` |
-| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch | ``64`` |
+| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (a backlog is caught up in batches this big; each batch has ~3 s of fixed costs here) | ``256`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
 | ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
+
+The Spark session (``fruits.spark``) reads a few more: ``FRUITS_SPARK_MASTER`` (``local[*, 4]``),
+``FRUITS_DRIVER_MEMORY`` (``4g``, local masters only), ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` (``2``),
+``FRUITS_LISTING_TASKS`` (``8``) and ``FRUITS_SPARK_LOG_LEVEL`` (``WARN``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class Settings:
     batch_size: int = 64
     featurize_partitions: int = 0
     model_threads: int = 1
-    max_files_per_trigger: int = 64
+    max_files_per_trigger: int = 256
     max_image_bytes: int = 50 * 1024 * 1024
     checkpoint_location: str = ""
     label_rule: str = "folder"

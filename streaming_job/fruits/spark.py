@@ -61,6 +61,11 @@ def get_spark(settings: Settings, master: str | None = None, app_name: str = "fr
         # 50). Our streaming tables see a new version every micro-batch and their logs are small:
         # 50 tiny tasks cost seconds per batch here, for nothing.
         .config("spark.databricks.delta.snapshotPartitions", os.environ.get("FRUITS_DELTA_SNAPSHOT_PARTITIONS", "2"))
+        # The file stream source lists each new manifest again; past 32 paths Spark does that in a
+        # job of one task per path (210 manifests: 210 tasks, 3.6 s here). A few tasks, each
+        # listing many paths, do it in a fraction.
+        .config("spark.sql.sources.parallelPartitionDiscovery.parallelism",
+                os.environ.get("FRUITS_LISTING_TASKS", "8"))
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")

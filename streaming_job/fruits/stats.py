@@ -131,14 +131,15 @@ def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> tuple[Stat
 
 
 def file_stats(
-    spark: SparkSession, settings: Settings, files: list[DataFile], d: int = FEATURE_DIM
+    spark: SparkSession, settings: Settings, files: list[DataFile], d: int = FEATURE_DIM,
+    driver_bytes: int = DRIVER_BYTES,
 ) -> tuple[Stats, set[str]]:
     """The statistics of the rows in ``files`` and their ``model_id`` values.
 
-    On the driver when the files are small in all (``DRIVER_BYTES``), else one Spark task per
+    On the driver when the files are at most ``driver_bytes`` in all, else one Spark task per
     group of files (at most the cluster's parallelism), files balanced by size.
     """
-    if sum(f.size for f in files) <= DRIVER_BYTES:
+    if sum(f.size for f in files) <= driver_bytes:
         return _read_stats(lake.filesystem(settings), (f.uri for f in files), d)
     sc = spark.sparkContext
     groups: list[list[str]] = [[] for _ in range(min(len(files), sc.defaultParallelism))]
