@@ -177,3 +177,30 @@ def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> No
     finally:
         proxy.close()
     assert proxy.dropped == 1 and proxy.up_at - proxy.down_at >= 2.0
+
+
+def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spark, settings, weights_blob) -> None:
+    """The first invocation writes its manifest, then dies before the runner acknowledges: SQS
+    delivers those messages again, the Lambda records them again, and the table has one row each."""
+    s3 = aws.client("s3", settings)
+    paths = sorted(SAMPLE.glob("Plum/*.jpg"))[:5]
+    for path in paths:
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Plum/{path.name}", Body=path.read_bytes())
+    mapping = ingest.event_source_mapping(settings, visibility_timeout=2, batch_size=3)
+    handler, killed = mapping.handler, []
+
+    def dies_after_writing(event, context):  # noqa: ANN001, ANN202
+        result = handler(event, context)
+        if not killed:
+            killed.append(len(event["Records"]))
+            raise RuntimeError("the Lambda was killed before it returned")
+        return result
+
+    mapping.handler = dies_after_writing
+    stats = mapping.drain()
+    assert killed and stats.failed == killed[0] and stats.received >= len(paths) + killed[0]
+    assert ingest.dead_letter_depth(settings) == 0
+    run_stream(spark, settings, weights_blob)
+    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
+    assert [r[0] for r in rows] == [f"uploads/Plum/{p.name}" for p in paths]
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
