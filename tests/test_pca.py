@@ -84,6 +84,8 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     fit2 = pca.refit(spark, settings, threshold=0.95)
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
     assert stats.pending_rows(settings) == 0
+    same = pca.refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands, no rewrite
+    assert same.mode == "unchanged" and same.model.version == 2 and same.rows_read == 0
     fit3 = pca.refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
     np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)

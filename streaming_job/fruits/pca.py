@@ -83,7 +83,8 @@ class PcaModel:
 
 @dataclass
 class Refit:
-    """What a refit did: the model, ``full`` or ``incremental``, rows read, seconds per step."""
+    """What a refit did: the model, ``full``, ``incremental`` or ``unchanged`` (no new rows, the same
+    k: the newest version stands), rows read, seconds per step."""
 
     model: PcaModel
     mode: str
@@ -212,6 +213,15 @@ def refit(
     mean, vectors, ratios, chosen_k = solve(stats, threshold, k)
     seconds["solve"] = time.perf_counter() - started
     last = latest_model(spark, settings)
+    if mode == "incremental" and rows_read == 0 and last is not None and last.k == chosen_k \
+            and last.row_count == stats.n:
+        # The same statistics and k give the same model: no new version, no rewrite of the table
+        # (only rows a failed re-projection left behind are put on it).
+        started = time.perf_counter()
+        updated = reproject(spark, settings, last)
+        seconds["reproject"] = time.perf_counter() - started
+        log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
+        return Refit(last, "unchanged", 0, seconds)
     model = PcaModel(
         version=(last.version + 1) if last else 1, k=chosen_k, mean=mean, components=vectors[:chosen_k],
         explained_variance_ratio=ratios, row_count=stats.n, source_table_version=source_version,
