@@ -100,6 +100,8 @@ def main() -> None:
                     row(f"pca {n:,}: incremental (+1 %) / full", share, "", "<= 0.1", share <= 0.1),
                     row(f"pca {n:,}: whole refit with re-projection, full", r["refit_full_wall_s"], "s"),
                     row(f"pca {n:,}: whole refit with re-projection, incremental", r["refit_incremental_wall_s"], "s"),
+                    row(f"pca {n:,}: whole refit, --no-reproject, full", r["refit_full_no_reproject_s"], "s"),
+                    row(f"pca {n:,}: whole refit, --no-reproject, incremental", r["refit_incremental_no_reproject_s"], "s"),
                 ]
             results["pca"] = pca_results
         spark.stop()

@@ -149,6 +149,23 @@ def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spar
         np.testing.assert_allclose(got.outer, reference.outer, rtol=0, atol=1e-12 * np.abs(reference.outer).max())
 
 
+def test_a_refit_without_reprojection_leaves_the_rows_alone(spark, tmp_path: Path) -> None:
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=10))
+    pca.refit(spark, settings, write_plots=False)
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=11))
+    before = table.current_version(spark, settings.features_table)
+    fit = pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    assert fit.mode == "incremental" and fit.model.version == 2 and "reproject" not in fit.seconds
+    assert table.current_version(spark, settings.features_table) == before  # no rewrite
+    assert sorted(set(table_versions(spark, settings.features_table)), key=str) == [1, None]
+    assert pca.reproject(spark, settings, fit.model) == 50
+    assert set(table_versions(spark, settings.features_table)) == {2}
+
+
 def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> None:
     from fruits.config import Settings
 

@@ -86,7 +86,8 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     spark = get_spark(settings)
-    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full}
+    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full,
+                                "reproject_rows": not args.no_reproject}
     if args.every is None and args.min_new_rows is None:
         _print_refit(pca.refit(spark, settings, **fit_args))
         return 0
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
+    p.add_argument("--no-reproject", action="store_true",
+                   help="leave rows on their PCA version (the store projects them at query time); "
+                        "`fruits pca reproject` later")
     p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
     p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")

@@ -181,8 +181,14 @@ def refit(
     k: int | None = None,
     full: bool = False,
     write_plots: bool = True,
+    reproject_rows: bool = True,
 ) -> Refit:
-    """Fit a new PCA version, store it and its statistics, re-project the rows, draw the plots."""
+    """Fit a new PCA version, store it and its statistics, re-project the rows, draw the plots.
+
+    ``reproject_rows=False`` leaves the rows on their PCA version: the refit then costs what the
+    new rows cost, not a rewrite of the table. The JVM-free store projects such rows at query
+    time; Spark SQL readers see mixed ``pca_version`` values until ``reproject`` runs.
+    """
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -217,9 +223,10 @@ def refit(
             and last.row_count == stats.n:
         # The same statistics and k give the same model: no new version, no rewrite of the table
         # (only rows a failed re-projection left behind are put on it).
-        started = time.perf_counter()
-        updated = reproject(spark, settings, last)
-        seconds["reproject"] = time.perf_counter() - started
+        if reproject_rows:
+            started = time.perf_counter()
+            reproject(spark, settings, last)
+            seconds["reproject"] = time.perf_counter() - started
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
         return Refit(last, "unchanged", 0, seconds)
     model = PcaModel(
@@ -231,12 +238,16 @@ def refit(
         model.version, model.k, mean.tolist(), model.components.ravel().tolist(), ratios.tolist(),
         model.row_count, source_version, dt.datetime.now(dt.timezone.utc), model.feature_model_id,
     )
+    started = time.perf_counter()
     spark.createDataFrame([row], PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id))
+    seconds["store"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    updated = reproject(spark, settings, model)
-    seconds["reproject"] = time.perf_counter() - started
+    updated = 0
+    if reproject_rows:
+        started = time.perf_counter()
+        updated = reproject(spark, settings, model)
+        seconds["reproject"] = time.perf_counter() - started
     written = []
     if write_plots:
         started = time.perf_counter()
