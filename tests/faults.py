@@ -35,7 +35,7 @@ class FlakyProxy:
         self.down_at: float | None = None  # monotonic times of the outage
         self.up_at: float | None = None
         self.first_forward_at: float | None = None
-        self._closed = False
+        self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -43,7 +43,7 @@ class FlakyProxy:
             try:
                 client, _ = self.server.accept()
             except OSError:
-                if self._closed:
+                if self._closed.is_set():
                     return
                 continue
             if self.dropped < self.drop:
@@ -68,7 +68,9 @@ class FlakyProxy:
         bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         bound.bind(("127.0.0.1", self.port))
-        time.sleep(self.outage)
+        if self._closed.wait(self.outage):  # closed during the outage: stay down
+            bound.close()
+            return
         bound.listen()
         self.server = bound
         self.up_at = time.monotonic()
@@ -84,5 +86,5 @@ class FlakyProxy:
             sink.close()
 
     def close(self) -> None:
-        self._closed = True
+        self._closed.set()
         self.server.close()

@@ -204,3 +204,27 @@ def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spar
     rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
     assert [r[0] for r in rows] == [f"uploads/Plum/{p.name}" for p in paths]
     assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_after_a_long_outage_fetches_fail_at_once(settings, monkeypatch) -> None:
+    """Patience is per outage, not per object: past it, the next fetch fails without waiting again."""
+    import time
+
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+
+    monkeypatch.setattr(stream, "FETCH_PATIENCE", 1.0)
+    proxy = FlakyProxy(settings.endpoint_url, outage=30.0)
+    client = boto3.client(
+        "s3", endpoint_url=proxy.url, region_name=settings.region, config=Config(retries={"max_attempts": 1})
+    )
+    try:
+        with pytest.raises(EndpointConnectionError):  # reset, then refused for the whole patience
+            stream.fetch(client, settings.bucket, "uploads/a.jpg", None, None)
+        started = time.monotonic()
+        with pytest.raises(EndpointConnectionError):
+            stream.fetch(client, settings.bucket, "uploads/b.jpg", None, None)
+        assert time.monotonic() - started < 0.5
+    finally:
+        proxy.close()

@@ -103,11 +103,28 @@ def _s3(endpoint_url: str | None, region: str) -> Any:
     return client
 
 
-# How long one object's fetch waits out an unreachable S3 (refused or dropped connections), beyond
-# botocore's own retries (about 6 s in standard mode), before its task fails and Spark's task
-# retries, then the stream's restart from its checkpoint, take over. Never a quarantine: the image
-# is not at fault.
+# How long the fetches of a Python worker wait out an unreachable S3 (refused or dropped
+# connections), beyond botocore's own retries (about 6 s in standard mode), before they fail and
+# Spark's task retries, then the stream's restart from its checkpoint, take over. Never a
+# quarantine: the image is not at fault. The wait is per outage, not per object: once S3 has been
+# unreachable this long, every fetch fails at once instead of waiting again.
 FETCH_PATIENCE = 60.0
+
+
+class _Outage:
+    """When the worker's S3 became unreachable (None while it is reachable), shared by its threads."""
+
+    since: float | None = None
+    last_failure: float = 0.0
+
+    @classmethod
+    def failed(cls) -> float:
+        """Record a failure now; returns how long the outage has lasted."""
+        now = time.monotonic()
+        if cls.since is None or now - cls.last_failure > 10.0:  # a new outage, not the old one
+            cls.since = now
+        cls.last_failure = now
+        return now - cls.since
 
 
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None) -> bytes:
@@ -119,10 +136,12 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
         args["VersionId"] = version_id
     elif etag:
         args["IfMatch"] = etag
-    deadline, pause = time.monotonic() + FETCH_PATIENCE, 0.5
+    pause = 0.5
     while True:
         try:
-            return client.get_object(**args)["Body"].read()
+            data = client.get_object(**args)["Body"].read()
+            _Outage.since = None
+            return data
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "NoSuchVersion", "404"):
@@ -133,7 +152,7 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
                 ) from exc
             raise
         except (ConnectionError, HTTPClientError) as exc:
-            if time.monotonic() + pause > deadline:
+            if _Outage.failed() + pause > FETCH_PATIENCE:
                 raise
             log.warning("S3 unreachable for s3://%s/%s (%s); retrying in %.1fs", bucket, key, exc, pause)
             time.sleep(pause)
