@@ -27,7 +27,7 @@ def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.nd
     return x.astype(np.float32)
 
 
-def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None) -> None:
+def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID) -> None:
     """A blind append of feature rows, as the stream writes them."""
     now = dt.datetime.now(dt.timezone.utc)
     labels = labels or [f"class {i % 5}" for i in range(len(x))]
@@ -35,7 +35,7 @@ def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = 
         "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
         "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
         "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
-        "features": list(x), "model_id": MODEL_ID, "pca_features": None, "pca_version": None,
+        "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
     })
     spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
 
@@ -164,6 +164,20 @@ def test_a_refit_without_reprojection_leaves_the_rows_alone(spark, tmp_path: Pat
     assert sorted(set(table_versions(spark, settings.features_table)), key=str) == [1, None]
     assert pca.reproject(spark, settings, fit.model) == 50
     assert set(table_versions(spark, settings.features_table)) == {2}
+
+
+def test_a_running_stream_projects_with_each_new_model_as_it_appears(spark, settings, weights_blob) -> None:
+    """The stream's writer reads the model again only when ``pca_models`` has a new version."""
+    from fruits import stream
+
+    writer = stream.BatchWriter(spark, settings, weights_blob)
+    assert writer.current_pca() == (None, None)
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=12), model_id=weights_blob.model_id)
+    first = pca.refit(spark, settings, write_plots=False).model
+    assert writer.current_pca()[0].version == first.version == 1
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=13), model_id=weights_blob.model_id)
+    pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    assert writer.current_pca()[0].version == 2
 
 
 def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> None:

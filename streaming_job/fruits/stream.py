@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.streaming import StreamingQuery
 
-from . import table
+from . import lake, table
 from .config import Settings
 from .images import ImageError, Reason, decode
 from .model import WeightsBlob, get_featurizer, load_weights
@@ -291,16 +291,20 @@ class BatchWriter:
         # Stable across restarts on the same checkpoint: Delta skips a batch id it has committed.
         self.app_id = "fruits-featurizer-" + hashlib.sha256(settings.checkpoint.encode()).hexdigest()[:16]
         self.weights = spark.sparkContext.broadcast(blob)
-        self._pca: tuple[PcaModel, F.Column] | None = None
+        self._pca: tuple[PcaModel | None, F.Column | None] = (None, None)
+        self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
 
     def current_pca(self) -> tuple[PcaModel | None, F.Column | None]:
-        """The newest PCA model fitted on this feature model, and its projection column (cached)."""
-        model = latest_model(self.spark, self.settings)
-        if model is None or model.feature_model_id != self.model_id:
-            return None, None
-        if self._pca is None or self._pca[0].version != model.version:
-            self._pca = (model, project_column(self.spark, model))
+        """The newest PCA model fitted on this feature model, and its projection column. Read again
+        only when the ``pca_models`` table has a new version (delta-rs tells that without a Spark
+        job; reading the model through Spark every micro-batch cost latency)."""
+        models_version = lake.delta_table(self.settings, self.settings.pca_models_table).version()
+        if self._pca_checked != models_version:
+            model = latest_model(self.spark, self.settings)
+            usable = model is not None and model.feature_model_id == self.model_id
+            self._pca = (model, project_column(self.spark, model)) if usable else (None, None)
+            self._pca_checked = models_version
         return self._pca
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
