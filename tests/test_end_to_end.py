@@ -1,10 +1,13 @@
 """One flow through every real component: upload -> S3 event -> SQS -> Lambda -> manifest ->
-Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit -> SQL."""
+Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit (full, then incremental) -> SQL and the
+JVM-free store."""
 
 from __future__ import annotations
 
 import pytest
+import numpy as np
 from fruits import FeatureStore, ingest, pca, query, stream, upload
+from fruits import stats as pca_stats
 
 from conftest import SAMPLE
 
@@ -45,9 +48,20 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     )
     assert projected.rows == [(len(keys) + len(late),)]
 
+    # The PCA statistics read from S3 with Arrow, on the driver and in Spark tasks (as a large
+    # table is on a cluster), agree; the incremental refit reads only the late rows.
+    files, _ = pca_stats.table_files(settings, settings.features_table)
+    on_driver, in_tasks = (pca_stats.file_stats(spark, settings, files, driver_bytes=b)[0] for b in (2**40, 0))
+    assert on_driver.n == in_tasks.n == len(keys) + len(late)
+    np.testing.assert_allclose(in_tasks.outer, on_driver.outer, rtol=0, atol=1e-9 * np.abs(on_driver.outer).max())
+    fit = pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    assert fit.mode == "incremental" and fit.rows_read == len(late) and fit.model.version == model.version + 1
+    model = fit.model
+
     # The JVM-free store reads the same tables over the emulator's S3: same rows, one model version.
     store = FeatureStore(settings)
-    assert store.sql("SELECT count(*), max(pca_version) FROM features").rows == [(len(keys) + len(late), model.version)]
+    assert store.sql("SELECT count(*), max(pca_version) FROM features").rows == [(len(keys) + len(late), model.version - 1)]
+    assert store.pca_model().version == model.version  # similar() projects the older rows itself
     label, path = images[0]
     assert store.status(f"uploads/{label}/{path.name}").state == "processed"
     assert store.similar(f"uploads/{label}/{path.name}", k=3)[0].key != f"uploads/{label}/{path.name}"
