@@ -10,7 +10,7 @@ no Spark job; a larger one by Spark tasks, files balanced by size.
 
 Example::
 
-    files = table_files(settings, settings.features_table)
+    files, version = table_files(settings, settings.features_table)
     stats, model_ids = file_stats(spark, settings, files)
 
 Limitations: a table with deletion vectors or column mapping cannot be read file by file;

@@ -294,12 +294,15 @@ class BatchWriter:
         self._pca: tuple[PcaModel | None, F.Column | None] = (None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
+        self._models_log = lake.delta_table(settings, settings.pca_models_table)
 
     def current_pca(self) -> tuple[PcaModel | None, F.Column | None]:
         """The newest PCA model fitted on this feature model, and its projection column. Read again
-        only when the ``pca_models`` table has a new version (delta-rs tells that without a Spark
-        job; reading the model through Spark every micro-batch cost latency)."""
-        models_version = lake.delta_table(self.settings, self.settings.pca_models_table).version()
+        only when the ``pca_models`` table has a new version (delta-rs reads just the commits since
+        the last look, without a Spark job; reading the model through Spark every micro-batch cost
+        latency)."""
+        self._models_log.update_incremental()
+        models_version = self._models_log.version()
         if self._pca_checked != models_version:
             model = latest_model(self.spark, self.settings)
             usable = model is not None and model.feature_model_id == self.model_id
