@@ -22,6 +22,38 @@ def table_rows(spark, settings, sql: str) -> list[tuple]:
     return query.sql(spark, settings, sql).rows
 
 
+def put_samples(settings, label: str, n: int) -> list[str]:
+    """Upload the first ``n`` sample photos of ``label``; returns their keys, sorted."""
+    s3 = aws.client("s3", settings)
+    keys = []
+    for path in sorted(SAMPLE.glob(f"{label}/*.jpg"))[:n]:
+        keys.append(f"uploads/{label}/{path.name}")
+        s3.put_object(Bucket=settings.bucket, Key=keys[-1], Body=path.read_bytes())
+    return keys
+
+
+def run_stream_through(spark, settings, blob, proxy: FlakyProxy) -> None:
+    """The stream with the executors' fetches (only they: manifests and tables do not) through ``proxy``."""
+    try:
+        run_stream(spark, settings.with_(endpoint_url=proxy.url), blob)
+    finally:
+        proxy.close()
+
+
+def assert_rows_exactly(spark, settings, keys: list[str]) -> None:
+    """One features row per key, nothing quarantined."""
+    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
+    assert [r[0] for r in rows] == keys
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def client_without_retries(settings, url: str):  # noqa: ANN201
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=url, region_name=settings.region, config=Config(retries={"max_attempts": 1}))
+
+
 def png_bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, format="PNG")
@@ -66,8 +98,7 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
 
 def test_redelivered_manifests_add_no_rows(spark, settings, weights_blob) -> None:
     s3 = aws.client("s3", settings)
-    for path in sorted(SAMPLE.glob("Tomato 1/*.jpg"))[:3]:
-        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Tomato 1/{path.name}", Body=path.read_bytes())
+    put_samples(settings, "Tomato 1", 3)
     ingest.drain(settings, visibility_timeout=5)
     manifest_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["Contents"]]
     body = b"".join(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read() for k in manifest_keys)
@@ -121,21 +152,12 @@ def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_
 
 def test_connections_dropped_during_the_fetch_lose_nothing(spark, settings, weights_blob) -> None:
     """The executors' GETs meet reset connections; botocore retries them and every image lands."""
-    s3 = aws.client("s3", settings)
-    paths = sorted(SAMPLE.glob("Mango/*.jpg"))[:6]
-    for path in paths:
-        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Mango/{path.name}", Body=path.read_bytes())
+    keys = put_samples(settings, "Mango", 6)
     ingest.drain(settings, visibility_timeout=5)
     proxy = FlakyProxy(settings.endpoint_url, drop=3)
-    try:
-        # Only the executors' fetches go through the proxy; manifests and tables do not.
-        run_stream(spark, settings.with_(endpoint_url=proxy.url), weights_blob)
-    finally:
-        proxy.close()
+    run_stream_through(spark, settings, weights_blob, proxy)
     assert proxy.dropped == 3 and proxy.forwarded >= 1
-    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
-    assert [r[0] for r in rows] == [f"uploads/Mango/{p.name}" for p in paths]
-    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert_rows_exactly(spark, settings, keys)
 
 
 def test_an_unreachable_emulator_during_the_fetch_loses_nothing(spark, settings, weights_blob) -> None:
@@ -143,35 +165,22 @@ def test_an_unreachable_emulator_during_the_fetch_loses_nothing(spark, settings,
 
     botocore's first retry comes within 50 ms, so the fetches meet the refused port; they wait it
     out and every image lands, none quarantined."""
-    s3 = aws.client("s3", settings)
-    paths = sorted(SAMPLE.glob("Pear/*.jpg"))[:4]
-    for path in paths:
-        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Pear/{path.name}", Body=path.read_bytes())
+    keys = put_samples(settings, "Pear", 4)
     ingest.drain(settings, visibility_timeout=5)
     proxy = FlakyProxy(settings.endpoint_url, outage=3.0)
-    try:
-        run_stream(spark, settings.with_(endpoint_url=proxy.url), weights_blob)
-    finally:
-        proxy.close()
+    run_stream_through(spark, settings, weights_blob, proxy)
     assert proxy.down_at is not None and proxy.up_at - proxy.down_at >= 3.0
     assert proxy.first_forward_at is not None and proxy.first_forward_at >= proxy.up_at
-    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
-    assert [r[0] for r in rows] == [f"uploads/Pear/{p.name}" for p in paths]
-    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert_rows_exactly(spark, settings, keys)
 
 
 def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> None:
     """A client without retries of its own: only ``fetch``'s patience bridges the 2 s outage."""
-    import boto3
-    from botocore.config import Config
-
     s3 = aws.client("s3", settings)
     body = sorted(SAMPLE.glob("Pear/*.jpg"))[0].read_bytes()
     etag = s3.put_object(Bucket=settings.bucket, Key="uploads/Pear/p.jpg", Body=body)["ETag"].strip('"')
     proxy = FlakyProxy(settings.endpoint_url, outage=2.0)
-    client = boto3.client(
-        "s3", endpoint_url=proxy.url, region_name=settings.region, config=Config(retries={"max_attempts": 1})
-    )
+    client = client_without_retries(settings, proxy.url)
     try:
         assert stream.fetch(client, settings.bucket, "uploads/Pear/p.jpg", etag, None) == body
     finally:
@@ -182,10 +191,7 @@ def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> No
 def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spark, settings, weights_blob) -> None:
     """The first invocation writes its manifest, then dies before the runner acknowledges: SQS
     delivers those messages again, the Lambda records them again, and the table has one row each."""
-    s3 = aws.client("s3", settings)
-    paths = sorted(SAMPLE.glob("Plum/*.jpg"))[:5]
-    for path in paths:
-        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Plum/{path.name}", Body=path.read_bytes())
+    keys = put_samples(settings, "Plum", 5)
     mapping = ingest.event_source_mapping(settings, visibility_timeout=2, batch_size=3)
     handler, killed = mapping.handler, []
 
@@ -198,27 +204,21 @@ def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spar
 
     mapping.handler = dies_after_writing
     stats = mapping.drain()
-    assert killed and stats.failed == killed[0] and stats.received >= len(paths) + killed[0]
+    assert killed and stats.failed == killed[0] and stats.received >= len(keys) + killed[0]
     assert ingest.dead_letter_depth(settings) == 0
     run_stream(spark, settings, weights_blob)
-    rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
-    assert [r[0] for r in rows] == [f"uploads/Plum/{p.name}" for p in paths]
-    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert_rows_exactly(spark, settings, keys)
 
 
 def test_after_a_long_outage_fetches_fail_at_once(settings, monkeypatch) -> None:
     """Patience is per outage, not per object: past it, the next fetch fails without waiting again."""
     import time
 
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import EndpointConnectionError
 
     monkeypatch.setattr(stream, "FETCH_PATIENCE", 1.0)
     proxy = FlakyProxy(settings.endpoint_url, outage=30.0)
-    client = boto3.client(
-        "s3", endpoint_url=proxy.url, region_name=settings.region, config=Config(retries={"max_attempts": 1})
-    )
+    client = client_without_retries(settings, proxy.url)
     try:
         with pytest.raises(EndpointConnectionError):  # reset, then refused for the whole patience
             stream.fetch(client, settings.bucket, "uploads/a.jpg", None, None)
