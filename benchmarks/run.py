@@ -65,16 +65,18 @@ def main() -> None:
             print(f"featurize: {args.uploads} uploads, ours / original / ceiling ...", flush=True)
             ours = bench_featurize.ours(spark, endpoint, root, images, args.uploads, blob)
             original = bench_featurize.original(spark, str(ours.pop("bucket")), root, blob)
-            top = bench_featurize.ceiling(blob, images, args.uploads, Settings().batch_size)
-            results["featurize"] = {"ours": ours, "original": original, "ceiling": top}
+            top = bench_featurize.ceiling_tf_function(blob, images, args.uploads, Settings().batch_size)
+            runtime = bench_featurize.ceiling_litert(blob, images, args.uploads, Settings().batch_size)
+            results["featurize"] = {"ours": ours, "original": original, "ceiling": top, "ceiling_litert": runtime}
+            vs_top, vs_original = ours["images_per_s"] / top["images_per_s"], ours["images_per_s"] / original["images_per_s"]
             table += [
                 row("featurize: ours", ours["images_per_s"], "img/s"),
                 row("featurize: original notebooks' approach", original["images_per_s"], "img/s"),
                 row("featurize: ceiling (tf.function, in memory)", top["images_per_s"], "img/s"),
-                row("ours / ceiling", ours["images_per_s"] / top["images_per_s"], "", ">= 0.85",
-                    ours["images_per_s"] / top["images_per_s"] >= 0.85),
-                row("ours / original", ours["images_per_s"] / original["images_per_s"], "", ">= 2.5",
-                    ours["images_per_s"] / original["images_per_s"] >= 2.5),
+                row("featurize: our LiteRT model alone (in memory)", runtime["images_per_s"], "img/s"),
+                row("ours / ceiling", vs_top, "", ">= 0.85", vs_top >= 0.85),
+                row("ours / original", vs_original, "", ">= 2.5", vs_original >= 2.5),
+                row("ours / our model alone", ours["images_per_s"] / runtime["images_per_s"], ""),
                 row("peak RSS of a Python worker", ours["worker_peak_rss_mb"], "MB"),
             ]
         if "latency" in only:

@@ -11,7 +11,7 @@ import pytest
 from fruits import FeatureStore, pca, table
 from fruits.config import Settings
 from fruits.images import decode
-from fruits.model import Featurizer
+from fruits.model import Featurizer, compile_model
 from fruits.schema import FEATURES, QUARANTINE
 from fruits.upload import sample_images
 
@@ -34,7 +34,7 @@ TRAIN_PER_CLASS = 8
 @pytest.fixture(scope="module")
 def sample_split(weights_blob):
     """Features of the sample: the first 8 images of each class to train, the rest held out."""
-    featurizer = Featurizer(weights_blob)
+    featurizer = Featurizer(compile_model(weights_blob))
     by_label: dict[str, list[Path]] = {}
     for label, path in sample_images(SAMPLE):
         by_label.setdefault(label, []).append(path)

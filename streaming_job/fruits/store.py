@@ -162,7 +162,7 @@ class FeatureStore:
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
         from .images import decode
-        from .model import Featurizer, load_weights
+        from .model import Featurizer, compile_model, load_weights
 
         if self._featurizer is None:
             blob = load_weights(self.settings.weights)
@@ -171,7 +171,7 @@ class FeatureStore:
                     f"the table was featurized with {table_model_id}, but the weights {self.settings.weights!r} "
                     f"are {blob.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights file"
                 )
-            self._featurizer = Featurizer(blob)
+            self._featurizer = Featurizer(compile_model(blob))
         pixels = decode(path.read_bytes(), self.settings.max_image_bytes)
         return self._featurizer(pixels[None])
 

@@ -34,7 +34,7 @@ from pyspark.sql.streaming import StreamingQuery
 from . import lake, table
 from .config import Settings
 from .images import ImageError, Reason, decode
-from .model import WeightsBlob, get_featurizer, load_weights
+from .model import WeightsBlob, compile_model, get_featurizer, load_weights
 from .pca import PcaModel, latest_model, project_column
 from .schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
 
@@ -174,10 +174,10 @@ def prefetched(load: Callable[[int], Any], n: int, pool: ThreadPoolExecutor, ahe
         yield pending.popleft().result()
 
 
-def featurize_udf(weights: Any, settings: Settings) -> Any:
+def featurize_udf(model: Any, settings: Settings) -> Any:
     """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``.
 
-    ``weights`` is a broadcast ``WeightsBlob``; the model is built once per Python worker. Threads
+    ``model`` is a broadcast ``CompiledModel``, loaded once per Python worker. Threads
     fetch and decode the next images while the model runs on the current chunk of ``batch_size``.
     """
     endpoint, region = settings.endpoint_url, settings.region
@@ -187,7 +187,7 @@ def featurize_udf(weights: Any, settings: Settings) -> Any:
     def featurize(
         batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]],
     ) -> Iterator[pd.DataFrame]:
-        featurizer = get_featurizer(weights.value, threads)
+        featurizer = get_featurizer(model.value, threads)
         client = _s3(endpoint, region)
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
             for buckets, keys, etags, versions in batches:
@@ -220,8 +220,10 @@ def featurize_udf(weights: Any, settings: Settings) -> Any:
     return featurize
 
 
-def featurize(images: DataFrame, weights: Any, settings: Settings, model_id: str) -> DataFrame:
-    udf = featurize_udf(weights, settings)
+def featurize(images: DataFrame, model: Any, settings: Settings, model_id: str) -> DataFrame:
+    """Add ``result`` (features, or a quarantine reason) and ``model_id``; ``model`` is a broadcast
+    ``CompiledModel``."""
+    udf = featurize_udf(model, settings)
     # Spread the batch over the cluster: the dedupe shuffle otherwise coalesces small batches
     # into one partition, so one executor would featurize everything.
     partitions = settings.featurize_partitions or images.sparkSession.sparkContext.defaultParallelism
@@ -290,7 +292,7 @@ class BatchWriter:
         self.model_id = blob.model_id
         # Stable across restarts on the same checkpoint: Delta skips a batch id it has committed.
         self.app_id = "fruits-featurizer-" + hashlib.sha256(settings.checkpoint.encode()).hexdigest()[:16]
-        self.weights = spark.sparkContext.broadcast(blob)
+        self.model = spark.sparkContext.broadcast(compile_model(blob))
         self._pca: tuple[PcaModel | None, F.Column | None] = (None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
@@ -315,7 +317,7 @@ class BatchWriter:
         images = dedupe(identify(batch, s.upload_prefix, s.label_rule))
         images = drop_known(images, table.read(self.spark, s.features_table), table.read(self.spark, s.quarantine_table))
         started = time.perf_counter()
-        with materialized(featurize(images, self.weights, s, self.model_id)) as scored:
+        with materialized(featurize(images, self.model, s, self.model_id)) as scored:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             # An empty append is skipped: a replay of this batch drops the images already written

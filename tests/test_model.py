@@ -1,0 +1,36 @@
+"""The compiled (LiteRT) model against the Keras model it was converted from."""
+
+from __future__ import annotations
+
+import numpy as np
+from fruits.images import decode
+from fruits.model import FEATURE_DIM, Featurizer, compile_model, get_featurizer, keras_model
+from fruits.upload import sample_images
+
+from conftest import SAMPLE
+
+
+def sample_pixels(n: int) -> np.ndarray:
+    images = sample_images(SAMPLE)[:: 300 // n][:n]
+    return np.stack([decode(path.read_bytes()) for _, path in images])
+
+
+def test_litert_features_match_keras(weights_blob) -> None:
+    pixels = sample_pixels(12)
+    compiled = compile_model(weights_blob)
+    assert compiled.model_id == weights_blob.model_id
+    got = Featurizer(compiled, threads=1)(pixels)
+    expected = keras_model(weights_blob).predict(pixels / 127.5 - 1.0, verbose=0)
+    assert got.shape == (12, FEATURE_DIM) and got.dtype == np.float32
+    # The features reach about 6: float32 rounding in other kernels, not a different model.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4)
+    assert expected.max() > 1.0  # not a degenerate (all-zero) output that would match anything
+
+
+def test_batches_of_any_size_give_the_same_rows(weights_blob) -> None:
+    pixels = sample_pixels(5)
+    featurizer = get_featurizer(compile_model(weights_blob), threads=1)
+    assert get_featurizer(compile_model(weights_blob)) is featurizer  # one per process and model
+    whole = featurizer(pixels)
+    np.testing.assert_array_equal(np.concatenate([featurizer(pixels[:2]), featurizer(pixels[2:])]), whole)
+    assert featurizer(pixels[:0]).shape == (0, FEATURE_DIM)
