@@ -109,9 +109,8 @@ def compile_model(blob: WeightsBlob) -> CompiledModel:
     """Build the model from ``blob`` and convert it to LiteRT (memoized per process)."""
     compiled = _COMPILED.get(blob.sha256)
     if compiled is None:
+        model = keras_model(blob)  # first: it quiets TensorFlow's logging before the import
         import tensorflow as tf
-
-        model = keras_model(blob)
 
         @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
         def infer(pixels: Any) -> Any:
