@@ -16,6 +16,7 @@ cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
 from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
+from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # CDK writes an explicit DependsOn next to a GetAtt on the same resource; harmless, and not ours.
@@ -105,7 +106,8 @@ def test_ingest_lambda_with_powertools_and_partial_batch_responses(template: Tem
     assert any(p["Default"] == "/aws/service/powertools/python/x86_64/python3.11/3.37.0" for p in parameters.values())
     mapping = one(template, "AWS::Lambda::EventSourceMapping")
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["MaximumBatchingWindowInSeconds"] > 0 and mapping["BatchSize"] > 10
+    # The local event source mapping (lambda/fruits_ingest/runner.py) uses the same two numbers.
+    assert (mapping["BatchSize"], mapping["MaximumBatchingWindowInSeconds"]) == (BATCH_SIZE, BATCHING_WINDOW_SECONDS)
 
 
 def test_ingest_role_reads_its_queue_and_writes_manifests_only(template: Template) -> None:

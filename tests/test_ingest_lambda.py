@@ -10,7 +10,7 @@ import pytest
 from fruits import aws
 from fruits.ingest import dead_letter_depth, event_source_mapping, lambda_environment
 from fruits_ingest.manifest import manifest_key
-from fruits_ingest.runner import LocalContext
+from fruits_ingest.runner import EventSourceMapping, LocalContext
 
 from conftest import FIXTURES
 from test_ingest_events import s3_event
@@ -136,9 +136,39 @@ def test_poison_message_lands_in_the_dead_letter_queue(settings) -> None:
     s3 = aws.client("s3", settings)
     sqs.send_message(QueueUrl=aws.queue_url(settings), MessageBody="definitely not an S3 event")
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/ok.jpg", Body=b"x")
-    mapping = event_source_mapping(settings, visibility_timeout=1)
+    # A 1 s visibility timeout makes the retries quick; it needs batches gathered without a window.
+    mapping = event_source_mapping(settings, visibility_timeout=1, batch_size=10, batching_window=0)
     stats = mapping.drain(timeout_seconds=60)
     assert stats.failed >= 3  # maxReceiveCount deliveries of the poison message
     assert dead_letter_depth(settings) == 1
     assert [line["key"] for ls in manifests(settings).values() for line in ls] == ["uploads/Kiwi/ok.jpg"]
     assert os.environ["MANIFEST_BUCKET"] == settings.bucket
+
+
+def test_the_mapping_gathers_a_backlog_into_batches_as_on_aws(settings) -> None:
+    """Up to batch_size messages per invocation, gathered over several receives (SQS hands out 10
+    at most); one manifest per invocation; nothing received twice or left behind."""
+    s3 = aws.client("s3", settings)
+    keys = [f"uploads/Kiwi/{i}.jpg" for i in range(25)]
+    for key in keys:
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=b"x")
+    mapping = event_source_mapping(settings, visibility_timeout=30)
+    assert (mapping.batch_size, mapping.batching_window) == (100, 1)  # what infra/ deploys
+    sizes = []
+    original = mapping.handler
+    mapping.handler = lambda event, context: sizes.append(len(event["Records"])) or original(event, context)
+    stats = mapping.drain(timeout_seconds=60)
+    # One invocation for all 25 (and the s3:TestEvent the emulator sent when the notification was set up).
+    assert len(sizes) == 1 and sizes[0] == stats.received == stats.deleted >= 25 and stats.failed == 0
+    assert sorted(line["key"] for ls in manifests(settings).values() for line in ls) == sorted(keys)
+    assert mapping.backlog() == 0 and mapping.gather() == []  # an empty queue: one long poll, no batch
+
+
+def test_mapping_settings_aws_would_refuse(settings) -> None:
+    with pytest.raises(ValueError, match="batching_window of at least 1 second"):
+        EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=11,
+                           batching_window=0)
+    with pytest.raises(ValueError, match="visibility_timeout must be longer"):
+        EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, visibility_timeout=1)
+    with pytest.raises(ValueError, match="10,000"):
+        EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=10_001)

@@ -37,6 +37,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
+from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS  # the local event source mapping's too
 from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,7 +170,7 @@ class FruitsStack(cdk.Stack):
             },
         )
         function.add_event_source(sources.SqsEventSource(
-            self.queue, batch_size=100, max_batching_window=cdk.Duration.seconds(5),
+            self.queue, batch_size=BATCH_SIZE, max_batching_window=cdk.Duration.seconds(BATCHING_WINDOW_SECONDS),
             report_batch_item_failures=True,
         ))
         return function

@@ -16,6 +16,15 @@ from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
 
+# How the SQS event source mapping feeds the Lambda, here and on AWS (infra/ deploys these): up to
+# BATCH_SIZE messages per invocation, gathered for at most BATCHING_WINDOW_SECONDS after the first.
+# One invocation writes one manifest, and the stream pays a fixed cost per manifest file (about
+# 35 ms on one machine), so a backlog is worth batching: 2,100 uploads as 21 manifests instead of
+# 210 featurized 1.4x faster. At a trickle, the window adds up to a second of latency. AWS needs a
+# window of at least 1 s for batches over 10.
+BATCH_SIZE = 100
+BATCHING_WINDOW_SECONDS = 1
+
 DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 

@@ -1,7 +1,9 @@
 """A local stand-in for the SQS event source mapping, for the embedded default and the tests.
 
 It does what the mapping does for a Lambda with ``ReportBatchItemFailures``: long-polls the queue,
-hands up to ``batch_size`` messages to the handler as one Lambda event, deletes only the messages
+gathers up to ``batch_size`` messages (for at most ``batching_window`` seconds after the first one
+arrives; SQS returns at most 10 per receive), hands them to the handler as one Lambda event,
+deletes only the messages
 the handler did not report as failed, and leaves the failed ones to reappear after the visibility
 timeout (so that, after the queue's maxReceiveCount, SQS moves them to the dead-letter queue).
 A handler that raises fails the whole batch, as in Lambda.
@@ -12,7 +14,7 @@ Example::
     stats = EventSourceMapping(sqs, queue_url, handler).drain()
     print(stats.deleted, stats.failed)
 
-Limitations: one poller (the real mapping scales pollers with the backlog); no batching window.
+Limitations: one poller (the real mapping scales pollers with the backlog); no 6 MB payload limit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .config import BATCH_SIZE, BATCHING_WINDOW_SECONDS
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -81,33 +85,55 @@ class EventSourceMapping:
         queue_url: str,
         handler: Handler,
         *,
-        batch_size: int = 10,
+        batch_size: int = BATCH_SIZE,
+        batching_window: float = BATCHING_WINDOW_SECONDS,
         wait_seconds: int = 1,
         visibility_timeout: int = 30,
     ) -> None:
-        if not 1 <= batch_size <= 10:
-            raise ValueError("batch_size must be between 1 and 10 (SQS ReceiveMessage's limit)")
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError("batch_size must be between 1 and 10,000 (the SQS event source mapping's limit)")
+        if batch_size > 10 and batching_window < 1:
+            raise ValueError("a batch_size over 10 needs a batching_window of at least 1 second, as on AWS")
+        if visibility_timeout <= batching_window:
+            # Else a message could come back while its batch is still being gathered.
+            raise ValueError("visibility_timeout must be longer than batching_window")
         self.sqs = sqs_client
         self.queue_url = queue_url
         self.handler = handler
         self.batch_size = batch_size
+        self.batching_window = batching_window
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
         attrs = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
         self.queue_arn = attrs["Attributes"]["QueueArn"]
         self.region = self.queue_arn.split(":")[3]
 
-    def poll_once(self, stats: RunStats) -> int:
-        """One receive and one invocation; returns how many messages were received."""
+    def _receive(self, wait_seconds: int, limit: int) -> list[dict[str, Any]]:
         response = self.sqs.receive_message(
             QueueUrl=self.queue_url,
-            MaxNumberOfMessages=self.batch_size,
-            WaitTimeSeconds=self.wait_seconds,
+            MaxNumberOfMessages=min(10, limit),
+            WaitTimeSeconds=wait_seconds,
             VisibilityTimeout=self.visibility_timeout,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         )
-        messages = response.get("Messages", [])
+        return response.get("Messages", [])
+
+    def gather(self) -> list[dict[str, Any]]:
+        """One batch: a long poll for the first messages, then more until ``batch_size`` or the
+        batching window since the first arrival is over."""
+        messages = self._receive(self.wait_seconds, self.batch_size)
+        closes = time.monotonic() + self.batching_window
+        while messages and len(messages) < self.batch_size and time.monotonic() < closes:
+            more = self._receive(0, self.batch_size - len(messages))
+            messages += more
+            if not more:
+                time.sleep(min(0.05, max(0.0, closes - time.monotonic())))
+        return messages
+
+    def poll_once(self, stats: RunStats) -> int:
+        """One batch and one invocation; returns how many messages were received."""
+        messages = self.gather()
         if not messages:
             return 0
         event = {"Records": [to_lambda_record(m, self.queue_arn, self.region) for m in messages]}
@@ -117,10 +143,10 @@ class EventSourceMapping:
         except Exception:  # as in Lambda: an unhandled error fails the whole batch
             failed = {m["MessageId"] for m in messages}
         done = [m for m in messages if m["MessageId"] not in failed]
-        if done:
+        for start in range(0, len(done), 10):  # DeleteMessageBatch takes 10 entries at most
             self.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])],
             )
         stats.invocations += 1
         stats.received += len(messages)

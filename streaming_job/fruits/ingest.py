@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from fruits_ingest.config import IngestConfig
+from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS, IngestConfig
 from fruits_ingest.runner import EventSourceMapping, RunStats
 
 from . import aws
@@ -25,7 +25,10 @@ def lambda_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def event_source_mapping(settings: Settings, visibility_timeout: int = 30, batch_size: int = 10) -> EventSourceMapping:
+def event_source_mapping(
+    settings: Settings, visibility_timeout: int = 30, batch_size: int = BATCH_SIZE,
+    batching_window: float = BATCHING_WINDOW_SECONDS,
+) -> EventSourceMapping:
     os.environ.update(lambda_environment(settings))
     # Locally the Lambda shares the terminal: quiet unless asked (fruits -v sets these first).
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
@@ -34,7 +37,7 @@ def event_source_mapping(settings: Settings, visibility_timeout: int = 30, batch
 
     return EventSourceMapping(
         aws.client("sqs", settings), aws.queue_url(settings), handler,
-        batch_size=batch_size, visibility_timeout=visibility_timeout,
+        batch_size=batch_size, batching_window=batching_window, visibility_timeout=visibility_timeout,
     )
 
 
