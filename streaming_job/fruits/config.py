@@ -13,9 +13,9 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_QUEUE`` | SQS queue of S3 events (its DLQ is ``<queue>-dlq``) | ``fruits-uploads`` |
 | ``FRUITS_TABLE_ROOT`` | root of the Delta tables and checkpoints (``s3a://`` or a path) | ``s3a://<bucket>/tables`` |
 | ``FRUITS_WEIGHTS`` | ``imagenet`` or a path to MobileNetV2 no-top weights | ``imagenet`` |
-| ``FRUITS_BATCH_SIZE`` | images per model call | ``64`` |
+| ``FRUITS_BATCH_SIZE`` | images handed to the model at a time (fetching and decoding run up to twice this far ahead) | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
-| ``FRUITS_MODEL_THREADS`` | TensorFlow threads per Python worker (one per task core); 0 = all cores | ``1`` |
+| ``FRUITS_MODEL_THREADS`` | LiteRT threads per Python worker (one per task core); 0 = all cores | ``1`` |
 | ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (a backlog is caught up in batches this big; each batch has ~3 s of fixed costs here) | ``256`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
