@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 from fruits.images import decode
 from fruits.model import FEATURE_DIM, Featurizer, compile_model, get_featurizer, keras_model
 from fruits.upload import sample_images
@@ -34,3 +37,24 @@ def test_batches_of_any_size_give_the_same_rows(weights_blob) -> None:
     whole = featurizer(pixels)
     np.testing.assert_array_equal(np.concatenate([featurizer(pixels[:2]), featurizer(pixels[2:])]), whole)
     assert featurizer(pixels[:0]).shape == (0, FEATURE_DIM)
+
+
+@pytest.mark.spark
+def test_python_workers_run_the_broadcast_model_without_tensorflow(spark, weights_blob) -> None:
+    """What the stream does in each worker: load the broadcast LiteRT model and run it. TensorFlow
+    is never imported there (it would cost a worker about 1.5 GB)."""
+    model = spark.sparkContext.broadcast(compile_model(weights_blob))
+    pixels = sample_pixels(2)
+
+    def run(_: object) -> Iterator[tuple[bool, float]]:
+        import sys
+
+        from fruits.model import get_featurizer
+
+        features = get_featurizer(model.value, threads=1)(pixels)
+        yield "tensorflow" in sys.modules, float(np.abs(features).sum())
+
+    results = spark.sparkContext.parallelize(range(2), 2).mapPartitions(run).collect()
+    expected = float(np.abs(Featurizer(compile_model(weights_blob), threads=1)(pixels)).sum())
+    assert [imported for imported, _ in results] == [False, False]
+    assert all(total == pytest.approx(expected, rel=1e-5) for _, total in results)
