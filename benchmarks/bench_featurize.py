@@ -29,7 +29,7 @@ from common import bench_settings, ingested, peak_worker_rss_mb, timed_stream
 from fruits import stream
 from fruits.config import Settings
 from fruits.images import decode
-from fruits.model import Featurizer, compile_model, keras_model
+from fruits.model import Featurizer, compile_model, keras_function, keras_model
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf
 
@@ -95,14 +95,7 @@ def original(spark: SparkSession, bucket: str, root: Path, blob: Any) -> dict[st
 
 def ceiling_tf_function(blob: Any, images: list, total: int, batch_size: int) -> dict[str, float]:
     """The issue's ceiling: the Keras model in a compiled ``tf.function``, TensorFlow's threads."""
-    import tensorflow as tf
-
-    model = keras_model(blob)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
-    def infer(pixels: Any) -> Any:
-        return model(pixels / 127.5 - 1.0, training=False)
-
+    infer = keras_function(blob)
     return in_memory(lambda pixels: infer(pixels).numpy(), images, total, batch_size)
 
 

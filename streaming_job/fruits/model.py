@@ -102,6 +102,20 @@ def keras_model(blob: WeightsBlob) -> Any:
         )
 
 
+def keras_function(blob: WeightsBlob) -> Any:
+    """The Keras model with its preprocessing as a traced ``tf.function``: what ``compile_model``
+    converts, and the in-memory ceiling the benchmark compares with; needs TensorFlow."""
+    model = keras_model(blob)  # first: it quiets TensorFlow's logging before the import
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
+    def infer(pixels: Any) -> Any:
+        # keras.applications.mobilenet_v2.preprocess_input: 0..255 -> -1..1
+        return model(pixels / 127.5 - 1.0, training=False)
+
+    return infer
+
+
 _COMPILED: dict[str, CompiledModel] = {}
 
 
@@ -109,13 +123,8 @@ def compile_model(blob: WeightsBlob) -> CompiledModel:
     """Build the model from ``blob`` and convert it to LiteRT (memoized per process)."""
     compiled = _COMPILED.get(blob.sha256)
     if compiled is None:
-        model = keras_model(blob)  # first: it quiets TensorFlow's logging before the import
+        infer = keras_function(blob)
         import tensorflow as tf
-
-        @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
-        def infer(pixels: Any) -> Any:
-            # keras.applications.mobilenet_v2.preprocess_input: 0..255 -> -1..1
-            return model(pixels / 127.5 - 1.0, training=False)
 
         # The tf.function, not the Keras model, must be the trackable: it is what holds the variables
         # the converter freezes (given the model, it writes a graph without weights, all NaN out).
