@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 
 import pytest
+from delta.tables import DeltaTable
 from fruits import aws, ingest, query, stream
+from fruits.schema import MANIFEST
 from PIL import Image
 
 from conftest import SAMPLE
@@ -128,6 +130,27 @@ def test_transforms_work_without_a_stream(spark) -> None:
         ("uploads/Apple Red 1/x.jpg", "e2", "Apple Red 1"),  # an overwrite is a new image
         ("uploads/loose.jpg", "e3", None),
     ]
+
+
+def test_a_micro_batch_replayed_after_its_commit_adds_no_rows(spark, settings, weights_blob) -> None:
+    """A crash after the Delta commits but before Spark's checkpoint commit replays the micro-batch
+    (same id, same lines): its images are known by then, so nothing is featurized or written again."""
+    from pyspark.sql import functions as F
+
+    keys = put_samples(settings, "Kiwi", 2) + [f"uploads/Kiwi/{name}" for name in ("a.jpg",)]
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key=keys[-1], Body=b"not an image")
+    ingest.drain(settings, visibility_timeout=5)
+    lines = spark.read.schema(MANIFEST).json(settings.manifests_uri).withColumn("manifest", F.col("_metadata.file_path"))
+    writer = stream.BatchWriter(spark, settings, weights_blob)
+    writer(lines, 0)
+    versions = [DeltaTable.forPath(spark, t).history(1).first().version
+                for t in (settings.features_table, settings.quarantine_table)]
+    writer(lines, 0)  # the replay
+    stream.BatchWriter(spark, settings, weights_blob)(lines, 0)  # and one after a restart
+    assert [DeltaTable.forPath(spark, t).history(1).first().version
+            for t in (settings.features_table, settings.quarantine_table)] == versions  # no commit at all
+    assert table_rows(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features") == [(2, 2)]
+    assert table_rows(spark, settings, "SELECT key, reason FROM quarantine") == [(keys[-1], "not_an_image")]
 
 
 def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_blob) -> None:

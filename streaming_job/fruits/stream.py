@@ -2,7 +2,7 @@
 
     source:    readStream over the manifest prefix (JSON Lines, explicit schema)
     transform: identify -> dedupe -> drop already-known -> featurize (fetch, decode, MobileNetV2)
-    sink:      idempotent append into `features`; failures into `quarantine` with a reason
+    sink:      append into `features`; failures into `quarantine` with a reason
 
 Each transform is a plain function on DataFrames, usable without a stream. Images are fetched on
 the executors (boto3 inside the pandas UDF); the driver only sees manifest lines.
@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -34,6 +34,7 @@ from pyspark.sql.streaming import StreamingQuery
 from . import lake, table
 from .config import Settings
 from .images import ImageError, Reason, decode
+from .known import KnownImages, as_ids
 from .model import WeightsBlob, compile_model, get_featurizer, load_weights
 from .pca import PcaModel, latest_model, project_column
 from .schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
@@ -81,10 +82,17 @@ def dedupe(images: DataFrame) -> DataFrame:
     return images.dropDuplicates(["image_id"])
 
 
-def drop_known(images: DataFrame, *known: DataFrame) -> DataFrame:
-    for seen in known:
-        images = images.join(seen.select("image_id"), "image_id", "left_anti")
-    return images
+def drop_known(images: DataFrame, known: KnownImages) -> DataFrame | None:
+    """The images that neither table holds yet, or None if there are none.
+
+    The micro-batch's manifest lines come to the driver (they are small) and are checked against
+    ``known`` there, brought up to date from the Delta log first; the rest goes back to Spark as a
+    local DataFrame.
+    """
+    lines = images.toArrow()
+    known.refresh()
+    new = lines.filter(pa.array(~known.contains(as_ids(lines.column("image_id")))))
+    return images.sparkSession.createDataFrame(new, images.schema) if new.num_rows else None
 
 
 _S3: dict[str | None, Any] = {}
@@ -281,22 +289,21 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
-    Exactly once: images already in either table are dropped before featurizing (a redelivered
-    event or manifest), and both appends carry ``(app id, batch id)`` so that a micro-batch replayed
-    after a crash commits at most once. This stream is the only writer of new rows.
+    Exactly once: images already in either table are dropped before featurizing (``KnownImages``).
+    That covers a redelivered event or manifest, and a micro-batch replayed after a crash whose
+    rows had committed (its images are then known). This stream is the only writer of new rows.
     """
 
     def __init__(self, spark: SparkSession, settings: Settings, blob: WeightsBlob) -> None:
         self.spark = spark
         self.settings = settings
         self.model_id = blob.model_id
-        # Stable across restarts on the same checkpoint: Delta skips a batch id it has committed.
-        self.app_id = "fruits-featurizer-" + hashlib.sha256(settings.checkpoint.encode()).hexdigest()[:16]
         self.model = spark.sparkContext.broadcast(compile_model(blob))
         self._pca: tuple[PcaModel | None, F.Column | None] = (None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
         self._models_log = lake.delta_table(settings, settings.pca_models_table)
+        self.known = KnownImages(settings, spark)
 
     def current_pca(self) -> tuple[PcaModel | None, F.Column | None]:
         """The newest PCA model fitted on this feature model, and its projection column. Read again
@@ -314,18 +321,18 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
-        images = dedupe(identify(batch, s.upload_prefix, s.label_rule))
-        images = drop_known(images, table.read(self.spark, s.features_table), table.read(self.spark, s.quarantine_table))
+        images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
+        if images is None:
+            log.info("batch %d: no new images", batch_id)
+            return
         started = time.perf_counter()
         with materialized(featurize(images, self.model, s, self.model_id)) as scored:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
-            # An empty append is skipped: a replay of this batch drops the images already written
-            # (drop_known) before it gets here, so no idempotency marker is needed for it.
             if total > quarantined:
-                table.append_once(feature_rows(scored, *self.current_pca()), s.features_table, self.app_id, batch_id)
+                table.append(feature_rows(scored, *self.current_pca()), s.features_table)
             if quarantined:
-                table.append_once(quarantine_rows(scored), s.quarantine_table, self.app_id, batch_id)
+                table.append(quarantine_rows(scored), s.quarantine_table)
         log.info(
             "batch %d: %d new images (%d quarantined); featurized in %.1fs, written in %.1fs",
             batch_id, total, quarantined, featurized - started, time.perf_counter() - featurized,

@@ -1,7 +1,9 @@
-"""The Delta tables: created with their explicit schemas, written idempotently.
+"""The Delta tables: created with their explicit schemas, appended to blindly.
 
-``append_once`` is a blind append tagged with Delta's idempotent-write options (``txnAppId`` /
-``txnVersion``): a micro-batch retried after a crash is skipped by Delta if it already committed.
+The stream's appends are not tagged with Delta's idempotent-write options (``txnAppId`` /
+``txnVersion``): the stream drops images the tables already hold before it writes
+(``known.py``), which covers a replayed micro-batch. The options would make Delta rebuild the
+table's state in Spark jobs at every micro-batch, to look the marker up.
 """
 
 from __future__ import annotations
@@ -27,13 +29,9 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     ensure_table(spark, settings.pca_stats_table, PCA_STATS)
 
 
-def append_once(rows: DataFrame, location: str, app_id: str, version: int) -> None:
-    """Append ``rows`` unless this ``(app_id, version)`` already committed to the table."""
-    (
-        rows.write.format("delta").mode("append")
-        .option("txnAppId", app_id).option("txnVersion", version)
-        .save(location)
-    )
+def append(rows: DataFrame, location: str) -> None:
+    """A blind append of ``rows``."""
+    rows.write.format("delta").mode("append").save(location)
 
 
 def read(spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
