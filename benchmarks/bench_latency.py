@@ -3,7 +3,7 @@
 upload (boto3 PUT) -> S3 event -> SQS -> the Lambda handler (local event source mapping, polling
 all the time) -> manifest -> the stream (trigger every second) -> Delta commit -> the row is seen
 by a reader polling the table (delta-rs, every 0.2 s). Uploads are paced (8 a second) so that the
-figure is latency, not a backlog draining.
+figure is latency, not a backlog draining. ``plot`` draws the distribution (``results/latency.png``).
 """
 
 from __future__ import annotations
@@ -70,4 +70,33 @@ def run(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: i
         query.stop()
     latencies = np.array([seen[k] - t for k, t in sent.items() if k in seen])
     return {"uploads": uploads, "visible": len(latencies), "p50_s": float(np.percentile(latencies, 50)),
-            "p95_s": float(np.percentile(latencies, 95)), "max_s": float(latencies.max())}
+            "p95_s": float(np.percentile(latencies, 95)), "max_s": float(latencies.max()),
+            "latencies_s": sorted(round(float(v), 3) for v in latencies)}
+
+
+def plot(latencies: list[float], target: float, title: str, path: Path) -> None:
+    """The share of uploads queryable after t seconds, p50 / p95 and the target marked (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.sort(latencies)
+    share = np.arange(1, len(values) + 1) / len(values)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.step(values, share, where="post", color="#4c72b0", label=f"{len(values)} uploads")
+    for q, style in ((50, "--"), (95, ":")):
+        v = float(np.percentile(values, q))
+        ax.axvline(v, color="#55a868", linestyle=style, linewidth=1.2, label=f"p{q} {v:.2f} s")
+    ax.axvline(target, color="#c44e52", linewidth=1.2, label=f"target: p50 ≤ {target:g} s")
+    ax.set_xlim(0, max(float(values[-1]), target) * 1.05)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("upload → queryable (s)")
+    ax.set_ylabel("share of uploads")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """``make bench``: every benchmark in one session, as ratios measured in the same run.
 
-Prints one table (with the targets of the benchmarks issue) and writes the JSON next to it.
+Prints one table (with the targets of the benchmarks issue) and writes the JSON, and the latency
+distribution as ``latency.png``, next to it.
 
 Usage: python benchmarks/run.py [--uploads 2100] [--latency-uploads 200] [--pca-rows 20000,100000]
                                 [--only featurize,latency,pca,decode] [--json benchmarks/results/bench.json]
@@ -83,6 +84,8 @@ def main() -> None:
             print(f"latency: {args.latency_uploads} uploads through the full local path ...", flush=True)
             latency = bench_latency.run(spark, endpoint, root, images, args.latency_uploads, blob)
             results["latency"] = latency
+            bench_latency.plot(latency["latencies_s"], 5.0, f"Upload to queryable, {results['date']}, "
+                               f"{results['machine']}", Path(args.json).with_name("latency.png"))
             table += [
                 row("upload -> queryable, p50", latency["p50_s"], "s", "<= 5 s", latency["p50_s"] <= 5.0),
                 row("upload -> queryable, p95", latency["p95_s"], "s"),

@@ -1,7 +1,7 @@
 """CDK entry point: ``cdk synth`` / ``cdk deploy`` (or ``make synth``) run this.
 
 Context (``-c key=value``): ``stage`` (default ``dev``), ``region`` (default ``eu-west-3``),
-``emrRelease``, ``refitSchedule``, ``startStream`` (``true`` once the job's artifacts are uploaded),
+``emrRelease``, ``refitSchedule``, ``maintainSchedule`` (default ``rate(1 day)``), ``startStream`` (``true`` once the job's artifacts are uploaded),
 ``alarmEmail``.
 """
 

@@ -150,12 +150,14 @@ def test_emr_serverless_application_and_the_streaming_job(template: Template) ->
     assert "StartJobRun" in create and "STREAMING" in create and "fruits_job.py" in create
 
 
-def test_pca_refit_is_scheduled_with_least_privilege(template: Template) -> None:
-    schedule = one(template, "AWS::Scheduler::Schedule")
-    assert schedule["ScheduleExpression"] == "rate(1 hour)"
-    target = schedule["Target"]
-    assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun"
-    assert '\\"pca\\",\\"refit\\"' in json.dumps(target["Input"])
+def test_pca_refit_and_maintenance_are_scheduled_with_least_privilege(template: Template) -> None:
+    schedules = {s["Properties"]["Name"]: s["Properties"] for s in resources(template, "AWS::Scheduler::Schedule").values()}
+    assert {name: s["ScheduleExpression"] for name, s in schedules.items()} == {
+        "fruits-qa-pca-refit": "rate(1 hour)", "fruits-qa-maintain": "rate(1 day)"}
+    for name, arguments in (("fruits-qa-pca-refit", '[\\"pca\\",\\"refit\\"]'), ("fruits-qa-maintain", '[\\"maintain\\"]')):
+        target = schedules[name]["Target"]
+        assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun"
+        assert arguments in json.dumps(target["Input"]), (name, json.dumps(target["Input"])[:300])
     statements = policy_statements(template, "SchedulerRole")
     assert {a for s in statements for a in listify(s["Action"])} == {"emr-serverless:StartJobRun", "iam:PassRole"}
 

@@ -1,5 +1,6 @@
 """One stage of the pipeline on AWS: what ``fruits.emulator.provision`` creates locally, plus the
-Lambda, the Spark jobs on EMR Serverless, the scheduled PCA refit and the alarms.
+Lambda, the Spark jobs on EMR Serverless, the scheduled PCA refit and table maintenance, and the
+alarms.
 
 Every name derives from the stage (``fruits-<stage>-...``); the region defaults to eu-west-3 (Paris)
 for EU data residency. Each component gets its own role with only what it uses:
@@ -59,6 +60,7 @@ class StageConfig:
     # AWS runtime for Apache Spark 8.0.0: Spark 4.0.2, Delta 4.0.0 (our local pins are 4.2 / 4.4).
     emr_release: str = "emr-spark-8.0.0"
     refit_schedule: str = "rate(1 hour)"
+    maintain_schedule: str = "rate(1 day)"  # OPTIMIZE + VACUUM (fruits maintain)
     manifest_retention_days: int = 30
     start_stream: bool = False
     alarm_email: str | None = None
@@ -71,6 +73,7 @@ class StageConfig:
             region=get("region") or cls.region,
             emr_release=get("emrRelease") or cls.emr_release,
             refit_schedule=get("refitSchedule") or cls.refit_schedule,
+            maintain_schedule=get("maintainSchedule") or cls.maintain_schedule,
             start_stream=str(get("startStream")).lower() == "true",
             alarm_email=get("alarmEmail"),
         )
@@ -228,24 +231,28 @@ class FruitsStack(cdk.Stack):
         }
 
     def _jobs(self) -> None:
-        # The periodic PCA refit: EventBridge Scheduler calls StartJobRun directly.
+        # The periodic jobs: EventBridge Scheduler calls StartJobRun directly.
         role = iam.Role(self, "SchedulerRole", role_name=self.config.name("scheduler"),
                         assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
-                        description="starts the PCA refit job run, nothing else")
+                        description="starts the scheduled job runs (PCA refit, table maintenance), nothing else")
         for statement in self._job_starter():
             role.add_to_policy(statement)
-        request = self._job_run("pca-refit", ["pca", "refit"])
-        request["clientToken"] = "<aws.scheduler.execution-id>"  # one run per scheduled invocation
-        scheduler.CfnSchedule(
-            self, "PcaRefit", name=self.config.name("pca-refit"),
-            schedule_expression=self.config.refit_schedule, state="ENABLED",
-            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
-            target=scheduler.CfnSchedule.TargetProperty(
-                arn="arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun",
-                role_arn=role.role_arn, input=cdk.Stack.of(self).to_json_string(request),
-                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2),
-            ),
-        )
+        for construct_id, name, arguments, expression in (
+            ("PcaRefit", "pca-refit", ["pca", "refit"], self.config.refit_schedule),
+            ("Maintain", "maintain", ["maintain"], self.config.maintain_schedule),
+        ):
+            request = self._job_run(name, arguments)
+            request["clientToken"] = "<aws.scheduler.execution-id>"  # one run per scheduled invocation
+            scheduler.CfnSchedule(
+                self, construct_id, name=self.config.name(name),
+                schedule_expression=expression, state="ENABLED",
+                flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+                target=scheduler.CfnSchedule.TargetProperty(
+                    arn="arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun",
+                    role_arn=role.role_arn, input=cdk.Stack.of(self).to_json_string(request),
+                    retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=2),
+                ),
+            )
         if not self.config.start_stream:
             return
         # The stream: started once the artifacts exist (-c startStream=true), cancelled on delete.

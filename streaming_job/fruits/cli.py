@@ -125,6 +125,19 @@ def cmd_pca_reproject(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from .maintenance import maintain
+    from .spark import get_spark
+
+    settings = _settings(args)
+    report = maintain(get_spark(settings), settings, retain_hours=args.retain_hours)
+    for location, (removed, added) in report.compacted.items():
+        print(f"OPTIMIZE {location}: {removed} files compacted into {added}")
+    for location, deleted in report.vacuumed.items():
+        print(f"VACUUM {location}: {deleted} files deleted ({args.retain_hours:g} h retained)")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from . import query
 
@@ -204,6 +217,7 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import VACUUM_RETAIN_HOURS
     from .demo import BUNDLED_WEIGHTS, PROJECT_ROOT, SAMPLE_IMAGES
 
     common = argparse.ArgumentParser(add_help=False)
@@ -261,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pca_refit)
     p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
     p.set_defaults(func=cmd_pca_reproject)
+
+    p = sub.add_parser("maintain", parents=[common],
+                       help="compact the stream's small files (OPTIMIZE), delete unneeded ones (VACUUM)")
+    p.add_argument("--retain-hours", type=float, default=VACUUM_RETAIN_HOURS,
+                   help=f"VACUUM keeps files no version needs for this long (default {VACUUM_RETAIN_HOURS})")
+    p.set_defaults(func=cmd_maintain)
 
     p = sub.add_parser("query", parents=[common], help="SQL over the tables features, quarantine, pca_models")
     p.add_argument("sql")

@@ -16,7 +16,7 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_BATCH_SIZE`` | images handed to the model at a time (fetching and decoding run up to twice this far ahead) | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
 | ``FRUITS_MODEL_THREADS`` | LiteRT threads per Python worker (one per task core); 0 = all cores | ``1`` |
-| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (a backlog is caught up in batches this big; each batch has ~3 s of fixed costs here) | ``256`` |
+| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (a backlog is caught up in batches this big; each batch has ~1.5 s of fixed costs here) | ``256`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
 | ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
@@ -39,6 +39,10 @@ IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image
 # S3 suffix filters are case-sensitive; phones upload both cases.
 NOTIFIED_SUFFIXES = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp", ".WEBP", ".gif", ".GIF")
 MAX_RECEIVE_COUNT = 3  # deliveries of an event before it goes to the dead-letter queue
+# What VACUUM keeps of the files no table version needs any more (Delta's default retention).
+# Readers of the Delta log (the incremental PCA statistics, the stream's known ids) whose last
+# look is older than this read the whole table instead: the files the log names may be gone.
+VACUUM_RETAIN_HOURS = 7 * 24
 
 
 @dataclass(frozen=True)

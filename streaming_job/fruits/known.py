@@ -12,7 +12,8 @@ new version every micro-batch, and that cost 1.3-1.9 s per micro-batch on 2 core
 featurizing a small batch. A Spark scan also reads every id of the table each time.
 
 A commit that removed rows (a DELETE; not a re-projection, which keeps every id; not OPTIMIZE)
-makes the next ``refresh`` read the tables again, so a deleted image can be ingested anew.
+makes the next ``refresh`` read the tables again, so a deleted image can be ingested anew; so does
+a last look older than VACUUM's retention.
 
 Example::
 

@@ -8,8 +8,9 @@ threshold (default 0.95), or fixed.
 Incremental: the statistics are stored (``pca_stats``) with the features-table version they
 cover. A refit reads only the data files that blind appends added since that version, found in
 the Delta log, adds their statistics and solves again; ``full=True`` recomputes from scratch. A
-commit that changed existing rows (other than our own re-projection), or a log that retention has
-already cleaned, falls back to a full pass, and the result says so.
+commit that changed existing rows (other than our own re-projection), a log that retention has
+already cleaned, or commits older than VACUUM's retention (``fruits maintain``; their files may be
+gone) fall back to a full pass, and the result says so.
 
 Each fit is a new version in the ``pca_models`` Delta table. Then every row not on it is
 re-projected (``pca_features``, ``pca_version``) with one UPDATE, so a query sees one model version;

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
 from . import lake
-from .config import Settings
+from .config import VACUUM_RETAIN_HOURS, Settings
 from .model import FEATURE_DIM
 from .schema import PCA_STATS
 
@@ -220,14 +221,20 @@ def appended_files(settings: Settings, location: str, after: int, upto: int) -> 
     """Data files that commits ``after + 1 .. upto`` added to the table as new rows.
 
     None when those rows cannot be told from the log alone: a commit changed or deleted existing
-    rows (other than a re-projection), the table went back in time, or log retention already
-    removed a commit file. The caller then reads the whole table.
+    rows (other than a re-projection), the table went back in time, log retention already
+    removed a commit file, or a commit is older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have
+    deleted its files since a later OPTIMIZE replaced them). The caller then reads the whole table.
     """
     if upto < after:
         return None
     files: list[DataFile] = []
+    horizon_ms = (time.time() - VACUUM_RETAIN_HOURS * 3600) * 1000
     try:
         for version, info, actions in _commits(settings, location, after, upto):
+            if info.get("timestamp", horizon_ms) < horizon_ms:
+                log.info("commit %d is older than VACUUM's retention: its files may be gone; a full pass is needed",
+                         version)
+                return None
             adds = [a["add"] for a in actions if "add" in a and a["add"].get("dataChange", True)]
             removes = [a for a in actions if "remove" in a and a["remove"].get("dataChange", True)]
             if not adds and not removes:

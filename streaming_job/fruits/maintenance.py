@@ -1,0 +1,70 @@
+"""Table maintenance: compact the stream's small files, then delete the files no version needs.
+
+The stream appends one or two small files per micro-batch, thousands a day on a busy stream, and
+every reader opens each of them. ``maintain`` runs Delta's OPTIMIZE (bin-packing) on ``features``
+and ``quarantine``. Its commits change no rows (``dataChange=false``), so the PCA's incremental
+statistics and the stream's exactly-once check skip them. Then VACUUM deletes, in all four tables,
+the data files that no version within the retention still needs: the files OPTIMIZE replaced, and
+the ``pca_stats`` files each refit replaces (13 MB each).
+
+Example::
+
+    report = maintain(spark, settings)   # fruits maintain [--retain-hours 168]
+    print(report.compacted, report.vacuumed)
+
+Limitations: the incremental PCA statistics and the stream's known ids read the files the Delta log
+names since their last look. When that look is older than the retention (``VACUUM_RETAIN_HOURS``,
+168 h, Delta's default), they read the whole table instead, since VACUUM may have deleted those
+files. OPTIMIZE and a concurrent re-projection UPDATE may conflict; the re-projection retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+
+from . import table
+from .config import VACUUM_RETAIN_HOURS, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Maintenance:
+    """Per table: files removed and added by OPTIMIZE, and files deleted by VACUUM."""
+
+    compacted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    vacuumed: dict[str, int] = field(default_factory=dict)
+
+
+def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACUUM_RETAIN_HOURS) -> Maintenance:
+    """OPTIMIZE ``features`` and ``quarantine``, then VACUUM every table, keeping ``retain_hours``.
+
+    Delta itself refuses a retention under 168 hours unless
+    ``spark.databricks.delta.retentionDurationCheck.enabled`` is false; keep it so, since the
+    log readers above rely on files of the last 168 hours being there.
+    """
+    table.ensure_tables(spark, settings)
+    report = Maintenance()
+    for location in (settings.features_table, settings.quarantine_table):
+        metrics = DeltaTable.forPath(spark, location).optimize().executeCompaction().first().metrics
+        report.compacted[location] = (metrics.numFilesRemoved, metrics.numFilesAdded)
+        log.info("OPTIMIZE %s: %d files into %d", location, metrics.numFilesRemoved, metrics.numFilesAdded)
+    for location in (settings.features_table, settings.quarantine_table, settings.pca_models_table,
+                     settings.pca_stats_table):
+        before = DeltaTable.forPath(spark, location)
+        before.vacuum(retain_hours)
+        deleted = _vacuumed_files(before)
+        report.vacuumed[location] = deleted
+        log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
+    return report
+
+
+def _vacuumed_files(delta: DeltaTable) -> int:
+    """numDeletedFiles of the newest VACUUM END commit (``vacuum`` returns no metrics)."""
+    ends = delta.history(5).where("operation = 'VACUUM END'").orderBy("version", ascending=False)
+    last = ends.select("operationMetrics").first()
+    return int(last.operationMetrics.get("numDeletedFiles", 0)) if last else 0
