@@ -44,8 +44,9 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
     """OPTIMIZE ``features`` and ``quarantine``, then VACUUM every table, keeping ``retain_hours``.
 
     Delta itself refuses a retention under 168 hours unless
-    ``spark.databricks.delta.retentionDurationCheck.enabled`` is false; keep it so, since the
-    log readers above rely on files of the last 168 hours being there.
+    ``spark.databricks.delta.retentionDurationCheck.enabled`` is false. Keep it that way: the
+    log readers (the incremental PCA statistics, the stream's known ids) rely on the files of the
+    last ``VACUUM_RETAIN_HOURS`` being there.
     """
     table.ensure_tables(spark, settings)
     report = Maintenance()
@@ -55,9 +56,9 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
         log.info("OPTIMIZE %s: %d files into %d", location, metrics.numFilesRemoved, metrics.numFilesAdded)
     for location in (settings.features_table, settings.quarantine_table, settings.pca_models_table,
                      settings.pca_stats_table):
-        before = DeltaTable.forPath(spark, location)
-        before.vacuum(retain_hours)
-        deleted = _vacuumed_files(before)
+        delta = DeltaTable.forPath(spark, location)
+        delta.vacuum(retain_hours)
+        deleted = _vacuumed_files(delta)
         report.vacuumed[location] = deleted
         log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
     return report
