@@ -58,14 +58,8 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
                      settings.pca_stats_table):
         delta = DeltaTable.forPath(spark, location)
         delta.vacuum(retain_hours)
-        deleted = _vacuumed_files(delta)
+        deleted = table.newest_metric(delta, "operation = 'VACUUM END'", "numDeletedFiles")
         report.vacuumed[location] = deleted
         log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
     return report
 
-
-def _vacuumed_files(delta: DeltaTable) -> int:
-    """numDeletedFiles of the newest VACUUM END commit (``vacuum`` returns no metrics)."""
-    ends = delta.history(5).where("operation = 'VACUUM END'").orderBy("version", ascending=False)
-    last = ends.select("operationMetrics").first()
-    return int(last.operationMetrics.get("numDeletedFiles", 0)) if last else 0

@@ -159,20 +159,15 @@ def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts
                 condition=_stale(model),
                 set={"pca_features": project_column(session, model), "pca_version": F.lit(model.version).cast("long")},
             )
-            updated += _rows_updated(features)
+            # numUpdatedRows of our newest UPDATE (appends may follow it)
+            updated += table.newest_metric(features, (F.col("operation") == "UPDATE")
+                                           & (F.col("userMetadata") == REPROJECT_TAG), "numUpdatedRows")
         except ConcurrentAppendException:
             log.info("re-projection attempt %d met a concurrent append; retrying", attempt)
     raise RuntimeError(
         f"rows were still not on PCA version {model.version} after {attempts} attempts; "
         "run `fruits pca reproject` again when the stream is quieter"
     )
-
-
-def _rows_updated(features: DeltaTable) -> int:
-    """numUpdatedRows of our newest UPDATE (``update`` returns no metrics; appends may follow it)."""
-    ours = features.history(20).where((F.col("operation") == "UPDATE") & (F.col("userMetadata") == REPROJECT_TAG))
-    last = ours.orderBy(F.desc("version")).select("operationMetrics").first()
-    return int(last.operationMetrics.get("numUpdatedRows", 0)) if last else 0
 
 
 def refit(

@@ -9,7 +9,8 @@ table's state in Spark jobs at every micro-batch, to look the marker up.
 from __future__ import annotations
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from .config import Settings
@@ -32,6 +33,13 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 def append(rows: DataFrame, location: str) -> None:
     """A blind append of ``rows``."""
     rows.write.format("delta").mode("append").save(location)
+
+
+def newest_metric(delta: DeltaTable, commits: Column | str, metric: str) -> int:
+    """``metric`` of the newest of the table's last 20 commits that match ``commits`` (0 if none).
+    Delta's ``update`` and ``vacuum`` return no metrics; their commits hold them."""
+    last = delta.history(20).where(commits).orderBy(F.desc("version")).select("operationMetrics").first()
+    return int(last.operationMetrics.get(metric, 0)) if last else 0
 
 
 def read(spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
