@@ -70,6 +70,8 @@ def run(spark: SparkSession, root: Path, n: int) -> dict[str, float]:
     fit = lambda r: r.seconds["stats"] + r.seconds["solve"]  # noqa: E731
     return {"rows": n, "k": k, "spark_ml_s": spark_ml, "ours_full_s": fit(full),
             "ours_full_solve_s": full.seconds["solve"], "ours_incremental_s": fit(incremental),
+            "ours_incremental_stats_s": incremental.seconds["stats"],
+            "ours_incremental_solve_s": incremental.seconds["solve"], "incremental_solver": incremental.solver,
             "incremental_rows": incremental.rows_read, "reproject_full_s": full.seconds["reproject"],
             "refit_full_wall_s": full_wall, "refit_incremental_wall_s": incremental_wall,
             # What `fruits pca refit --no-reproject` costs: the same run less its re-projection.

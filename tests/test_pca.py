@@ -83,16 +83,19 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     assert pca.reproject(spark, settings, fit1.model) == 0
     fit2 = pca.refit(spark, settings, threshold=0.95)
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
+    assert (fit1.solver, fit2.solver) == ("eigh", "rayleigh-ritz")
     assert stats.pending_rows(settings) == 0
     same = pca.refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands, no rewrite
     assert same.mode == "unchanged" and same.model.version == 2 and same.rows_read == 0
     fit3 = pca.refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
+    # The incremental solve is a Rayleigh-Ritz step (``pca.update``), accurate to its residual
+    # check; the mean is exact.
     np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fit2.model.explained_variance_ratio[:8], fit3.model.explained_variance_ratio[:8],
-                               rtol=1e-9)
+                               rtol=1e-6)
     assert fit2.model.k == fit3.model.k
-    assert np.allclose(np.abs(np.sum(fit2.model.components * fit3.model.components, axis=1)), 1.0, atol=1e-9)
+    assert np.allclose(np.abs(np.sum(fit2.model.components * fit3.model.components, axis=1)), 1.0, atol=1e-6)
 
     # Every row is on the newest version, projected with it.
     rows = table.read(spark, settings.features_table).select("features", "pca_features", "pca_version").collect()

@@ -103,7 +103,7 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
 
 def _print_refit(fit: Any) -> None:
     m = fit.model
-    print(f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read): k={m.k}, "
+    print(f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read, {fit.solver}): k={m.k}, "
           f"explained variance {m.explained_variance_ratio[: m.k].sum():.4f}, rows {m.row_count}, "
           f"table version {m.source_table_version}; "
           + ", ".join(f"{name} {s:.1f}s" for name, s in fit.seconds.items()), flush=True)

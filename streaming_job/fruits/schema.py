@@ -89,6 +89,7 @@ PCA_STATS = StructType(
         StructField("outer", BinaryType(), False),
         StructField("feature_model_id", StringType(), False),
         StructField("computed_at", TimestampType(), False),
+        StructField("basis", BinaryType(), True),  # the fit's leading vectors, float64 (K x dim)
     ]
 )
 

@@ -76,6 +76,7 @@ class StoredStats:
     stats: Stats
     source_table_version: int
     feature_model_id: str
+    basis: np.ndarray | None = None  # (K, d): the fit's leading vectors, for the next incremental solve
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,19 @@ def latest_stats(settings: Settings) -> StoredStats | None:
     r = max(rows, key=lambda r: r["source_table_version"])
     d = r["dim"]
     stats = Stats(r["row_count"], _floats(r["total"]).copy(), _floats(r["outer"]).reshape(d, d).copy())
-    return StoredStats(stats, r["source_table_version"], r["feature_model_id"])
+    basis = _floats(r["basis"]).reshape(-1, d).copy() if r.get("basis") else None  # None: stored before it existed
+    return StoredStats(stats, r["source_table_version"], r["feature_model_id"], basis)
 
 
 def store_stats(spark: SparkSession, settings: Settings, stored: StoredStats) -> None:
     """Replace the stored statistics (older ones stay in the Delta history until VACUUM)."""
     s = stored.stats
+    basis = None if stored.basis is None else stored.basis.astype("<f8").tobytes()
     row = (stored.source_table_version, s.n, len(s.total), s.total.astype("<f8").tobytes(),
-           s.outer.astype("<f8").tobytes(), stored.feature_model_id, dt.datetime.now(dt.timezone.utc))
-    spark.createDataFrame([row], PCA_STATS).write.format("delta").mode("overwrite").save(settings.pca_stats_table)
+           s.outer.astype("<f8").tobytes(), stored.feature_model_id, dt.datetime.now(dt.timezone.utc), basis)
+    # overwriteSchema: a table written before ``basis`` existed takes the new column
+    spark.createDataFrame([row], PCA_STATS).write.format("delta").mode("overwrite") \
+        .option("overwriteSchema", "true").save(settings.pca_stats_table)
 
 
 # --- keeping them up to date ----------------------------------------------------------------

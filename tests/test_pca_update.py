@@ -1,0 +1,87 @@
+"""The incremental PCA solve (``pca.update``) against the exact one (``pca.solve``): no Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+from fruits import pca
+from fruits.stats import Stats
+
+D = 256
+
+
+def rows(n: int, seed: int, directions: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, len(scales))) * scales) @ directions + rng.normal(scale=0.05, size=(n, D)) + 0.3
+
+
+def signal(rank: int) -> tuple[np.ndarray, np.ndarray]:
+    directions = np.linalg.qr(np.random.default_rng(0).normal(size=(D, rank)))[0].T
+    return directions, np.geomspace(10.0, 0.5, rank)
+
+
+def captured(ratios: np.ndarray, k: int) -> float:
+    return float(ratios[:k].sum())
+
+
+def test_successive_updates_equal_exact_solves() -> None:
+    directions, scales = signal(16)
+    total = Stats.of(rows(3000, 1, directions, scales))
+    mean, vectors, ratios, k = pca.solve(total)
+    basis = vectors[: pca.basis_size(k, D)]
+    for step in range(5):  # +1 % each time, every update from the previous update's basis
+        added = Stats.of(rows(30, 10 + step, directions, scales))
+        total = total + added
+        solved = pca.update(total, added, basis)
+        assert solved is not None, f"step {step}: the update declined"
+        mean, vectors, ratios, k = solved
+        exact_mean, exact_vectors, exact_ratios, exact_k = pca.solve(total)
+        assert k == exact_k and 8 <= k <= 16
+        np.testing.assert_allclose(mean, exact_mean, rtol=1e-12)
+        np.testing.assert_allclose(ratios[:k], exact_ratios[:k], rtol=1e-8)
+        assert captured(exact_ratios, k) - captured(ratios, k) < 1e-10  # never above the exact: Ky Fan
+        alignment = np.abs(np.sum(vectors[:k] * exact_vectors[:k], axis=1))  # |cos|, 1 up to sign
+        np.testing.assert_allclose(alignment, 1.0, atol=1e-6)
+        assert len(vectors) == len(ratios) == pca.basis_size(k, D)
+        basis = vectors
+
+
+def test_an_update_finds_a_direction_the_old_basis_lacks() -> None:
+    """A new kind of photo brings a direction of high variance orthogonal to every kept vector:
+    the update must find it from the added rows alone (the projection onto the old basis cannot)."""
+    directions, scales = signal(8)
+    old = Stats.of(rows(2000, 2, directions, scales))
+    _, vectors, _, k = pca.solve(old)
+    basis = vectors[: pca.basis_size(k, D)]
+    fresh = np.random.default_rng(5).normal(size=D)
+    fresh -= basis.T @ (basis @ fresh)
+    fresh /= np.linalg.norm(fresh)
+    new_rows = rows(20, 3, directions, scales) + np.random.default_rng(6).normal(scale=150.0, size=(20, 1)) * fresh
+    added = Stats.of(new_rows)
+    total = old + added
+
+    solved = pca.update(total, added, basis)
+    assert solved is not None
+    _, new_vectors, ratios, new_k = solved
+    _, exact_vectors, exact_ratios, exact_k = pca.solve(total)
+    assert new_k == exact_k
+    assert abs(exact_vectors[0] @ fresh) > 0.99  # the new direction leads the exact fit ...
+    assert abs(new_vectors[0] @ exact_vectors[0]) > 1 - 1e-9  # ... and the update's
+    np.testing.assert_allclose(ratios[:new_k], exact_ratios[:new_k], rtol=1e-8)
+
+
+def test_an_update_declines_when_it_would_be_wrong_or_not_cheaper() -> None:
+    directions, scales = signal(8)
+    old = Stats.of(rows(2000, 4, directions, scales))
+    _, vectors, _, k = pca.solve(old)
+    added = Stats.of(rows(20, 5, directions, scales))
+    total = old + added
+    assert pca.update(total, added, vectors[: pca.basis_size(k, D)]) is not None
+
+    # A basis that misses the data's directions: the projected fit's residual fails the check.
+    wrong = np.linalg.qr(np.random.default_rng(7).normal(size=(D, pca.basis_size(k, D))))[0].T
+    assert pca.update(total, added, wrong) is None
+    # More added rows than the small problem can hold cheaply: the exact solve is as fast.
+    many = Stats.of(rows(200, 6, directions, scales))
+    assert pca.update(old + many, many, vectors[: pca.basis_size(k, D)]) is None
+    # A basis from features of another width.
+    assert pca.update(total, added, vectors[: pca.basis_size(k, D), :128]) is None
