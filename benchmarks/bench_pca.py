@@ -1,26 +1,39 @@
 """PCA: our refit against Spark ML ``PCA`` on the same Delta table, and incremental against full.
 
-The rows are synthetic 1280-d float32 features with a decaying spectrum (a rank-64 signal plus
-noise), written to a features table by blind appends of 10,000 rows, as the stream would. Times
-are the fit only on both sides: for ours the statistics pass plus the eigensolve (``Refit.seconds``
-"stats" + "solve"). Each side is warmed up first on the same session: ours by a statistics pass
-over two files in Spark tasks and a solve, Spark ML by a fit of 2,000 rows. The whole refit, with storing the model and re-projecting
-every row, is timed too and reported apart, as is the whole refit less its re-projection (what
-``--no-reproject`` costs).
+Two kinds of rows, written to a features table by blind appends of 10,000 rows, as the stream would:
+
+- ``synthetic``: 1280-d float32 rows with a decaying spectrum (a rank-64 signal plus noise; k = 27
+  at 95 % of the variance), at 20,000 and 100,000 rows, against Spark ML too;
+- ``mobilenet``: rows drawn from a Gaussian with the mean and covariance of real MobileNetV2
+  features (of sample photos under random crops, rotations, flips, brightness and colour), so with
+  their spectrum (k of about 360): what the incremental solve meets on real data.
+
+Times are the fit only on both sides: the statistics pass plus the solve (``Refit.seconds``
+"stats" + "solve"), the median of three fits each (full: three from scratch; incremental: three
+successive +1 % appends and refits). Each side is warmed up first on the same session: ours by a
+statistics pass over two files in Spark tasks and a solve, Spark ML by a fit of 2,000 rows. The
+first full and first incremental refit of the synthetic tables also store the model and re-project
+every row; those whole refits are timed too and reported apart, as is the whole refit less its
+re-projection (what ``--no-reproject`` costs).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from fruits import pca, stats, table
 from fruits.config import Settings
+from fruits.model import Featurizer, compile_model
 from fruits.schema import FEATURES
+from PIL import Image, ImageEnhance
 from pyspark.ml.feature import PCA
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import SparkSession
@@ -28,52 +41,108 @@ from pyspark.sql import SparkSession
 CHUNK = 10_000
 
 
-def append_synthetic(spark: SparkSession, location: str, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
+ROUNDS = 3
+Rows = Callable[[np.random.Generator, int], np.ndarray]  # (rng, m) -> (m, 1280) float32
+
+
+def synthetic(rng: np.random.Generator, m: int) -> np.ndarray:
     basis = np.linalg.qr(np.random.default_rng(0).normal(size=(1280, 64)))[0].T
     scales = np.geomspace(8.0, 0.2, 64)
+    return ((rng.normal(size=(m, 64)) * scales) @ basis + rng.normal(scale=0.05, size=(m, 1280))).astype(np.float32)
+
+
+def mobilenet_like(blob: Any, images: list, count: int = 4000) -> Rows:
+    """Rows with the mean and covariance of the MobileNetV2 features of ``count`` augmented sample
+    photos (random crops, rotations, flips, brightness and colour; about 40 s here)."""
+    featurize = Featurizer(compile_model(blob))
+    rng = np.random.default_rng(0)
+    photos = [Image.open(path).convert("RGB") for _, path in images]
+    features = np.empty((count, 1280), dtype=np.float32)
+    for i in range(count):
+        im = photos[rng.integers(len(photos))]
+        w, h = im.size
+        scale = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        im = im.crop((x0, y0, x0 + cw, y0 + ch)).rotate(rng.uniform(-30, 30))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        im = ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(rng.uniform(0.7, 1.3))).enhance(rng.uniform(0.7, 1.3))
+        features[i] = featurize(np.asarray(im.resize((224, 224)), dtype=np.float32)[None])[0]
+    mean = features.mean(axis=0, dtype=np.float64)
+    cov = np.cov(features.T.astype(np.float64))
+    factor = np.linalg.cholesky(cov + np.eye(1280) * 1e-9 * np.trace(cov) / 1280)
+
+    def draw(rng: np.random.Generator, m: int) -> np.ndarray:
+        return (mean + rng.normal(size=(m, 1280)) @ factor.T).astype(np.float32)
+
+    return draw
+
+
+def append(spark: SparkSession, location: str, rows: Rows, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     now = dt.datetime.now(dt.timezone.utc)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        x = ((rng.normal(size=(m, 64)) * scales) @ basis + rng.normal(scale=0.05, size=(m, 1280))).astype(np.float32)
-        rows = pd.DataFrame({
+        frame = pd.DataFrame({
             "image_id": [uuid.uuid4().hex for _ in range(m)], "bucket": "b", "key": "k", "label": "l", "size": 1,
-            "etag": "e", "version_id": None, "event_time": now, "ingested_at": now, "features": list(x),
+            "etag": "e", "version_id": None, "event_time": now, "ingested_at": now, "features": list(rows(rng, m)),
             "model_id": "synthetic", "pca_features": None, "pca_version": None,
         })
-        spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
+        spark.createDataFrame(frame, FEATURES).write.format("delta").mode("append").save(location)
 
 
-def run(spark: SparkSession, root: Path, n: int) -> dict[str, float]:
-    settings = Settings(table_root=str(root / f"pca-{n}"))
+def fit_seconds(r: pca.Refit) -> float:
+    return r.seconds["stats"] + r.seconds["solve"]
+
+
+def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: str = "synthetic",
+        whole: bool = True) -> dict[str, Any]:
+    """Fit times at ``n`` rows; ``whole``: also Spark ML and the whole refits with re-projection."""
+    settings = Settings(table_root=str(root / f"pca-{name}-{n}"))
     table.ensure_tables(spark, settings)
-    append_synthetic(spark, settings.features_table, n, seed=1)
-    vectors = table.read(spark, settings.features_table).select(array_to_vector("features").alias("v"))
+    append(spark, settings.features_table, rows, n, seed=1)
 
     files, _ = stats.table_files(settings, settings.features_table)
     warm = stats.file_stats(spark, settings, files[:2], driver_bytes=0)[0]  # as Spark tasks, like the full pass
     pca.solve(warm)
-    started = time.perf_counter()
-    full = pca.refit(spark, settings, full=True, write_plots=False)
-    full_wall = time.perf_counter() - started
-    k = full.model.k
-    PCA(k=k, inputCol="v").fit(vectors.limit(2000))
-    started = time.perf_counter()
-    PCA(k=k, inputCol="v").fit(vectors)
-    spark_ml = time.perf_counter() - started
+    walls, fulls = [], []
+    for i in range(ROUNDS):
+        started = time.perf_counter()
+        fulls.append(pca.refit(spark, settings, full=True, write_plots=False, reproject_rows=whole and i == 0))
+        walls.append(time.perf_counter() - started)
+    full = fulls[0]
+    result: dict[str, Any] = {"rows": n, "k": full.model.k, "ours_full_s": statistics.median(map(fit_seconds, fulls)),
+                              "ours_full_solve_s": statistics.median(r.seconds["solve"] for r in fulls)}
+    if whole:
+        vectors = table.read(spark, settings.features_table).select(array_to_vector("features").alias("v"))
+        PCA(k=full.model.k, inputCol="v").fit(vectors.limit(2000))
+        started = time.perf_counter()
+        PCA(k=full.model.k, inputCol="v").fit(vectors)
+        result["spark_ml_s"] = time.perf_counter() - started
 
-    append_synthetic(spark, settings.features_table, max(1, n // 100), seed=2)
-    started = time.perf_counter()
-    incremental = pca.refit(spark, settings, write_plots=False)
-    incremental_wall = time.perf_counter() - started
-    assert incremental.mode == "incremental" and incremental.rows_read == max(1, n // 100)
-    fit = lambda r: r.seconds["stats"] + r.seconds["solve"]  # noqa: E731
-    return {"rows": n, "k": k, "spark_ml_s": spark_ml, "ours_full_s": fit(full),
-            "ours_full_solve_s": full.seconds["solve"], "ours_incremental_s": fit(incremental),
-            "ours_incremental_stats_s": incremental.seconds["stats"],
-            "ours_incremental_solve_s": incremental.seconds["solve"], "incremental_solver": incremental.solver,
-            "incremental_rows": incremental.rows_read, "reproject_full_s": full.seconds["reproject"],
-            "refit_full_wall_s": full_wall, "refit_incremental_wall_s": incremental_wall,
-            # What `fruits pca refit --no-reproject` costs: the same run less its re-projection.
-            "refit_full_no_reproject_s": full_wall - full.seconds["reproject"],
-            "refit_incremental_no_reproject_s": incremental_wall - incremental.seconds["reproject"]}
+    incrementals = []
+    for i in range(ROUNDS):
+        append(spark, settings.features_table, rows, max(1, n // 100), seed=2 + i)
+        started = time.perf_counter()
+        incrementals.append(pca.refit(spark, settings, write_plots=False, reproject_rows=whole and i == 0))
+        walls.append(time.perf_counter() - started)
+        assert incrementals[-1].mode == "incremental" and incrementals[-1].rows_read == max(1, n // 100)
+    incremental = incrementals[0]
+    result |= {
+        "ours_incremental_s": statistics.median(map(fit_seconds, incrementals)),
+        "ours_incremental_stats_s": statistics.median(r.seconds["stats"] for r in incrementals),
+        "ours_incremental_solve_s": statistics.median(r.seconds["solve"] for r in incrementals),
+        "incremental_solvers": [r.solver for r in incrementals], "incremental_k": [r.model.k for r in incrementals],
+        "incremental_rows": incremental.rows_read,
+        "fits_s": {"full": [fit_seconds(r) for r in fulls], "incremental": [fit_seconds(r) for r in incrementals]},
+    }
+    if whole:
+        result |= {
+            "reproject_full_s": full.seconds["reproject"],
+            "refit_full_wall_s": walls[0], "refit_incremental_wall_s": walls[ROUNDS],
+            # What `fruits pca refit --no-reproject` costs: the same refit less its re-projection.
+            "refit_full_no_reproject_s": walls[0] - full.seconds["reproject"],
+            "refit_incremental_no_reproject_s": walls[ROUNDS] - incremental.seconds["reproject"],
+        }
+    return result

@@ -168,7 +168,7 @@ def update(
     mean, old_mean = stats.total / n, (stats.total - added.total) / old_n
     # (n-1) D = sum over added rows of x x^T - n mean mean^T + old_n old_mean old_mean^T; never
     # formed: only its product with a random block, whose range is D's.
-    probe = np.random.default_rng(n).standard_normal((d, columns))
+    probe = np.random.default_rng(n).random((d, columns)) - 0.5  # any random block does; uniform is quick
     sketched = added.outer @ probe - np.outer(n * mean, mean @ probe) + np.outer(old_n * old_mean, old_mean @ probe)
     extra = _orthonormal(_orthonormal(sketched, basis), basis)  # twice: once leaves rounding along both
     q = np.hstack([basis.T, extra])
@@ -180,13 +180,14 @@ def update(
     chosen_k = _choose_k(values / total_variance, threshold, k, n)
     if chosen_k >= len(values):
         return None
-    residual = np.linalg.norm(cq @ vectors[:, :chosen_k] - (q @ vectors[:, :chosen_k]) * values[:chosen_k], axis=0)
+    kept = min(len(values), basis_size(chosen_k, d))
+    ritz = q @ vectors[:, :kept]  # the kept vectors in feature space, the first chosen_k the components
+    residual = np.linalg.norm(cq @ vectors[:, :chosen_k] - ritz[:, :chosen_k] * values[:chosen_k], axis=0)
     worst = float(residual.max() / values[0])
     if worst > tol:
         log.info("incremental PCA solve: residual %.1e above %.0e; solving exactly", worst, tol)
         return None
-    kept = min(len(values), basis_size(chosen_k, d))
-    return mean, (q @ vectors[:, :kept]).T, values[:kept] / total_variance, chosen_k
+    return mean, ritz.T, values[:kept] / total_variance, chosen_k
 
 
 def _orthonormal(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
@@ -317,12 +318,14 @@ def refit(
         explained_variance_ratio=ratios, row_count=stats.n, source_table_version=source_version,
         feature_model_id=model_ids.pop(),
     )
-    row = (
-        model.version, model.k, mean.tolist(), model.components.ravel().tolist(), ratios.tolist(),
-        model.row_count, source_version, dt.datetime.now(dt.timezone.utc), model.feature_model_id,
-    )
+    # One row through pandas and Arrow: as Python lists, k x 1280 floats took seconds at k = 340.
+    row = pd.DataFrame({
+        "version": [model.version], "k": [model.k], "mean": [mean], "components": [model.components.ravel()],
+        "explained_variance_ratio": [ratios], "row_count": [model.row_count], "source_table_version": [source_version],
+        "fitted_at": [dt.datetime.now(dt.timezone.utc)], "feature_model_id": [model.feature_model_id],
+    })
     started = time.perf_counter()
-    spark.createDataFrame([row], PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
+    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
     basis = vectors[:basis_size(chosen_k, len(mean))]
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id, basis))
     seconds["store"] = time.perf_counter() - started

@@ -122,14 +122,16 @@ def _matrix(features: pa.Array, d: int) -> np.ndarray:
 
 
 def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> tuple[Stats, set[str]]:
-    acc, ids = Stats.empty(d), set()
+    acc: Stats | None = None
+    ids: set[str] = set()
     for uri in uris:
         with fs.open_input_file(lake.path_in(uri)) as f:
             for batch in pq.ParquetFile(f).iter_batches(_ROWS_PER_READ, columns=["features", "model_id"]):
                 if batch.num_rows:
-                    acc = acc + Stats.of(_matrix(batch.column("features"), d))
+                    part = Stats.of(_matrix(batch.column("features"), d))
+                    acc = part if acc is None else acc + part
                     ids.update(pc.unique(batch.column("model_id")).drop_null().to_pylist())
-    return acc, ids
+    return acc or Stats.empty(d), ids
 
 
 def file_stats(
@@ -193,8 +195,9 @@ def latest_stats(settings: Settings) -> StoredStats | None:
         return None
     r = max(rows, key=lambda r: r["source_table_version"])
     d = r["dim"]
-    stats = Stats(r["row_count"], _floats(r["total"]).copy(), _floats(r["outer"]).reshape(d, d).copy())
-    basis = _floats(r["basis"]).reshape(-1, d).copy() if r.get("basis") else None  # None: stored before it existed
+    # Read-only views of the bytes: Stats' arithmetic makes new arrays.
+    stats = Stats(r["row_count"], _floats(r["total"]), _floats(r["outer"]).reshape(d, d))
+    basis = _floats(r["basis"]).reshape(-1, d) if r.get("basis") else None  # None: stored before it existed
     return StoredStats(stats, r["source_table_version"], r["feature_model_id"], basis)
 
 
