@@ -9,7 +9,7 @@ Two kinds of rows, written to a features table by blind appends of 10,000 rows, 
   their spectrum (k of about 360): what the incremental solve meets on real data.
 
 Times are the fit only on both sides: the statistics pass plus the solve (``Refit.seconds``
-"stats" + "solve"), the median of three fits each (full: three from scratch; incremental: three
+"stats" + "solve"), the median of five fits each (full: five from scratch; incremental: five
 successive +1 % appends and refits). Each side is warmed up first on the same session: ours by a
 statistics pass over two files in Spark tasks and a solve, Spark ML by a fit of 2,000 rows. The
 first full and first incremental refit of the synthetic tables also store the model and re-project
@@ -41,7 +41,7 @@ from pyspark.sql import SparkSession
 CHUNK = 10_000
 
 
-ROUNDS = 3
+ROUNDS = 5
 Rows = Callable[[np.random.Generator, int], np.ndarray]  # (rng, m) -> (m, 1280) float32
 
 
@@ -51,9 +51,9 @@ def synthetic(rng: np.random.Generator, m: int) -> np.ndarray:
     return ((rng.normal(size=(m, 64)) * scales) @ basis + rng.normal(scale=0.05, size=(m, 1280))).astype(np.float32)
 
 
-def mobilenet_like(blob: Any, images: list, count: int = 4000) -> Rows:
+def mobilenet_like(blob: Any, images: list, count: int = 3000) -> Rows:
     """Rows with the mean and covariance of the MobileNetV2 features of ``count`` augmented sample
-    photos (random crops, rotations, flips, brightness and colour; about 40 s here)."""
+    photos (random crops, rotations, flips, brightness and colour; about 30 s here)."""
     featurize = Featurizer(compile_model(blob))
     rng = np.random.default_rng(0)
     photos = [Image.open(path).convert("RGB") for _, path in images]

@@ -29,8 +29,8 @@ def test_successive_updates_equal_exact_solves() -> None:
     mean, vectors, ratios, k = pca.solve(total)
     basis = vectors[: pca.basis_size(k, D)]
     for step in range(5):  # +1 % each time, every update from the previous update's basis
-        added = Stats.of(rows(30, 10 + step, directions, scales))
-        total = total + added
+        added = rows(30, 10 + step, directions, scales)
+        total = total + Stats.of(added)
         solved = pca.update(total, added, basis)
         assert solved is not None, f"step {step}: the update declined"
         mean, vectors, ratios, k = solved
@@ -56,10 +56,9 @@ def test_an_update_finds_a_direction_the_old_basis_lacks() -> None:
     fresh -= basis.T @ (basis @ fresh)
     fresh /= np.linalg.norm(fresh)
     new_rows = rows(20, 3, directions, scales) + np.random.default_rng(6).normal(scale=150.0, size=(20, 1)) * fresh
-    added = Stats.of(new_rows)
-    total = old + added
+    total = old + Stats.of(new_rows)
 
-    solved = pca.update(total, added, basis)
+    solved = pca.update(total, new_rows, basis)
     assert solved is not None
     _, new_vectors, ratios, new_k = solved
     _, exact_vectors, exact_ratios, exact_k = pca.solve(total)
@@ -73,15 +72,30 @@ def test_an_update_declines_when_it_would_be_wrong_or_not_cheaper() -> None:
     directions, scales = signal(8)
     old = Stats.of(rows(2000, 4, directions, scales))
     _, vectors, _, k = pca.solve(old)
-    added = Stats.of(rows(20, 5, directions, scales))
-    total = old + added
+    added = rows(20, 5, directions, scales)
+    total = old + Stats.of(added)
     assert pca.update(total, added, vectors[: pca.basis_size(k, D)]) is not None
 
     # A basis that misses the data's directions: the projected fit's residual fails the check.
     wrong = np.linalg.qr(np.random.default_rng(7).normal(size=(D, pca.basis_size(k, D))))[0].T
     assert pca.update(total, added, wrong) is None
     # More added rows than the small problem can hold cheaply: the exact solve is as fast.
-    many = Stats.of(rows(200, 6, directions, scales))
-    assert pca.update(old + many, many, vectors[: pca.basis_size(k, D)]) is None
+    many = rows(200, 6, directions, scales)
+    assert pca.update(old + Stats.of(many), many, vectors[: pca.basis_size(k, D)], sketch=1000) is None
     # A basis from features of another width.
     assert pca.update(total, added, vectors[: pca.basis_size(k, D), :128]) is None
+
+
+def test_more_added_rows_than_the_sketch_still_equal_an_exact_solve() -> None:
+    directions, scales = signal(8)
+    old = Stats.of(rows(2000, 8, directions, scales))
+    _, vectors, _, k = pca.solve(old)
+    added = rows(200, 9, directions, scales)  # 200 directions of change, sketched by 64
+    total = old + Stats.of(added)
+    solved = pca.update(total, added, vectors[: pca.basis_size(k, D)], sketch=64)
+    assert solved is not None
+    _, new_vectors, ratios, new_k = solved
+    _, exact_vectors, exact_ratios, exact_k = pca.solve(total)
+    assert new_k == exact_k
+    np.testing.assert_allclose(ratios[:new_k], exact_ratios[:new_k], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.sum(new_vectors[:new_k] * exact_vectors[:new_k], axis=1)), 1.0, atol=1e-6)

@@ -5,7 +5,7 @@ every reader opens each of them. ``maintain`` runs Delta's OPTIMIZE (bin-packing
 and ``quarantine``. Its commits change no rows (``dataChange=false``), so the PCA's incremental
 statistics and the stream's exactly-once check skip them. Then VACUUM deletes, in all four tables,
 the data files that no version within the retention still needs: the files OPTIMIZE replaced, and
-the ``pca_stats`` files each refit replaces (13 MB each).
+the ``pca_stats`` files each refit replaces (13-18 MB each).
 
 Example::
 

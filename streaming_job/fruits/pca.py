@@ -6,11 +6,14 @@ covariance. k is the smallest number of components whose cumulative explained va
 threshold (default 0.95), or fixed.
 
 Incremental: the statistics are stored (``pca_stats``) with the features-table version they
-cover. A refit reads only the data files that blind appends added since that version, found in
-the Delta log, adds their statistics and solves again; ``full=True`` recomputes from scratch. A
-commit that changed existing rows (other than our own re-projection), a log that retention has
-already cleaned, or commits older than VACUUM's retention (``fruits maintain``; their files may be
-gone) fall back to a full pass, and the result says so.
+cover, and with the fit's leading vectors. A refit reads only the data files that blind appends
+added since that version, found in the Delta log, and adds their statistics; ``full=True``
+recomputes from scratch. A commit that changed existing rows (other than our own re-projection),
+a log that retention has already cleaned, or commits older than VACUUM's retention (``fruits
+maintain``; their files may be gone) fall back to a full pass, and the result says so. An
+incremental refit then solves by ``update``: one Rayleigh-Ritz step over the stored leading vectors
+and the range of the added rows, a small eigenproblem instead of the d x d one, kept only when every
+component's residual passes a check (else ``solve`` runs, and ``Refit.solver`` says ``eigh``).
 
 Each fit is a new version in the ``pca_models`` Delta table. Then every row not on it is
 re-projected (``pca_features``, ``pca_version``) with one UPDATE, so a query sees one model version;
@@ -50,15 +53,15 @@ from . import lake, plots, table
 from .config import Settings
 from .schema import PCA_MODELS
 from .stats import (
-    REPROJECT_TAG, Stats, StoredStats, appended_files, collect_stats, file_stats, latest_stats, pending_rows,
-    store_stats, table_files,
+    DRIVER_BYTES, REPROJECT_TAG, Stats, StoredStats, appended_files, collect_stats, file_stats, latest_stats,
+    pending_rows, read_rows, store_stats, table_files,
 )
 
 log = logging.getLogger(__name__)
 
 # The incremental solve (``update``): extra leading vectors kept beyond k, the largest residual
-# accepted (relative to the largest eigenvalue), the most added rows sketched exactly, and the
-# share of d above which the small eigenproblem no longer pays.
+# accepted (relative to the largest eigenvalue), the most added rows taken as they are (more are
+# sketched), and the share of d above which the small eigenproblem no longer pays.
 BASIS_MARGIN = 32
 RESIDUAL_TOL = 1e-4
 SKETCH_COLUMNS = 256
@@ -135,23 +138,25 @@ def basis_size(k: int, d: int) -> int:
 
 
 def update(
-    stats: Stats, added: Stats, basis: np.ndarray, threshold: float = 0.95, k: int | None = None,
+    stats: Stats, added: np.ndarray, basis: np.ndarray, threshold: float = 0.95, k: int | None = None,
     tol: float = RESIDUAL_TOL, sketch: int = SKETCH_COLUMNS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """The fit of ``stats`` from the previous fit's leading vectors ``basis`` and the rows
-    ``added`` since (a Rayleigh-Ritz step), or None when it is not accurate enough or not cheaper.
+    ``added`` since (already in ``stats``), by one Rayleigh-Ritz step; None when that is not
+    accurate enough or not cheaper.
 
-    The new covariance is the old one scaled plus a low-rank change ``D`` (rank: the added rows
-    plus one). The solve projects the covariance onto ``basis`` plus the range of ``D`` (sketched
-    with ``sketch`` random columns, so exact up to that many added rows) and solves that small
-    eigenproblem instead of the d x d one. It is accepted when every kept component is an
-    eigenvector to within ``tol`` of the largest eigenvalue: ``||C y - t y|| <= tol * t_1``.
-    Returns what ``solve`` returns, with the ratios and components of the subspace's leading
-    vectors only (``basis_size(k, d)`` of them, not all d).
+    The new covariance is the old one scaled plus a change of low rank, whose range is spanned by
+    the added rows less the new mean (the shift of the mean lies in it too). The solve projects the
+    covariance onto ``basis`` plus that range (sketched with ``sketch`` random columns beyond that
+    many rows) and solves that small eigenproblem instead of the d x d one. It is accepted when
+    every kept component is an eigenvector to within ``tol`` of the largest eigenvalue:
+    ``||C y - t y|| <= tol * t_1``. Returns what ``solve`` returns, with the ratios and components
+    of the subspace's leading vectors only (``basis_size(k, d)`` of them, not all d).
 
     Example::
 
-        fit = update(previous.stats + added, added, previous.basis) or solve(previous.stats + added)
+        total = previous.stats + Stats.of(rows)
+        fit = update(total, rows, previous.basis) or solve(total)
 
     Limitations: the error of successive updates adds up (each drops what lies outside the kept
     vectors), so the residual grows until the check sends a refit back to the exact ``solve``;
@@ -159,18 +164,17 @@ def update(
     within the error of the threshold.
     """
     d = len(stats.total)
-    if basis.ndim != 2 or basis.shape[1] != d or stats.n < 2 or added.n < 1:
+    if basis.ndim != 2 or basis.shape[1] != d or added.ndim != 2 or added.shape[1] != d or stats.n < 2 \
+            or not len(added):
         return None
-    columns = min(added.n + 1 + 8, sketch)  # rank of D, plus oversampling
-    if len(basis) + columns > SUBSPACE_SHARE * d:
+    if len(basis) + min(len(added), sketch) > SUBSPACE_SHARE * d:
         return None  # the small eigenproblem would cost about what the full one does
-    n, old_n = stats.n, stats.n - added.n
-    mean, old_mean = stats.total / n, (stats.total - added.total) / old_n
-    # (n-1) D = sum over added rows of x x^T - n mean mean^T + old_n old_mean old_mean^T; never
-    # formed: only its product with a random block, whose range is D's.
-    probe = np.random.default_rng(n).random((d, columns)) - 0.5  # any random block does; uniform is quick
-    sketched = added.outer @ probe - np.outer(n * mean, mean @ probe) + np.outer(old_n * old_mean, old_mean @ probe)
-    extra = _orthonormal(_orthonormal(sketched, basis), basis)  # twice: once leaves rounding along both
+    n = stats.n
+    mean = stats.total / n
+    change = (added - mean).T  # (d, rows)
+    if change.shape[1] > sketch:  # its dominant range: change change^T times a random block
+        change = change @ (change.T @ (np.random.default_rng(n).random((d, sketch)) - 0.5))
+    extra = _orthonormal(_orthonormal(change, basis), basis)  # twice: once leaves rounding along both
     q = np.hstack([basis.T, extra])
     cq = (stats.outer @ q - np.outer(n * mean, mean @ q)) / (n - 1)
     small = q.T @ cq
@@ -277,9 +281,14 @@ def refit(
     source_version = lake.delta_table(settings, settings.features_table).version()
     added = appended_files(settings, settings.features_table, previous.source_table_version, source_version) \
         if previous else None
+    rows = None  # the added rows themselves, for the incremental solve, when few enough
     if previous is not None and added is not None:
         mode = "incremental"
-        new_rows, model_ids = file_stats(spark, settings, added)
+        if sum(f.size for f in added) <= DRIVER_BYTES:
+            rows, model_ids = read_rows(settings, added)
+            new_rows = Stats.of(rows)
+        else:
+            new_rows, model_ids = file_stats(spark, settings, added)
         stats, rows_read = previous.stats + new_rows, new_rows.n
         model_ids.add(previous.feature_model_id)
     else:
@@ -297,8 +306,8 @@ def refit(
     seconds["stats"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    solved = update(stats, new_rows, previous.basis, threshold, k) \
-        if mode == "incremental" and previous is not None and previous.basis is not None else None
+    basis = previous.basis if previous is not None else None
+    solved = update(stats, rows, basis, threshold, k) if rows is not None and basis is not None else None
     solver = "rayleigh-ritz" if solved is not None else "eigh"
     mean, vectors, ratios, chosen_k = solved or solve(stats, threshold, k)
     seconds["solve"] = time.perf_counter() - started
@@ -326,8 +335,8 @@ def refit(
     })
     started = time.perf_counter()
     spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
-    basis = vectors[:basis_size(chosen_k, len(mean))]
-    store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id, basis))
+    store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
+                                             vectors[:basis_size(chosen_k, len(mean))]))
     seconds["store"] = time.perf_counter() - started
 
     updated = 0

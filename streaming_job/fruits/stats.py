@@ -121,17 +121,30 @@ def _matrix(features: pa.Array, d: int) -> np.ndarray:
     return features.flatten().to_numpy(zero_copy_only=False).reshape(len(features), d)
 
 
-def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> tuple[Stats, set[str]]:
-    acc: Stats | None = None
-    ids: set[str] = set()
+def _batches(fs: pa_fs.FileSystem, uris: Iterable[str], d: int, ids: set[str]) -> Iterator[np.ndarray]:
+    """The feature rows of the files, a batch at a time; their model ids are added to ``ids``."""
     for uri in uris:
         with fs.open_input_file(lake.path_in(uri)) as f:
             for batch in pq.ParquetFile(f).iter_batches(_ROWS_PER_READ, columns=["features", "model_id"]):
                 if batch.num_rows:
-                    part = Stats.of(_matrix(batch.column("features"), d))
-                    acc = part if acc is None else acc + part
                     ids.update(pc.unique(batch.column("model_id")).drop_null().to_pylist())
+                    yield _matrix(batch.column("features"), d)
+
+
+def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> tuple[Stats, set[str]]:
+    acc: Stats | None = None
+    ids: set[str] = set()
+    for x in _batches(fs, uris, d, ids):
+        acc = Stats.of(x) if acc is None else acc + Stats.of(x)
     return acc or Stats.empty(d), ids
+
+
+def read_rows(settings: Settings, files: list[DataFile], d: int = FEATURE_DIM) -> tuple[np.ndarray, set[str]]:
+    """The feature rows of ``files`` as one (n, d) float32 array, and their ``model_id`` values, on
+    the driver: for the few rows an incremental refit adds (its solve needs them, not only their sums)."""
+    ids: set[str] = set()
+    parts = list(_batches(lake.filesystem(settings), (f.uri for f in files), d, ids))
+    return (np.concatenate(parts) if parts else np.empty((0, d), dtype=np.float32)), ids
 
 
 def file_stats(
@@ -189,7 +202,7 @@ def _floats(data: bytes) -> np.ndarray:
 # --- storing them ---------------------------------------------------------------------------
 
 def latest_stats(settings: Settings) -> StoredStats | None:
-    """The stored statistics, read with delta-rs (13 MB: no Spark job for it)."""
+    """The stored statistics, read with delta-rs (13-18 MB: no Spark job for it)."""
     rows = lake.dataset(settings, settings.pca_stats_table)[0].to_table().to_pylist()
     if not rows:
         return None
