@@ -6,7 +6,7 @@ Two kinds of rows, written to a features table by blind appends of 10,000 rows, 
   at 95 % of the variance), at 20,000 and 100,000 rows, against Spark ML too;
 - ``mobilenet``: rows drawn from a Gaussian with the mean and covariance of real MobileNetV2
   features (of sample photos under random crops, rotations, flips, brightness and colour), so with
-  their spectrum (k of about 360): what the incremental solve meets on real data.
+  their spectrum (k of about 340 at 95 %): what the incremental solve meets on real data.
 
 Times are the fit only on both sides: the statistics pass plus the solve (``Refit.seconds``
 "stats" + "solve"), the median of five fits each (full: five from scratch; incremental: five
