@@ -199,8 +199,8 @@ def update(
 
 def _orthonormal(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """An orthonormal basis of the part of ``y``'s columns outside ``basis``'s rows, from the
-    eigenvectors of its Gram matrix (a QR costs 4x more here); directions below 1e-7 of the largest
-    singular value, rounding's share of a sketch of a lower rank, are dropped."""
+    eigenvectors of its Gram matrix (a QR costs 4x more here). Directions below 1e-7 of the largest
+    singular value are dropped: rounding, where the columns depend on each other (equal rows)."""
     y = y - basis.T @ (basis @ y)
     values, vectors = np.linalg.eigh(y.T @ y)
     keep = values > (1e-7 ** 2) * values[-1]
