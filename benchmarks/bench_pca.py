@@ -96,6 +96,13 @@ def fit_seconds(r: pca.Refit) -> float:
     return r.seconds["stats"] + r.seconds["solve"]
 
 
+def timed_refit(spark: SparkSession, settings: Settings, **args: Any) -> tuple[pca.Refit, float]:
+    """A refit and its wall time (the whole refit: fit, store, re-projection if asked)."""
+    started = time.perf_counter()
+    fit = pca.refit(spark, settings, write_plots=False, **args)
+    return fit, time.perf_counter() - started
+
+
 def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: str = "synthetic",
         whole: bool = True) -> dict[str, Any]:
     """Fit times at ``n`` rows; ``whole``: also Spark ML and the whole refits with re-projection."""
@@ -106,12 +113,8 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
     files, _ = stats.table_files(settings, settings.features_table)
     warm = stats.file_stats(spark, settings, files[:2], driver_bytes=0)[0]  # as Spark tasks, like the full pass
     pca.solve(warm)
-    walls, fulls = [], []
-    for i in range(ROUNDS):
-        started = time.perf_counter()
-        fulls.append(pca.refit(spark, settings, full=True, write_plots=False, reproject_rows=whole and i == 0))
-        walls.append(time.perf_counter() - started)
-    full = fulls[0]
+    full, full_wall = timed_refit(spark, settings, full=True, reproject_rows=whole)
+    fulls = [full] + [timed_refit(spark, settings, full=True, reproject_rows=False)[0] for _ in range(ROUNDS - 1)]
     result: dict[str, Any] = {"rows": n, "k": full.model.k, "ours_full_s": statistics.median(map(fit_seconds, fulls)),
                               "ours_full_solve_s": statistics.median(r.seconds["solve"] for r in fulls)}
     if whole:
@@ -121,14 +124,14 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
         PCA(k=full.model.k, inputCol="v").fit(vectors)
         result["spark_ml_s"] = time.perf_counter() - started
 
-    incrementals = []
-    for i in range(ROUNDS):
-        append(spark, settings.features_table, rows, max(1, n // 100), seed=2 + i)
-        started = time.perf_counter()
-        incrementals.append(pca.refit(spark, settings, write_plots=False, reproject_rows=whole and i == 0))
-        walls.append(time.perf_counter() - started)
-        assert incrementals[-1].mode == "incremental" and incrementals[-1].rows_read == max(1, n // 100)
-    incremental = incrementals[0]
+    def after_one_percent(seed: int, reproject: bool) -> tuple[pca.Refit, float]:
+        append(spark, settings.features_table, rows, max(1, n // 100), seed=seed)
+        fit, wall = timed_refit(spark, settings, reproject_rows=reproject)
+        assert fit.mode == "incremental" and fit.rows_read == max(1, n // 100)
+        return fit, wall
+
+    incremental, incremental_wall = after_one_percent(2, reproject=whole)
+    incrementals = [incremental] + [after_one_percent(2 + i, reproject=False)[0] for i in range(1, ROUNDS)]
     result |= {
         "ours_incremental_s": statistics.median(map(fit_seconds, incrementals)),
         "ours_incremental_stats_s": statistics.median(r.seconds["stats"] for r in incrementals),
@@ -140,9 +143,9 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
     if whole:
         result |= {
             "reproject_full_s": full.seconds["reproject"],
-            "refit_full_wall_s": walls[0], "refit_incremental_wall_s": walls[ROUNDS],
+            "refit_full_wall_s": full_wall, "refit_incremental_wall_s": incremental_wall,
             # What `fruits pca refit --no-reproject` costs: the same refit less its re-projection.
-            "refit_full_no_reproject_s": walls[0] - full.seconds["reproject"],
-            "refit_incremental_no_reproject_s": walls[ROUNDS] - incremental.seconds["reproject"],
+            "refit_full_no_reproject_s": full_wall - full.seconds["reproject"],
+            "refit_incremental_no_reproject_s": incremental_wall - incremental.seconds["reproject"],
         }
     return result
