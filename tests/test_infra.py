@@ -14,9 +14,10 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
-from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
-from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS  # noqa: E402
+from fruits_ingest.config import (  # noqa: E402
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, IngestConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # CDK writes an explicit DependsOn next to a GetAtt on the same resource; harmless, and not ours.
@@ -84,23 +85,24 @@ def ingest_function(template: Template) -> dict:
     return functions[0]
 
 
-def test_uploads_notify_the_queue_for_image_suffixes_only(template: Template) -> None:
+def test_every_upload_notifies_the_queue_and_the_lambda_filters_images(template: Template) -> None:
+    # One notification on the upload prefix, no suffix rule: S3's suffix filter is case-sensitive,
+    # so the Lambda's case-insensitive IMAGE_SUFFIXES is the only list.
     notifications = one(template, "Custom::S3BucketNotifications")["NotificationConfiguration"]
-    configs = notifications["QueueConfigurations"]
-    assert len(configs) == len(NOTIFIED_SUFFIXES)
-    seen = set()
-    for c in configs:
-        assert c["Events"] == ["s3:ObjectCreated:*"]
-        rules = {r["Name"]: r["Value"] for r in c["Filter"]["Key"]["FilterRules"]}
-        assert rules["prefix"] == "uploads/"
-        seen.add(rules["suffix"])
-    assert seen == set(NOTIFIED_SUFFIXES)
+    [config] = notifications["QueueConfigurations"]
+    assert config["Events"] == ["s3:ObjectCreated:*"]
+    assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "uploads/"}]
 
 
 def test_ingest_lambda_with_powertools_and_partial_batch_responses(template: Template) -> None:
     function = ingest_function(template)
     assert function["Runtime"] == "python3.11" and function["Handler"] == "fruits_ingest.handler.handler"
-    assert function["Environment"]["Variables"]["MANIFEST_PREFIX"] == "manifests/"
+    # The deployed Lambda configures itself from exactly these variables (IngestConfig.from_env).
+    variables = function["Environment"]["Variables"]
+    config = IngestConfig.from_env({k: v for k, v in variables.items() if isinstance(v, str)} | {"MANIFEST_BUCKET": "b"})
+    assert (config.manifest_prefix, config.accepted_prefixes, config.image_suffixes) == (
+        "manifests/", ("uploads/",), IMAGE_SUFFIXES)
+    assert "Ref" in variables["MANIFEST_BUCKET"]  # the stack's bucket
     assert len(function["Layers"]) == 1  # Powertools, from AWS's SSM parameter for 3.37.0
     parameters = template.to_json()["Parameters"]
     assert any(p["Default"] == "/aws/service/powertools/python/x86_64/python3.11/3.37.0" for p in parameters.values())

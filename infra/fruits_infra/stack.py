@@ -1,4 +1,4 @@
-"""One stage of the pipeline on AWS: what ``fruits.emulator.provision`` creates locally, plus the
+"""One stage of the pipeline on AWS: what ``fruits.local.emulator.provision`` creates locally, plus the
 Lambda, the Spark jobs on EMR Serverless, the scheduled PCA refit and table maintenance, and the
 alarms.
 
@@ -38,8 +38,8 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
-from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS  # the local event source mapping's too
-from fruits.config import MAX_RECEIVE_COUNT, NOTIFIED_SUFFIXES
+# The Lambda's package is the one source of these facts; the local event source mapping uses them too.
+from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS, MAX_RECEIVE_COUNT, IngestConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
@@ -88,11 +88,11 @@ class FruitsStack(cdk.Stack):
         self.config = config
         self.bucket = self._bucket()
         self.dead_letters, self.queue = self._queues()
-        for suffix in NOTIFIED_SUFFIXES:
-            self.bucket.add_event_notification(
-                s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue),
-                s3.NotificationKeyFilter(prefix=UPLOADS, suffix=suffix),
-            )
+        # Every upload: the Lambda picks the images out by suffix, in any case (S3's suffix filter
+        # is case-sensitive and would miss .JPG and .Jpeg).
+        self.bucket.add_event_notification(
+            s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=UPLOADS),
+        )
         self.ingest = self._ingest_lambda()
         self.application, self.job_role = self._spark()
         self._jobs()
@@ -164,9 +164,8 @@ class FruitsStack(cdk.Stack):
             layers=[powertools], role=role, log_group=log_group,
             timeout=LAMBDA_TIMEOUT, memory_size=256,
             environment={
-                "MANIFEST_BUCKET": self.bucket.bucket_name,
-                "MANIFEST_PREFIX": MANIFESTS,
-                "ACCEPTED_PREFIXES": UPLOADS,
+                **IngestConfig(manifest_bucket=self.bucket.bucket_name, manifest_prefix=MANIFESTS,
+                               accepted_prefixes=(UPLOADS,)).as_env(),
                 "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
                 "POWERTOOLS_METRICS_NAMESPACE": "Fruits",
                 "POWERTOOLS_LOG_LEVEL": "INFO",

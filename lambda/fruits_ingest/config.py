@@ -24,8 +24,20 @@ from .exceptions import ConfigurationError
 # window of at least 1 s for batches over 10.
 BATCH_SIZE = 100
 BATCHING_WINDOW_SECONDS = 1
+MAX_RECEIVE_COUNT = 3  # deliveries of an event before SQS moves it to the dead-letter queue
 
-DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# The one list of image suffixes, compared case-insensitively (phones write .JPG, .Jpeg, ...): the
+# Lambda accepts these, the demo uploads these, and the featurizer decodes all of them with Pillow.
+# The bucket notification filters on the upload prefix only, so no spelling is missed before here.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+# The retry policy of every boto3 client of the pipeline (the Lambda's, the jobs', the CLI's).
+RETRIES = {"max_attempts": 5, "mode": "standard"}
+
+
+def is_image_key(key: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool:
+    """Whether ``key`` names an image, by its suffix in any case."""
+    return key.lower().endswith(suffixes)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -37,7 +49,7 @@ class IngestConfig:
     manifest_bucket: str
     manifest_prefix: str = "manifests/"
     accepted_prefixes: tuple[str, ...] = ("uploads/",)
-    image_suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+    image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 
     def __post_init__(self) -> None:
         if not self.manifest_bucket:
@@ -57,7 +69,7 @@ class IngestConfig:
             manifest_bucket=env["MANIFEST_BUCKET"],
             manifest_prefix=env.get("MANIFEST_PREFIX", "manifests/"),
             accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", "uploads/")),
-            image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES))),
+            image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
         )
 
     def as_env(self) -> dict[str, str]:

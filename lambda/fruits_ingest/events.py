@@ -22,14 +22,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .config import IngestConfig
+from .config import IngestConfig, is_image_key
 from .exceptions import MalformedMessage
 
 
-class SkipReason:
+class SkipReason(StrEnum):
     """Why a well-formed event produced no manifest line. These are the metric dimensions too."""
 
     TEST_EVENT = "test_event"
@@ -111,7 +112,7 @@ def _skip_reason(image: ImageEvent, config: IngestConfig) -> str | None:
         return SkipReason.FOLDER_KEY
     if config.accepted_prefixes and not image.key.startswith(config.accepted_prefixes):
         return SkipReason.OUTSIDE_PREFIX
-    if not image.key.lower().endswith(config.image_suffixes):
+    if not is_image_key(image.key, config.image_suffixes):
         return SkipReason.NOT_AN_IMAGE
     return None
 

@@ -5,31 +5,35 @@ its own (a malformed message fails only itself); the accepted images of the whol
 written as one manifest. If that write fails, every record is reported failed, so nothing is
 acknowledged that was not recorded.
 
+``handler`` configures itself from its environment (``IngestConfig.from_env``) on each call; a
+local runner passes its configuration and S3 client instead, through ``make_handler``, so that
+nothing is written into the process's environment.
+
 Example (what the event source mapping does)::
 
     from fruits_ingest.handler import handler
     response = handler({"Records": [sqs_record, ...]}, context)
     # {"batchItemFailures": [{"itemIdentifier": "<messageId of a bad record>"}]}
+
+    local = make_handler(IngestConfig("my-bucket"), s3_client)   # the same, configured explicitly
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from botocore.config import Config
 
-from .config import IngestConfig
+from .config import RETRIES, IngestConfig
 from .events import ImageEvent, parse_message
 from .exceptions import ManifestWriteError
 from .manifest import manifest_key, write_manifest
@@ -39,7 +43,10 @@ NAMESPACE = "Fruits"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every record fails is a partial response like any other (all of them listed).
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+Handler = Callable[[dict[str, Any], Any], PartialItemFailureResponse]
 
 _s3_client: Any = None
 
@@ -48,11 +55,11 @@ def _s3() -> Any:
     # Created once per execution environment; AWS_ENDPOINT_URL_S3 points it at an emulator.
     global _s3_client
     if _s3_client is None:
-        _s3_client = boto3.client("s3")
+        _s3_client = boto3.client("s3", config=Config(retries=dict(RETRIES)))
     return _s3_client
 
 
-def _all_failed(event: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+def _all_failed(event: dict[str, Any]) -> PartialItemFailureResponse:
     return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
 
 
@@ -66,13 +73,11 @@ def _record_skips(skipped: Counter[str]) -> None:
             metric.add_dimension(name="reason", value=reason)
 
 
-@metrics.log_metrics
-@logger.inject_lambda_context
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client: Any) -> PartialItemFailureResponse:
+    """One invocation: parse every record, write the accepted images as one manifest."""
     # Powertools keeps metrics it did not print (POWERTOOLS_METRICS_DISABLED, local runs) for the
     # next invocation; start each one clean.
     metrics.clear_metrics()
-    config = IngestConfig.from_env()
     images: list[ImageEvent] = []
     skipped: Counter[str] = Counter()
 
@@ -86,25 +91,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if parsed.skipped:
             logger.info("skipped", extra={"skipped": dict(parsed.skipped)})
 
-    try:
-        response = process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
-    except BatchProcessingError:
-        logger.set_correlation_id(None)
-        logger.warning("every record of the batch failed", extra={"records": len(event.get("Records", []))})
-        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
-        return _all_failed(event)
+    response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                        context=context)
     logger.set_correlation_id(None)
-    failed = len(response.get("batchItemFailures", []))
+    failed = len(response["batchItemFailures"])
     if failed:
-        logger.warning("malformed records", extra={"failed": failed})
+        logger.warning("malformed records", extra={"failed": failed, "records": len(event.get("Records", []))})
 
     if images:
         ok_ids = sorted({image.message_id for image in images})
         key = manifest_key(config.manifest_prefix, ok_ids)
         try:
-            write_manifest(_s3(), config.manifest_bucket, key, images)
+            write_manifest(s3_client, config.manifest_bucket, key, images)
         except ManifestWriteError:
             logger.exception("manifest write failed; reporting the whole batch failed")
             metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
@@ -115,3 +113,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
     _record_skips(skipped)
     return response
+
+
+def make_handler(config: IngestConfig | None = None, s3_client: Any = None) -> Handler:
+    """A Lambda handler with powertools' logging and metrics around ``handle``; without arguments,
+    configured from the environment at each call, as on AWS."""
+
+    @metrics.log_metrics
+    @logger.inject_lambda_context
+    def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+        return handle(event, context, config or IngestConfig.from_env(), s3_client or _s3())
+
+    return lambda_handler
+
+
+handler = make_handler()

@@ -78,6 +78,16 @@ def to_lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> di
     }
 
 
+def queue_depth(sqs_client: Any, queue_url: str) -> int:
+    """Messages in a queue, visible or in flight (SQS's approximate counts): the backlog of the
+    event queue, or what waits in the dead-letter queue."""
+    attrs = sqs_client.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
 class EventSourceMapping:
     def __init__(
         self,
@@ -156,11 +166,7 @@ class EventSourceMapping:
 
     def backlog(self) -> int:
         """Visible plus in-flight messages."""
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        return queue_depth(self.sqs, self.queue_url)
 
     def drain(self, timeout_seconds: float = 600.0, on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
         """Poll until the queue holds no visible or in-flight message (failed messages are retried
