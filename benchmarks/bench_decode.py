@@ -2,7 +2,7 @@
 
 The photo is made here: a sample image scaled to 4000 x 3000 with sensor-like noise, saved as a
 quality-90 JPEG (about the size a phone writes). "full" decodes every pixel, then resizes;
-"draft" is ``fruits.images.decode``, which lets libjpeg decode at 1/8 scale first.
+"draft" is ``fruits.featurize.images.decode``, which lets libjpeg decode at 1/8 scale first.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import io
 import time
 
 import numpy as np
-from fruits.demo import SAMPLE_IMAGES
-from fruits.images import decode
-from fruits.upload import sample_images
+from fruits.featurize.images import decode
+from fruits.local.paths import SAMPLE_IMAGES
+from fruits.local.upload import sample_images
 from PIL import Image, ImageOps
 
 

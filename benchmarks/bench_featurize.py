@@ -9,7 +9,7 @@
   broadcast weights, ``model.predict``, a parquet write. Warmed up the same way.
 - ceiling: the same model in this one Python process on pre-decoded tensors, on every core, two ways:
   the issue's compiled Keras ``tf.function`` (batches of ``batch_size``), and the LiteRT model that
-  ours runs (``fruits.model.Featurizer``), so that both the asked-for ratio and our own overhead
+  ours runs (``fruits.featurize.model.Featurizer``), so that both the asked-for ratio and our own overhead
   show.
 
 Also the peak resident memory of a Python worker after our run.
@@ -28,8 +28,9 @@ import pandas as pd
 from common import bench_settings, ingested, peak_worker_rss_mb, timed_stream
 from fruits import stream
 from fruits.config import Settings
-from fruits.images import decode
-from fruits.model import Featurizer, compile_model, keras_function, keras_model
+from fruits.featurize.build import compile_model, keras_function, keras_model
+from fruits.featurize.images import decode
+from fruits.featurize.model import Featurizer
 from pyspark.sql import SparkSession
 from pyspark.sql.functions import pandas_udf
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 from common import bench_settings, ingested
-from fruits import FeatureStore, ingest, stream
-from fruits.upload import upload_copies
+from fruits import FeatureStore, stream
+from fruits.local import ingest
+from fruits.local.upload import upload_copies
 from fruits_ingest.runner import RunStats
 from pyspark.sql import SparkSession
 

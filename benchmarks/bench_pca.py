@@ -29,10 +29,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fruits import pca, stats, table
 from fruits.config import Settings
-from fruits.model import Featurizer, compile_model
-from fruits.schema import FEATURES
+from fruits.featurize.build import compile_model
+from fruits.featurize.model import Featurizer
+from fruits.io import lake
+from fruits.pca import refit as pca
+from fruits.pca import stats
+from fruits.pca.model import solve
+from fruits.spark import tables as table
+from fruits.spark.schema import FEATURES
 from PIL import Image, ImageEnhance
 from pyspark.ml.feature import PCA
 from pyspark.ml.functions import array_to_vector
@@ -110,9 +115,9 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
     table.ensure_tables(spark, settings)
     append(spark, settings.features_table, rows, n, seed=1)
 
-    files, _ = stats.table_files(settings, settings.features_table)
+    files, _ = lake.table_files(settings, settings.features_table)
     warm = stats.file_stats(spark, settings, files[:2], driver_bytes=0)[0]  # as Spark tasks, like the full pass
-    pca.solve(warm)
+    solve(warm)
     full, full_wall = timed_refit(spark, settings, full=True, reproject_rows=whole)
     fulls = [full] + [timed_refit(spark, settings, full=True, reproject_rows=False)[0] for _ in range(ROUNDS - 1)]
     result: dict[str, Any] = {"rows": n, "k": full.model.k, "ours_full_s": statistics.median(map(fit_seconds, fulls)),

@@ -6,10 +6,11 @@ import os
 import time
 from pathlib import Path
 
-from fruits import emulator, ingest, stream
+from fruits import stream
 from fruits.config import Settings
-from fruits.demo import BUNDLED_WEIGHTS
-from fruits.upload import upload_copies
+from fruits.local import emulator, ingest
+from fruits.local.paths import BUNDLED_WEIGHTS
+from fruits.local.upload import upload_copies
 
 
 def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> Settings:

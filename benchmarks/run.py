@@ -26,11 +26,11 @@ import bench_decode  # noqa: E402
 import bench_featurize  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_pca  # noqa: E402
-from fruits import emulator, upload  # noqa: E402
+from fruits.local import emulator, upload  # noqa: E402
 from fruits.config import Settings  # noqa: E402
-from fruits.demo import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
-from fruits.model import load_weights  # noqa: E402
-from fruits.spark import get_spark  # noqa: E402
+from fruits.featurize.build import load_weights  # noqa: E402
+from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
+from fruits.spark.session import get_spark  # noqa: E402
 
 PARTS = ("featurize", "latency", "pca", "decode")
 

@@ -14,7 +14,7 @@ SAMPLE = ROOT / "data" / "fruits-sample"
 WEIGHTS = ROOT / "models" / "mobilenet_v2_1.0_no_top.weights.h5"
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Local runs of the Lambda: no EMF output, quiet logs, the emulator's fake credentials.
+# Local runs of the Lambda: no EMF output, quiet logs.
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 @pytest.fixture(scope="session")
 def endpoint() -> Iterator[str]:
-    from fruits.emulator import LocalAWS
+    from fruits.local.emulator import LocalAWS
 
     with LocalAWS() as url:
         yield url
@@ -32,7 +32,7 @@ def endpoint() -> Iterator[str]:
 def settings(endpoint: str, tmp_path: Path):
     """Fresh bucket, queues and local table root per test, on the shared emulator."""
     from fruits.config import Settings
-    from fruits.emulator import provision
+    from fruits.local.emulator import provision
 
     suffix = uuid.uuid4().hex[:10]
     s = Settings(
@@ -50,7 +50,7 @@ def settings(endpoint: str, tmp_path: Path):
 @pytest.fixture(scope="session")
 def spark(endpoint: str):
     from fruits.config import Settings
-    from fruits.spark import get_spark
+    from fruits.spark.session import get_spark
 
     session = get_spark(Settings(endpoint_url=endpoint), master="local[2, 4]", app_name="fruits-tests")
     yield session
@@ -59,6 +59,6 @@ def spark(endpoint: str):
 
 @pytest.fixture(scope="session")
 def weights_blob():
-    from fruits.model import load_weights
+    from fruits.featurize.build import load_weights
 
     return load_weights(str(WEIGHTS))

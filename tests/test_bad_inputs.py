@@ -8,7 +8,10 @@ import io
 
 import numpy as np
 import pytest
-from fruits import aws, ingest, query, stream
+from fruits import stream
+from fruits.io import aws
+from fruits.local import ingest
+from fruits.query.sql import sql as spark_sql
 from PIL import Image
 
 from conftest import SAMPLE
@@ -61,8 +64,8 @@ def test_every_odd_upload_becomes_a_correct_row(spark, settings, weights_blob) -
     assert ingest.drain(settings, visibility_timeout=5).failed == 0
     stream.start(spark, settings, blob=weights_blob).awaitTermination()
 
-    rows = {r[0]: r for r in query.sql(spark, settings, "SELECT key, label, features FROM features").rows}
-    quarantined = query.sql(spark, settings, "SELECT key, reason, error FROM quarantine").rows
+    rows = {r[0]: r for r in spark_sql(spark, settings, "SELECT key, label, features FROM features").rows}
+    quarantined = spark_sql(spark, settings, "SELECT key, reason, error FROM quarantine").rows
     assert quarantined == []
     assert sorted(rows) == sorted(uploads)
     for key, (_, label, features) in rows.items():

@@ -10,7 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from fruits import query, stream, upload
+from fruits import stream
+from fruits.local import upload
+from fruits.query.sql import sql as spark_sql
 
 from conftest import SAMPLE
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.spark
 
 def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_path) -> None:
     upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=1)[:8])
-    from fruits import ingest
+    from fruits.local import ingest
 
     ingest.drain(settings, visibility_timeout=5)
     cluster = settings.with_(table_root=str(tmp_path / "cluster"))
@@ -34,8 +36,8 @@ def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_
 
     stream.start(spark, settings, blob=weights_blob).awaitTermination()
     sql = "SELECT key, features, model_id FROM features ORDER BY key"
-    local_rows = query.sql(spark, settings, sql).rows
-    cluster_rows = query.sql(spark, cluster, sql).rows
+    local_rows = spark_sql(spark, settings, sql).rows
+    cluster_rows = spark_sql(spark, cluster, sql).rows
     assert len(local_rows) == 8 and [r[0] for r in cluster_rows] == [r[0] for r in local_rows]
     for (_, a, model_a), (_, b, model_b) in zip(local_rows, cluster_rows):
         assert model_a == model_b

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import pytest
 import numpy as np
-from fruits import FeatureStore, ingest, pca, query, stream, upload
-from fruits import stats as pca_stats
+from fruits import FeatureStore
+from fruits import stream
+from fruits.local import ingest
+from fruits.local import upload
+from fruits.pca.refit import refit
+from fruits.query.sql import sql as spark_sql
+from fruits.io import lake
+from fruits.pca import stats as pca_stats
 
 from conftest import SAMPLE
 
@@ -23,9 +29,9 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     assert stats.failed == 0
 
     stream.start(spark, settings).awaitTermination()
-    model = pca.refit(spark, settings).model
+    model = refit(spark, settings).model
 
-    result = query.sql(spark, settings, "SELECT key, label, features, pca_features, pca_version, model_id FROM features")
+    result = spark_sql(spark, settings, "SELECT key, label, features, pca_features, pca_version, model_id FROM features")
     rows = {r[0]: r for r in result.rows}
     assert sorted(rows) == sorted(keys) and len(result.rows) == len(keys)
     for label, path in images:
@@ -34,7 +40,7 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
         assert len(features) == 1280 and all(isinstance(v, float) for v in features)
         assert pca_version == model.version and len(pca_features) == model.k
         assert model_id.endswith(":e68a3d0b88d3a2e292ee89e9fc099e8ce65f71b700dd49284a12296acc8596d0")
-    assert query.sql(spark, settings, "SELECT count(*) FROM quarantine").rows == [(0,)]
+    assert spark_sql(spark, settings, "SELECT count(*) FROM quarantine").rows == [(0,)]
     assert ingest.dead_letter_depth(settings) == 0
 
     # Uploads after the refit are projected with the current model as they are ingested.
@@ -42,7 +48,7 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     upload.upload_images(settings, late)
     ingest.drain(settings, visibility_timeout=5)
     stream.start(spark, settings).awaitTermination()
-    projected = query.sql(
+    projected = spark_sql(
         spark, settings,
         f"SELECT count(*) FROM features WHERE pca_version = {model.version} AND size(pca_features) = {model.k}",
     )
@@ -50,11 +56,11 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
 
     # The PCA statistics read from S3 with Arrow, on the driver and in Spark tasks (as a large
     # table is on a cluster), agree; the incremental refit reads only the late rows.
-    files, _ = pca_stats.table_files(settings, settings.features_table)
+    files, _ = lake.table_files(settings, settings.features_table)
     on_driver, in_tasks = (pca_stats.file_stats(spark, settings, files, driver_bytes=b)[0] for b in (2**40, 0))
     assert on_driver.n == in_tasks.n == len(keys) + len(late)
     np.testing.assert_allclose(in_tasks.outer, on_driver.outer, rtol=0, atol=1e-9 * np.abs(on_driver.outer).max())
-    fit = pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
     assert fit.mode == "incremental" and fit.rows_read == len(late) and fit.model.version == model.version + 1
     model = fit.model
 

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from fruits.images import ImageError, Reason, decode
+from fruits.featurize.images import ImageError, Reason, decode
 from PIL import Image
 
 from conftest import SAMPLE

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import copy
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote_plus
 
 import pytest
 from fruits_ingest.config import IngestConfig
@@ -13,9 +12,9 @@ from fruits_ingest.exceptions import ConfigurationError, MalformedMessage
 from fruits_ingest.manifest import manifest_key
 
 from conftest import FIXTURES
+from helpers import S3_PUT, s3_event
 
 CONFIG = IngestConfig(manifest_bucket="fruits-images")
-S3_PUT = json.loads((FIXTURES / "events" / "s3_put.json").read_text())
 
 ODD_KEYS = [
     "uploads/Apple Braeburn/r_45_100.jpg",
@@ -36,13 +35,6 @@ def aws_encode(key: str) -> str:
 def emulator_encode(key: str) -> str:
     """How moto encodes them: form encoding, '/' too."""
     return quote_plus(key)
-
-
-def s3_event(key_encoded: str, **object_fields) -> str:
-    event = copy.deepcopy(S3_PUT)
-    event["Records"][0]["s3"]["object"]["key"] = key_encoded
-    event["Records"][0]["s3"]["object"].update(object_fields)
-    return json.dumps(event)
 
 
 @pytest.mark.parametrize("encode", [aws_encode, emulator_encode], ids=["aws", "emulator"])
@@ -134,11 +126,6 @@ def test_configuration_from_environment() -> None:
     assert config.image_suffixes == (".jpg",)
     with pytest.raises(ConfigurationError, match="MANIFEST_BUCKET"):
         IngestConfig.from_env({})
-
-
-def test_quote_helpers_differ_on_slash() -> None:
-    # Guards the two encodings above really are different, so both paths are exercised.
-    assert aws_encode("a/b c") == "a/b+c" and emulator_encode("a/b c") == "a%2Fb+c" and quote("/") == "/"
 
 
 def test_a_zero_byte_image_is_accepted_for_the_stream_to_quarantine() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from delta.tables import DeltaTable
-from fruits import table
 from fruits.config import Settings
-from fruits.known import KnownImages, as_ids
-from fruits.schema import QUARANTINE
+from fruits.spark import tables as table
+from fruits.spark.schema import QUARANTINE
+from fruits.stream.known import KnownImages, as_ids
 
 pytestmark = pytest.mark.spark
 

@@ -8,7 +8,11 @@ the same test at 400 uploads, so CI covers this kind too.
 from __future__ import annotations
 
 import pytest
-from fruits import aws, ingest, query, stream, upload
+from fruits import stream
+from fruits.io import aws
+from fruits.local import ingest
+from fruits.local import upload
+from fruits.query.sql import sql as spark_sql
 
 from conftest import SAMPLE
 
@@ -34,8 +38,8 @@ def test_every_upload_ends_exactly_once(spark, settings, weights_blob, uploads: 
         assert ingest.drain(settings, visibility_timeout=30).failed == 0
     stream.start(spark, settings, blob=weights_blob).awaitTermination()
 
-    rows = query.sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
-    quarantined = dict(query.sql(spark, settings, "SELECT reason, count(*) FROM quarantine GROUP BY reason").rows)
+    rows = spark_sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
+    quarantined = dict(spark_sql(spark, settings, "SELECT reason, count(*) FROM quarantine GROUP BY reason").rows)
     assert rows == (len(good), len(good))
     assert quarantined == {"not_an_image": len(broken)}
     assert rows[0] + sum(quarantined.values()) == uploads

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fruits import pca, stats, table
 from fruits.config import Settings
-from fruits.known import KnownImages, as_ids
-from fruits.maintenance import maintain
+from fruits.io import changes, lake
+from fruits.pca.refit import refit
+from fruits.spark import tables as table
+from fruits.spark.maintenance import maintain
+from fruits.stream.known import KnownImages, as_ids
 
-from test_pca import append_rows, synthetic_features
+from helpers import append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
 
@@ -25,10 +27,10 @@ def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) ->
     table.ensure_tables(spark, settings)
     for seed in range(4):  # four micro-batches' worth of small files
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    assert pca.refit(spark, settings, write_plots=False).mode == "full"
+    assert refit(spark, settings, write_plots=False).mode == "full"
     known = KnownImages(settings, spark)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(stats.table_files(settings, settings.features_table)[0])
+    files = len(lake.table_files(settings, settings.features_table)[0])
     assert files >= 2
     ids = image_ids(spark, settings.features_table)
 
@@ -36,13 +38,13 @@ def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) ->
     assert report.compacted[settings.features_table] == (files, 1)
     assert report.compacted[settings.quarantine_table] == (0, 0)
     assert all(n == 0 for n in report.vacuumed.values())  # everything replaced is within the retention
-    assert len(stats.table_files(settings, settings.features_table)[0]) == 1
+    assert len(lake.table_files(settings, settings.features_table)[0]) == 1
     assert sorted(image_ids(spark, settings.features_table)) == sorted(ids)
 
     # OPTIMIZE changed no rows: the stream's known ids and the PCA statistics stay incremental.
     known.refresh()
     assert len(known) == 90 and known.contains(as_ids(ids)).all()
-    fit = pca.refit(spark, settings, write_plots=False)
+    fit = refit(spark, settings, write_plots=False)
     assert (fit.mode, fit.rows_read, fit.model.row_count) == ("incremental", 10, 90)
 
 
@@ -51,9 +53,9 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     table.ensure_tables(spark, settings)
     for seed in range(3):
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False, reproject_rows=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(stats.table_files(settings, settings.features_table)[0])
+    files = len(lake.table_files(settings, settings.features_table)[0])
 
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")  # Delta refuses 0 h else
     try:
@@ -66,6 +68,6 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
 
     # The files appended since the last fit are gone now; with a retention that old, the refit
     # knows not to look for them and reads the table.
-    monkeypatch.setattr(stats, "VACUUM_RETAIN_HOURS", 0)
-    fit = pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    monkeypatch.setattr(changes, "VACUUM_RETAIN_HOURS", 0)
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
     assert (fit.mode, fit.model.row_count) == ("full", 70)

@@ -1,14 +1,19 @@
-"""The compiled (LiteRT) model against the Keras model it was converted from."""
+"""The compiled (LiteRT) model against the Keras model it was converted from, and the workers' UDF
+body (``featurize_batches``) without Spark."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
-from fruits.images import decode
-from fruits.model import FEATURE_DIM, Featurizer, compile_model, get_featurizer, keras_model
-from fruits.upload import sample_images
+from fruits.featurize.batch import WorkerOptions, featurize_batches
+from fruits.featurize.build import compile_model, keras_model
+from fruits.featurize.images import decode
+from fruits.featurize.model import FEATURE_DIM, Featurizer, get_featurizer
+from fruits.io import aws
+from fruits.local.upload import sample_images
 
 from conftest import SAMPLE
 
@@ -30,13 +35,39 @@ def test_litert_features_match_keras(weights_blob) -> None:
     assert expected.max() > 1.0  # not a degenerate (all-zero) output that would match anything
 
 
-def test_batches_of_any_size_give_the_same_rows(weights_blob) -> None:
-    pixels = sample_pixels(5)
+def test_one_featurizer_per_process_and_model(weights_blob) -> None:
     featurizer = get_featurizer(compile_model(weights_blob), threads=1)
-    assert get_featurizer(compile_model(weights_blob)) is featurizer  # one per process and model
-    whole = featurizer(pixels)
-    np.testing.assert_array_equal(np.concatenate([featurizer(pixels[:2]), featurizer(pixels[2:])]), whole)
-    assert featurizer(pixels[:0]).shape == (0, FEATURE_DIM)
+    assert get_featurizer(compile_model(weights_blob)) is featurizer
+    assert featurizer(sample_pixels(2)[:0]).shape == (0, FEATURE_DIM)
+
+
+def test_the_udf_body_keeps_rows_in_order_across_chunks_and_failures(settings, weights_blob) -> None:
+    """``featurize_batches`` cuts each input batch into chunks of ``batch_size`` for the model, with
+    bad images in between: every row still gets its own image's features, or its own reason."""
+    s3 = aws.client("s3", settings)
+    photos = [path for _, path in sample_images(SAMPLE)[::60]][:5]
+    keys, bodies = [], []
+    for i, path in enumerate(photos):
+        keys.append(f"uploads/x/{i}.jpg")
+        bodies.append(path.read_bytes())
+        if i in (1, 2):  # a bad image after the 2nd and 3rd photo: chunks no longer align with rows
+            keys.append(f"uploads/x/bad{i}.jpg")
+            bodies.append(b"not an image")
+    for key, body in zip(keys, bodies):
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+    column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
+    batch = (column([settings.bucket] * len(keys)), column(keys), column([None] * len(keys)),
+             column([None] * len(keys)))
+    options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region, batch_size=2)
+    compiled = compile_model(weights_blob)
+    [frame] = list(featurize_batches(compiled, options, [batch]))
+
+    expected = Featurizer(compiled, threads=1)(np.stack([decode(path.read_bytes()) for path in photos]))
+    good = [i for i, key in enumerate(keys) if "bad" not in key]
+    np.testing.assert_allclose(np.stack(frame["features"].iloc[good].to_numpy()), expected, rtol=0, atol=1e-5)
+    bad = [i for i in range(len(keys)) if i not in good]
+    assert frame["features"].iloc[bad].isna().all() and list(frame["reason"].iloc[bad]) == ["not_an_image"] * 2
+    assert frame["reason"].iloc[good].isna().all()
 
 
 @pytest.mark.spark
@@ -49,7 +80,7 @@ def test_python_workers_run_the_broadcast_model_without_tensorflow(spark, weight
     def run(_: object) -> Iterator[tuple[bool, float]]:
         import sys
 
-        from fruits.model import get_featurizer
+        from fruits.featurize.model import get_featurizer
 
         features = get_featurizer(model.value, threads=1)(pixels)
         yield "tensorflow" in sys.modules, float(np.abs(features).sum())

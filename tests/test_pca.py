@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from delta.tables import DeltaTable
-from fruits import pca, stats, table
-from fruits.schema import FEATURES
+from fruits.io import lake
+from fruits.pca import stats
+from fruits.pca.model import solve
+from fruits.pca.refit import refit, reproject, run_periodically
+from fruits.spark import tables as table
+from fruits.spark.schema import FEATURES
+
+from helpers import MODEL_ID, append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
-
-MODEL_ID = "mobilenet_v2:synthetic"
-
-
-def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.ndarray:
-    """Rows with a few well-separated principal directions plus small isotropic noise."""
-    rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(d, rank)))[0].T  # same directions for every seed
-    scales = np.geomspace(10.0, 1.0, rank)
-    x = (rng.normal(size=(n, rank)) * scales) @ basis + rng.normal(scale=0.05, size=(n, d)) + 0.3
-    return x.astype(np.float32)
-
-
-def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID) -> None:
-    """A blind append of feature rows, as the stream writes them."""
-    now = dt.datetime.now(dt.timezone.utc)
-    labels = labels or [f"class {i % 5}" for i in range(len(x))]
-    rows = pd.DataFrame({
-        "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
-        "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
-        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
-        "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
-    })
-    spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
-
 
 def table_versions(spark, location: str) -> list[int | None]:
     return [r.pca_version for r in table.read(spark, location).select("pca_version").collect()]
@@ -52,7 +31,8 @@ def test_fit_matches_spark_ml_pca(spark) -> None:
     df = spark.createDataFrame(pd.DataFrame({"features": list(x), "model_id": MODEL_ID}))
     collected, ids = stats.collect_stats(df)
     assert ids == {MODEL_ID} and collected.n == 400
-    _, components, ratios, _ = pca.solve(collected, k=8)
+    fit = solve(collected, k=8)
+    components, ratios = fit.components, fit.ratios
 
     reference = PCA(k=8, inputCol="v").fit(df.select(array_to_vector("features").alias("v")))
     expected_ratios = reference.explainedVariance.toArray()
@@ -70,7 +50,7 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     first, later = synthetic_features(300, seed=2), synthetic_features(30, seed=3)
     append_rows(spark, settings.features_table, first)
 
-    fit1 = pca.refit(spark, settings, threshold=0.95)
+    fit1 = refit(spark, settings, threshold=0.95)
     assert fit1.mode == "full" and fit1.rows_read == 300 and fit1.model.version == 1
     assert 1 <= fit1.model.k <= 8  # the data has 8 strong directions
     assert set(table_versions(spark, settings.features_table)) == {1}
@@ -79,17 +59,17 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     # fit from scratch.
     append_rows(spark, settings.features_table, later)
     assert stats.pending_rows(settings) == 30
-    assert pca.reproject(spark, settings, fit1.model) == 30  # the new rows only
-    assert pca.reproject(spark, settings, fit1.model) == 0
-    fit2 = pca.refit(spark, settings, threshold=0.95)
+    assert reproject(spark, settings, fit1.model) == 30  # the new rows only
+    assert reproject(spark, settings, fit1.model) == 0
+    fit2 = refit(spark, settings, threshold=0.95)
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
     assert (fit1.solver, fit2.solver) == ("eigh", "rayleigh-ritz")
     assert stats.pending_rows(settings) == 0
-    same = pca.refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands, no rewrite
+    same = refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands, no rewrite
     assert same.mode == "unchanged" and same.model.version == 2 and same.rows_read == 0
-    fit3 = pca.refit(spark, settings, threshold=0.95, full=True)
+    fit3 = refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
-    # The incremental solve is a Rayleigh-Ritz step (``pca.update``), accurate to its residual
+    # The incremental solve is a Rayleigh-Ritz step (``pca.model.update``), accurate to its residual
     # check; the mean is exact.
     np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fit2.model.explained_variance_ratio[:8], fit3.model.explained_variance_ratio[:8],
@@ -126,10 +106,10 @@ def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path, deletion_vect
     if deletion_vectors:
         spark.sql(f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
     append_rows(spark, settings.features_table, synthetic_features(60, seed=4))
-    pca.refit(spark, settings, write_plots=False)
+    refit(spark, settings, write_plots=False)
     DeltaTable.forPath(spark, settings.features_table).delete("label = 'class 0'")
-    assert (stats.table_files(settings, settings.features_table) is None) == deletion_vectors
-    fit = pca.refit(spark, settings, write_plots=False)
+    assert (lake.table_files(settings, settings.features_table) is None) == deletion_vectors
+    fit = refit(spark, settings, write_plots=False)
     assert fit.mode == "full" and fit.model.row_count == 48
 
 
@@ -140,7 +120,7 @@ def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spar
     table.ensure_tables(spark, settings)
     for seed in (7, 8, 9):  # three commits, three or more files
         append_rows(spark, settings.features_table, synthetic_features(50, seed=seed))
-    files, version = stats.table_files(settings, settings.features_table)
+    files, version = lake.table_files(settings, settings.features_table)
     assert len(files) >= 3 and version == 3
     reference, reference_ids = stats.collect_stats(table.read(spark, settings.features_table))
     on_driver = stats.file_stats(spark, settings, files)
@@ -158,14 +138,14 @@ def test_a_refit_without_reprojection_leaves_the_rows_alone(spark, tmp_path: Pat
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(40, seed=10))
-    pca.refit(spark, settings, write_plots=False)
+    refit(spark, settings, write_plots=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=11))
     before = table.current_version(spark, settings.features_table)
-    fit = pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
     assert fit.mode == "incremental" and fit.model.version == 2 and "reproject" not in fit.seconds
     assert table.current_version(spark, settings.features_table) == before  # no rewrite
     assert sorted(set(table_versions(spark, settings.features_table)), key=str) == [1, None]
-    assert pca.reproject(spark, settings, fit.model) == 50
+    assert reproject(spark, settings, fit.model) == 50
     assert set(table_versions(spark, settings.features_table)) == {2}
 
 
@@ -176,10 +156,10 @@ def test_a_running_stream_projects_with_each_new_model_as_it_appears(spark, sett
     writer = stream.BatchWriter(spark, settings, weights_blob)
     assert writer.current_pca() == (None, None)
     append_rows(spark, settings.features_table, synthetic_features(40, seed=12), model_id=weights_blob.model_id)
-    first = pca.refit(spark, settings, write_plots=False).model
+    first = refit(spark, settings, write_plots=False).model
     assert writer.current_pca()[0].version == first.version == 1
     append_rows(spark, settings.features_table, synthetic_features(10, seed=13), model_id=weights_blob.model_id)
-    pca.refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False, reproject_rows=False)
     assert writer.current_pca()[0].version == 2
 
 
@@ -189,11 +169,11 @@ def test_periodic_mode_refits_after_enough_new_rows(spark, tmp_path: Path) -> No
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(40, seed=5))
-    fits = pca.run_periodically(spark, settings, min_new_rows=40, poll_seconds=0.1, max_fits=1, write_plots=False)
+    fits = run_periodically(spark, settings, min_new_rows=40, poll_seconds=0.1, max_fits=1, write_plots=False)
     assert [f.model.version for f in fits] == [1]
     assert stats.pending_rows(settings) == 0
     with pytest.raises(ValueError, match="say when to refit"):
-        pca.run_periodically(spark, settings)
+        run_periodically(spark, settings)
 
 
 def test_rows_of_another_feature_model_are_refused(spark, tmp_path: Path) -> None:
@@ -205,4 +185,4 @@ def test_rows_of_another_feature_model_are_refused(spark, tmp_path: Path) -> Non
     other = table.read(spark, settings.features_table).limit(1).selectExpr("* EXCEPT (model_id)", "'other' AS model_id")
     other.select(*FEATURES.fieldNames()).write.format("delta").mode("append").save(settings.features_table)
     with pytest.raises(ValueError, match="mixes feature models"):
-        pca.refit(spark, settings, write_plots=False)
+        refit(spark, settings, write_plots=False)

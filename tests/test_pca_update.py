@@ -1,10 +1,9 @@
-"""The incremental PCA solve (``pca.update``) against the exact one (``pca.solve``): no Spark."""
+"""The incremental PCA solve (``update``) against the exact one (``solve``): no Spark."""
 
 from __future__ import annotations
 
 import numpy as np
-from fruits import pca
-from fruits.stats import Stats
+from fruits.pca.model import Stats, basis_size, solve, update
 
 D = 256
 
@@ -26,23 +25,22 @@ def captured(ratios: np.ndarray, k: int) -> float:
 def test_successive_updates_equal_exact_solves() -> None:
     directions, scales = signal(16)
     total = Stats.of(rows(3000, 1, directions, scales))
-    mean, vectors, ratios, k = pca.solve(total)
-    basis = vectors[: pca.basis_size(k, D)]
+    fit = solve(total)
+    basis = fit.components[: basis_size(fit.k, D)]
     for step in range(5):  # +1 % each time, every update from the previous update's basis
         added = rows(30, 10 + step, directions, scales)
         total = total + Stats.of(added)
-        solved = pca.update(total, added, basis)
-        assert solved is not None, f"step {step}: the update declined"
-        mean, vectors, ratios, k = solved
-        exact_mean, exact_vectors, exact_ratios, exact_k = pca.solve(total)
-        assert k == exact_k and 8 <= k <= 16
-        np.testing.assert_allclose(mean, exact_mean, rtol=1e-12)
-        np.testing.assert_allclose(ratios[:k], exact_ratios[:k], rtol=1e-8)
-        assert captured(exact_ratios, k) - captured(ratios, k) < 1e-10  # never above the exact: Ky Fan
-        alignment = np.abs(np.sum(vectors[:k] * exact_vectors[:k], axis=1))  # |cos|, 1 up to sign
+        fit = update(total, added, basis)
+        assert fit is not None, f"step {step}: the update declined"
+        exact, k = solve(total), fit.k
+        assert k == exact.k and 8 <= k <= 16
+        np.testing.assert_allclose(fit.mean, exact.mean, rtol=1e-12)
+        np.testing.assert_allclose(fit.ratios[:k], exact.ratios[:k], rtol=1e-8)
+        assert captured(exact.ratios, k) - captured(fit.ratios, k) < 1e-10  # never above the exact: Ky Fan
+        alignment = np.abs(np.sum(fit.components[:k] * exact.components[:k], axis=1))  # |cos|, 1 up to sign
         np.testing.assert_allclose(alignment, 1.0, atol=1e-6)
-        assert len(vectors) == len(ratios) == pca.basis_size(k, D)
-        basis = vectors
+        assert len(fit.components) == len(fit.ratios) == basis_size(k, D)
+        basis = fit.components
 
 
 def test_an_update_finds_a_direction_the_old_basis_lacks() -> None:
@@ -50,52 +48,51 @@ def test_an_update_finds_a_direction_the_old_basis_lacks() -> None:
     the update must find it from the added rows alone (the projection onto the old basis cannot)."""
     directions, scales = signal(8)
     old = Stats.of(rows(2000, 2, directions, scales))
-    _, vectors, _, k = pca.solve(old)
-    basis = vectors[: pca.basis_size(k, D)]
+    old_fit = solve(old)
+    basis = old_fit.components[: basis_size(old_fit.k, D)]
     fresh = np.random.default_rng(5).normal(size=D)
     fresh -= basis.T @ (basis @ fresh)
     fresh /= np.linalg.norm(fresh)
     new_rows = rows(20, 3, directions, scales) + np.random.default_rng(6).normal(scale=150.0, size=(20, 1)) * fresh
     total = old + Stats.of(new_rows)
 
-    solved = pca.update(total, new_rows, basis)
-    assert solved is not None
-    _, new_vectors, ratios, new_k = solved
-    _, exact_vectors, exact_ratios, exact_k = pca.solve(total)
-    assert new_k == exact_k
-    assert abs(exact_vectors[0] @ fresh) > 0.99  # the new direction leads the exact fit ...
-    assert abs(new_vectors[0] @ exact_vectors[0]) > 1 - 1e-9  # ... and the update's
-    np.testing.assert_allclose(ratios[:new_k], exact_ratios[:new_k], rtol=1e-8)
+    fit = update(total, new_rows, basis)
+    assert fit is not None
+    exact = solve(total)
+    assert fit.k == exact.k
+    assert abs(exact.components[0] @ fresh) > 0.99  # the new direction leads the exact fit ...
+    assert abs(fit.components[0] @ exact.components[0]) > 1 - 1e-9  # ... and the update's
+    np.testing.assert_allclose(fit.ratios[:fit.k], exact.ratios[:fit.k], rtol=1e-8)
 
 
 def test_an_update_declines_when_it_would_be_wrong_or_not_cheaper() -> None:
     directions, scales = signal(8)
     old = Stats.of(rows(2000, 4, directions, scales))
-    _, vectors, _, k = pca.solve(old)
+    old_fit = solve(old)
+    vectors, k = old_fit.components, old_fit.k
     added = rows(20, 5, directions, scales)
     total = old + Stats.of(added)
-    assert pca.update(total, added, vectors[: pca.basis_size(k, D)]) is not None
+    assert update(total, added, vectors[: basis_size(k, D)]) is not None
 
     # A basis that misses the data's directions: the projected fit's residual fails the check.
-    wrong = np.linalg.qr(np.random.default_rng(7).normal(size=(D, pca.basis_size(k, D))))[0].T
-    assert pca.update(total, added, wrong) is None
+    wrong = np.linalg.qr(np.random.default_rng(7).normal(size=(D, basis_size(k, D))))[0].T
+    assert update(total, added, wrong) is None
     # More added rows than the small problem can hold cheaply: the exact solve is as fast.
     many = rows(200, 6, directions, scales)
-    assert pca.update(old + Stats.of(many), many, vectors[: pca.basis_size(k, D)], sketch=1000) is None
+    assert update(old + Stats.of(many), many, vectors[: basis_size(k, D)], sketch=1000) is None
     # A basis from features of another width.
-    assert pca.update(total, added, vectors[: pca.basis_size(k, D), :128]) is None
+    assert update(total, added, vectors[: basis_size(k, D), :128]) is None
 
 
 def test_more_added_rows_than_the_sketch_still_equal_an_exact_solve() -> None:
     directions, scales = signal(8)
     old = Stats.of(rows(2000, 8, directions, scales))
-    _, vectors, _, k = pca.solve(old)
+    old_fit = solve(old)
     added = rows(200, 9, directions, scales)  # 200 directions of change, sketched by 64
     total = old + Stats.of(added)
-    solved = pca.update(total, added, vectors[: pca.basis_size(k, D)], sketch=64)
-    assert solved is not None
-    _, new_vectors, ratios, new_k = solved
-    _, exact_vectors, exact_ratios, exact_k = pca.solve(total)
-    assert new_k == exact_k
-    np.testing.assert_allclose(ratios[:new_k], exact_ratios[:new_k], rtol=1e-8)
-    np.testing.assert_allclose(np.abs(np.sum(new_vectors[:new_k] * exact_vectors[:new_k], axis=1)), 1.0, atol=1e-6)
+    fit = update(total, added, old_fit.components[: basis_size(old_fit.k, D)], sketch=64)
+    assert fit is not None
+    exact, k = solve(total), fit.k
+    assert k == exact.k
+    np.testing.assert_allclose(fit.ratios[:k], exact.ratios[:k], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.sum(fit.components[:k] * exact.components[:k], axis=1)), 1.0, atol=1e-6)

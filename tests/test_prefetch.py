@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from fruits.stream import prefetched
+from fruits.featurize.fetch import prefetched
 
 
 def test_results_come_in_order_and_loads_stay_bounded() -> None:

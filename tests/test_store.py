@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fruits import FeatureStore, pca, table
+from fruits import FeatureStore
 from fruits.config import Settings
-from fruits.images import decode
-from fruits.model import Featurizer, compile_model
-from fruits.schema import FEATURES, QUARANTINE
-from fruits.upload import sample_images
+from fruits.featurize.build import compile_model
+from fruits.featurize.images import decode
+from fruits.featurize.model import Featurizer
+from fruits.local.upload import sample_images
+from fruits.pca.refit import refit
+from fruits.spark import tables as table
+from fruits.spark.schema import FEATURES, QUARANTINE
 
 from conftest import SAMPLE, WEIGHTS
 
@@ -66,7 +69,7 @@ def store_settings(spark, sample_split, weights_blob, tmp_path_factory) -> Setti
                         endpoint_url="http://127.0.0.1:9")  # status must not need S3 for rows in the tables
     table.ensure_tables(spark, settings)
     write_features(spark, settings, train, features, weights_blob.model_id)
-    pca.refit(spark, settings, write_plots=False)
+    refit(spark, settings, write_plots=False)
     return settings
 
 
@@ -79,7 +82,10 @@ def test_classify_held_out_images_above_the_floor(store_settings, sample_split) 
     print(f"\nclassify top-1 on {len(held_out)} held-out sample images: {accuracy:.1%}")
     assert len(held_out) == 100
     assert accuracy >= ACCURACY_FLOOR
-    assert all(0.2 <= s.confidence <= 1.0 and sum(s.votes.values()) == 5 for s in suggestions)
+    for s in suggestions:  # the label is the majority, and the confidence its share of the 5 votes
+        assert sum(s.votes.values()) == 5 and s.votes[s.label] == max(s.votes.values())
+        assert s.confidence == s.votes[s.label] / 5 and [n.label for n in s.neighbours].count(s.label) == s.votes[s.label]
+    assert any(s.confidence < 1.0 for s in suggestions) and any(s.confidence == 1.0 for s in suggestions)
 
 
 def test_similar_by_key_finds_its_class_and_leaves_itself_out(store_settings, sample_split) -> None:
@@ -104,7 +110,7 @@ def test_rows_not_yet_reprojected_are_projected_at_query_time(spark, store_setti
     settings = store_settings.with_(table_root=store_settings.table_root + "-stale")
     table.ensure_tables(spark, settings)
     write_features(spark, settings, train, features, weights_blob.model_id)
-    pca.refit(spark, settings, write_plots=False)
+    refit(spark, settings, write_plots=False)
     write_features(spark, settings, train[:1], features[:1] * 1.0, weights_blob.model_id)  # pca_version null
     store = FeatureStore(settings)
     label, path = train[0]

@@ -6,8 +6,12 @@ import io
 
 import pytest
 from delta.tables import DeltaTable
-from fruits import aws, ingest, query, stream
-from fruits.schema import MANIFEST
+from fruits import stream
+from fruits.featurize import fetch
+from fruits.io import aws
+from fruits.local import ingest
+from fruits.query.sql import sql as spark_sql
+from fruits.spark.schema import MANIFEST
 from PIL import Image
 
 from conftest import SAMPLE
@@ -20,8 +24,8 @@ def run_stream(spark, settings, blob) -> None:
     stream.start(spark, settings, blob=blob).awaitTermination()
 
 
-def table_rows(spark, settings, sql: str) -> list[tuple]:
-    return query.sql(spark, settings, sql).rows
+def table_rows(spark, settings, statement: str) -> list[tuple]:
+    return spark_sql(spark, settings, statement).rows
 
 
 def put_samples(settings, label: str, n: int) -> list[str]:
@@ -192,8 +196,8 @@ def test_an_unreachable_emulator_during_the_fetch_loses_nothing(spark, settings,
     ingest.drain(settings, visibility_timeout=5)
     proxy = FlakyProxy(settings.endpoint_url, outage=3.0)
     run_stream_through(spark, settings, weights_blob, proxy)
-    assert proxy.down_at is not None and proxy.up_at - proxy.down_at >= 3.0
-    assert proxy.first_forward_at is not None and proxy.first_forward_at >= proxy.up_at
+    # The fetches met the outage (a reset, then refusals) and got through only after it.
+    assert proxy.dropped == 1 and proxy.first_forward_at is not None and proxy.first_forward_at >= proxy.up_at
     assert_rows_exactly(spark, settings, keys)
 
 
@@ -205,10 +209,10 @@ def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> No
     proxy = FlakyProxy(settings.endpoint_url, outage=2.0)
     client = client_without_retries(settings, proxy.url)
     try:
-        assert stream.fetch(client, settings.bucket, "uploads/Pear/p.jpg", etag, None) == body
+        assert fetch.fetch(client, settings.bucket, "uploads/Pear/p.jpg", etag, None, outage=fetch.Outage()) == body
     finally:
         proxy.close()
-    assert proxy.dropped == 1 and proxy.up_at - proxy.down_at >= 2.0
+    assert proxy.dropped == 1 and proxy.first_forward_at >= proxy.up_at
 
 
 def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spark, settings, weights_blob) -> None:
@@ -233,21 +237,43 @@ def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spar
     assert_rows_exactly(spark, settings, keys)
 
 
+class FakeClock:
+    """``fetch``'s clock: sleeping advances it at once, and every pause is recorded."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def refused_url() -> str:
+    """An endpoint on a port where nothing listens: every connection is refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_after_a_long_outage_fetches_fail_at_once(settings, monkeypatch) -> None:
     """Patience is per outage, not per object: past it, the next fetch fails without waiting again."""
-    import time
-
     from botocore.exceptions import EndpointConnectionError
 
-    monkeypatch.setattr(stream, "FETCH_PATIENCE", 1.0)
-    proxy = FlakyProxy(settings.endpoint_url, outage=30.0)
-    client = client_without_retries(settings, proxy.url)
-    try:
-        with pytest.raises(EndpointConnectionError):  # reset, then refused for the whole patience
-            stream.fetch(client, settings.bucket, "uploads/a.jpg", None, None)
-        started = time.monotonic()
-        with pytest.raises(EndpointConnectionError):
-            stream.fetch(client, settings.bucket, "uploads/b.jpg", None, None)
-        assert time.monotonic() - started < 0.5
-    finally:
-        proxy.close()
+    clock = FakeClock()
+    monkeypatch.setattr(fetch, "time", clock)
+    client, outage = client_without_retries(settings, refused_url()), fetch.Outage()
+    with pytest.raises(EndpointConnectionError):  # waits 0.5 s, then the next pause would pass 0.9 s
+        fetch.fetch(client, settings.bucket, "uploads/a.jpg", None, None, patience=0.9, outage=outage)
+    assert clock.sleeps == [0.5]
+    with pytest.raises(EndpointConnectionError):  # the same outage: no wait at all
+        fetch.fetch(client, settings.bucket, "uploads/b.jpg", None, None, patience=0.9, outage=outage)
+    assert clock.sleeps == [0.5]
+    clock.now += fetch.Outage.GAP + 1  # a failure long after the last one starts a new outage
+    with pytest.raises(EndpointConnectionError):
+        fetch.fetch(client, settings.bucket, "uploads/c.jpg", None, None, patience=0.9, outage=outage)
+    assert clock.sleeps == [0.5, 0.5]

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fruits import aws, ingest, query, stream
+from fruits import stream
+from fruits.io import aws
+from fruits.local import ingest
+from fruits.query.sql import sql as spark_sql
 
 from conftest import SAMPLE
 
@@ -55,11 +58,11 @@ def test_sigkill_mid_stream_then_restart_gives_each_image_once(spark, settings, 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     log.close()
-    before = query.sql(spark, settings, "SELECT count(*) FROM features").rows[0][0]
+    before = spark_sql(spark, settings, "SELECT count(*) FROM features").rows[0][0]
     assert 0 < before < len(images), "the kill came too late to interrupt the stream"
 
     stream.start(spark, settings, blob=weights_blob).awaitTermination()
 
-    rows = query.sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
-    quarantined = query.sql(spark, settings, "SELECT count(*) FROM quarantine").rows[0][0]
+    rows = spark_sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
+    quarantined = spark_sql(spark, settings, "SELECT count(*) FROM quarantine").rows[0][0]
     assert rows == (len(images), len(images)) and quarantined == 0

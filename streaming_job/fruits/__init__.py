@@ -1,5 +1,9 @@
 """Fruits! image-feature pipeline: the Spark jobs and the local tooling around them.
 
+One subpackage per stage: ``featurize`` (the workers' side of stage 3), ``stream`` (its driver
+side), ``pca`` (stage 4), ``query`` (stage 5), on ``io`` (AWS, delta-rs) and ``spark`` (session,
+tables); ``local`` runs stages 1-2 on one machine (the emulator and the Lambda's event source).
+
 The public Python API (JVM-free reads, similar images, label suggestions, upload status)::
 
     from fruits import FeatureStore, Settings
@@ -22,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
         return Settings
     if name in ("FeatureStore", "Neighbour", "Status", "Suggestion"):
-        from . import store
+        from .query import store
 
         return getattr(store, name)
     raise AttributeError(f"module 'fruits' has no attribute {name!r}")

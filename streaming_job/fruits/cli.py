@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
+from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
+
+# Every command imports what it needs when it runs: `fruits --help` and `fruits status` load no
+# Spark and no emulator (tests/test_import_boundaries.py).
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -22,7 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .local import demo
 
     return demo.run(
         images_dir=Path(args.images), work_dir=Path(args.work), per_class=args.per_class, weights=args.weights
@@ -30,7 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from . import emulator
+    from .local import emulator
 
     with emulator.LocalAWS(port=args.port) as endpoint:
         emulator.provision(_settings(args).with_(endpoint_url=endpoint))
@@ -45,14 +49,14 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from . import emulator
+    from .local import emulator
 
     emulator.provision(_settings(args))
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from . import upload
+    from .local import upload
 
     keys = upload.upload_images(_settings(args), upload.sample_images(Path(args.folder), args.per_class))
     print(f"uploaded {len(keys)} images")
@@ -60,7 +64,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from . import ingest
+    from .local import ingest
 
     stats = ingest.drain(_settings(args), visibility_timeout=args.visibility_timeout)
     print(f"{stats.invocations} invocations, {stats.deleted} acknowledged, {stats.failed} failed deliveries")
@@ -68,33 +72,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from . import stream
-    from .spark import get_spark
+    from .spark.session import get_spark
+    from .stream import job
 
     settings = _settings(args)
     trigger: dict[str, Any] = (
         {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
     )
-    handle = stream.start(get_spark(settings), settings, trigger=trigger)
+    handle = job.start(get_spark(settings), settings, trigger=trigger)
     handle.awaitTermination()
     return 0
 
 
 def cmd_pca_refit(args: argparse.Namespace) -> int:
-    from . import pca
-    from .spark import get_spark
+    from .pca import refit
+    from .spark.session import get_spark
 
     settings = _settings(args)
     spark = get_spark(settings)
     fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full,
                                 "reproject_rows": not args.no_reproject}
     if args.every is None and args.min_new_rows is None:
-        _print_refit(pca.refit(spark, settings, **fit_args))
+        _print_refit(refit.refit(spark, settings, **fit_args))
         return 0
     print(f"refitting every {args.every} min (if rows arrived) or after {args.min_new_rows} new rows; Ctrl-C stops",
           flush=True)
     try:
-        pca.run_periodically(spark, settings, every_minutes=args.every, min_new_rows=args.min_new_rows,
+        refit.run_periodically(spark, settings, every_minutes=args.every, min_new_rows=args.min_new_rows,
                              poll_seconds=args.poll, on_fit=_print_refit, **fit_args)
     except KeyboardInterrupt:
         pass
@@ -112,22 +116,22 @@ def _print_refit(fit: Any) -> None:
 
 
 def cmd_pca_reproject(args: argparse.Namespace) -> int:
-    from . import pca
-    from .spark import get_spark
+    from .pca import refit
+    from .spark.session import get_spark
 
     settings = _settings(args)
     spark = get_spark(settings)
-    model = pca.latest_model(spark, settings)
+    model = refit.latest_model(spark, settings)
     if model is None:
         print("no PCA model yet: run `fruits pca refit` first", file=sys.stderr)
         return 1
-    print(f"{pca.reproject(spark, settings, model)} rows re-projected onto PCA version {model.version}")
+    print(f"{refit.reproject(spark, settings, model)} rows re-projected onto PCA version {model.version}")
     return 0
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
-    from .maintenance import maintain
-    from .spark import get_spark
+    from .spark.maintenance import maintain
+    from .spark.session import get_spark
 
     settings = _settings(args)
     report = maintain(get_spark(settings), settings, retain_hours=args.retain_hours)
@@ -139,22 +143,23 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from . import query
+    from .query.result import format_table
 
     settings = _settings(args)
     if args.engine == "duckdb":
-        from .store import FeatureStore
+        from .query.store import FeatureStore
 
         result = FeatureStore(settings).sql(args.sql, as_of_version=args.as_of_version)
     else:
-        from .spark import get_spark
+        from .query.sql import sql
+        from .spark.session import get_spark
 
-        result = query.sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
+        result = sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
     if args.json:
         print(json.dumps({"versions": result.versions,
                           "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str))
     else:
-        print(query.format_table(result))
+        print(format_table(result))
     return 0
 
 
@@ -164,14 +169,15 @@ def _target(value: str) -> str | Path:
 
 
 def _neighbour_table(neighbours: list[Any], versions: dict[str, int]) -> str:
-    from .query import QueryResult, format_table
+    from .query.result import QueryResult, format_table
 
     rows = [(i, n.key, n.label, round(n.distance, 4)) for i, n in enumerate(neighbours, 1)]
     return format_table(QueryResult(["rank", "key", "label", "distance"], rows, versions), max_width=80)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from .store import FeatureStore, to_json
+    from .query.result import to_json
+    from .query.store import FeatureStore
 
     store = FeatureStore(_settings(args))
     neighbours = store.similar(_target(args.target), k=args.k)
@@ -183,7 +189,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .store import FeatureStore, to_json
+    from .query.result import to_json
+    from .query.store import FeatureStore
 
     suggestion = FeatureStore(_settings(args)).classify(_target(args.target), k=args.k)
     if args.json:
@@ -197,7 +204,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import FeatureStore, to_json
+    from .query.result import to_json
+    from .query.store import FeatureStore
 
     status = FeatureStore(_settings(args)).status(args.key)
     if args.json:
@@ -210,16 +218,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jars(args: argparse.Namespace) -> int:
-    from . import jars
+    from .spark import jars
 
-    jars.main()
+    jars.main(Settings.from_env().jars_dir)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import VACUUM_RETAIN_HOURS
-    from .demo import BUNDLED_WEIGHTS, PROJECT_ROOT, SAMPLE_IMAGES
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoint-url", help="S3/SQS endpoint (the emulator); default FRUITS_ENDPOINT_URL or AWS")
     common.add_argument("--region", help="default FRUITS_REGION or eu-west-3")
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline locally on the sample images")
     p.add_argument("--images", default=str(SAMPLE_IMAGES))
-    p.add_argument("--work", default=str(PROJECT_ROOT / "work" / "demo"), help="where the tables go (wiped first)")
+    p.add_argument("--work", default=str(DEMO_WORK), help="where the tables go (wiped first)")
     p.add_argument("--per-class", type=int, help="upload at most N images per class")
     p.add_argument("--weights", default=str(BUNDLED_WEIGHTS))
     p.set_defaults(func=cmd_demo)
@@ -316,4 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false" if verbose else "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except SettingsError as exc:  # a bad FRUITS_* value or option: one line that names it
+        print(f"fruits: {exc}", file=sys.stderr)
+        code = 2
+    except (FileNotFoundError, LookupError) as exc:  # no table yet, no PCA model yet, an unknown key
+        print(f"fruits: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,7 +1,9 @@
 """One settings object for every stage, read from ``FRUITS_*`` environment variables.
 
 The same code runs on a laptop (``endpoint_url`` points at the local emulator) and on AWS
-(``endpoint_url`` is None and boto3/S3A use the default credential chains).
+(``endpoint_url`` is None and boto3/S3A use the default credential chains). Every variable is
+typed and checked when the settings are made (pydantic-settings): a bad value fails with a
+``SettingsError`` that names the variable and says what it accepts.
 
 | variable | setting | default |
 | --- | --- | --- |
@@ -16,61 +18,94 @@ The same code runs on a laptop (``endpoint_url`` points at the local emulator) a
 | ``FRUITS_BATCH_SIZE`` | images handed to the model at a time (fetching and decoding run up to twice this far ahead) | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
 | ``FRUITS_MODEL_THREADS`` | LiteRT threads per Python worker (one per task core); 0 = all cores | ``1`` |
-| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (a backlog is caught up in batches this big; each batch has ~1.5 s of fixed costs here) | ``256`` |
+| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (each batch has ~1.5 s of fixed costs here) | ``256`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
 | ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
+| ``FRUITS_SPARK_MASTER`` | Spark master of a session the CLI starts | ``local[*, 4]`` |
+| ``FRUITS_DRIVER_MEMORY`` | driver memory of a local-master session | ``4g`` |
+| ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` | tasks Delta rebuilds a table's state with | ``2`` |
+| ``FRUITS_LISTING_TASKS`` | tasks the file source lists new manifests with | ``8`` |
+| ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
+| ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
 
-The Spark session (``fruits.spark``) reads a few more: ``FRUITS_SPARK_MASTER`` (``local[*, 4]``),
-``FRUITS_DRIVER_MEMORY`` (``4g``, local masters only), ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` (``2``),
-``FRUITS_LISTING_TASKS`` (``8``) and ``FRUITS_SPARK_LOG_LEVEL`` (``WARN``).
+Example::
+
+    settings = Settings.from_env(bucket="my-bucket")   # keyword overrides that are not None win
+    settings.features_table                             # 's3a://my-bucket/tables/features'
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
-IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image to it
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# What the S3 -> SQS notification sends, on the emulator (emulator.provision) and on AWS (infra/).
-# S3 suffix filters are case-sensitive; phones upload both cases.
-NOTIFIED_SUFFIXES = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp", ".WEBP", ".gif", ".GIF")
-MAX_RECEIVE_COUNT = 3  # deliveries of an event before it goes to the dead-letter queue
+ENV_PREFIX = "FRUITS_"
+
 # What VACUUM keeps of the files no table version needs any more (Delta's default retention).
 # Readers of the Delta log (the incremental PCA statistics, the stream's known ids) whose last
 # look is older than this read the whole table instead: the files the log names may be gone.
 VACUUM_RETAIN_HOURS = 7 * 24
 
 
-@dataclass(frozen=True)
-class Settings:
+class SettingsError(ValueError):
+    """A ``FRUITS_*`` variable (or an override) has a value the pipeline cannot use."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
     endpoint_url: str | None = None
-    region: str = "eu-west-3"
-    bucket: str = "fruits-images"
+    region: str = Field("eu-west-3", min_length=1)
+    bucket: str = Field("fruits-images", min_length=3, max_length=63)
     upload_prefix: str = "uploads/"
     manifest_prefix: str = "manifests/"
-    queue: str = "fruits-uploads"
+    queue: str = Field("fruits-uploads", min_length=1)
     table_root: str = ""
-    weights: str = "imagenet"
-    batch_size: int = 64
-    featurize_partitions: int = 0
-    model_threads: int = 1
-    max_files_per_trigger: int = 256
-    max_image_bytes: int = 50 * 1024 * 1024
+    weights: str = Field("imagenet", min_length=1)
+    batch_size: int = Field(64, ge=1)
+    featurize_partitions: int = Field(0, ge=0)
+    model_threads: int = Field(1, ge=0)
+    max_files_per_trigger: int = Field(256, ge=1)
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
     checkpoint_location: str = ""
-    label_rule: str = "folder"
+    label_rule: Literal["folder", "parent"] = "folder"
+    spark_master: str = "local[*, 4]"
+    driver_memory: str = "4g"
+    delta_snapshot_partitions: int = Field(2, ge=1)
+    listing_tasks: int = Field(8, ge=1)
+    spark_log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    jars_dir: str | None = None
 
-    def __post_init__(self) -> None:
-        if not self.table_root:
-            object.__setattr__(self, "table_root", f"s3a://{self.bucket}/tables")
-        object.__setattr__(self, "table_root", self.table_root.rstrip("/"))
-        if self.label_rule not in ("folder", "parent"):
-            raise ValueError(f"label_rule must be 'folder' or 'parent', got {self.label_rule!r}")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
 
-    # Locations derived from the table root, so one setting moves all of them.
+    @field_validator("upload_prefix", "manifest_prefix")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if value and not value.endswith("/"):
+            raise ValueError("a key prefix must end with '/' (for example 'uploads/')")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("an endpoint is an http:// or https:// URL (for example http://127.0.0.1:5000)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        # Locations derive from the table root, so one setting moves all of them.
+        root = self.table_root or f"s3a://{self.bucket}/tables"
+        object.__setattr__(self, "table_root", root.rstrip("/"))
+        return self
+
     @property
     def features_table(self) -> str:
         return f"{self.table_root}/features"
@@ -104,16 +139,23 @@ class Settings:
         return f"{self.queue}-dlq"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``FRUITS_<FIELD>`` variables; keyword overrides that are not None win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"FRUITS_{f.name.upper()}")
-            if raw is not None and raw != "":
-                values[f.name] = int(raw) if f.type == "int" else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the ``FRUITS_*`` variables; keyword overrides that are not None win."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with ``changes``, checked like the original (no environment read)."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per bad value, naming its variable: ``FRUITS_BATCH_SIZE='abc': Input should be ...``."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"])
+        variable = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+        lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
+    return "invalid settings: " + "; ".join(lines)

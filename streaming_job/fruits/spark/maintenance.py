@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
-from . import table
-from .config import VACUUM_RETAIN_HOURS, Settings
+from ..config import VACUUM_RETAIN_HOURS, Settings
+from . import tables as table
 
 log = logging.getLogger(__name__)
 

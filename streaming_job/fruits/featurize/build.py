@@ -1,24 +1,16 @@
-"""MobileNetV2 feature extraction: compiled once on the driver, run by LiteRT in the workers.
+"""Building the model on the driver: the weights file, the Keras MobileNetV2, its LiteRT compilation.
 
 The driver reads the weights file (``WeightsBlob``), builds the Keras MobileNetV2 with them and
-converts it, preprocessing included, into a LiteRT (TFLite) flatbuffer: a ``CompiledModel`` of
-about 9 MB, the weights plus the graph. That is what the stream broadcasts. Each Python worker
-loads it into a LiteRT interpreter the first time it needs it and keeps it for every later batch
-and partition (Spark reuses Python workers). Workers never import TensorFlow.
-
-Why not a Keras ``tf.function`` in the workers: on the CPU we measured (2 cores of an AVX-512 EPYC),
-LiteRT's XNNPACK kernels run this model 2.1x faster per core, one image at a time (about 140 against
-64 img/s on one thread), and a worker no longer carries TensorFlow. The features agree with the
-Keras model's to within 4e-5 (they range up to about 6); ``model_id`` names the weights, as before.
+converts it, preprocessing included, into a LiteRT flatbuffer: a ``CompiledModel`` of about 9 MB,
+the weights plus the graph. That is what the stream broadcasts; the workers run it with
+``model.Featurizer`` and never import TensorFlow. TensorFlow is imported here only inside the
+functions that need it.
 
 Example::
 
     compiled = compile_model(load_weights("models/mobilenet_v2_1.0_no_top.weights.h5"))
-    features = get_featurizer(compiled)(pixels)   # (n, 224, 224, 3) float32 -> (n, 1280) float32
 
 Limitations: compiling needs TensorFlow and takes 1-2 s (once per process; it is memoized).
-A ``Featurizer`` runs one image at a time under a lock, so share it between threads only if they
-can wait for each other.
 """
 
 from __future__ import annotations
@@ -26,17 +18,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .model import ARCHITECTURE, IMAGE_SIZE, CompiledModel
 
-from .config import IMAGE_SIZE
-
-ARCHITECTURE = "mobilenet_v2_1.0_224_avgpool"
-FEATURE_DIM = 1280
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
 IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + IMAGENET_NOTOP
@@ -77,14 +64,6 @@ def load_weights(spec: str) -> WeightsBlob:
     path = resolve_weights(spec)
     data = path.read_bytes()
     return WeightsBlob(name=path.name, sha256=hashlib.sha256(data).hexdigest(), data=data)
-
-
-@dataclass(frozen=True)
-class CompiledModel:
-    """MobileNetV2 with its preprocessing as a LiteRT flatbuffer: what the driver broadcasts."""
-
-    model_id: str
-    data: bytes
 
 
 def keras_model(blob: WeightsBlob) -> Any:
@@ -133,38 +112,3 @@ def compile_model(blob: WeightsBlob) -> CompiledModel:
     return compiled
 
 
-class Featurizer:
-    """Runs a ``CompiledModel`` with LiteRT (XNNPACK), one image per call of the interpreter: on
-    CPUs that is the fastest batch size for this model (on one thread, about 140 img/s against 116
-    in batches of 32)."""
-
-    def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_content=model.data, num_threads=threads or os.cpu_count() or 1)
-        self._interpreter.allocate_tensors()  # for the model's fixed input shape (1, 224, 224, 3)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._lock = threading.Lock()  # an interpreter is not thread-safe
-        self.model_id = model.model_id
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        features = np.empty((len(pixels), FEATURE_DIM), dtype=np.float32)
-        with self._lock:
-            for i, image in enumerate(pixels):
-                self._interpreter.set_tensor(self._input, np.ascontiguousarray(image[None], dtype=np.float32))
-                self._interpreter.invoke()
-                features[i] = self._interpreter.get_tensor(self._output)[0]
-        return features
-
-
-_FEATURIZERS: dict[str, Featurizer] = {}
-
-
-def get_featurizer(model: CompiledModel, threads: int | None = None) -> Featurizer:
-    """The worker's featurizer for this model, made on first use (``threads``: LiteRT threads,
-    None or 0 for every core; the first call in a process for a model sets them)."""
-    featurizer = _FEATURIZERS.get(model.model_id)
-    if featurizer is None:
-        featurizer = _FEATURIZERS[model.model_id] = Featurizer(model, threads)
-    return featurizer

@@ -1,7 +1,7 @@
 """The JVM jars the jobs need beyond Spark's own: Delta Lake and S3A (hadoop-aws + AWS SDK v2).
 
 They are resolved once from Maven Central with Spark's own Ivy resolver, then cached under
-``~/.cache/fruits/jars/<hash>/`` (``FRUITS_JARS_DIR`` moves it). Jars that Spark already ships
+``~/.cache/fruits/jars/<hash>/`` (``FRUITS_JARS_DIR``, ``Settings.jars_dir``, moves it). Jars that Spark already ships
 (Hadoop client, Parquet, Jackson, log4j, ...) are dropped from the resolved set, so Spark's
 versions stay the only ones on the classpath. Later sessions use ``spark.jars`` with the cached
 files and never touch the network.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -35,10 +34,9 @@ PACKAGES = (
 _VERSION_SUFFIX = re.compile(r"-\d[\w.\-]*$")
 
 
-def _cache_dir() -> Path:
+def _cache_dir(root: str | None) -> Path:
     key = hashlib.sha256(f"{pyspark.__version__}|{','.join(PACKAGES)}".encode()).hexdigest()[:12]
-    root = os.environ.get("FRUITS_JARS_DIR") or Path.home() / ".cache" / "fruits" / "jars"
-    return Path(root) / key
+    return Path(root or Path.home() / ".cache" / "fruits" / "jars") / key
 
 
 def _artifact(jar_name: str) -> str:
@@ -59,9 +57,10 @@ SparkSession.builder.master("local[1]").config("spark.jars.packages", {packages!
 """
 
 
-def fetch() -> list[Path]:
-    """Resolve and cache the jars if needed; return their paths."""
-    target = _cache_dir()
+def fetch(root: str | None = None) -> list[Path]:
+    """Resolve and cache the jars under ``root`` (default ``~/.cache/fruits/jars``) if needed;
+    return their paths."""
+    target = _cache_dir(root)
     listing = target / "jars.txt"
     if listing.exists():
         jars = [Path(line) for line in listing.read_text().split()]
@@ -91,7 +90,7 @@ def fetch() -> list[Path]:
     return jars
 
 
-def main() -> None:
-    found = fetch()
+def main(root: str | None = None) -> None:
+    found = fetch(root)
     size = sum(j.stat().st_size for j in found) / 1e6
     print(f"{len(found)} jars ({size:.0f} MB) in {found[0].parent}")

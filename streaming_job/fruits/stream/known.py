@@ -3,8 +3,8 @@
 Before featurizing a micro-batch, the stream drops every image whose ``image_id`` is already in
 ``features`` or ``quarantine``: a redelivered event, a repeated manifest, or a micro-batch replayed
 after a crash whose rows had committed. ``KnownImages`` holds those ids on the driver, sorted, and
-brings them up to date from the Delta log before each micro-batch. It reads only the ``image_id``
-column of the data files that appends added since its last look, with Arrow and no Spark job.
+brings them up to date before each micro-batch: delta-rs's change data feed of the commits since
+its last look gives the ``image_id`` column of the rows they added, with Arrow and no Spark job.
 
 Why not an anti-join against the tables in Spark: Delta reconstructs the state of each new table
 version in Spark jobs, both for a scan and for an idempotent (``txnAppId``) write. Our tables have a
@@ -35,9 +35,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
-from . import lake, table
-from .config import Settings
-from .stats import DataFile, appended_files, table_files
+from ..config import Settings
+from ..io import changes, lake
+from ..io.lake import DataFile
+from ..spark import tables as table
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class KnownImages:
         for location, delta in self._tables.items():
             delta.update_incremental()
             version = delta.version()
-            listed = table_files(self._settings, location, version)
+            listed = lake.table_files(self._settings, location, version)
             if listed is not None:
                 chunks.append(self._read(listed[0]))
             else:  # deletion vectors or column mapping: only a Delta reader knows the rows
@@ -107,11 +108,12 @@ class KnownImages:
             version, before = delta.version(), self._versions[location]
             if version == before:
                 continue
-            files = appended_files(self._settings, location, before, version)
-            if files is None:
+            rows = changes.appended_rows(self._settings, location, before, version, ["image_id"],
+                                         skip_tag=changes.REPROJECT_TAG, table=delta)
+            if rows is None:
                 self.reload()
                 return
-            added.append(self._read(files))
+            added.append(as_ids(rows.column(0)))
             self._versions[location] = version
         if added:
             self._recent = np.union1d(self._recent, np.concatenate(added))

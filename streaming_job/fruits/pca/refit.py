@@ -6,8 +6,8 @@ covariance. k is the smallest number of components whose cumulative explained va
 threshold (default 0.95), or fixed.
 
 Incremental: the statistics are stored (``pca_stats``) with the features-table version they
-cover, and with the fit's leading vectors. A refit reads only the data files that blind appends
-added since that version, found in the Delta log, and adds their statistics; ``full=True``
+cover, and with the fit's leading vectors. A refit reads only the rows that blind appends added
+since that version (delta-rs's change data feed, ``stats.added_since``) and adds their statistics; ``full=True``
 recomputes from scratch. A commit that changed existing rows (other than our own re-projection),
 a log that retention has already cleaned, or commits older than VACUUM's retention (``fruits
 maintain``; their files may be gone) fall back to a full pass, and the result says so. An
@@ -36,7 +36,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,49 +49,16 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType
 
-from . import lake, plots, table
-from .config import Settings
-from .schema import PCA_MODELS
-from .stats import (
-    DRIVER_BYTES, REPROJECT_TAG, Stats, StoredStats, appended_files, collect_stats, file_stats, latest_stats,
-    pending_rows, read_rows, store_stats, table_files,
-)
+from ..config import Settings
+from ..io import lake
+from ..io.changes import REPROJECT_TAG
+from ..spark import tables as table
+from ..spark.schema import PCA_MODELS
+from . import plots
+from .model import PcaModel, basis_size, solve, update
+from .stats import StoredStats, added_since, collect_stats, file_stats, latest_stats, pending_rows, store_stats
 
 log = logging.getLogger(__name__)
-
-# The incremental solve (``update``): extra leading vectors kept beyond k, the largest residual
-# accepted (relative to the largest eigenvalue), the most added rows taken as they are (more are
-# sketched), and the share of d above which the small eigenproblem no longer pays.
-BASIS_MARGIN = 32
-RESIDUAL_TOL = 1e-4
-SKETCH_COLUMNS = 256
-SUBSPACE_SHARE = 0.6
-
-
-@dataclass
-class PcaModel:
-    version: int
-    k: int
-    mean: np.ndarray
-    components: np.ndarray  # (k, d)
-    explained_variance_ratio: np.ndarray  # descending: all d (exact solve) or the leading ones (update)
-    row_count: int
-    source_table_version: int
-    feature_model_id: str
-
-    @classmethod
-    def from_record(cls, r: Mapping[str, Any]) -> PcaModel:
-        """A model from one ``pca_models`` row, as Spark (``Row.asDict()``) or Arrow gives it."""
-        mean = np.asarray(r["mean"])
-        return cls(
-            version=r["version"], k=r["k"], mean=mean, components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
-            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]), row_count=r["row_count"],
-            source_table_version=r["source_table_version"], feature_model_id=r["feature_model_id"],
-        )
-
-    def project(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T).astype(np.float32)
-
 
 @dataclass
 class Refit:
@@ -107,105 +74,7 @@ class Refit:
     plots: list[str] = field(default_factory=list)
 
 
-# --- the fit --------------------------------------------------------------------------------
-
-def solve(stats: Stats, threshold: float = 0.95, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Mean, components (all, descending), explained-variance ratios and the chosen k: exact."""
-    if stats.n < 2:
-        raise ValueError(f"PCA needs at least 2 feature rows; the table has {stats.n}")
-    mean = stats.total / stats.n
-    cov = (stats.outer - stats.n * np.outer(mean, mean)) / (stats.n - 1)
-    eigenvalues, vectors = np.linalg.eigh(cov)
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
-    vectors = vectors[:, order].T
-    ratios = eigenvalues / eigenvalues.sum()
-    return mean, vectors, ratios, _choose_k(ratios, threshold, k, stats.n)
-
-
-def _choose_k(ratios: np.ndarray, threshold: float, k: int | None, n: int) -> int:
-    if k is None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"explained-variance threshold must be in (0, 1], got {threshold}")
-        k = int(np.searchsorted(np.cumsum(ratios), threshold - 1e-12) + 1)
-    return max(1, min(k, len(ratios), n - 1))
-
-
-def basis_size(k: int, d: int) -> int:
-    """How many leading vectors a fit keeps for the next incremental solve: k and a margin, so
-    that the k-th component still has room to move."""
-    return min(d, k + max(BASIS_MARGIN, k // 4))
-
-
-def update(
-    stats: Stats, added: np.ndarray, basis: np.ndarray, threshold: float = 0.95, k: int | None = None,
-    tol: float = RESIDUAL_TOL, sketch: int = SKETCH_COLUMNS,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """The fit of ``stats`` from the previous fit's leading vectors ``basis`` and the rows
-    ``added`` since (already in ``stats``), by one Rayleigh-Ritz step; None when that is not
-    accurate enough or not cheaper.
-
-    The new covariance is the old one scaled plus a change of low rank, whose range is spanned by
-    the added rows less the new mean (the shift of the mean lies in it too). The solve projects the
-    covariance onto ``basis`` plus that range (sketched with ``sketch`` random columns beyond that
-    many rows) and solves that small eigenproblem instead of the d x d one. It is accepted when
-    every kept component is an eigenvector to within ``tol`` of the largest eigenvalue:
-    ``||C y - t y|| <= tol * t_1``. Returns what ``solve`` returns, with the ratios and components
-    of the subspace's leading vectors only (``basis_size(k, d)`` of them, not all d).
-
-    Example::
-
-        total = previous.stats + Stats.of(rows)
-        fit = update(total, rows, previous.basis) or solve(total)
-
-    Limitations: the result is approximate. Each update drops what lies outside the kept vectors,
-    so errors can add up over successive updates; the residual check is what bounds them (on rows
-    with real features' spectrum, k = 353, the variance kept stayed within 4e-7 of the exact fit's
-    over 60 updates of +1 %). k from the threshold can be one more than the exact fit's when the
-    cumulative ratio sits within that error of the threshold.
-    """
-    d = len(stats.total)
-    if basis.ndim != 2 or basis.shape[1] != d or added.ndim != 2 or added.shape[1] != d or stats.n < 2 \
-            or not len(added):
-        return None
-    if len(basis) + min(len(added), sketch) > SUBSPACE_SHARE * d:
-        return None  # the small eigenproblem would cost about what the full one does
-    n = stats.n
-    mean = stats.total / n
-    change = (added - mean).T  # (d, rows)
-    if change.shape[1] > sketch:  # its dominant range: change change^T times a random block
-        change = change @ (change.T @ (np.random.default_rng(n).random((d, sketch)) - 0.5))
-    extra = _orthonormal(_orthonormal(change, basis), basis)  # twice: once leaves rounding along both
-    q = np.hstack([basis.T, extra])
-    cq = (stats.outer @ q - np.outer(n * mean, mean @ q)) / (n - 1)
-    small = q.T @ cq
-    values, vectors = np.linalg.eigh((small + small.T) / 2)
-    values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
-    total_variance = (np.trace(stats.outer) - n * mean @ mean) / (n - 1)
-    if values[0] <= 0.0:
-        return None  # no variance at all: leave it to ``solve``
-    chosen_k = _choose_k(values / total_variance, threshold, k, n)
-    if chosen_k >= len(values):
-        return None
-    kept = min(len(values), basis_size(chosen_k, d))
-    ritz = q @ vectors[:, :kept]  # the kept vectors in feature space, the first chosen_k the components
-    residual = np.linalg.norm(cq @ vectors[:, :chosen_k] - ritz[:, :chosen_k] * values[:chosen_k], axis=0)
-    worst = float(residual.max() / values[0])
-    if worst > tol:
-        log.info("incremental PCA solve: residual %.1e above %.0e; solving exactly", worst, tol)
-        return None
-    return mean, ritz.T, values[:kept] / total_variance, chosen_k
-
-
-def _orthonormal(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of the part of ``y``'s columns outside ``basis``'s rows, from the
-    eigenvectors of its Gram matrix (a QR costs 4x more here). Directions below 1e-7 of the largest
-    singular value are dropped: rounding, where the columns depend on each other (equal rows)."""
-    y = y - basis.T @ (basis @ y)
-    values, vectors = np.linalg.eigh(y.T @ y)
-    keep = values > (1e-7 ** 2) * values[-1]
-    return (y @ vectors[:, keep]) / np.sqrt(values[keep])
-
+# --- storing, projecting --------------------------------------------------------------------
 
 def latest_model(spark: SparkSession, settings: Settings) -> PcaModel | None:
     rows = table.read(spark, settings.pca_models_table).orderBy(F.desc("version")).limit(1).collect()
@@ -265,6 +134,7 @@ def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts
 def refit(
     spark: SparkSession,
     settings: Settings,
+    *,
     threshold: float = 0.95,
     k: int | None = None,
     full: bool = False,
@@ -282,23 +152,17 @@ def refit(
     started = time.perf_counter()
     previous = None if full else latest_stats(settings)
     source_version = lake.delta_table(settings, settings.features_table).version()
-    added = appended_files(settings, settings.features_table, previous.source_table_version, source_version) \
-        if previous else None
-    rows = None  # the added rows themselves, for the incremental solve, when few enough
-    if previous is not None and added is not None:
+    increment = added_since(spark, settings, previous.source_table_version, source_version) if previous else None
+    rows = None  # the added rows themselves, for the incremental solve, when read on the driver
+    if previous is not None and increment is not None:
         mode = "incremental"
-        if sum(f.size for f in added) <= DRIVER_BYTES:
-            rows, model_ids = read_rows(settings, added)
-            new_rows = Stats.of(rows)
-        else:
-            new_rows, model_ids = file_stats(spark, settings, added)
-        stats, rows_read = previous.stats + new_rows, new_rows.n
-        model_ids.add(previous.feature_model_id)
+        stats, rows_read, rows = previous.stats + increment.stats, increment.stats.n, increment.rows
+        model_ids = increment.model_ids | {previous.feature_model_id}
     else:
         mode = "full"
-        listed = table_files(settings, settings.features_table, source_version)
+        listed = lake.table_files(settings, settings.features_table, source_version)
         if listed is not None:
-            stats, model_ids = file_stats(spark, settings, listed[0])
+            stats, model_ids = file_stats(spark, settings, listed.files)
         else:  # deletion vectors or column mapping: only a Delta reader knows the rows
             stats, model_ids = collect_stats(table.read(spark, settings.features_table, version=source_version))
         rows_read = stats.n
@@ -310,12 +174,12 @@ def refit(
 
     started = time.perf_counter()
     basis = previous.basis if previous is not None else None
-    solved = update(stats, rows, basis, threshold, k) if rows is not None and basis is not None else None
-    solver = "rayleigh-ritz" if solved is not None else "eigh"
-    mean, vectors, ratios, chosen_k = solved or solve(stats, threshold, k)
+    fit = update(stats, rows, basis, threshold, k) if rows is not None and basis is not None else None
+    solver = "rayleigh-ritz" if fit is not None else "eigh"
+    fit = fit or solve(stats, threshold, k)
     seconds["solve"] = time.perf_counter() - started
     last = latest_model(spark, settings)
-    if mode == "incremental" and rows_read == 0 and last is not None and last.k == chosen_k \
+    if mode == "incremental" and rows_read == 0 and last is not None and last.k == fit.k \
             and last.row_count == stats.n:
         # The same statistics and k give the same model: no new version, no rewrite of the table
         # (only rows a failed re-projection left behind are put on it).
@@ -326,20 +190,21 @@ def refit(
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
         return Refit(last, "unchanged", 0, solver, seconds)
     model = PcaModel(
-        version=(last.version + 1) if last else 1, k=chosen_k, mean=mean, components=vectors[:chosen_k],
-        explained_variance_ratio=ratios, row_count=stats.n, source_table_version=source_version,
+        version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
+        explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
         feature_model_id=model_ids.pop(),
     )
     # One row through pandas and Arrow: as Python lists, k x 1280 floats took seconds at k = 340.
     row = pd.DataFrame({
-        "version": [model.version], "k": [model.k], "mean": [mean], "components": [model.components.ravel()],
-        "explained_variance_ratio": [ratios], "row_count": [model.row_count], "source_table_version": [source_version],
-        "fitted_at": [dt.datetime.now(dt.timezone.utc)], "feature_model_id": [model.feature_model_id],
+        "version": [model.version], "k": [model.k], "mean": [fit.mean], "components": [model.components.ravel()],
+        "explained_variance_ratio": [fit.ratios], "row_count": [model.row_count],
+        "source_table_version": [source_version], "fitted_at": [dt.datetime.now(dt.timezone.utc)],
+        "feature_model_id": [model.feature_model_id],
     })
     started = time.perf_counter()
     spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
-                                             vectors[:basis_size(chosen_k, len(mean))]))
+                                             fit.components[:basis_size(fit.k, len(fit.mean))]))
     seconds["store"] = time.perf_counter() - started
 
     updated = 0

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import aws
-from .config import Settings
+from fruits_ingest.config import is_image_key
 
-IMAGE_GLOBS = ("*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG")
+from ..config import Settings
+from ..io import aws
 
 
 def sample_images(folder: Path, per_class: int | None = None) -> list[tuple[str, Path]]:
@@ -18,10 +18,10 @@ def sample_images(folder: Path, per_class: int | None = None) -> list[tuple[str,
         raise FileNotFoundError(f"image folder {folder} does not exist")
     found: list[tuple[str, Path]] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted({f for g in IMAGE_GLOBS for f in class_dir.glob(g)})
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and is_image_key(f.name))
         found.extend((class_dir.name, f) for f in files[:per_class])
     if not found:
-        raise FileNotFoundError(f"no images under {folder}/<Class Name>/; expected *.jpg or *.png files")
+        raise FileNotFoundError(f"no images under {folder}/<Class Name>/; expected image files (.jpg, .png, ...)")
     return found
 
 

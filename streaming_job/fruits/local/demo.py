@@ -8,14 +8,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import emulator, ingest, pca, query, stream, upload
-from .config import Settings
-from .model import load_weights
-from .spark import get_spark
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_IMAGES = PROJECT_ROOT / "data" / "fruits-sample"
-BUNDLED_WEIGHTS = PROJECT_ROOT / "models" / "mobilenet_v2_1.0_no_top.weights.h5"
+from ..config import Settings
+from ..featurize.build import load_weights
+from ..pca import refit
+from ..query import sql
+from ..query.result import format_table
+from ..spark.session import get_spark
+from ..stream import job
+from . import emulator, ingest, upload
+from .paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
 
 
 def _step(title: str) -> Callable[[str], None]:
@@ -40,7 +41,7 @@ def _progress(prefix: str) -> Callable[[int, int], None]:
 
 def run(
     images_dir: Path = SAMPLE_IMAGES,
-    work_dir: Path = PROJECT_ROOT / "work" / "demo",
+    work_dir: Path = DEMO_WORK,
     per_class: int | None = None,
     weights: str = str(BUNDLED_WEIGHTS),
 ) -> int:
@@ -66,29 +67,29 @@ def run(
         print(f"    weights: {blob.name} (sha256 {blob.sha256})")
         done = _step("featurizer stream (availableNow) -> Delta")
         spark = get_spark(settings)
-        query_handle = stream.start(spark, settings, blob=blob)
+        query_handle = job.start(spark, settings, blob=blob)
         query_handle.awaitTermination()
         done("stream caught up with every manifest")
 
         done = _step("PCA refit")
-        fit = pca.refit(spark, settings)
+        fit = refit.refit(spark, settings)
         model = fit.model
         kept = model.explained_variance_ratio[: model.k].sum()
         done(f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, {model.row_count} rows")
         for uri in fit.plots:
             print(f"    plot: {uri}")
 
-        counts = query.sql(
+        counts = sql.sql(
             spark, settings,
             "SELECT label, count(*) AS images FROM features GROUP BY label ORDER BY label",
         )
-        print("\n" + query.format_table(counts))
-        sample = query.sql(
+        print("\n" + format_table(counts))
+        sample = sql.sql(
             spark, settings,
             "SELECT key, label, features, pca_features, pca_version FROM features ORDER BY key LIMIT 5",
         )
-        print("\n" + query.format_table(sample))
-        totals = query.sql(
+        print("\n" + format_table(sample))
+        totals = sql.sql(
             spark, settings,
             "SELECT (SELECT count(*) FROM features) AS rows, (SELECT count(DISTINCT label) FROM features) AS labels, "
             "(SELECT count(*) FROM quarantine) AS quarantined",

@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from .config import Settings
+from ..config import Settings
 from .schema import FEATURES, PCA_MODELS, PCA_STATS, QUARANTINE
 
 

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -31,13 +28,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.streaming import StreamingQuery
 
-from . import lake, table
-from .config import Settings
-from .images import ImageError, Reason, decode
+from ..config import Settings
+from ..featurize.batch import Columns, WorkerOptions, featurize_batches
+from ..featurize.build import WeightsBlob, compile_model, load_weights
+from ..io import lake
+from ..pca.model import PcaModel
+from ..pca.refit import latest_model, project_column
+from ..spark import tables as table
+from ..spark.schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
 from .known import KnownImages, as_ids
-from .model import WeightsBlob, compile_model, get_featurizer, load_weights
-from .pca import PcaModel, latest_model, project_column
-from .schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
 
 log = logging.getLogger(__name__)
 
@@ -95,135 +94,16 @@ def drop_known(images: DataFrame, known: KnownImages) -> DataFrame | None:
     return images.sparkSession.createDataFrame(new, images.schema) if new.num_rows else None
 
 
-_S3: dict[str | None, Any] = {}
-
-
-def _s3(endpoint_url: str | None, region: str) -> Any:
-    client = _S3.get(endpoint_url)
-    if client is None:
-        import boto3
-        from botocore.config import Config
-
-        client = _S3[endpoint_url] = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            config=Config(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=16),
-        )
-    return client
-
-
-# How long the fetches of a Python worker wait out an unreachable S3 (refused or dropped
-# connections), beyond botocore's own retries (about 6 s in standard mode), before they fail and
-# Spark's task retries, then the stream's restart from its checkpoint, take over. Never a
-# quarantine: the image is not at fault. The wait is per outage, not per object: once S3 has been
-# unreachable this long, every fetch fails at once instead of waiting again.
-FETCH_PATIENCE = 60.0
-
-
-class _Outage:
-    """When the worker's S3 became unreachable (None while it is reachable), shared by its threads."""
-
-    since: float | None = None
-    last_failure: float = 0.0
-
-    @classmethod
-    def failed(cls) -> float:
-        """Record a failure now; returns how long the outage has lasted."""
-        now = time.monotonic()
-        if cls.since is None or now - cls.last_failure > 10.0:  # a new outage, not the old one
-            cls.since = now
-        cls.last_failure = now
-        return now - cls.since
-
-
-def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None) -> bytes:
-    """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-
-    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    if version_id:
-        args["VersionId"] = version_id
-    elif etag:
-        args["IfMatch"] = etag
-    pause = 0.5
-    while True:
-        try:
-            data = client.get_object(**args)["Body"].read()
-            _Outage.since = None
-            return data
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchVersion", "404"):
-                raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
-            if code in ("PreconditionFailed", "412"):
-                raise ImageError(
-                    Reason.CHANGED, f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event"
-                ) from exc
-            raise
-        except (ConnectionError, HTTPClientError) as exc:
-            if _Outage.failed() + pause > FETCH_PATIENCE:
-                raise
-            log.warning("S3 unreachable for s3://%s/%s (%s); retrying in %.1fs", bucket, key, exc, pause)
-            time.sleep(pause)
-            pause = min(2 * pause, 8.0)
-
-
-FETCH_THREADS = 8  # concurrent GETs + decodes per Python worker, overlapping the model's work
-
-
-def prefetched(load: Callable[[int], Any], n: int, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Any]:
-    """``load(0) .. load(n - 1)`` in order, computed by ``pool`` at most ``ahead`` items in advance
-    (so memory holds a bounded number of decoded images, whatever the Arrow batch size)."""
-    pending: deque[Future[Any]] = deque()
-    for i in range(n):
-        pending.append(pool.submit(load, i))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def featurize_udf(model: Any, settings: Settings) -> Any:
-    """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``.
-
-    ``model`` is a broadcast ``CompiledModel``, loaded once per Python worker. Threads
-    fetch and decode the next images while the model runs on the current chunk of ``batch_size``.
-    """
-    endpoint, region = settings.endpoint_url, settings.region
-    batch_size, max_bytes, threads = settings.batch_size, settings.max_image_bytes, settings.model_threads
+    """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``: ``featurize_batches``
+    on the workers. ``model`` is a broadcast ``CompiledModel``, loaded once per Python worker."""
+    options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region,
+                            batch_size=settings.batch_size, max_image_bytes=settings.max_image_bytes,
+                            model_threads=settings.model_threads)
 
     @pandas_udf(FEATURIZE_RESULT)  # type: ignore[call-overload]
-    def featurize(
-        batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]],
-    ) -> Iterator[pd.DataFrame]:
-        featurizer = get_featurizer(model.value, threads)
-        client = _s3(endpoint, region)
-        with ThreadPoolExecutor(FETCH_THREADS) as pool:
-            for buckets, keys, etags, versions in batches:
-                n = len(keys)
-                features: list[Any] = [None] * n
-                reasons: list[str | None] = [None] * n
-                errors: list[str | None] = [None] * n
-
-                def load(i: int) -> np.ndarray | ImageError:
-                    try:
-                        data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i])
-                        return decode(data, max_bytes=max_bytes)
-                    except ImageError as exc:
-                        return exc
-
-                rows: list[int] = []
-                pixels: list[np.ndarray] = []
-                for i, result in enumerate(prefetched(load, n, pool, ahead=2 * batch_size)):
-                    if isinstance(result, ImageError):
-                        reasons[i], errors[i] = result.reason, str(result)
-                    else:
-                        rows.append(i)
-                        pixels.append(result)
-                    if len(rows) == batch_size or (i == n - 1 and rows):
-                        for row, vector in zip(rows, featurizer(np.stack(pixels))):
-                            features[row] = vector
-                        rows, pixels = [], []
-                yield pd.DataFrame({"features": features, "reason": reasons, "error": errors})
+    def featurize(batches: Iterator[Columns]) -> Iterator[pd.DataFrame]:
+        return featurize_batches(model.value, options, batches)
 
     return featurize
 

@@ -5,27 +5,27 @@ The statistics of a set of rows are (n, sum x, sum x x^T) in float64. They add u
 the rows gives the same sums. The pass reads the table's Parquet files with Arrow, not through a
 Spark DataFrame: Spark would decode each float of the feature arrays in the JVM and convert it
 again to Arrow for Python, which is most of the cost of a pass. A small set of files (under
-``DRIVER_BYTES``, e.g. the rows a stream appended since the last fit) is read on the driver with
-no Spark job; a larger one by Spark tasks, files balanced by size.
+``DRIVER_BYTES``) is read on the driver with no Spark job; a larger one by Spark tasks, files
+balanced by size. The rows added since the stored statistics (``added_since``) come from
+delta-rs's change data feed of the commits since, on the driver or in Spark tasks likewise.
 
 Example::
 
-    files, version = table_files(settings, settings.features_table)
+    files, version = lake.table_files(settings, settings.features_table)
     stats, model_ids = file_stats(spark, settings, files)
+    increment = added_since(spark, settings, after=stored.source_table_version, upto=version)
 
 Limitations: a table with deletion vectors or column mapping cannot be read file by file;
-``table_files`` returns None for it and the caller reads it through Spark (``collect_stats``).
+``lake.table_files`` returns None for it and the caller reads it through Spark (``collect_stats``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,42 +33,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
 
-from . import lake
-from .config import VACUUM_RETAIN_HOURS, Settings
-from .model import FEATURE_DIM
-from .schema import PCA_STATS
+from ..config import Settings
+from ..featurize.model import FEATURE_DIM
+from ..io import changes, lake
+from ..io.lake import DataFile
+from .model import Stats
+
+if TYPE_CHECKING:  # Spark only where a pass runs in Spark tasks: no Spark at import time
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-# userMetadata on our re-projection commits: they rewrite rows without changing ``features``.
-REPROJECT_TAG = "fruits:pca-reproject"
 
 # Files up to this size in all are read on the driver: a Spark job costs more than reading them.
 DRIVER_BYTES = 64 * 1024 * 1024
 _ROWS_PER_READ = 8192
 
 
-@dataclass
-class Stats:
-    """Sufficient statistics of a set of feature rows (float64)."""
+class Collected(NamedTuple):
+    """The statistics of some rows and the ``model_id`` values among them."""
 
-    n: int
-    total: np.ndarray  # (d,)
-    outer: np.ndarray  # (d, d)
+    stats: Stats
+    model_ids: set[str]
 
-    @classmethod
-    def empty(cls, d: int = FEATURE_DIM) -> Stats:
-        return cls(0, np.zeros(d), np.zeros((d, d)))
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Stats:
-        x = np.asarray(x, dtype=np.float64)
-        return cls(len(x), x.sum(axis=0), x.T @ x)
-
-    def __add__(self, other: Stats) -> Stats:
-        return Stats(self.n + other.n, self.total + other.total, self.outer + other.outer)
+    def merged(self, other: Collected) -> Collected:
+        return Collected(self.stats + other.stats, self.model_ids | other.model_ids)
 
 
 @dataclass
@@ -79,15 +68,9 @@ class StoredStats:
     basis: np.ndarray | None = None  # (K, d): the fit's leading vectors, for the next incremental solve
 
 
-@dataclass(frozen=True)
-class DataFile:
-    uri: str  # absolute: a local path or s3:// URI
-    size: int  # bytes
-
-
 # --- computing them -------------------------------------------------------------------------
 
-def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> tuple[Stats, set[str]]:
+def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> Collected:
     """The statistics of a DataFrame's ``features`` and its set of ``model_id`` values, in one
     pass through Spark: for tables whose files Arrow cannot read alone."""
 
@@ -108,7 +91,7 @@ def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> tuple[Stats, set
         if row.n:
             acc = acc + Stats(row.n, _floats(row.total), _floats(row.outer).reshape(d, d))
             ids.update(row.model_ids)
-    return acc, ids
+    return Collected(acc, ids)
 
 
 def _matrix(features: pa.Array, d: int) -> np.ndarray:
@@ -131,26 +114,18 @@ def _batches(fs: pa_fs.FileSystem, uris: Iterable[str], d: int, ids: set[str]) -
                     yield _matrix(batch.column("features"), d)
 
 
-def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> tuple[Stats, set[str]]:
+def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> Collected:
     acc: Stats | None = None
     ids: set[str] = set()
     for x in _batches(fs, uris, d, ids):
         acc = Stats.of(x) if acc is None else acc + Stats.of(x)
-    return acc or Stats.empty(d), ids
-
-
-def read_rows(settings: Settings, files: list[DataFile], d: int = FEATURE_DIM) -> tuple[np.ndarray, set[str]]:
-    """The feature rows of ``files`` as one (n, d) float32 array, and their ``model_id`` values, on
-    the driver: for the few rows an incremental refit adds (its solve needs them, not only their sums)."""
-    ids: set[str] = set()
-    parts = list(_batches(lake.filesystem(settings), (f.uri for f in files), d, ids))
-    return (np.concatenate(parts) if parts else np.empty((0, d), dtype=np.float32)), ids
+    return Collected(acc or Stats.empty(d), ids)
 
 
 def file_stats(
     spark: SparkSession, settings: Settings, files: list[DataFile], d: int = FEATURE_DIM,
     driver_bytes: int = DRIVER_BYTES,
-) -> tuple[Stats, set[str]]:
+) -> Collected:
     """The statistics of the rows in ``files`` and their ``model_id`` values.
 
     On the driver when the files are at most ``driver_bytes`` in all, else one Spark task per
@@ -166,33 +141,16 @@ def file_stats(
         groups[lightest].append(f.uri)
         loads[lightest] += f.size
 
-    def task(parts: Iterator[list[str]]) -> Iterator[tuple[Stats, set[str]]]:
+    def task(parts: Iterator[list[str]]) -> Iterator[Collected]:
         fs = lake.filesystem(settings)
         for uris in parts:
             yield _read_stats(fs, uris, d)
 
     sc.setJobDescription(f"PCA statistics over {len(files)} files")
     try:
-        return sc.parallelize(groups, len(groups)).mapPartitions(task).treeReduce(
-            lambda a, b: (a[0] + b[0], a[1] | b[1])
-        )
+        return sc.parallelize(groups, len(groups)).mapPartitions(task).treeReduce(Collected.merged)
     finally:
         sc.setJobDescription(None)  # type: ignore[arg-type]
-
-
-def table_files(settings: Settings, location: str, version: int | None = None) -> tuple[list[DataFile], int] | None:
-    """The table's data files at ``version`` (or the newest) and that version; None when its rows
-    are not just its files' rows (deletion vectors, column mapping)."""
-    table = lake.delta_table(settings, location, version)
-    if not lake.plain_files(table):
-        return None
-    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pydict()
-    files = [DataFile(_absolute(location, p), size) for p, size in zip(actions["path"], actions["size_bytes"])]
-    return files, table.version()
-
-
-def _absolute(location: str, path: str) -> str:
-    return path if "://" in path else f"{lake.delta_uri(location)}/{unquote(path)}"
 
 
 def _floats(data: bytes) -> np.ndarray:
@@ -203,7 +161,7 @@ def _floats(data: bytes) -> np.ndarray:
 
 def latest_stats(settings: Settings) -> StoredStats | None:
     """The stored statistics, read with delta-rs (13-18 MB: no Spark job for it)."""
-    rows = lake.dataset(settings, settings.pca_stats_table)[0].to_table().to_pylist()
+    rows = lake.dataset(settings, settings.pca_stats_table).dataset.to_table().to_pylist()
     if not rows:
         return None
     r = max(rows, key=lambda r: r["source_table_version"])
@@ -220,6 +178,8 @@ def store_stats(spark: SparkSession, settings: Settings, stored: StoredStats) ->
     basis = None if stored.basis is None else stored.basis.astype("<f8").tobytes()
     row = (stored.source_table_version, s.n, len(s.total), s.total.astype("<f8").tobytes(),
            s.outer.astype("<f8").tobytes(), stored.feature_model_id, dt.datetime.now(dt.timezone.utc), basis)
+    from ..spark.schema import PCA_STATS
+
     # overwriteSchema: a table written before ``basis`` existed takes the new column
     spark.createDataFrame([row], PCA_STATS).write.format("delta").mode("overwrite") \
         .option("overwriteSchema", "true").save(settings.pca_stats_table)
@@ -227,60 +187,93 @@ def store_stats(spark: SparkSession, settings: Settings, stored: StoredStats) ->
 
 # --- keeping them up to date ----------------------------------------------------------------
 
-def _commits(settings: Settings, location: str, after: int, upto: int) -> Iterator[tuple[int, dict, list[dict]]]:
-    """``(version, commitInfo, actions)`` of commits ``after + 1 .. upto``, read from the log's
-    commit files; FileNotFoundError if log retention removed one."""
-    fs = lake.filesystem(settings)
-    log_dir = lake.path_in(location) + "/_delta_log"
-    for version in range(after + 1, upto + 1):
-        with fs.open_input_stream(f"{log_dir}/{version:020d}.json") as f:
-            actions = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-        yield version, next((a["commitInfo"] for a in actions if "commitInfo" in a), {}), actions
+@dataclass
+class Increment:
+    """The rows commits added since the stored statistics: their statistics and model ids, and the
+    rows themselves when they were read on the driver (the incremental solve needs them)."""
+
+    stats: Stats
+    model_ids: set[str]
+    rows: np.ndarray | None
 
 
-def appended_files(settings: Settings, location: str, after: int, upto: int) -> list[DataFile] | None:
-    """Data files that commits ``after + 1 .. upto`` added to the table as new rows.
+def _rows_stats(table: pa.Table, d: int) -> tuple[np.ndarray, set[str]]:
+    ids = set(pc.unique(table.column("model_id")).drop_null().to_pylist()) if table.num_rows else set()
+    features = table.column("features").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
+    return _matrix(features, d).astype(np.float32, copy=False), ids
 
-    None when those rows cannot be told from the log alone: a commit changed or deleted existing
-    rows (other than a re-projection), the table went back in time, log retention already
-    removed a commit file, or a commit is older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have
-    deleted its files since a later OPTIMIZE replaced them). The caller then reads the whole table.
+
+def added_since(
+    spark: SparkSession, settings: Settings, after: int, upto: int, d: int = FEATURE_DIM,
+    driver_bytes: int = DRIVER_BYTES,
+) -> Increment | None:
+    """The rows that blind appends added to ``features`` in commits ``after + 1 .. upto``, through
+    delta-rs's change data feed; None when a commit changed existing rows (other than a
+    re-projection) or the log cannot say (``changes.appended_rows``).
+
+    Up to ``driver_bytes`` of feature values are read on the driver; more by Spark tasks, each
+    reading a run of commits, balanced by the rows the commits added.
     """
-    if upto < after:
+    location = settings.features_table
+    table = lake.delta_table(settings, location)
+    found = changes.commits(table, after, upto)
+    if not changes.followable(found):
         return None
-    files: list[DataFile] = []
-    horizon_ms = (time.time() - VACUUM_RETAIN_HOURS * 3600) * 1000
+    assert found is not None
+    if sum(c.rows_added for c in found) * d * 4 <= driver_bytes:
+        added = changes.appended_rows(settings, location, after, upto, ["features", "model_id"],
+                                      skip_tag=changes.REPROJECT_TAG, table=table)
+        if added is None:
+            return None
+        rows, ids = _rows_stats(added, d)
+        return Increment(Stats.of(rows), ids, rows)
+    groups = _balanced([(c.version, c.rows_added or 1) for c in found], spark.sparkContext.defaultParallelism)
+
+    def task(parts: Iterator[tuple[int, int]]) -> Iterator[Collected | None]:
+        for first, last in parts:
+            part = changes.appended_rows(settings, location, first - 1, last, ["features", "model_id"],
+                                         skip_tag=changes.REPROJECT_TAG)
+            if part is None:
+                yield None
+                continue
+            rows, ids = _rows_stats(part, d)
+            yield Collected(Stats.of(rows), ids)
+
+    sc = spark.sparkContext
+    sc.setJobDescription(f"PCA statistics over commits {after + 1}..{upto}")
     try:
-        for version, info, actions in _commits(settings, location, after, upto):
-            if info.get("timestamp", horizon_ms) < horizon_ms:
-                log.info("commit %d is older than VACUUM's retention: its files may be gone; a full pass is needed",
-                         version)
-                return None
-            adds = [a["add"] for a in actions if "add" in a and a["add"].get("dataChange", True)]
-            removes = [a for a in actions if "remove" in a and a["remove"].get("dataChange", True)]
-            if not adds and not removes:
-                continue  # metadata only, or OPTIMIZE (dataChange=false)
-            if info.get("isBlindAppend") and not any(a.get("deletionVector") for a in adds):
-                files += [DataFile(_absolute(location, a["path"]), int(a["size"])) for a in adds]
-            elif info.get("userMetadata") != REPROJECT_TAG:
-                log.info("commit %d (%s) changed existing rows; a full pass is needed", version, info.get("operation"))
-                return None
-    except FileNotFoundError:
-        log.info("commits after version %d are gone from the log (retention); a full pass is needed", after)
+        results = sc.parallelize(groups, len(groups)).mapPartitions(task).collect()
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]
+    if any(r is None for r in results):
         return None
-    return files
+    total = Collected(Stats.empty(d), set())
+    for part in results:
+        total = total.merged(part)  # type: ignore[arg-type]
+    return Increment(total.stats, total.model_ids, None)
+
+
+def _balanced(weights: list[tuple[int, int]], groups: int) -> list[tuple[int, int]]:
+    """Consecutive versions cut into at most ``groups`` runs ``(first, last)`` of about equal weight."""
+    total = sum(w for _, w in weights)
+    runs: list[tuple[int, int]] = []
+    acc = 0
+    for version, weight in weights:
+        if not runs or acc >= total / groups:
+            runs.append((version, version))
+            acc = 0
+        runs[-1] = (runs[-1][0], version)
+        acc += weight
+    return runs
 
 
 def pending_rows(settings: Settings) -> int:
-    """Rows appended to the features table since the stored statistics (from the commit files)."""
+    """Rows appended to the features table since the stored statistics (from the log's commits)."""
     # Only the version: the periodic loop asks often, and the statistics themselves are 13 MB.
-    covered = pc.max(lake.dataset(settings, settings.pca_stats_table)[0].to_table(
+    covered = pc.max(lake.dataset(settings, settings.pca_stats_table).dataset.to_table(
         columns=["source_table_version"]).column(0)).as_py()
     features = lake.delta_table(settings, settings.features_table)
     if covered is None:  # never fitted: every row is new
         return sum(pa.table(features.get_add_actions(flatten=True)).column("num_records").to_pylist())
-    total = 0
-    for _, info, _ in _commits(settings, settings.features_table, covered, features.version()):
-        if info.get("isBlindAppend"):
-            total += int((info.get("operationMetrics") or {}).get("numOutputRows", 0))
-    return total
+    found = changes.commits(features, covered, features.version()) or []
+    return sum(c.rows_added for c in found)

@@ -1,40 +1,43 @@
 """Stage 2 on one machine: the real Lambda handler (``lambda/fruits_ingest``) fed by the local
-event source mapping, configured from the pipeline's settings exactly as infra/ configures it."""
+event source mapping, configured from the pipeline's settings as infra/ configures it on AWS.
+
+The configuration and the S3 client are handed to the handler (``make_handler``); nothing is
+written into the process's environment.
+
+Example::
+
+    stats = drain(settings)          # run the Lambda on the queue until it is empty
+    print(stats.deleted, stats.failed)
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS, IngestConfig
 from fruits_ingest.runner import EventSourceMapping, RunStats
 
-from . import aws
-from .config import Settings
+from ..config import Settings
+from ..io import aws
 
 
-def lambda_environment(settings: Settings) -> dict[str, str]:
-    env = IngestConfig(
+def ingest_config(settings: Settings) -> IngestConfig:
+    """What infra/ sets in the Lambda's environment, for these settings."""
+    return IngestConfig(
         manifest_bucket=settings.bucket,
         manifest_prefix=settings.manifest_prefix,
         accepted_prefixes=(settings.upload_prefix,),
-    ).as_env()
-    env["AWS_DEFAULT_REGION"] = settings.region
-    if settings.endpoint_url:
-        env["AWS_ENDPOINT_URL_S3"] = settings.endpoint_url
-    return env
+    )
 
 
 def event_source_mapping(
     settings: Settings, visibility_timeout: int = 30, batch_size: int = BATCH_SIZE,
     batching_window: float = BATCHING_WINDOW_SECONDS,
 ) -> EventSourceMapping:
-    os.environ.update(lambda_environment(settings))
-    # Locally the Lambda shares the terminal: quiet unless asked (fruits -v sets these first).
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    from fruits_ingest.handler import handler  # after the environment is set: it configures itself from it
+    # Imported here: the handler module sets up powertools' logger, whose level the CLI chooses first.
+    from fruits_ingest.handler import make_handler
 
+    handler = make_handler(ingest_config(settings), aws.client("s3", settings))
     return EventSourceMapping(
         aws.client("sqs", settings), aws.queue_url(settings), handler,
         batch_size=batch_size, batching_window=batching_window, visibility_timeout=visibility_timeout,
@@ -49,9 +52,5 @@ def drain(
 
 
 def dead_letter_depth(settings: Settings) -> int:
-    sqs = aws.client("sqs", settings)
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=aws.queue_url(settings, settings.dead_letter_queue),
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    """Messages in the dead-letter queue, visible or in flight."""
+    return aws.queue_depth(aws.client("sqs", settings), aws.queue_url(settings, settings.dead_letter_queue))

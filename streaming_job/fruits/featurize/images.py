@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from enum import StrEnum
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import IMAGE_SIZE
+from .model import IMAGE_SIZE
 
 # Pillow's default guard: over this many pixels is a warning, over twice is an error.
 # We make both an error: a phone photo is ~12-50 MP, anything near 90 MP is not a photo.
@@ -34,7 +35,9 @@ class ImageError(Exception):
         self.reason = reason
 
 
-class Reason:
+class Reason(StrEnum):
+    """Why an upload is quarantined: the ``reason`` column of ``quarantine``."""
+
     EMPTY = "empty_object"
     TOO_LARGE = "too_many_bytes"
     NOT_AN_IMAGE = "not_an_image"

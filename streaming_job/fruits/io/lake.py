@@ -16,15 +16,18 @@ with deletion vectors or column mapping must be read through a Delta reader.
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 from deltalake import DeltaTable
 
+from ..config import Settings
 from . import aws
-from .config import Settings
 
 
 def delta_uri(location: str) -> str:
@@ -36,12 +39,9 @@ def storage_options(settings: Settings) -> dict[str, str]:
     """delta-rs's options for the configured endpoint (the emulator) or the default AWS chain."""
     options = {"AWS_REGION": settings.region}
     if settings.endpoint_url:
-        options.update(
-            AWS_ENDPOINT_URL=settings.endpoint_url,
-            AWS_ALLOW_HTTP="true",
-            AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-            AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-        )
+        key, secret = aws.emulator_credentials()
+        options.update(AWS_ENDPOINT_URL=settings.endpoint_url, AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID=key,
+                       AWS_SECRET_ACCESS_KEY=secret)
     return options
 
 
@@ -50,10 +50,17 @@ def delta_table(settings: Settings, location: str, version: int | None = None) -
     return DeltaTable(delta_uri(location), version=version, storage_options=storage_options(settings))
 
 
-def dataset(settings: Settings, location: str, version: int | None = None) -> tuple[ds.Dataset, int]:
+class Snapshot(NamedTuple):
+    """A table as a pyarrow dataset at one Delta version."""
+
+    dataset: ds.Dataset
+    version: int
+
+
+def dataset(settings: Settings, location: str, version: int | None = None) -> Snapshot:
     """The table as a pyarrow dataset read through Arrow's filesystem, and its Delta version."""
     table = delta_table(settings, location, version)
-    return as_dataset(settings, location, table), table.version()
+    return Snapshot(as_dataset(settings, location, table), table.version())
 
 
 def as_dataset(settings: Settings, location: str, table: DeltaTable) -> ds.Dataset:
@@ -90,3 +97,29 @@ def plain_files(table: DeltaTable) -> bool:
     if protocol.min_reader_version == 2:  # column mapping
         return False
     return not {"deletionVectors", "columnMapping"} & set(protocol.reader_features or [])
+
+
+@dataclass(frozen=True)
+class DataFile:
+    uri: str  # absolute: a local path or s3:// URI
+    size: int  # bytes
+
+
+class TableFiles(NamedTuple):
+    files: list[DataFile]
+    version: int
+
+
+def table_files(settings: Settings, location: str, version: int | None = None) -> TableFiles | None:
+    """The table's data files at ``version`` (or the newest) and that version; None when its rows
+    are not just its files' rows (deletion vectors, column mapping)."""
+    table = delta_table(settings, location, version)
+    if not plain_files(table):
+        return None
+    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pydict()
+    files = [DataFile(_absolute(location, p), size) for p, size in zip(actions["path"], actions["size_bytes"])]
+    return TableFiles(files, table.version())
+
+
+def _absolute(location: str, path: str) -> str:
+    return path if "://" in path else f"{delta_uri(location)}/{unquote(path)}"

@@ -14,19 +14,18 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from . import aws, table  # noqa: E402
-from .config import Settings  # noqa: E402
+from ..config import Settings
+from ..io import aws
+from ..spark import tables as table
 
 if TYPE_CHECKING:
-    from .pca import PcaModel
+    from .model import PcaModel
 
 SCATTER_SAMPLE = 5000
 
@@ -36,7 +35,8 @@ def scree(ratios: np.ndarray, k: int, threshold: float | None, version: int) -> 
     shown = min(len(ratios), max(2 * k, 20))
     x = np.arange(1, shown + 1)
     cumulative = np.cumsum(ratios)[:shown]
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    fig = Figure(figsize=(9, 5), dpi=110)  # a Figure, not pyplot: no GUI backend, no global state
+    ax = fig.subplots()
     ax.bar(x, ratios[:shown], color="#4c72b0", label="per component")
     ax.set_xlabel("principal component")
     ax.set_ylabel("explained variance ratio")
@@ -56,9 +56,10 @@ def scree(ratios: np.ndarray, k: int, threshold: float | None, version: int) -> 
 def pc_scatter(points: np.ndarray, labels: list[str], version: int, total_rows: int) -> bytes:
     """The first two components of ``points``, one colour (and marker) per label."""
     names = sorted(set(labels))
-    colors = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
+    colors = [*colormaps["tab20"].colors, *colormaps["tab20b"].colors]
     markers = "osD^v<>"
-    fig, ax = plt.subplots(figsize=(10, 7), dpi=110)
+    fig = Figure(figsize=(10, 7), dpi=110)
+    ax = fig.subplots()
     label_array = np.asarray(labels)
     for i, name in enumerate(names):
         mask = label_array == name
@@ -73,10 +74,9 @@ def pc_scatter(points: np.ndarray, labels: list[str], version: int, total_rows: 
     return _png(fig)
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 

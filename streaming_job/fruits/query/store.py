@@ -27,19 +27,23 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from botocore.exceptions import BotoCoreError, ClientError
 from deltalake import DeltaTable
 
-from . import aws, lake
-from .config import Settings
-from .query import QueryResult
+from ..config import Settings
+from ..io import aws, lake
+from ..pca.model import PcaModel
+from .result import QueryResult
+
+if TYPE_CHECKING:
+    from ..featurize.model import Featurizer
 
 TABLES = ("features", "quarantine", "pca_models")
 
@@ -86,7 +90,7 @@ class FeatureStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._index: _Index | None = None
-        self._featurizer: Any = None
+        self._featurizer: Featurizer | None = None
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -100,10 +104,10 @@ class FeatureStore:
                 ) from exc
             raise
 
-    def dataset(self, name: str, version: int | None = None) -> tuple[ds.Dataset, int]:
+    def dataset(self, name: str, version: int | None = None) -> lake.Snapshot:
         """The table as a pyarrow dataset, and the Delta version it is."""
         dt = self.table(name, version)
-        return lake.as_dataset(self.settings, self._location(name), dt), dt.version()
+        return lake.Snapshot(lake.as_dataset(self.settings, self._location(name), dt), dt.version())
 
     def _location(self, name: str) -> str:
         if name not in TABLES:
@@ -127,18 +131,16 @@ class FeatureStore:
                 return QueryResult(columns=[], rows=[], versions=versions)
             return QueryResult(columns=list(result.columns), rows=result.fetchall(), versions=versions)
 
-    def pca_model(self) -> Any:
-        """The newest PCA model (a ``pca.PcaModel``), or None before the first refit."""
-        from .pca import PcaModel
-
-        models = self.dataset("pca_models")[0].to_table()
+    def pca_model(self) -> PcaModel | None:
+        """The newest PCA model, or None before the first refit."""
+        models = self.dataset("pca_models").dataset.to_table()
         if models.num_rows == 0:
             return None
         return PcaModel.from_record(models.slice(int(np.argmax(models["version"].to_numpy())), 1).to_pylist()[0])
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _current_index(self) -> tuple[_Index, Any]:
+    def _current_index(self) -> tuple[_Index, PcaModel]:
         model = self.pca_model()
         if model is None:
             raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
@@ -148,7 +150,7 @@ class FeatureStore:
             self._index = _build_index(features, model, versions)
         return self._index, model
 
-    def _vector(self, target: str | Path, index: _Index, model: Any) -> tuple[np.ndarray, str | None]:
+    def _vector(self, target: str | Path, index: _Index, model: PcaModel) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in ``model``'s space and its image id if it is in the table. ``target``
         is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local image as a ``Path``."""
         if isinstance(target, Path):
@@ -161,8 +163,10 @@ class FeatureStore:
         return index.unit[i], str(index.image_ids[i])
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
-        from .images import decode
-        from .model import Featurizer, compile_model, load_weights
+        # Imported here: only a local photo needs the model (and compiling it needs TensorFlow).
+        from ..featurize.build import compile_model, load_weights
+        from ..featurize.images import decode
+        from ..featurize.model import Featurizer
 
         if self._featurizer is None:
             blob = load_weights(self.settings.weights)
@@ -175,11 +179,11 @@ class FeatureStore:
         pixels = decode(path.read_bytes(), self.settings.max_image_bytes)
         return self._featurizer(pixels[None])
 
-    def similar(self, target: str | Path, k: int = 10, labelled_only: bool = False) -> list[Neighbour]:
+    def similar(self, target: str | Path, k: int = 10, *, labelled_only: bool = False) -> list[Neighbour]:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], Any]:
+    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], PcaModel]:
         """The neighbours and the model they were found with (the tables are read once per call)."""
         index, model = self._current_index()
         query, own_id = self._vector(target, index, model)
@@ -224,10 +228,10 @@ class FeatureStore:
         yet in a table) or unknown."""
         key = aws.split_s3_uri(key)[1] if "://" in key else key
         cols = ["image_id", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
-        rows = _rows_with_key(self.dataset("features")[0], key, cols)
+        rows = _rows_with_key(self.dataset("features").dataset, key, cols)
         if rows:
             return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
-        rows = _rows_with_key(self.dataset("quarantine")[0], key, ["image_id", "key", "etag", "reason", "error",
+        rows = _rows_with_key(self.dataset("quarantine").dataset, key, ["image_id", "key", "etag", "reason", "error",
                                                              "quarantined_at", "manifest"])
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
@@ -259,7 +263,7 @@ def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str]) -> list[di
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
 
 
-def _build_index(dataset: ds.Dataset, model: Any, versions: tuple[int, int]) -> _Index:
+def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int]) -> _Index:
     current = pc.field("pca_version") == model.version
     on_model = dataset.to_table(columns=["image_id", "key", "label", "pca_features"], filter=current)
     stale = dataset.to_table(columns=["image_id", "key", "label", "features"], filter=~current | pc.field("pca_version").is_null())
@@ -278,8 +282,3 @@ def _build_index(dataset: ds.Dataset, model: Any, versions: tuple[int, int]) -> 
     return _Index(versions, column("image_id"), column("key"), column("label"),
                   (vectors / np.where(norms == 0, 1, norms)).astype(np.float32))
 
-
-def to_json(value: Any) -> str:
-    """JSON for the API's results (dataclasses, numpy scalars, timestamps)."""
-    return json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else
-                      [asdict(v) for v in value], default=str)

@@ -1,0 +1,109 @@
+"""Fetching an upload's bytes on a worker: as announced, patient with an unreachable S3.
+
+Example::
+
+    client = make_client("s3", endpoint_url, region, pool=FETCH_THREADS)
+    data = fetch(client, "fruits-images", "uploads/Kiwi/1.jpg", etag, version_id)
+
+A deleted or overwritten object is the upload's fault (``ImageError``: quarantined); an
+unreachable S3 is not: botocore retries it, then ``fetch`` waits up to ``FETCH_PATIENCE`` more
+per outage, then raises so that Spark's task retries take over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from .images import ImageError, Reason
+
+log = logging.getLogger(__name__)
+
+# How long the fetches of a Python worker wait out an unreachable S3 (refused or dropped
+# connections), beyond botocore's own retries (about 6 s in standard mode), before they fail and
+# Spark's task retries, then the stream's restart from its checkpoint, take over. Never a
+# quarantine: the image is not at fault. The wait is per outage, not per object: once S3 has been
+# unreachable this long, every fetch fails at once instead of waiting again.
+FETCH_PATIENCE = 60.0
+FETCH_THREADS = 8  # concurrent GETs + decodes per Python worker, overlapping the model's work
+
+
+class Outage:
+    """When S3 became unreachable for this process (None while it is reachable), shared by the
+    fetching threads under a lock."""
+
+    # Failures further apart than this belong to separate outages.
+    GAP = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._last_failure = 0.0
+
+    def failed(self) -> float:
+        """Record a failure now; returns how long the outage has lasted."""
+        with self._lock:
+            now = time.monotonic()
+            if self._since is None or now - self._last_failure > self.GAP:
+                self._since = now
+            self._last_failure = now
+            return now - self._since
+
+    def ended(self) -> None:
+        with self._lock:
+            self._since = None
+
+
+OUTAGE = Outage()
+
+
+def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
+          patience: float | None = None, outage: Outage = OUTAGE) -> bytes:
+    """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
+    patience = FETCH_PATIENCE if patience is None else patience
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        args["VersionId"] = version_id
+    elif etag:
+        args["IfMatch"] = etag
+    pause = 0.5
+    while True:
+        try:
+            data = client.get_object(**args)["Body"].read()
+            outage.ended()
+            return data
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchVersion", "404"):
+                raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
+            if code in ("PreconditionFailed", "412"):
+                raise ImageError(
+                    Reason.CHANGED,
+                    f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event",
+                ) from exc
+            raise
+        except (ConnectionError, HTTPClientError) as exc:
+            if outage.failed() + pause > patience:
+                raise
+            log.warning("S3 unreachable for s3://%s/%s (%s); retrying in %.1fs", bucket, key, exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 8.0)
+
+
+def prefetched(load: Callable[[int], Any], n: int, pool: ThreadPoolExecutor, ahead: int) -> Iterator[Any]:
+    """``load(0) .. load(n - 1)`` in order, computed by ``pool`` at most ``ahead`` items in advance
+    (so memory holds a bounded number of decoded images, whatever the Arrow batch size)."""
+    pending: deque[Future[Any]] = deque()
+    for i in range(n):
+        pending.append(pool.submit(load, i))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

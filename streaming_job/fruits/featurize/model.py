@@ -1,0 +1,76 @@
+"""MobileNetV2 as the workers run it: a LiteRT (TFLite) flatbuffer, loaded once per Python worker.
+
+The driver compiles the model (``build.compile_model``) and broadcasts the ``CompiledModel``. Each
+Python worker loads it into a LiteRT interpreter the first time it needs it and keeps it for every
+later batch and partition (Spark reuses Python workers). This module imports neither TensorFlow
+nor Spark: a worker runs one model with numpy and LiteRT only.
+
+Why LiteRT rather than a Keras ``tf.function`` in the workers: on the CPU we measured (2 cores of an
+AVX-512 EPYC), LiteRT's XNNPACK kernels run this model 2.1x faster per core, one image at a time
+(about 140 against 64 img/s on one thread), and a worker carries no TensorFlow. The features agree
+with the Keras model's to within 2e-4 (they range up to about 6).
+
+Example::
+
+    features = get_featurizer(compiled)(pixels)   # (n, 224, 224, 3) float32 -> (n, 1280) float32
+
+Limitations: a ``Featurizer`` runs one image at a time under a lock, so share it between threads
+only if they can wait for each other.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+ARCHITECTURE = "mobilenet_v2_1.0_224_avgpool"
+FEATURE_DIM = 1280
+IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image to it
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """MobileNetV2 with its preprocessing as a LiteRT flatbuffer: what the driver broadcasts."""
+
+    model_id: str
+    data: bytes
+
+
+class Featurizer:
+    """Runs a ``CompiledModel`` with LiteRT (XNNPACK), one image per call of the interpreter: on
+    CPUs that is the fastest batch size for this model (on one thread, about 140 img/s against 116
+    in batches of 32)."""
+
+    def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_content=model.data, num_threads=threads or os.cpu_count() or 1)
+        self._interpreter.allocate_tensors()  # for the model's fixed input shape (1, 224, 224, 3)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
+        self.model_id = model.model_id
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        features = np.empty((len(pixels), FEATURE_DIM), dtype=np.float32)
+        with self._lock:
+            for i, image in enumerate(pixels):
+                self._interpreter.set_tensor(self._input, np.ascontiguousarray(image[None], dtype=np.float32))
+                self._interpreter.invoke()
+                features[i] = self._interpreter.get_tensor(self._output)[0]
+        return features
+
+
+_FEATURIZERS: dict[str, Featurizer] = {}
+
+
+def get_featurizer(model: CompiledModel, threads: int | None = None) -> Featurizer:
+    """The worker's featurizer for this model, made on first use (``threads``: LiteRT threads,
+    None or 0 for every core; the first call in a process for a model sets them)."""
+    featurizer = _FEATURIZERS.get(model.model_id)
+    if featurizer is None:
+        featurizer = _FEATURIZERS[model.model_id] = Featurizer(model, threads)
+    return featurizer

@@ -1,0 +1,128 @@
+"""What changed in a Delta table between two versions, read through delta-rs (no hand-parsed log).
+
+The stream's known ids and the incremental PCA statistics both follow the ``features`` table from
+the version they last saw. delta-rs gives the commits (``history``: operation, time, metrics,
+``userMetadata``) and their rows (``load_cdf``: the change data feed, which delta-rs derives from a
+commit's added and removed files when the table writes no change files of its own). OPTIMIZE and
+VACUUM change no rows, so they bring nothing; a DELETE, UPDATE or MERGE brings ``delete`` rows.
+
+Example::
+
+    new = appended_rows(settings, settings.features_table, after=12, upto=15, columns=["image_id"])
+    if new is None:       # rows were changed or deleted, or the log no longer says: read the table
+        ...
+
+Limitations: the answer is None, and the caller reads the whole table, when a commit in the range
+changed or deleted rows (other than commits tagged ``skip_tag``, our re-projection), when a commit is
+older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have deleted files the log names), or when log
+retention removed a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from ..config import VACUUM_RETAIN_HOURS, Settings
+from . import lake
+
+log = logging.getLogger(__name__)
+
+CHANGE_TYPE = "_change_type"
+# userMetadata on the PCA re-projection's commits: they rewrite rows without changing them, so the
+# readers of changes pass them over.
+REPROJECT_TAG = "fruits:pca-reproject"
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit as ``DeltaTable.history`` reports it."""
+
+    version: int
+    timestamp_ms: int
+    operation: str
+    blind_append: bool
+    user_metadata: str | None
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows_added(self) -> int:
+        return int(self.metrics.get("numOutputRows", 0)) if self.blind_append else 0
+
+
+def commits(table: DeltaTable, after: int, upto: int) -> list[Commit] | None:
+    """Commits ``after + 1 .. upto`` of ``table`` (loaded at ``upto`` or later), oldest first;
+    None when log retention already removed one of them."""
+    if upto <= after:
+        return []
+    found = [
+        Commit(int(h["version"]), int(h.get("timestamp", 0)), str(h.get("operation", "")),
+               bool(h.get("isBlindAppend", False)), h.get("userMetadata"), dict(h.get("operationMetrics") or {}))
+        for h in table.history(limit=table.version() - after)
+        if after < int(h["version"]) <= upto
+    ]
+    found.sort(key=lambda c: c.version)
+    if [c.version for c in found] != list(range(after + 1, upto + 1)):
+        log.info("commits after version %d are gone from the log (retention)", after)
+        return None
+    return found
+
+
+def followable(found: list[Commit] | None) -> bool:
+    """Whether rows can be followed through these commits: all of them present and within
+    VACUUM's retention, so that the files they name still exist."""
+    if found is None:
+        return False
+    horizon_ms = (time.time() - VACUUM_RETAIN_HOURS * 3600) * 1000
+    stale = [c.version for c in found if c.timestamp_ms < horizon_ms]
+    if stale:
+        log.info("commit %d is older than VACUUM's retention: its files may be gone", stale[0])
+    return not stale
+
+
+def appended_rows(
+    settings: Settings, location: str, after: int, upto: int, columns: list[str],
+    skip_tag: str | None = None, table: DeltaTable | None = None,
+) -> pa.Table | None:
+    """The ``columns`` of the rows that commits ``after + 1 .. upto`` added; None when those
+    commits did more than add rows (see the module's limitations). Commits whose ``userMetadata``
+    is ``skip_tag`` are passed over: they rewrite rows without changing them."""
+    if upto < after:
+        return None  # the table went back in time
+    table = table or lake.delta_table(settings, location)
+    found = commits(table, after, upto)
+    if not followable(found):
+        return None
+    parts = []
+    for start, end in _ranges([c.version for c in found or [] if skip_tag is None or c.user_metadata != skip_tag]):
+        changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
+                                          columns=[*columns, CHANGE_TYPE]))
+        kinds = set(pc.unique(changes.column(CHANGE_TYPE)).to_pylist()) if changes.num_rows else set()
+        if kinds - {"insert"}:
+            log.info("commits %d..%d changed existing rows (%s)", start, end, ", ".join(sorted(kinds)))
+            return None
+        parts.append(changes.select(columns))
+    return _concat(parts, table, columns)
+
+
+def _concat(parts: list[pa.Table], table: DeltaTable, columns: list[str]) -> pa.Table:
+    if parts:
+        return pa.concat_tables(parts)
+    schema = pa.schema(table.schema().to_arrow())  # type: ignore[arg-type]
+    return schema.empty_table().select(columns)
+
+
+def _ranges(versions: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of ``versions`` as ``(first, last)`` pairs."""
+    runs: list[tuple[int, int]] = []
+    for v in versions:
+        if runs and runs[-1][1] == v - 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs

@@ -1,0 +1,7 @@
+"""Stage 4, PCA over the features table:
+
+- ``model``: the linear algebra, numpy only (``PcaModel``, ``Fit``, ``solve``, ``update``);
+- ``stats``: the sufficient statistics, read with Arrow and delta-rs, stored in ``pca_stats``;
+- ``refit``: the Spark job that fits, stores, re-projects and plots (``refit``, ``run_periodically``);
+- ``plots``: the scree and PC1/PC2 plots (matplotlib, imported only by the refit).
+"""

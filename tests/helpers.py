@@ -1,0 +1,52 @@
+"""Helpers shared by several test modules (test modules do not import each other)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import uuid
+
+import numpy as np
+import pandas as pd
+
+from conftest import FIXTURES
+
+# The S3 event notification of AWS's documentation, as an SQS message body carries it.
+S3_PUT = json.loads((FIXTURES / "events" / "s3_put.json").read_text())
+
+
+def s3_event(key_encoded: str, **object_fields: object) -> str:
+    """``S3_PUT`` for another (already encoded) key, with ``object_fields`` changed."""
+    event = copy.deepcopy(S3_PUT)
+    event["Records"][0]["s3"]["object"]["key"] = key_encoded
+    event["Records"][0]["s3"]["object"].update(object_fields)
+    return json.dumps(event)
+
+
+# --- feature rows for the PCA and maintenance tests ---------------------------------------------
+
+MODEL_ID = "mobilenet_v2:synthetic"
+
+
+def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.ndarray:
+    """Rows with a few well-separated principal directions plus small isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(d, rank)))[0].T  # same directions for every seed
+    scales = np.geomspace(10.0, 1.0, rank)
+    x = (rng.normal(size=(n, rank)) * scales) @ basis + rng.normal(scale=0.05, size=(n, d)) + 0.3
+    return x.astype(np.float32)
+
+
+def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID) -> None:
+    """A blind append of feature rows, as the stream writes them."""
+    from fruits.spark.schema import FEATURES
+    now = dt.datetime.now(dt.timezone.utc)
+    labels = labels or [f"class {i % 5}" for i in range(len(x))]
+    rows = pd.DataFrame({
+        "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
+        "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
+        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
+        "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
+    })
+    spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
