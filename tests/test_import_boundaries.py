@@ -6,6 +6,8 @@ Each check runs in a fresh interpreter and lists what ended up in ``sys.modules`
   TensorFlow or moto;
 - what Spark's Python workers import to featurize (``fruits.featurize.batch``) and to project onto a
   PCA model (``fruits.pca.model``): no pyspark.sql driver modules, TensorFlow, matplotlib or deltalake;
+  nor does unpickling the stream's pandas UDF as Spark ships it (not ``fruits.stream``, which
+  imports the PCA job);
 - ``fruits --help`` and ``fruits status``: neither moto nor pyspark.
 """
 
@@ -58,6 +60,26 @@ def test_what_python_workers_import_is_slim(module: str) -> None:
     modules = loaded_after(f"import {module}")
     assert module in modules
     assert forbidden(modules, WORKER_FORBIDS) == []
+
+
+def test_the_stream_udf_as_shipped_to_a_worker_loads_only_the_worker_side(tmp_path) -> None:
+    """The UDF's closure is pickled on the driver (``fruits.stream.job``) and unpickled on a worker;
+    the worker must import ``fruits.featurize``, not the driver's modules."""
+    from types import SimpleNamespace
+
+    from fruits.config import Settings
+    from fruits.featurize.model import CompiledModel
+    from fruits.stream.job import featurize_udf
+    from pyspark import cloudpickle
+
+    broadcast = SimpleNamespace(value=CompiledModel("m", b""))  # stands for the broadcast model
+    shipped = tmp_path / "udf.pickle"
+    shipped.write_bytes(cloudpickle.dumps(featurize_udf(broadcast, Settings(table_root=str(tmp_path))).func))
+    baseline = loaded_after("import pyspark.cloudpickle")  # every Python worker has these
+    modules = loaded_after(f"import pickle, pyspark.cloudpickle\npickle.loads(open({str(shipped)!r}, 'rb').read())")
+    assert "fruits.featurize.batch" in modules
+    assert forbidden(modules - baseline, ("fruits.stream", "fruits.pca", "fruits.spark", "fruits.query",
+                                          *WORKER_FORBIDS)) == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"]])
