@@ -62,3 +62,17 @@ def test_many_ids_merge_into_one_sorted_array(spark, tmp_path: Path) -> None:
     known.refresh()
     assert len(known) == len(set(ids)) and known.contains(as_ids(ids)).all()
     assert not known.contains(as_ids([f"{v:064x}" for v in (2**62 + 1, 2**63)])).any()
+
+
+def test_a_metadata_commit_between_looks_reads_the_table_again(spark, tmp_path: Path) -> None:
+    """delta-rs has no change data for a range starting on a metadata-only commit (ALTER TABLE SET
+    TBLPROPERTIES): the known ids read the table again instead of failing the micro-batch."""
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    ids = [f"{i:064x}" for i in range(1, 5)]
+    quarantine(spark, settings, ids[:1])
+    known = KnownImages(settings, spark)
+    spark.sql(f"ALTER TABLE delta.`{settings.quarantine_table}` SET TBLPROPERTIES ('fruits.note' = 'x')")
+    quarantine(spark, settings, ids[1:3])
+    known.refresh()
+    assert known_of(known, ids) == ids[:3]

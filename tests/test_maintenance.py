@@ -30,7 +30,7 @@ def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) ->
     assert refit(spark, settings, write_plots=False).mode == "full"
     known = KnownImages(settings, spark)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(lake.table_files(settings, settings.features_table)[0])
+    files = len(lake.table_files(settings, settings.features_table).files)
     assert files >= 2
     ids = image_ids(spark, settings.features_table)
 
@@ -38,7 +38,7 @@ def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) ->
     assert report.compacted[settings.features_table] == (files, 1)
     assert report.compacted[settings.quarantine_table] == (0, 0)
     assert all(n == 0 for n in report.vacuumed.values())  # everything replaced is within the retention
-    assert len(lake.table_files(settings, settings.features_table)[0]) == 1
+    assert len(lake.table_files(settings, settings.features_table).files) == 1
     assert sorted(image_ids(spark, settings.features_table)) == sorted(ids)
 
     # OPTIMIZE changed no rows: the stream's known ids and the PCA statistics stay incremental.
@@ -55,7 +55,7 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
     refit(spark, settings, write_plots=False, reproject_rows=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(lake.table_files(settings, settings.features_table)[0])
+    files = len(lake.table_files(settings, settings.features_table).files)
 
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")  # Delta refuses 0 h else
     try:

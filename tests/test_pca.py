@@ -186,3 +186,27 @@ def test_rows_of_another_feature_model_are_refused(spark, tmp_path: Path) -> Non
     other.select(*FEATURES.fieldNames()).write.format("delta").mode("append").save(settings.features_table)
     with pytest.raises(ValueError, match="mixes feature models"):
         refit(spark, settings, write_plots=False)
+
+
+def test_rows_are_pending_when_the_log_no_longer_has_the_commits_since_the_fit(spark, tmp_path: Path) -> None:
+    """Log cleanup removed the commits after the stored statistics: the periodic refit cannot count
+    the new rows, so it counts every row (and the next refit is a full one)."""
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    spark.sql(f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+    append_rows(spark, settings.features_table, synthetic_features(20, seed=20))
+    refit(spark, settings, write_plots=False, reproject_rows=False)
+    for seed in (21, 22, 23):
+        append_rows(spark, settings.features_table, synthetic_features(5, seed=seed))
+    assert stats.pending_rows(settings) == 15
+    log_dir = Path(settings.features_table) / "_delta_log"
+    checkpoints = sorted(int(p.name.split(".")[0]) for p in log_dir.glob("*.checkpoint.parquet"))
+    for commit in log_dir.glob("*.json"):  # what log cleanup does: commits before the last checkpoint go
+        if int(commit.name.split(".")[0]) < checkpoints[-1]:
+            commit.unlink()
+    assert stats.pending_rows(settings) == 35
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    assert (fit.mode, fit.model.row_count) == ("full", 35) and stats.pending_rows(settings) == 0
+

@@ -39,12 +39,14 @@ from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
-from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS, MAX_RECEIVE_COUNT, IngestConfig
+from fruits_ingest.config import (
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, UPLOAD_PREFIX, IngestConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
-UPLOADS, MANIFESTS, TABLES, ARTIFACTS = "uploads/", "manifests/", "tables/", "artifacts/"
+UPLOADS, MANIFESTS, TABLES, ARTIFACTS = UPLOAD_PREFIX, MANIFEST_PREFIX, "tables/", "artifacts/"
 LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
 # AWS's advice for an SQS event source: visibility at least 6x the function timeout.
 QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)

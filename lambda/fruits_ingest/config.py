@@ -26,6 +26,10 @@ BATCH_SIZE = 100
 BATCHING_WINDOW_SECONDS = 1
 MAX_RECEIVE_COUNT = 3  # deliveries of an event before SQS moves it to the dead-letter queue
 
+# Where the app uploads and where manifests go, by default (the pipeline's settings and infra/ too).
+UPLOAD_PREFIX = "uploads/"
+MANIFEST_PREFIX = "manifests/"
+
 # The one list of image suffixes, compared case-insensitively (phones write .JPG, .Jpeg, ...): the
 # Lambda accepts these, the demo uploads these, and the featurizer decodes all of them with Pillow.
 # The bucket notification filters on the upload prefix only, so no spelling is missed before here.
@@ -47,8 +51,8 @@ def _split(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class IngestConfig:
     manifest_bucket: str
-    manifest_prefix: str = "manifests/"
-    accepted_prefixes: tuple[str, ...] = ("uploads/",)
+    manifest_prefix: str = MANIFEST_PREFIX
+    accepted_prefixes: tuple[str, ...] = (UPLOAD_PREFIX,)
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 
     def __post_init__(self) -> None:
@@ -67,8 +71,8 @@ class IngestConfig:
             )
         return cls(
             manifest_bucket=env["MANIFEST_BUCKET"],
-            manifest_prefix=env.get("MANIFEST_PREFIX", "manifests/"),
-            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", "uploads/")),
+            manifest_prefix=env.get("MANIFEST_PREFIX", MANIFEST_PREFIX),
+            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", UPLOAD_PREFIX)),
             image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
         )
 

@@ -104,7 +104,7 @@ def _image_event(record: Any, message_id: str) -> ImageEvent:
     )
 
 
-def _skip_reason(image: ImageEvent, config: IngestConfig) -> str | None:
+def _skip_reason(image: ImageEvent, config: IngestConfig) -> SkipReason | None:
     # "ObjectCreated:Put" in S3 events; "s3:ObjectCreated:Put" in notification configurations.
     if not image.event_name.removeprefix("s3:").startswith("ObjectCreated"):
         return SkipReason.NOT_OBJECT_CREATED

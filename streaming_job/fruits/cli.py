@@ -39,7 +39,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     with emulator.LocalAWS(port=args.port) as endpoint:
         emulator.provision(_settings(args).with_(endpoint_url=endpoint))
         print(f"local AWS emulator on {endpoint}, provisioned. In another shell:\n"
-              f"  export FRUITS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
+              f"  export FRUITS_ENDPOINT_URL={endpoint}\n"
               "Ctrl-C stops it (its contents are in memory only).", flush=True)
         try:
             while True:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fruits_ingest.config import MANIFEST_PREFIX, UPLOAD_PREFIX
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -55,13 +56,14 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    # env_ignore_empty: ``FRUITS_REGION=`` means the default, as an unset variable does.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True)
 
     endpoint_url: str | None = None
     region: str = Field("eu-west-3", min_length=1)
     bucket: str = Field("fruits-images", min_length=3, max_length=63)
-    upload_prefix: str = "uploads/"
-    manifest_prefix: str = "manifests/"
+    upload_prefix: str = UPLOAD_PREFIX
+    manifest_prefix: str = MANIFEST_PREFIX
     queue: str = Field("fruits-uploads", min_length=1)
     table_root: str = ""
     weights: str = Field("imagenet", min_length=1)
@@ -146,7 +148,8 @@ class Settings(BaseSettings):
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes``, checked like the original (no environment read)."""
         try:
-            return type(self).model_validate({**self.model_dump(), **changes})
+            # Only the values that were given: derived ones (the table root) derive again.
+            return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
 

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,19 @@ class WorkerOptions:
 
 Columns = tuple[pd.Series, pd.Series, pd.Series, pd.Series]  # bucket, key, etag, version_id
 
+# One S3 client per Python worker and endpoint, kept across tasks (Spark reuses the workers): a
+# client costs milliseconds to make and its connection pool is worth keeping warm.
+_CLIENTS: dict[tuple[str | None, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client(endpoint_url: str | None, region: str) -> Any:
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get((endpoint_url, region))
+        if client is None:
+            client = _CLIENTS[(endpoint_url, region)] = make_client("s3", endpoint_url, region, pool=2 * FETCH_THREADS)
+        return client
+
 
 def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Iterable[Columns]) -> Iterator[pd.DataFrame]:
     """One ``features | reason | error`` frame per input batch, rows in input order.
@@ -47,7 +61,7 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
     ``batch_size``; an image that cannot become a row gets its quarantine reason instead.
     """
     featurizer = get_featurizer(model, options.model_threads)
-    client = make_client("s3", options.endpoint_url, options.region, pool=2 * FETCH_THREADS)
+    client = _client(options.endpoint_url, options.region)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         for buckets, keys, etags, versions in batches:
             n = len(keys)

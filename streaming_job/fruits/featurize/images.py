@@ -30,7 +30,7 @@ MAX_PIXELS = 89_478_485
 class ImageError(Exception):
     """An upload that cannot become a feature row. ``reason`` is a short stable code."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -45,7 +45,6 @@ class Reason(StrEnum):
     BOMB = "decompression_bomb"
     MISSING = "object_missing"
     CHANGED = "object_changed"
-    FETCH_FAILED = "fetch_failed"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

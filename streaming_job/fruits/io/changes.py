@@ -14,8 +14,9 @@ Example::
 
 Limitations: the answer is None, and the caller reads the whole table, when a commit in the range
 changed or deleted rows (other than commits tagged ``skip_tag``, our re-projection), when a commit is
-older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have deleted files the log names), or when log
-retention removed a commit.
+older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have deleted files the log names), when log
+retention removed a commit, or when delta-rs cannot give a commit's changes (a range that starts
+on a metadata-only commit, such as ALTER TABLE SET TBLPROPERTIES, in deltalake 1.6).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from ..config import VACUUM_RETAIN_HOURS, Settings
 from . import lake
@@ -100,14 +102,25 @@ def appended_rows(
         return None
     parts = []
     for start, end in _ranges([c.version for c in found or [] if skip_tag is None or c.user_metadata != skip_tag]):
-        changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
-                                          columns=[*columns, CHANGE_TYPE]))
+        try:
+            changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
+                                              columns=[*columns, CHANGE_TYPE]))
+        except DeltaError as exc:
+            log.info("no change data for commits %d..%d (%s)", start, end, exc)
+            return None
         kinds = set(pc.unique(changes.column(CHANGE_TYPE)).to_pylist()) if changes.num_rows else set()
         if kinds - {"insert"}:
             log.info("commits %d..%d changed existing rows (%s)", start, end, ", ".join(sorted(kinds)))
             return None
-        parts.append(changes.select(columns))
+        parts.append(_without_views(changes.select(columns)))
     return _concat(parts, table, columns)
+
+
+def _without_views(table: pa.Table) -> pa.Table:
+    """delta-rs gives strings as ``string_view``, on which pyarrow 26's ``unique`` turns nulls into
+    "": plain strings instead."""
+    schema = pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in table.schema])
+    return table.cast(schema)
 
 
 def _concat(parts: list[pa.Table], table: DeltaTable, columns: list[str]) -> pa.Table:

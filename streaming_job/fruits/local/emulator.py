@@ -20,6 +20,7 @@ Limitations: the emulator keeps everything in memory; it is gone when it stops. 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import socket
@@ -52,6 +53,10 @@ class LocalAWS:
         self._log = tempfile.TemporaryFile()
 
     def __enter__(self) -> str:
+        if importlib.util.find_spec("moto") is None:
+            raise RuntimeError("the local AWS emulator needs moto: pip install 'fruits-pipeline[local]' (make does)")
+        if self.port and _listening(self.port):
+            raise RuntimeError(f"port {self.port} is taken: stop what listens there, or choose another --port")
         port = self.port or _free_port()
         # moto logs every request on stderr: kept in a file, shown only if the server fails to start.
         self._process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

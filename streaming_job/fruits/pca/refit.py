@@ -54,7 +54,6 @@ from ..io import lake
 from ..io.changes import REPROJECT_TAG
 from ..spark import tables as table
 from ..spark.schema import PCA_MODELS
-from . import plots
 from .model import PcaModel, basis_size, solve, update
 from .stats import StoredStats, added_since, collect_stats, file_stats, latest_stats, pending_rows, store_stats
 
@@ -215,7 +214,9 @@ def refit(
     written = []
     if write_plots:
         started = time.perf_counter()
-        written = plots.write_pca_plots(spark, settings, model, threshold if k is None else None)
+        from .plots import write_pca_plots  # matplotlib: loaded by the refit that draws, not by the stream
+
+        written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %d rows re-projected; %s", model.version, mode, rows_read,
              solver, model.k, updated, ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))

@@ -275,5 +275,7 @@ def pending_rows(settings: Settings) -> int:
     features = lake.delta_table(settings, settings.features_table)
     if covered is None:  # never fitted: every row is new
         return sum(pa.table(features.get_add_actions(flatten=True)).column("num_records").to_pylist())
-    found = changes.commits(features, covered, features.version()) or []
+    found = changes.commits(features, covered, features.version())
+    if found is None:  # log retention removed commits since: every row counts (the refit will be full)
+        return sum(pa.table(features.get_add_actions(flatten=True)).column("num_records").to_pylist())
     return sum(c.rows_added for c in found)

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -166,6 +166,14 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
             persistent[rdd_id].unpersist(False)
 
 
+class CurrentPca(NamedTuple):
+    """The PCA model new rows are projected with, and its projection column (None, None before a
+    fit on this feature model)."""
+
+    model: PcaModel | None
+    projection: F.Column | None
+
+
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
@@ -179,13 +187,13 @@ class BatchWriter:
         self.settings = settings
         self.model_id = blob.model_id
         self.model = spark.sparkContext.broadcast(compile_model(blob))
-        self._pca: tuple[PcaModel | None, F.Column | None] = (None, None)
+        self._pca = CurrentPca(None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
         self._models_log = lake.delta_table(settings, settings.pca_models_table)
         self.known = KnownImages(settings, spark)
 
-    def current_pca(self) -> tuple[PcaModel | None, F.Column | None]:
+    def current_pca(self) -> CurrentPca:
         """The newest PCA model fitted on this feature model, and its projection column. Read again
         only when the ``pca_models`` table has a new version (delta-rs reads just the commits since
         the last look, without a Spark job; reading the model through Spark every micro-batch cost
@@ -195,7 +203,7 @@ class BatchWriter:
         if self._pca_checked != models_version:
             model = latest_model(self.spark, self.settings)
             usable = model is not None and model.feature_model_id == self.model_id
-            self._pca = (model, project_column(self.spark, model)) if usable else (None, None)
+            self._pca = CurrentPca(model, project_column(self.spark, model)) if usable else CurrentPca(None, None)
             self._pca_checked = models_version
         return self._pca
 
@@ -210,7 +218,8 @@ class BatchWriter:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             if total > quarantined:
-                table.append(feature_rows(scored, *self.current_pca()), s.features_table)
+                pca = self.current_pca()
+                table.append(feature_rows(scored, pca.model, pca.projection), s.features_table)
             if quarantined:
                 table.append(quarantine_rows(scored), s.quarantine_table)
         log.info(

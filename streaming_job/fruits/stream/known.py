@@ -89,7 +89,7 @@ class KnownImages:
             version = delta.version()
             listed = lake.table_files(self._settings, location, version)
             if listed is not None:
-                chunks.append(self._read(listed[0]))
+                chunks.append(self._read(listed.files))
             else:  # deletion vectors or column mapping: only a Delta reader knows the rows
                 if self._spark is None:
                     raise ValueError(f"{location} needs a Delta reader (deletion vectors or column mapping); pass spark")
