@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
+from fruits.spark.release import EMR_RELEASE  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 from fruits_ingest.config import (  # noqa: E402
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, IngestConfig,
@@ -145,11 +146,33 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
 
 def test_emr_serverless_application_and_the_streaming_job(template: Template) -> None:
     app = one(template, "AWS::EMRServerless::Application")
-    assert app["Type"] == "SPARK" and app["ReleaseLabel"] == "emr-spark-8.0.0"
+    assert app["Type"] == "SPARK" and app["ReleaseLabel"] == EMR_RELEASE  # what the local stack is pinned to
     assert app["AutoStopConfiguration"]["Enabled"] is True
     start = one(template, "Custom::AWS")
     create = json.dumps(start["Create"])
     assert "StartJobRun" in create and "STREAMING" in create and "fruits_job.py" in create
+
+
+def job_requests(template: Template) -> list[dict]:
+    """Every StartJobRun request the template holds: the scheduled ones and the stream's."""
+    requests = [json.loads(s["Properties"]["Target"]["Input"]) if isinstance(s["Properties"]["Target"]["Input"], str)
+                else s["Properties"]["Target"]["Input"] for s in resources(template, "AWS::Scheduler::Schedule").values()]
+    return requests + [one(template, "Custom::AWS")["Create"]]
+
+
+def test_job_definitions_leave_master_and_jars_to_the_release(template: Template) -> None:
+    """No local master and no Maven resolution on EMR: the release's Spark and Delta jars serve."""
+    for request in job_requests(template):
+        text = json.dumps(request)
+        assert "sparkSubmitParameters" in text and "fruits_job.py" in text
+        for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages", "spark.jars=",
+                           "repo1.maven", "spark.jars.ivy"):
+            assert local_only not in text, (local_only, text[:300])
+
+
+def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:
+    with pytest.raises(ValueError, match="release.py"):
+        StageConfig(emr_release="emr-spark-8.0.0")
 
 
 def test_pca_refit_and_maintenance_are_scheduled_with_least_privilege(template: Template) -> None:

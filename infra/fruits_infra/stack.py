@@ -38,6 +38,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
+from fruits.spark.release import EMR_RELEASE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, UPLOAD_PREFIX, IngestConfig,
@@ -59,13 +60,20 @@ POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.11/3
 class StageConfig:
     stage: str = "dev"
     region: str = "eu-west-3"
-    # AWS runtime for Apache Spark 8.0.0: Spark 4.0.2, Delta 4.0.0 (our local pins are 4.2 / 4.4).
-    emr_release: str = "emr-spark-8.0.0"
+    # The release the local stack is pinned to (fruits.spark.release, checked by tests/test_release.py).
+    emr_release: str = EMR_RELEASE
     refit_schedule: str = "rate(1 hour)"
     maintain_schedule: str = "rate(1 day)"  # OPTIMIZE + VACUUM (fruits maintain)
     manifest_retention_days: int = 30
     start_stream: bool = False
     alarm_email: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.emr_release != EMR_RELEASE:
+            raise ValueError(
+                f"emrRelease {self.emr_release!r}: the jobs are built and tested for {EMR_RELEASE} "
+                f"(streaming_job/fruits/spark/release.py); change it there, with the pins in pyproject.toml"
+            )
 
     @classmethod
     def from_context(cls, node: Construct | object) -> StageConfig:

@@ -21,17 +21,27 @@ from pathlib import Path
 
 import pyspark
 
+from .release import DELTA_VERSION, SCALA_VERSION, SPARK_MINOR
+
 log = logging.getLogger(__name__)
 
-SPARK_MINOR = ".".join(pyspark.__version__.split(".")[:2])
-DELTA_VERSION = "4.4.0"
-HADOOP_VERSION = "3.5.0"  # Spark 4.2's Hadoop client; hadoop-aws must match it exactly
-PACKAGES = (
-    f"io.delta:delta-spark_{SPARK_MINOR}_2.13:{DELTA_VERSION}",
-    f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}",
-)
-
 _VERSION_SUFFIX = re.compile(r"-\d[\w.\-]*$")
+_SPARK_JARS = Path(pyspark.__file__).parent / "jars"
+
+
+def hadoop_version() -> str:
+    """The Hadoop client version this pyspark ships (hadoop-aws must match it exactly)."""
+    found = sorted(_SPARK_JARS.glob("hadoop-client-api-*.jar"))
+    if not found:
+        raise RuntimeError(f"no hadoop-client-api jar in {_SPARK_JARS}: is pyspark installed whole?")
+    return found[0].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+
+
+# Delta as the EMR release ships it (spark/release.py), built for this pyspark's minor version.
+PACKAGES = (
+    f"io.delta:delta-spark_{SPARK_MINOR}_{SCALA_VERSION}:{DELTA_VERSION}",
+    f"org.apache.hadoop:hadoop-aws:{hadoop_version()}",
+)
 
 
 def _cache_dir(root: str | None) -> Path:
@@ -46,8 +56,7 @@ def _artifact(jar_name: str) -> str:
 
 
 def spark_shipped_artifacts() -> set[str]:
-    jars = Path(pyspark.__file__).parent / "jars"
-    return {_VERSION_SUFFIX.sub("", p.stem) for p in jars.glob("*.jar")}
+    return {_VERSION_SUFFIX.sub("", p.stem) for p in _SPARK_JARS.glob("*.jar")}
 
 
 _RESOLVE = """

@@ -1,4 +1,16 @@
-"""The Spark session: Delta Lake enabled, S3A pointed at the configured endpoint."""
+"""The Spark session: Delta Lake enabled, S3A pointed at the configured endpoint.
+
+Local defaults apply only locally. Started by spark-submit (EMR Serverless, a standalone cluster),
+the driver keeps the master, jars and tuning it was given, and adds only what every session needs
+(``REQUIRED``). Started as a plain Python process (the CLI, the tests, the demo), it is the
+embedded default: ``local[*, 4]``, the Delta and S3A jars of ``jars.py``, and tuning for one small
+machine.
+
+Example::
+
+    spark = get_spark(settings)                          # whichever of the two applies
+    session_conf(settings, on_cluster=True)              # what a cluster run would add: REQUIRED only
+"""
 
 from __future__ import annotations
 
@@ -36,9 +48,54 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+# Every session needs these, on one machine and on a cluster alike.
+REQUIRED = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.databricks.delta.schema.autoMerge.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def submitted() -> bool:
+    """Whether spark-submit started this driver (EMR, a standalone cluster): it then chose the master,
+    the jars and the tuning, which the code must not override."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def session_conf(settings: Settings, master: str | None = None, on_cluster: bool = False) -> dict[str, str]:
+    """The session's configuration. On a cluster (``on_cluster``): what every session needs, and S3A
+    pointed at an emulator if one is configured; the release's jars and spark-submit's ``--conf``
+    give the rest. On one machine: also the master, the Delta and S3A jars resolved once from Maven
+    Central, and tuning for a small local machine."""
+    conf = dict(REQUIRED)
+    if on_cluster:
+        return conf | (s3a_conf(settings) if settings.endpoint_url else {})
+    master = master or settings.spark_master
+    conf |= {
+        "spark.master": master,
+        "spark.jars": ",".join(str(j) for j in jars.fetch(settings.jars_dir)),
+        "spark.sql.shuffle.partitions": "4",
+        # Delta rebuilds a table's state with this many tasks at each new version it reads (default
+        # 50). Our streaming tables see a new version every micro-batch and their logs are small:
+        # 50 tiny tasks cost seconds per batch here, for nothing.
+        "spark.databricks.delta.snapshotPartitions": str(settings.delta_snapshot_partitions),
+        # The file stream source lists each new manifest again; past 32 paths Spark does that in a
+        # job of one task per path (210 manifests: 210 tasks, 3.6 s here). A few tasks, each
+        # listing many paths, do it in a fraction.
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(settings.listing_tasks),
+    }
+    if master.startswith("local"):
+        # The driver is the executor too: Spark's 1 GB default is short for 1280-d rows.
+        conf["spark.driver.memory"] = settings.driver_memory
+    return conf | s3a_conf(settings)
+
+
 def get_spark(settings: Settings, master: str | None = None, app_name: str = "fruits") -> SparkSession:
-    """The active session, or a new one on ``master`` or ``settings.spark_master`` (default
-    ``local[*, 4]``: all cores, and a failed task is retried up to 4 times as on a cluster)."""
+    """The active session, or a new one: under spark-submit with what it was given (``submitted``),
+    else on ``master`` or ``settings.spark_master`` (default ``local[*, 4]``: all cores, and a
+    failed task is retried up to 4 times as on a cluster)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         # Reused (tests, notebooks): point S3A at this settings' endpoint.
@@ -46,37 +103,16 @@ def get_spark(settings: Settings, master: str | None = None, app_name: str = "fr
         for key, value in s3a_conf(settings).items():
             hadoop.set(key.removeprefix("spark.hadoop."), value)
         return active
-    # Python workers must run this interpreter, with this venv's packages.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    on_cluster = submitted()
+    conf = session_conf(settings, master, on_cluster)
+    if not on_cluster:
+        # Python workers must run this interpreter, with this venv's packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if conf["spark.master"].startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    master = master or settings.spark_master
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: stay on loopback
-    builder = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.jars", ",".join(str(j) for j in jars.fetch(settings.jars_dir)))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.shuffle.partitions", "4")
-        # Delta rebuilds a table's state with this many tasks at each new version it reads (default
-        # 50). Our streaming tables see a new version every micro-batch and their logs are small:
-        # 50 tiny tasks cost seconds per batch here, for nothing.
-        .config("spark.databricks.delta.snapshotPartitions", str(settings.delta_snapshot_partitions))
-        # The file stream source lists each new manifest again; past 32 paths Spark does that in a
-        # job of one task per path (210 manifests: 210 tasks, 3.6 s here). A few tasks, each
-        # listing many paths, do it in a fraction.
-        .config("spark.sql.sources.parallelPartitionDiscovery.parallelism",
-                str(settings.listing_tasks))
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
-    )
-    if master.startswith("local"):
-        # The driver is the executor too: Spark's 1 GB default is short for 1280-d rows (a cluster
-        # sizes its own driver, so this is only set for local masters).
-        builder = builder.config("spark.driver.memory", settings.driver_memory)
-    for key, value in s3a_conf(settings).items():
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
