@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability lambda-zip bench synth clean
+.PHONY: setup jars demo test test-reliability lambda-zip emr-artifacts bench synth clean
 
 setup: $(STAMP) jars
 
@@ -48,6 +48,15 @@ lambda-zip: $(STAMP)
 	find build/lambda -name __pycache__ -prune -exec rm -rf {} +
 	rm -f $(LAMBDA_ZIP) && cd build/lambda && $(CURDIR)/$(BIN)/python -m zipfile -c ../$(notdir $(LAMBDA_ZIP)) .
 	@ls -l $(LAMBDA_ZIP) | awk '{printf "%s: %.0f kB\n", $$9, $$5/1024}'
+
+# What the EMR jobs run from, under build/emr/ (uploaded to s3://<bucket>/artifacts/): the entry point
+# and the model compiled to LiteRT, so that the cluster needs neither TensorFlow nor the internet.
+# EMR_WEIGHTS=imagenet compiles the official weights (Keras downloads them: needs the internet here).
+EMR_WEIGHTS ?= models/mobilenet_v2_1.0_no_top.weights.h5
+emr-artifacts: $(STAMP)
+	mkdir -p build/emr/model
+	cp streaming_job/fruits_job.py build/emr/
+	$(BIN)/fruits model compile --weights $(EMR_WEIGHTS) --out build/emr/model/mobilenet_v2.tflite
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -28,7 +28,7 @@ def run(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: i
         rate: float = 8.0, timeout: float = 300.0) -> dict[str, float]:
     settings = bench_settings(endpoint, root, "latency")
     ingested(settings, images, 16, "warm")  # the first batch pays the one-off costs, unmeasured
-    query = stream.start(spark, settings, trigger={"processingTime": "1 second"}, blob=blob)
+    query = stream.start(spark, settings, trigger={"processingTime": "1 second"}, model=blob)
     store = FeatureStore(settings)
     stop = threading.Event()
 

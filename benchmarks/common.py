@@ -29,7 +29,7 @@ def ingested(settings: Settings, images: list[tuple[str, Path]], total: int, tag
 
 def timed_stream(spark, settings: Settings, blob) -> float:  # noqa: ANN001
     started = time.perf_counter()
-    stream.start(spark, settings, blob=blob).awaitTermination()
+    stream.start(spark, settings, model=blob).awaitTermination()
     return time.perf_counter() - started
 
 

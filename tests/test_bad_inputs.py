@@ -62,7 +62,7 @@ def test_every_odd_upload_becomes_a_correct_row(spark, settings, weights_blob) -
     for key, body in uploads.items():
         s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
     assert ingest.drain(settings, visibility_timeout=5).failed == 0
-    stream.start(spark, settings, blob=weights_blob).awaitTermination()
+    stream.start(spark, settings, model=weights_blob).awaitTermination()
 
     rows = {r[0]: r for r in spark_sql(spark, settings, "SELECT key, label, features FROM features").rows}
     quarantined = spark_sql(spark, settings, "SELECT key, reason, error FROM quarantine").rows

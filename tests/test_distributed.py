@@ -1,6 +1,8 @@
-"""The featurizer on Spark ``local-cluster``: two worker JVMs, so the broadcast weights, the pandas
-UDF and the Delta writes cross process boundaries as on a real cluster. Its rows must equal a
-``local[*]`` run over the same manifests, feature for feature."""
+"""The featurizer on Spark ``local-cluster``: two worker JVMs, so the broadcast model, the pandas
+UDF and the Delta writes cross process boundaries as on a real cluster. It runs from the compiled
+model artifact (``fruits model compile``) with TensorFlow made unimportable, as a cluster without
+TensorFlow or internet would. Its rows must equal a ``local[*]`` run over the same manifests,
+feature for feature."""
 
 from __future__ import annotations
 
@@ -19,7 +21,18 @@ from conftest import SAMPLE
 pytestmark = pytest.mark.spark
 
 
+def unimportable(folder, *packages: str) -> str:
+    """A folder that, first on PYTHONPATH, makes ``packages`` fail to import."""
+    for name in packages:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is not on this cluster')\n")
+    return str(folder)
+
+
 def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_path) -> None:
+    from fruits.featurize.build import compile_model
+
+    artifact = compile_model(weights_blob).save(tmp_path / "model" / "mobilenet_v2.tflite")
     upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=1)[:8])
     from fruits.local import ingest
 
@@ -28,13 +41,15 @@ def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_
     env = {
         **os.environ, "FRUITS_SPARK_MASTER": "local-cluster[2,1,2048]", "FRUITS_ENDPOINT_URL": settings.endpoint_url,
         "FRUITS_BUCKET": settings.bucket, "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": cluster.table_root,
-        "FRUITS_WEIGHTS": settings.weights, "FRUITS_BATCH_SIZE": "4", "FRUITS_DRIVER_MEMORY": "1g",
+        "FRUITS_WEIGHTS": str(artifact), "FRUITS_BATCH_SIZE": "4", "FRUITS_DRIVER_MEMORY": "1g",
+        "PYTHONPATH": os.pathsep.join([unimportable(tmp_path / "blocked", "tensorflow", "keras"),
+                                       os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    stream.start(spark, settings, blob=weights_blob).awaitTermination()
+    stream.start(spark, settings, model=weights_blob).awaitTermination()
     sql = "SELECT key, features, model_id FROM features ORDER BY key"
     local_rows = spark_sql(spark, settings, sql).rows
     cluster_rows = spark_sql(spark, cluster, sql).rows

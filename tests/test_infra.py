@@ -165,6 +165,8 @@ def test_job_definitions_leave_master_and_jars_to_the_release(template: Template
     for request in job_requests(template):
         text = json.dumps(request)
         assert "sparkSubmitParameters" in text and "fruits_job.py" in text
+        # The compiled model, not weights to download and convert: no TensorFlow, no internet.
+        assert "artifacts/model/mobilenet_v2.tflite" in text and "FRUITS_WEIGHTS=mobilenet_v2.tflite" in text
         for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages", "spark.jars=",
                            "repo1.maven", "spark.jars.ivy"):
             assert local_only not in text, (local_only, text[:300])

@@ -36,7 +36,7 @@ def test_every_upload_ends_exactly_once(spark, settings, weights_blob, uploads: 
         size = min(CHUNK, uploads - len(broken) - start)
         good += upload.upload_copies(settings, upload.sample_images(SAMPLE), size, f"load{chunk}_")
         assert ingest.drain(settings, visibility_timeout=30).failed == 0
-    stream.start(spark, settings, blob=weights_blob).awaitTermination()
+    stream.start(spark, settings, model=weights_blob).awaitTermination()
 
     rows = spark_sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
     quarantined = dict(spark_sql(spark, settings, "SELECT reason, count(*) FROM quarantine GROUP BY reason").rows)

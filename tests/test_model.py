@@ -89,3 +89,22 @@ def test_python_workers_run_the_broadcast_model_without_tensorflow(spark, weight
     expected = float(np.abs(Featurizer(compile_model(weights_blob), threads=1)(pixels)).sum())
     assert [imported for imported, _ in results] == [False, False]
     assert all(total == pytest.approx(expected, rel=1e-5) for _, total in results)
+
+
+def test_a_compiled_model_saved_and_loaded_is_the_same_model(weights_blob, tmp_path) -> None:
+    """The deployable artifact: a driver loads it without TensorFlow (``load_model``), and it is
+    refused when the file is not the one its identity describes."""
+    from fruits.featurize.build import load_model
+    from fruits.featurize.model import CompiledModel
+
+    compiled = compile_model(weights_blob)
+    path = compiled.save(tmp_path / "m.tflite")
+    assert load_model(str(path)) == compiled and compiled.model_id == weights_blob.model_id
+    with pytest.raises(ValueError, match=r"\.tflite file"):
+        compiled.save(tmp_path / "m.bin")
+    path.write_bytes(compiled.data[:-1] + b"x")
+    with pytest.raises(ValueError, match="not the model"):
+        CompiledModel.load(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="fruits model compile"):
+        CompiledModel.load(path)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.spark
 
 
 def run_stream(spark, settings, blob) -> None:
-    stream.start(spark, settings, blob=blob).awaitTermination()
+    stream.start(spark, settings, model=blob).awaitTermination()
 
 
 def table_rows(spark, settings, statement: str) -> list[tuple]:

@@ -61,7 +61,7 @@ def test_sigkill_mid_stream_then_restart_gives_each_image_once(spark, settings, 
     before = spark_sql(spark, settings, "SELECT count(*) FROM features").rows[0][0]
     assert 0 < before < len(images), "the kill came too late to interrupt the stream"
 
-    stream.start(spark, settings, blob=weights_blob).awaitTermination()
+    stream.start(spark, settings, model=weights_blob).awaitTermination()
 
     rows = spark_sql(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features").rows[0]
     quarantined = spark_sql(spark, settings, "SELECT count(*) FROM quarantine").rows[0][0]

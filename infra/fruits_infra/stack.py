@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
 UPLOADS, MANIFESTS, TABLES, ARTIFACTS = UPLOAD_PREFIX, MANIFEST_PREFIX, "tables/", "artifacts/"
+MODEL_FILE = "mobilenet_v2.tflite"  # under artifacts/model/, as make emr-artifacts writes it
 LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
 # AWS's advice for an SQS event source: visibility at least 6x the function timeout.
 QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)
@@ -221,9 +222,13 @@ class FruitsStack(cdk.Stack):
     def _job_run(self, name: str, arguments: list[str]) -> dict[str, object]:
         """The StartJobRun request of ``python -m fruits <arguments>`` on this application."""
         b = f"s3://{self.bucket.bucket_name}"
+        # The compiled model (make emr-artifacts) lands in the driver's working directory (spark.files):
+        # the driver loads it as it is, without TensorFlow or a download.
         env = {"FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
-               "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables"}
+               "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables", "FRUITS_WEIGHTS": MODEL_FILE}
+        model = f"{b}/{ARTIFACTS}model/{MODEL_FILE}"
         conf = [f"spark.archives={b}/{ARTIFACTS}pyenv.tar.gz#environment",
+                f"spark.files={model},{model.removesuffix('.tflite')}.json",
                 "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON=./environment/bin/python",
                 "spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python",
                 "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python"]

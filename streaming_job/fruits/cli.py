@@ -217,6 +217,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.state != "unknown" else 3
 
 
+def cmd_model_compile(args: argparse.Namespace) -> int:
+    from .featurize.build import compile_model, load_weights
+
+    spec = args.weights or Settings.from_env().weights
+    compiled = compile_model(load_weights(spec))
+    path = compiled.save(Path(args.out))
+    print(f"{compiled.model_id}: {path} ({len(compiled.data) / 1e6:.1f} MB) and {path.with_suffix('.json').name}; "
+          f"FRUITS_WEIGHTS={path} runs the pipeline on it without TensorFlow")
+    return 0
+
+
 def cmd_jars(args: argparse.Namespace) -> int:
     from .spark import jars
 
@@ -309,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    model_parser = sub.add_parser("model", help="the MobileNetV2 model as the jobs run it")
+    model_sub = model_parser.add_subparsers(dest="model_command", required=True)
+    p = model_sub.add_parser("compile", help="compile weights to a LiteRT artifact the jobs load without TensorFlow")
+    p.add_argument("--weights", help="imagenet or a weights file; default FRUITS_WEIGHTS or imagenet")
+    p.add_argument("--out", required=True, help="the artifact to write, <name>.tflite (its .json goes beside it)")
+    p.set_defaults(func=cmd_model_compile)
 
     sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
     return parser

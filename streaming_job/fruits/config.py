@@ -14,7 +14,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_MANIFEST_PREFIX`` | where the Lambda writes manifests | ``manifests/`` |
 | ``FRUITS_QUEUE`` | SQS queue of S3 events (its DLQ is ``<queue>-dlq``) | ``fruits-uploads`` |
 | ``FRUITS_TABLE_ROOT`` | root of the Delta tables and checkpoints (``s3a://`` or a path) | ``s3a://<bucket>/tables`` |
-| ``FRUITS_WEIGHTS`` | ``imagenet`` or a path to MobileNetV2 no-top weights | ``imagenet`` |
+| ``FRUITS_WEIGHTS`` | ``imagenet``, a path to MobileNetV2 no-top weights, or a compiled ``.tflite`` model (``fruits model compile``; no TensorFlow needed) | ``imagenet`` |
 | ``FRUITS_BATCH_SIZE`` | images handed to the model at a time (fetching and decoding run up to twice this far ahead) | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
 | ``FRUITS_MODEL_THREADS`` | LiteRT threads per Python worker (one per task core); 0 = all cores | ``1`` |

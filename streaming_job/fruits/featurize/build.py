@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import ARCHITECTURE, IMAGE_SIZE, CompiledModel
+from .model import ARCHITECTURE, COMPILED_SUFFIX, IMAGE_SIZE, CompiledModel
 
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
 IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -93,6 +93,18 @@ def keras_function(blob: WeightsBlob) -> Any:
         return model(pixels / 127.5 - 1.0, training=False)
 
     return infer
+
+
+def load_model(spec: str) -> CompiledModel:
+    """The model ``spec`` names, ready to broadcast: a compiled ``.tflite`` artifact loaded as it is
+    (no TensorFlow), or ``imagenet`` / a weights file built and compiled here (TensorFlow)."""
+    if spec.endswith(COMPILED_SUFFIX):
+        return CompiledModel.load(Path(spec).expanduser())
+    return compile_model(load_weights(spec))
+
+
+def as_compiled(model: WeightsBlob | CompiledModel) -> CompiledModel:
+    return model if isinstance(model, CompiledModel) else compile_model(model)
 
 
 _COMPILED: dict[str, CompiledModel] = {}

@@ -20,9 +20,12 @@ only if they can wait for each other.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,12 +34,44 @@ FEATURE_DIM = 1280
 IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image to it
 
 
+COMPILED_SUFFIX = ".tflite"  # a compiled model's file; its identity is in a ``.json`` beside it
+
+
 @dataclass(frozen=True)
 class CompiledModel:
-    """MobileNetV2 with its preprocessing as a LiteRT flatbuffer: what the driver broadcasts."""
+    """MobileNetV2 with its preprocessing as a LiteRT flatbuffer: what the driver broadcasts.
+
+    It is also a deployable artifact (``save``/``load``): a cluster's driver loads it as it is, with
+    neither TensorFlow nor the internet (``fruits model compile`` writes it).
+    """
 
     model_id: str
     data: bytes
+
+    def save(self, path: Path) -> Path:
+        """Write ``path`` (``.tflite``) and its identity beside it (``.json``); returns ``path``."""
+        if path.suffix != COMPILED_SUFFIX:
+            raise ValueError(f"a compiled model is a {COMPILED_SUFFIX} file, not {path.name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.data)
+        identity = {"model_id": self.model_id, "sha256": hashlib.sha256(self.data).hexdigest(),
+                    "feature_dim": FEATURE_DIM, "image_size": IMAGE_SIZE}
+        path.with_suffix(".json").write_text(json.dumps(identity, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> CompiledModel:
+        """A model ``save`` wrote; refuses a file that is not the one its ``.json`` describes."""
+        identity_file = path.with_suffix(".json")
+        if not path.is_file() or not identity_file.is_file():
+            raise FileNotFoundError(f"compiled model {path} (and {identity_file.name} beside it) not found; "
+                                    "write it with `fruits model compile --out <file>.tflite`")
+        data, identity = path.read_bytes(), json.loads(identity_file.read_text())
+        if identity.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise ValueError(f"{path} is not the model {identity_file.name} describes; compile it again")
+        if not str(identity.get("model_id", "")).startswith(f"{ARCHITECTURE}:"):
+            raise ValueError(f"{identity_file} names model {identity.get('model_id')!r}, not a {ARCHITECTURE}")
+        return cls(identity["model_id"], data)
 
 
 class Featurizer:

@@ -67,7 +67,7 @@ def run(
         print(f"    weights: {blob.name} (sha256 {blob.sha256})")
         done = _step("featurizer stream (availableNow) -> Delta")
         spark = get_spark(settings)
-        query_handle = job.start(spark, settings, blob=blob)
+        query_handle = job.start(spark, settings, model=blob)
         query_handle.awaitTermination()
         done("stream caught up with every manifest")
 

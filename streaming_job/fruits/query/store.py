@@ -164,18 +164,18 @@ class FeatureStore:
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
         # Imported here: only a local photo needs the model (and compiling it needs TensorFlow).
-        from ..featurize.build import compile_model, load_weights
+        from ..featurize.build import load_model
         from ..featurize.images import decode
         from ..featurize.model import Featurizer
 
         if self._featurizer is None:
-            blob = load_weights(self.settings.weights)
-            if blob.model_id != table_model_id:
+            compiled = load_model(self.settings.weights)
+            if compiled.model_id != table_model_id:
                 raise ValueError(
                     f"the table was featurized with {table_model_id}, but the weights {self.settings.weights!r} "
-                    f"are {blob.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights file"
+                    f"are {compiled.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model"
                 )
-            self._featurizer = Featurizer(compile_model(blob))
+            self._featurizer = Featurizer(compiled)
         pixels = decode(path.read_bytes(), self.settings.max_image_bytes)
         return self._featurizer(pixels[None])
 

@@ -30,7 +30,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from ..config import Settings
 from ..featurize.batch import Columns, WorkerOptions, featurize_batches
-from ..featurize.build import WeightsBlob, compile_model, load_weights
+from ..featurize.build import WeightsBlob, as_compiled, load_model
+from ..featurize.model import CompiledModel
 from ..io import lake
 from ..pca.model import PcaModel
 from ..pca.refit import latest_model, project_column
@@ -182,11 +183,12 @@ class BatchWriter:
     rows had committed (its images are then known). This stream is the only writer of new rows.
     """
 
-    def __init__(self, spark: SparkSession, settings: Settings, blob: WeightsBlob) -> None:
+    def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel) -> None:
         self.spark = spark
         self.settings = settings
-        self.model_id = blob.model_id
-        self.model = spark.sparkContext.broadcast(compile_model(blob))
+        compiled = as_compiled(model)
+        self.model_id = compiled.model_id
+        self.model = spark.sparkContext.broadcast(compiled)
         self._pca = CurrentPca(None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
@@ -232,11 +234,11 @@ def start(
     spark: SparkSession,
     settings: Settings,
     trigger: dict[str, Any] | None = None,
-    blob: WeightsBlob | None = None,
+    model: WeightsBlob | CompiledModel | None = None,
 ) -> StreamingQuery:
-    """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow)."""
-    blob = blob or load_weights(settings.weights)
-    writer = BatchWriter(spark, settings, blob)
+    """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow);
+    ``model`` (default: ``settings.weights``, loaded by ``load_model``) as weights or compiled."""
+    writer = BatchWriter(spark, settings, model or load_model(settings.weights))
     return (
         read_manifests(spark, settings)
         .writeStream.foreachBatch(writer)
