@@ -17,7 +17,7 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 from fruits.spark.release import EMR_RELEASE  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 from fruits_ingest.config import (  # noqa: E402
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, IngestConfig,
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_ingest_role_reads_its_queue_and_writes_manifests_only(template: Templat
 
 def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> None:
     statements = {s["Sid"]: s for s in policy_statements(template, "JobRole")}
-    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes"}
+    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes", "PublishMetrics"}
 
     def prefixes(statement: dict) -> set[str]:
         return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
@@ -138,6 +138,7 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
     assert prefixes(statements["ReadWriteTables"]) == {"/tables/*"}
     assert set(statements["ReadWriteTables"]["Action"]) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
     assert statements["ListOwnPrefixes"]["Action"] == "s3:ListBucket"
+    assert statements["PublishMetrics"]["Action"] == "cloudwatch:PutMetricData"  # one namespace: see the alarm test
     trust = resources(template, "AWS::IAM::Role")
     job_role = next(r for name, r in trust.items() if name.startswith("JobRole"))["Properties"]
     assert job_role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
@@ -190,11 +191,27 @@ def test_pca_refit_and_maintenance_are_scheduled_with_least_privilege(template: 
 
 
 def test_alarms_on_dead_letters_and_queue_age(template: Template) -> None:
-    alarms = {a["Properties"]["MetricName"]: a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()}
-    assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}
+    alarms = {a["Properties"].get("MetricName", "math"): a["Properties"]
+              for a in resources(template, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "math"}
     assert alarms["ApproximateNumberOfMessagesVisible"]["Threshold"] == 0
     assert all(a["AlarmActions"] for a in alarms.values())
     template.has_resource_properties("AWS::SNS::Topic", {"TopicName": "fruits-qa-alarms"})
+
+
+def test_a_stalled_stream_alarms_when_uploads_arrive_and_no_batch_commits(template: Template) -> None:
+    [alarm] = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()
+               if a["Properties"]["AlarmName"] == "fruits-qa-stream-stalled"]
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    assert queries["expr_1"]["Expression"] == "IF(received > 0 AND FILL(committed, 0) == 0, 1, 0)"
+    committed = queries["committed"]["MetricStat"]["Metric"]
+    assert (committed["Namespace"], committed["MetricName"]) == (METRICS_NAMESPACE, "BatchesCommitted")
+    assert queries["received"]["MetricStat"]["Metric"]["MetricName"] == "NumberOfMessagesReceived"
+    assert alarm["AlarmActions"] and alarm["Threshold"] == 1
+    # The job role may publish the stream's metrics, in that namespace only.
+    [publish] = [s for s in policy_statements(template, "JobRole") if s.get("Sid") == "PublishMetrics"]
+    assert publish["Condition"] == {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}
+    assert all("FRUITS_METRICS_NAMESPACE=Fruits" in json.dumps(r) for r in job_requests(template))
 
 
 def test_names_derive_from_the_stage_and_the_region_defaults_to_paris(template: Template) -> None:

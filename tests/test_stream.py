@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 
 import pytest
@@ -277,3 +278,41 @@ def test_after_a_long_outage_fetches_fail_at_once(settings, monkeypatch) -> None
     with pytest.raises(EndpointConnectionError):
         fetch.fetch(client, settings.bucket, "uploads/c.jpg", None, None, patience=0.9, outage=outage)
     assert clock.sleeps == [0.5, 0.5]
+
+
+def test_each_micro_batch_publishes_its_metrics_to_cloudwatch(spark, settings, weights_blob) -> None:
+    """What infra/'s stalled-stream alarm watches: one BatchesCommitted per micro-batch, with its
+    images and quarantines, in the configured namespace (the emulator's CloudWatch here)."""
+    settings = settings.with_(metrics_namespace=f"FruitsTest{settings.bucket[-10:]}")
+    put_samples(settings, "Kiwi", 2)
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/Kiwi/bad.jpg", Body=b"not a photo")
+    ingest.drain(settings, visibility_timeout=5)
+    run_stream(spark, settings, weights_blob)
+    cloudwatch = aws.client("cloudwatch", settings)
+
+    def total(name: str) -> float:
+        now = dt.datetime.now(dt.timezone.utc)
+        points = cloudwatch.get_metric_statistics(
+            Namespace=settings.metrics_namespace, MetricName=name, Statistics=["Sum"], Period=3600,
+            Dimensions=[{"Name": "Bucket", "Value": settings.bucket}],
+            StartTime=now - dt.timedelta(hours=1), EndTime=now + dt.timedelta(minutes=5))["Datapoints"]
+        return sum(p["Sum"] for p in points)
+
+    assert (total("ImagesFeaturized"), total("ImagesQuarantined")) == (2, 1)
+    assert total("BatchesCommitted") >= 1 and total("FeaturizeSeconds") > 0
+
+
+def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_them(spark, settings,
+                                                                                     weights_blob) -> None:
+    """On a cluster the scored rows go to the checkpoint directory (S3 there), not to executors'
+    memory that dynamic allocation may take away; the batch writes the same rows."""
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    keys = put_samples(settings, "Mango", 2)
+    ingest.drain(settings, visibility_timeout=5)
+    lines = spark.read.schema(MANIFEST).json(settings.manifests_uri).withColumn("manifest", F.col("_metadata.file_path"))
+    stream.BatchWriter(spark, settings, weights_blob, reliable=True)(lines, 0)
+    assert list(Path(settings.checkpoint, "batches").rglob("rdd-*")), "nothing was checkpointed reliably"
+    assert_rows_exactly(spark, settings, keys)

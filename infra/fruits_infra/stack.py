@@ -41,7 +41,8 @@ from constructs import Construct
 from fruits.spark.release import EMR_RELEASE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, UPLOAD_PREFIX, IngestConfig,
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, UPLOAD_PREFIX,
+    IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +179,7 @@ class FruitsStack(cdk.Stack):
                 **IngestConfig(manifest_bucket=self.bucket.bucket_name, manifest_prefix=MANIFESTS,
                                accepted_prefixes=(UPLOADS,)).as_env(),
                 "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
-                "POWERTOOLS_METRICS_NAMESPACE": "Fruits",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
             },
         )
@@ -217,6 +218,11 @@ class FruitsStack(cdk.Stack):
             sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, MANIFESTS, TABLES, ARTIFACTS)]}},
         ))
+        # The stream's per-micro-batch metrics (fruits.stream.metrics), in the pipeline's namespace only.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="PublishMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
+            conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+        ))
         return application, role
 
     def _job_run(self, name: str, arguments: list[str]) -> dict[str, object]:
@@ -225,7 +231,8 @@ class FruitsStack(cdk.Stack):
         # The compiled model (make emr-artifacts) lands in the driver's working directory (spark.files):
         # the driver loads it as it is, without TensorFlow or a download.
         env = {"FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
-               "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables", "FRUITS_WEIGHTS": MODEL_FILE}
+               "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables", "FRUITS_WEIGHTS": MODEL_FILE,
+               "FRUITS_METRICS_NAMESPACE": METRICS_NAMESPACE}
         model = f"{b}/{ARTIFACTS}model/{MODEL_FILE}"
         conf = [f"spark.archives={b}/{ARTIFACTS}pyenv.tar.gz#environment",
                 f"spark.files={model},{model.removesuffix('.tflite')}.json",
@@ -316,6 +323,28 @@ class FruitsStack(cdk.Stack):
                 threshold=15 * 60, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 evaluation_periods=2, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             ),
+            *self._stream_alarms(),
         ):
             alarm.add_alarm_action(cw_actions.SnsAction(topic))
+
+    def _stream_alarms(self) -> list[cloudwatch.Alarm]:
+        """The stalled stream: uploads reached the queue in the last 15 minutes, yet no micro-batch
+        committed (the Lambda keeps draining the queue into manifests, so the queue alarms stay quiet)."""
+        if not self.config.start_stream:
+            return []  # no running stream to watch (runs on demand instead)
+        window = cdk.Duration.minutes(15)
+        committed = cloudwatch.Metric(namespace=METRICS_NAMESPACE, metric_name="BatchesCommitted",
+                                      dimensions_map={"Bucket": self.bucket.bucket_name}, statistic="Sum", period=window)
+        stalled = cloudwatch.MathExpression(
+            expression="IF(received > 0 AND FILL(committed, 0) == 0, 1, 0)", period=window,
+            using_metrics={"received": self.queue.metric_number_of_messages_received(period=window, statistic="Sum"),
+                           "committed": committed},
+        )
+        return [cloudwatch.Alarm(
+            self, "StreamStalledAlarm", alarm_name=self.config.name("stream-stalled"),
+            alarm_description="Uploads arrive but the featurizer stream committed no micro-batch for 15 minutes: "
+                              "check the streaming job run in EMR Serverless (infra/README.md).",
+            metric=stalled, threshold=1, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )]
 

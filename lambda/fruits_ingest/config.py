@@ -26,6 +26,9 @@ BATCH_SIZE = 100
 BATCHING_WINDOW_SECONDS = 1
 MAX_RECEIVE_COUNT = 3  # deliveries of an event before SQS moves it to the dead-letter queue
 
+# The CloudWatch namespace of the pipeline's metrics: the Lambda's and the stream's.
+METRICS_NAMESPACE = "Fruits"
+
 # Where the app uploads and where manifests go, by default (the pipeline's settings and infra/ too).
 UPLOAD_PREFIX = "uploads/"
 MANIFEST_PREFIX = "manifests/"

@@ -33,13 +33,13 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.config import Config
 
-from .config import RETRIES, IngestConfig
+from .config import METRICS_NAMESPACE, RETRIES, IngestConfig
 from .events import ImageEvent, parse_message
 from .exceptions import ManifestWriteError
 from .manifest import manifest_key, write_manifest
 
 SERVICE = "fruits-ingest"
-NAMESPACE = "Fruits"
+NAMESPACE = METRICS_NAMESPACE
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)

@@ -27,6 +27,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` | tasks Delta rebuilds a table's state with | ``2`` |
 | ``FRUITS_LISTING_TASKS`` | tasks the file source lists new manifests with | ``8`` |
 | ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
+| ``FRUITS_METRICS_NAMESPACE`` | CloudWatch namespace the stream publishes its per-micro-batch metrics to (infra/ sets ``Fruits``); unset: a log line only | unset |
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
 
 Example::
@@ -80,6 +81,7 @@ class Settings(BaseSettings):
     listing_tasks: int = Field(8, ge=1)
     spark_log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     jars_dir: str | None = None
+    metrics_namespace: str | None = None
 
     def __init__(self, **values: Any) -> None:
         try:

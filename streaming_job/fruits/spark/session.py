@@ -55,6 +55,8 @@ REQUIRED = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
+    # The stream's reliable batch checkpoints (on a cluster) are deleted once their batch is done.
+    "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
 }
 
 

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +31,14 @@ from ..config import Settings
 from ..featurize.batch import Columns, WorkerOptions, featurize_batches
 from ..featurize.build import WeightsBlob, as_compiled, load_model
 from ..featurize.model import CompiledModel
-from ..io import lake
+from ..io import aws, lake
 from ..pca.model import PcaModel
 from ..pca.refit import latest_model, project_column
 from ..spark import tables as table
+from ..spark.session import submitted
 from ..spark.schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
+from . import metrics
 from .known import KnownImages, as_ids
-
-log = logging.getLogger(__name__)
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -152,13 +151,18 @@ def quarantine_rows(scored: DataFrame) -> DataFrame:
 # --- sink -----------------------------------------------------------------------------------
 
 @contextmanager
-def materialized(df: DataFrame) -> Iterator[DataFrame]:
+def materialized(df: DataFrame, reliable: bool = False) -> Iterator[DataFrame]:
     """``df`` computed once, lineage cut, so that the model runs once per image however many writes
     read the result (``persist`` alone let the writes recompute it); its blocks are freed on exit
-    instead of waiting for the JVM's periodic GC."""
+    instead of waiting for the JVM's periodic GC.
+
+    ``reliable``: written to the SparkContext's checkpoint directory (the stream's checkpoint
+    location, on S3 on a cluster) instead of the executors' block managers, so that losing an
+    executor (dynamic allocation removes idle ones) loses nothing; Spark deletes the files once the
+    batch's DataFrame is gone (``spark.cleaner.referenceTracking.cleanCheckpoints``)."""
     sc = df.sparkSession.sparkContext
     before = set(sc._jsc.getPersistentRDDs().keys())
-    done = df.localCheckpoint(eager=True)
+    done = df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
     try:
         yield done
     finally:
@@ -183,7 +187,8 @@ class BatchWriter:
     rows had committed (its images are then known). This stream is the only writer of new rows.
     """
 
-    def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel) -> None:
+    def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
+                 reliable: bool | None = None) -> None:
         self.spark = spark
         self.settings = settings
         compiled = as_compiled(model)
@@ -194,6 +199,11 @@ class BatchWriter:
         table.ensure_tables(spark, settings)
         self._models_log = lake.delta_table(settings, settings.pca_models_table)
         self.known = KnownImages(settings, spark)
+        # On a cluster (spark-submit) a micro-batch's scored rows must survive losing an executor.
+        self.reliable = submitted() if reliable is None else reliable
+        if self.reliable:
+            spark.sparkContext.setCheckpointDir(f"{settings.checkpoint}/batches")
+        self._cloudwatch = aws.client("cloudwatch", settings) if settings.metrics_namespace else None
 
     def current_pca(self) -> CurrentPca:
         """The newest PCA model fitted on this feature model, and its projection column. Read again
@@ -212,11 +222,11 @@ class BatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
         images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
-        if images is None:
-            log.info("batch %d: no new images", batch_id)
+        if images is None:  # every image already known: nothing to write
+            metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
             return
         started = time.perf_counter()
-        with materialized(featurize(images, self.model, s, self.model_id)) as scored:
+        with materialized(featurize(images, self.model, s, self.model_id), self.reliable) as scored:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             if total > quarantined:
@@ -224,10 +234,9 @@ class BatchWriter:
                 table.append(feature_rows(scored, pca.model, pca.projection), s.features_table)
             if quarantined:
                 table.append(quarantine_rows(scored), s.quarantine_table)
-        log.info(
-            "batch %d: %d new images (%d quarantined); featurized in %.1fs, written in %.1fs",
-            batch_id, total, quarantined, featurized - started, time.perf_counter() - featurized,
-        )
+        written = time.perf_counter()
+        metrics.publish(s, metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
+                        self._cloudwatch)
 
 
 def start(
