@@ -42,10 +42,23 @@ class WeightsBlob:
         return f"{ARCHITECTURE}:{self.sha256}"
 
 
+_NO_TENSORFLOW = ("building the model from weights needs TensorFlow and Keras: pip install 'fruits-pipeline[model]', "
+                  "or set FRUITS_WEIGHTS to a compiled model (`fruits model compile --out model.tflite` where they are)")
+
+
+def _keras() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras
+    except ImportError as exc:
+        raise RuntimeError(_NO_TENSORFLOW) from exc
+    return keras
+
+
 def resolve_weights(spec: str) -> Path:
     """``imagenet`` -> the official file (downloaded and cached by Keras); otherwise a path."""
     if spec == "imagenet":
-        from keras.utils import get_file
+        get_file = _keras().utils.get_file
 
         try:
             return Path(get_file(IMAGENET_NOTOP, IMAGENET_URL, cache_subdir="models"))
@@ -68,8 +81,7 @@ def load_weights(spec: str) -> WeightsBlob:
 
 def keras_model(blob: WeightsBlob) -> Any:
     """The Keras MobileNetV2 (no top, average pooling) with these weights; needs TensorFlow."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    keras = _keras()
 
     # Keras picks the loader by file name, so keep the original suffix.
     suffix = ".weights.h5" if blob.name.endswith(".weights.h5") else Path(blob.name).suffix
