@@ -14,7 +14,6 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
-from fruits.spark.release import EMR_RELEASE  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 from fruits_ingest.config import (  # noqa: E402
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, IngestConfig,
@@ -147,7 +146,7 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
 
 def test_emr_serverless_application_and_the_streaming_job(template: Template) -> None:
     app = one(template, "AWS::EMRServerless::Application")
-    assert app["Type"] == "SPARK" and app["ReleaseLabel"] == EMR_RELEASE  # what the local stack is pinned to
+    assert app["Type"] == "SPARK" and app["ReleaseLabel"] == "emr-spark-8.2.0"  # what the local stack is pinned to
     assert app["AutoStopConfiguration"]["Enabled"] is True
     start = one(template, "Custom::AWS")
     create = json.dumps(start["Create"])
@@ -168,9 +167,12 @@ def test_job_definitions_leave_master_and_jars_to_the_release(template: Template
         assert "sparkSubmitParameters" in text and "fruits_job.py" in text
         # The compiled model, not weights to download and convert: no TensorFlow, no internet.
         assert "artifacts/model/mobilenet_v2.tflite" in text and "FRUITS_WEIGHTS=mobilenet_v2.tflite" in text
-        for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages", "spark.jars=",
+        for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages",
                            "repo1.maven", "spark.jars.ivy"):
             assert local_only not in text, (local_only, text[:300])
+        # Delta from the release's own jars, and the local session's tuning as --conf.
+        assert "spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar" in text
+        assert "spark.databricks.delta.snapshotPartitions=" in text
 
 
 def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:
@@ -208,6 +210,10 @@ def test_a_stalled_stream_alarms_when_uploads_arrive_and_no_batch_commits(templa
     assert (committed["Namespace"], committed["MetricName"]) == (METRICS_NAMESPACE, "BatchesCommitted")
     assert queries["received"]["MetricStat"]["Metric"]["MetricName"] == "NumberOfMessagesReceived"
     assert alarm["AlarmActions"] and alarm["Threshold"] == 1
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (2, 2)  # one late commit never alarms
+    assert (queries["committed"]["MetricStat"]["Stat"], queries["committed"]["MetricStat"]["Period"]) == ("Sum", 900)
+    # The dimension the stream publishes (fruits.stream.metrics): the bucket.
+    assert [d["Name"] for d in committed["Dimensions"]] == ["Bucket"]
     # The job role may publish the stream's metrics, in that namespace only.
     [publish] = [s for s in policy_statements(template, "JobRole") if s.get("Sid") == "PublishMetrics"]
     assert publish["Condition"] == {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}

@@ -306,6 +306,7 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
                                                                                      weights_blob) -> None:
     """On a cluster the scored rows go to the checkpoint directory (S3 there), not to executors'
     memory that dynamic allocation may take away; the batch writes the same rows."""
+    from contextlib import contextmanager
     from pathlib import Path
 
     from pyspark.sql import functions as F
@@ -313,6 +314,21 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
     keys = put_samples(settings, "Mango", 2)
     ingest.drain(settings, visibility_timeout=5)
     lines = spark.read.schema(MANIFEST).json(settings.manifests_uri).withColumn("manifest", F.col("_metadata.file_path"))
-    stream.BatchWriter(spark, settings, weights_blob, reliable=True)(lines, 0)
-    assert list(Path(settings.checkpoint, "batches").rglob("rdd-*")), "nothing was checkpointed reliably"
+    writer = stream.BatchWriter(spark, settings, weights_blob, reliable=True)
+    checkpointed = []
+    original = stream.job.materialized
+
+    @contextmanager
+    def watched(df, reliable_dir=None):  # noqa: ANN001, ANN202
+        with original(df, reliable_dir) as done:
+            checkpointed.extend(Path(reliable_dir).rglob("rdd-*"))
+            yield done
+
+    stream.job.materialized = watched
+    try:
+        writer(lines, 0)
+    finally:
+        stream.job.materialized = original
+    assert checkpointed, "nothing was checkpointed reliably"
+    assert not list(Path(settings.checkpoint, "batches").iterdir())  # each batch's folder is gone after it
     assert_rows_exactly(spark, settings, keys)

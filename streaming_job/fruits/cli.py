@@ -221,6 +221,9 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
     from .featurize.build import compile_model, load_weights
 
     spec = args.weights or Settings.from_env().weights
+    if spec.endswith(".tflite"):
+        print(f"fruits: {spec} is already a compiled model; give --weights imagenet or a weights file", file=sys.stderr)
+        return 2
     compiled = compile_model(load_weights(spec))
     path = compiled.save(Path(args.out))
     print(f"{compiled.model_id}: {path} ({len(compiled.data) / 1e6:.1f} MB) and {path.with_suffix('.json').name}; "

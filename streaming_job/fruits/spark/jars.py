@@ -6,7 +6,8 @@ They are resolved once from Maven Central with Spark's own Ivy resolver, then ca
 versions stay the only ones on the classpath. Later sessions use ``spark.jars`` with the cached
 files and never touch the network.
 
-On EMR, whose Spark ships Delta and S3 support, none of this is needed.
+On EMR, none of this runs: the release ships Delta's jars (the jobs name them with ``spark.jars``,
+infra/) and its S3 connector.
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ def hadoop_version() -> str:
     return found[0].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
 
 
-# Delta as the EMR release ships it (spark/release.py), built for this pyspark's minor version.
-PACKAGES = (
-    f"io.delta:delta-spark_{SPARK_MINOR}_{SCALA_VERSION}:{DELTA_VERSION}",
-    f"org.apache.hadoop:hadoop-aws:{hadoop_version()}",
-)
+def packages() -> tuple[str, str]:
+    """Delta as the EMR release ships it (spark/release.py), built for this pyspark's minor version,
+    and the S3A connector of its Hadoop client. A function, not a constant: under spark-submit on a
+    cluster pyspark comes as a zip without jars, and this module must still import."""
+    return (f"io.delta:delta-spark_{SPARK_MINOR}_{SCALA_VERSION}:{DELTA_VERSION}",
+            f"org.apache.hadoop:hadoop-aws:{hadoop_version()}")
 
 
-def _cache_dir(root: str | None) -> Path:
-    key = hashlib.sha256(f"{pyspark.__version__}|{','.join(PACKAGES)}".encode()).hexdigest()[:12]
+def _cache_dir(root: str | None, wanted: tuple[str, ...]) -> Path:
+    key = hashlib.sha256(f"{pyspark.__version__}|{','.join(wanted)}".encode()).hexdigest()[:12]
     return Path(root or Path.home() / ".cache" / "fruits" / "jars") / key
 
 
@@ -69,19 +71,20 @@ SparkSession.builder.master("local[1]").config("spark.jars.packages", {packages!
 def fetch(root: str | None = None) -> list[Path]:
     """Resolve and cache the jars under ``root`` (default ``~/.cache/fruits/jars``) if needed;
     return their paths."""
-    target = _cache_dir(root)
+    wanted = packages()
+    target = _cache_dir(root, wanted)
     listing = target / "jars.txt"
     if listing.exists():
         jars = [Path(line) for line in listing.read_text().split()]
         if all(j.exists() for j in jars):
             return jars
     ivy = target / "ivy"
-    log.info("resolving %s from Maven Central into %s (once)", ", ".join(PACKAGES), target)
-    code = _RESOLVE.format(packages=",".join(PACKAGES), ivy=str(ivy))
+    log.info("resolving %s from Maven Central into %s (once)", ", ".join(wanted), target)
+    code = _RESOLVE.format(packages=",".join(wanted), ivy=str(ivy))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"could not resolve {PACKAGES} from Maven Central (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            f"could not resolve {wanted} from Maven Central (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     shipped = spark_shipped_artifacts()
     keep = target / "lib"

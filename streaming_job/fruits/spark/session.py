@@ -21,7 +21,6 @@ from pyspark.sql import SparkSession
 
 from ..config import Settings
 from ..io.aws import emulator_credentials
-from . import jars
 
 
 def s3a_conf(settings: Settings) -> dict[str, str]:
@@ -55,8 +54,6 @@ REQUIRED = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # The stream's reliable batch checkpoints (on a cluster) are deleted once their batch is done.
-    "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
 }
 
 
@@ -68,12 +65,14 @@ def submitted() -> bool:
 
 def session_conf(settings: Settings, master: str | None = None, on_cluster: bool = False) -> dict[str, str]:
     """The session's configuration. On a cluster (``on_cluster``): what every session needs, and S3A
-    pointed at an emulator if one is configured; the release's jars and spark-submit's ``--conf``
-    give the rest. On one machine: also the master, the Delta and S3A jars resolved once from Maven
+    pointed at an emulator if one is configured; spark-submit's ``--jars``/``spark.jars`` (EMR's own
+    Delta jars, infra/) and ``--conf`` give the rest. On one machine: also the master, the Delta and S3A jars resolved once from Maven
     Central, and tuning for a small local machine."""
     conf = dict(REQUIRED)
     if on_cluster:
         return conf | (s3a_conf(settings) if settings.endpoint_url else {})
+    from . import jars  # local only: it resolves jars from Maven Central
+
     master = master or settings.spark_master
     conf |= {
         "spark.master": master,

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -151,21 +152,25 @@ def quarantine_rows(scored: DataFrame) -> DataFrame:
 # --- sink -----------------------------------------------------------------------------------
 
 @contextmanager
-def materialized(df: DataFrame, reliable: bool = False) -> Iterator[DataFrame]:
+def materialized(df: DataFrame, reliable_dir: str | None = None) -> Iterator[DataFrame]:
     """``df`` computed once, lineage cut, so that the model runs once per image however many writes
     read the result (``persist`` alone let the writes recompute it); its blocks are freed on exit
     instead of waiting for the JVM's periodic GC.
 
-    ``reliable``: written to the SparkContext's checkpoint directory (the stream's checkpoint
-    location, on S3 on a cluster) instead of the executors' block managers, so that losing an
-    executor (dynamic allocation removes idle ones) loses nothing; Spark deletes the files once the
-    batch's DataFrame is gone (``spark.cleaner.referenceTracking.cleanCheckpoints``)."""
+    ``reliable_dir``: written there (under the stream's checkpoint location, on S3 on a cluster)
+    instead of to the executors' block managers, so that losing an executor (dynamic allocation
+    removes idle ones) loses nothing; the folder is deleted on exit."""
     sc = df.sparkSession.sparkContext
     before = set(sc._jsc.getPersistentRDDs().keys())
-    done = df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
+    if reliable_dir:
+        sc.setCheckpointDir(reliable_dir)
+    done = df.checkpoint(eager=True) if reliable_dir else df.localCheckpoint(eager=True)
     try:
         yield done
     finally:
+        if reliable_dir:
+            folder = sc._jvm.org.apache.hadoop.fs.Path(reliable_dir)
+            folder.getFileSystem(sc._jsc.hadoopConfiguration()).delete(folder, True)
         persistent = sc._jsc.getPersistentRDDs()
         for rdd_id in set(persistent.keys()) - before:
             persistent[rdd_id].unpersist(False)
@@ -201,8 +206,6 @@ class BatchWriter:
         self.known = KnownImages(settings, spark)
         # On a cluster (spark-submit) a micro-batch's scored rows must survive losing an executor.
         self.reliable = submitted() if reliable is None else reliable
-        if self.reliable:
-            spark.sparkContext.setCheckpointDir(f"{settings.checkpoint}/batches")
         self._cloudwatch = aws.client("cloudwatch", settings) if settings.metrics_namespace else None
 
     def current_pca(self) -> CurrentPca:
@@ -226,7 +229,8 @@ class BatchWriter:
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
             return
         started = time.perf_counter()
-        with materialized(featurize(images, self.model, s, self.model_id), self.reliable) as scored:
+        reliable_dir = f"{s.checkpoint}/batches/{batch_id}-{uuid.uuid4().hex[:8]}" if self.reliable else None
+        with materialized(featurize(images, self.model, s, self.model_id), reliable_dir) as scored:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             if total > quarantined:
@@ -239,6 +243,18 @@ class BatchWriter:
                         self._cloudwatch)
 
 
+def _shipped(spec: str) -> str:
+    """A model file named by a relative path that is not in the working directory: where Spark put
+    the files shipped with ``spark.files`` (the jobs on EMR ship the compiled model that way)."""
+    from pathlib import Path
+
+    from pyspark import SparkFiles
+
+    if not spec.endswith(".tflite") or Path(spec).is_absolute() or Path(spec).exists():
+        return spec
+    return SparkFiles.get(spec)
+
+
 def start(
     spark: SparkSession,
     settings: Settings,
@@ -247,7 +263,7 @@ def start(
 ) -> StreamingQuery:
     """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow);
     ``model`` (default: ``settings.weights``, loaded by ``load_model``) as weights or compiled."""
-    writer = BatchWriter(spark, settings, model or load_model(settings.weights))
+    writer = BatchWriter(spark, settings, model or load_model(_shipped(settings.weights)))
     return (
         read_manifests(spark, settings)
         .writeStream.foreachBatch(writer)

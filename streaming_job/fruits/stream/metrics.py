@@ -25,6 +25,7 @@ from ..config import Settings
 from ..io import aws
 
 log = logging.getLogger(__name__)
+log.setLevel(logging.INFO)  # one line per micro-batch by default, also when the CLI logs warnings only
 
 
 @dataclass(frozen=True)
