@@ -219,9 +219,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_model_compile(args: argparse.Namespace) -> int:
     from .featurize.build import compile_model, load_weights
+    from .featurize.model import COMPILED_SUFFIX
 
     spec = args.weights or Settings.from_env().weights
-    if spec.endswith(".tflite"):
+    if spec.endswith(COMPILED_SUFFIX):
         print(f"fruits: {spec} is already a compiled model; give --weights imagenet or a weights file", file=sys.stderr)
         return 2
     compiled = compile_model(load_weights(spec))

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,18 +40,11 @@ class WorkerOptions:
 
 Columns = tuple[pd.Series, pd.Series, pd.Series, pd.Series]  # bucket, key, etag, version_id
 
-# One S3 client per Python worker and endpoint, kept across tasks (Spark reuses the workers): a
-# client costs milliseconds to make and its connection pool is worth keeping warm.
-_CLIENTS: dict[tuple[str | None, str], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
+@functools.cache
 def _client(endpoint_url: str | None, region: str) -> Any:
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get((endpoint_url, region))
-        if client is None:
-            client = _CLIENTS[(endpoint_url, region)] = make_client("s3", endpoint_url, region, pool=2 * FETCH_THREADS)
-        return client
+    """One S3 client per Python worker and endpoint, kept across tasks (Spark reuses the workers):
+    a client costs milliseconds to make and its connection pool is worth keeping warm."""
+    return make_client("s3", endpoint_url, region, pool=2 * FETCH_THREADS)
 
 
 def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Iterable[Columns]) -> Iterator[pd.DataFrame]:

@@ -98,10 +98,14 @@ def appended_rows(
         return None  # the table went back in time
     table = table or lake.delta_table(settings, location)
     found = commits(table, after, upto)
-    if not followable(found):
-        return None
+    return rows_of(table, found, columns, skip_tag) if followable(found) else None
+
+
+def rows_of(table: DeltaTable, found: list[Commit], columns: list[str], skip_tag: str | None = None) -> pa.Table | None:
+    """The ``columns`` of the rows that the ``found`` commits (``followable`` ones) added; None when
+    they did more than add rows. For a caller that already has the commits."""
     parts = []
-    for start, end in _ranges([c.version for c in found or [] if skip_tag is None or c.user_metadata != skip_tag]):
+    for start, end in _ranges([c.version for c in found if skip_tag is None or c.user_metadata != skip_tag]):
         try:
             changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
                                               columns=[*columns, CHANGE_TYPE]))

@@ -110,10 +110,11 @@ class TableFiles(NamedTuple):
     version: int
 
 
-def table_files(settings: Settings, location: str, version: int | None = None) -> TableFiles | None:
-    """The table's data files at ``version`` (or the newest) and that version; None when its rows
-    are not just its files' rows (deletion vectors, column mapping)."""
-    table = delta_table(settings, location, version)
+def table_files(settings: Settings, location: str, version: int | None = None,
+                table: DeltaTable | None = None) -> TableFiles | None:
+    """The table's data files at ``version`` (or the newest), or those of ``table`` as loaded, and
+    that version; None when its rows are not just its files' rows (deletion vectors, column mapping)."""
+    table = table or delta_table(settings, location, version)
     if not plain_files(table):
         return None
     actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pydict()

@@ -110,7 +110,7 @@ def _batches(fs: pa_fs.FileSystem, uris: Iterable[str], d: int, ids: set[str]) -
         with fs.open_input_file(lake.path_in(uri)) as f:
             for batch in pq.ParquetFile(f).iter_batches(_ROWS_PER_READ, columns=["features", "model_id"]):
                 if batch.num_rows:
-                    ids.update(pc.unique(batch.column("model_id")).drop_null().to_pylist())
+                    ids.update(_model_ids(batch.column("model_id")))
                     yield _matrix(batch.column("features"), d)
 
 
@@ -197,8 +197,12 @@ class Increment:
     rows: np.ndarray | None
 
 
+def _model_ids(column: pa.Array | pa.ChunkedArray) -> set[str]:
+    return set(pc.unique(column).drop_null().to_pylist())
+
+
 def _rows_stats(table: pa.Table, d: int) -> tuple[np.ndarray, set[str]]:
-    ids = set(pc.unique(table.column("model_id")).drop_null().to_pylist()) if table.num_rows else set()
+    ids = _model_ids(table.column("model_id"))
     features = table.column("features").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
     return _matrix(features, d).astype(np.float32, copy=False), ids
 
@@ -221,8 +225,7 @@ def added_since(
         return None
     assert found is not None
     if sum(c.rows_added for c in found) * d * 4 <= driver_bytes:
-        added = changes.appended_rows(settings, location, after, upto, ["features", "model_id"],
-                                      skip_tag=changes.REPROJECT_TAG, table=table)
+        added = changes.rows_of(table, found, ["features", "model_id"], skip_tag=changes.REPROJECT_TAG)
         if added is None:
             return None
         rows, ids = _rows_stats(added, d)
@@ -273,9 +276,7 @@ def pending_rows(settings: Settings) -> int:
     covered = pc.max(lake.dataset(settings, settings.pca_stats_table).dataset.to_table(
         columns=["source_table_version"]).column(0)).as_py()
     features = lake.delta_table(settings, settings.features_table)
-    if covered is None:  # never fitted: every row is new
-        return sum(pa.table(features.get_add_actions(flatten=True)).column("num_records").to_pylist())
-    found = changes.commits(features, covered, features.version())
-    if found is None:  # log retention removed commits since: every row counts (the refit will be full)
+    found = None if covered is None else changes.commits(features, covered, features.version())
+    if found is None:  # never fitted, or log retention removed the commits since: every row counts
         return sum(pa.table(features.get_add_actions(flatten=True)).column("num_records").to_pylist())
     return sum(c.rows_added for c in found)

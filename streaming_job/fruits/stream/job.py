@@ -31,7 +31,7 @@ from pyspark.sql.streaming import StreamingQuery
 from ..config import Settings
 from ..featurize.batch import Columns, WorkerOptions, featurize_batches
 from ..featurize.build import WeightsBlob, as_compiled, load_model
-from ..featurize.model import CompiledModel
+from ..featurize.model import COMPILED_SUFFIX, CompiledModel
 from ..io import aws, lake
 from ..pca.model import PcaModel
 from ..pca.refit import latest_model, project_column
@@ -250,7 +250,7 @@ def _shipped(spec: str) -> str:
 
     from pyspark import SparkFiles
 
-    if not spec.endswith(".tflite") or Path(spec).is_absolute() or Path(spec).exists():
+    if not spec.endswith(COMPILED_SUFFIX) or Path(spec).is_absolute() or Path(spec).exists():
         return spec
     return SparkFiles.get(spec)
 

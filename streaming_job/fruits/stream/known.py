@@ -87,7 +87,7 @@ class KnownImages:
         for location, delta in self._tables.items():
             delta.update_incremental()
             version = delta.version()
-            listed = lake.table_files(self._settings, location, version)
+            listed = lake.table_files(self._settings, location, table=delta)
             if listed is not None:
                 chunks.append(self._read(listed.files))
             else:  # deletion vectors or column mapping: only a Delta reader knows the rows
