@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability lambda-zip emr-artifacts bench synth clean
+.PHONY: setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench synth clean
 
 setup: $(STAMP) jars
 
@@ -22,10 +22,14 @@ demo: setup
 	$(BIN)/fruits demo
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not cluster"
 
 test-reliability: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not cluster"
+
+# infra/'s job runs on a Spark standalone cluster here (a master and two workers), from the bundle.
+test-cluster: setup emr-artifacts
+	$(BIN)/python -m pytest -m cluster -s
 
 clean:
 	rm -rf $(VENV) .cache work build *.egg-info infra/cdk.out
@@ -54,8 +58,7 @@ lambda-zip: $(STAMP)
 # EMR_WEIGHTS=imagenet compiles the official weights (Keras downloads them: needs the internet here).
 EMR_WEIGHTS ?= models/mobilenet_v2_1.0_no_top.weights.h5
 emr-artifacts: $(STAMP)
-	mkdir -p build/emr/model
-	cp streaming_job/fruits_job.py build/emr/
+	$(BIN)/fruits bundle --out build/emr
 	$(BIN)/fruits model compile --weights $(EMR_WEIGHTS) --out build/emr/model/mobilenet_v2.tflite
 
 bench: setup

@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
+from fruits.spark.release import PYTHON_EXECUTABLE  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 from fruits_ingest.config import (  # noqa: E402
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, IngestConfig,
@@ -127,7 +128,7 @@ def test_ingest_role_reads_its_queue_and_writes_manifests_only(template: Templat
 
 def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> None:
     statements = {s["Sid"]: s for s in policy_statements(template, "JobRole")}
-    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes", "PublishMetrics"}
+    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes", "PublishMetrics", "CommitCoordinator"}
 
     def prefixes(statement: dict) -> set[str]:
         return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
@@ -170,9 +171,31 @@ def test_job_definitions_leave_master_and_jars_to_the_release(template: Template
         for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages",
                            "repo1.maven", "spark.jars.ivy"):
             assert local_only not in text, (local_only, text[:300])
-        # Delta from the release's own jars, and the local session's tuning as --conf.
-        assert "spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar" in text
+        # Delta from the release's own jars, its DynamoDB commit coordinator, the local session's
+        # tuning as --conf, and the packed environment on the release's interpreter.
+        assert ("spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar,"
+                "/usr/share/aws/delta/lib/delta-storage-s3-dynamodb.jar") in text
+        assert "spark.delta.logStore.s3a.impl=io.delta.storage.S3DynamoDBLogStore" in text
+        assert "spark.io.delta.storage.S3DynamoDBLogStore.ddb.tableName=" in text
         assert "spark.databricks.delta.snapshotPartitions=" in text
+        assert "artifacts/pyenv.tar.gz#environment" in text and "spark.executorEnv.PYTHONPATH=./environment" in text
+        assert f"spark.executorEnv.PYSPARK_PYTHON={PYTHON_EXECUTABLE}" in text
+        assert "spark.dynamicAllocation.enabled=true" in text and "spark.dynamicAllocation.maxExecutors=3" in text
+
+
+def test_every_writer_commits_through_the_dynamodb_coordinator(template: Template) -> None:
+    """Delta's S3DynamoDBLogStore table: the key schema it expects, TTL on expireTime, and the job role
+    may read and write its items only (no CreateTable, no Scan, no other table)."""
+    table = one(template, "AWS::DynamoDB::Table")
+    assert table["TableName"] == "fruits-qa-delta-log"
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"tablePath": "HASH", "fileName": "RANGE"}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expireTime", "Enabled": True}
+    statements = {s.get("Sid"): s for s in policy_statements(template, "JobRole")}
+    coordinator = statements["CommitCoordinator"]
+    assert set(coordinator["Action"]) == {"dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem",
+                                          "dynamodb:UpdateItem", "dynamodb:Query"}
+    assert list(listify(coordinator["Resource"])[0]["Fn::GetAtt"]) == [
+        next(iter(resources(template, "AWS::DynamoDB::Table"))), "Arn"]
 
 
 def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:

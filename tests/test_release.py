@@ -7,7 +7,7 @@ import tomllib
 from importlib.metadata import version
 
 from fruits.spark import jars
-from fruits.spark.release import DELTA_VERSION, SPARK_MINOR
+from fruits.spark.release import DELTA_VERSION, PYTHON_VERSION, SPARK_MINOR
 from fruits.spark.session import REQUIRED, session_conf
 
 from conftest import ROOT
@@ -23,6 +23,16 @@ def test_pyproject_pins_the_releases_spark_minor_and_delta() -> None:
     assert pinned["pyspark"].startswith(f"{SPARK_MINOR}."), f"pyspark {pinned['pyspark']} is not Spark {SPARK_MINOR}"
     assert pinned["delta-spark"] == DELTA_VERSION
     assert (version("pyspark"), version("delta-spark")) == (pinned["pyspark"], pinned["delta-spark"])  # installed
+
+
+def test_the_jobs_python_is_the_projects() -> None:
+    """The packed environment's wheels are for the release's Python; the project runs on that one."""
+    import sys
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    major, minor = PYTHON_VERSION.split(".")
+    assert requires == f">={PYTHON_VERSION},<{major}.{int(minor) + 1}", requires
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == PYTHON_VERSION
 
 
 def test_the_local_delta_jar_is_the_one_delta_spark_itself_would_resolve() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -38,7 +39,8 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
-from fruits.spark.release import EMR_RELEASE
+from fruits.spark.bundle import ARTIFACTS, ENTRY_POINT, ENVIRONMENT, MODEL_DIR, MODEL_FILE
+from fruits.spark.release import EMR_RELEASE, PYTHON_EXECUTABLE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, UPLOAD_PREFIX,
@@ -48,10 +50,19 @@ from fruits_ingest.config import (
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
-UPLOADS, MANIFESTS, TABLES, ARTIFACTS = UPLOAD_PREFIX, MANIFEST_PREFIX, "tables/", "artifacts/"
-MODEL_FILE = "mobilenet_v2.tflite"  # under artifacts/model/, as make emr-artifacts writes it
-# Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven.
-EMR_DELTA_JARS = "/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar"
+UPLOADS, MANIFESTS, TABLES = UPLOAD_PREFIX, MANIFEST_PREFIX, "tables/"
+# Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven. The
+# third jar is Delta's DynamoDB commit coordinator (S3DynamoDBLogStore), for concurrent writers.
+EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar"
+                          for jar in ("delta-spark", "delta-storage", "delta-storage-s3-dynamodb"))
+# Three job runs (stream, refit, maintain) commit to the same tables from separate drivers: S3 has
+# no put-if-absent that Delta's default S3 log store uses, so every commit goes through DynamoDB.
+LOG_STORE = "io.delta.storage.S3DynamoDBLogStore"
+# Dynamic allocation, stated: on (EMR Serverless's default), 1 to 3 executors of 4 vCPU, so the
+# driver's 4 vCPU and the executors fit the application's 16 vCPU; a lost executor's micro-batch
+# is recomputed from its reliable checkpoint (fruits.stream.job), never from executor-local state.
+DYNAMIC_ALLOCATION = {"spark.dynamicAllocation.enabled": "true", "spark.dynamicAllocation.minExecutors": "1",
+                      "spark.dynamicAllocation.maxExecutors": "3", "spark.executor.cores": "4"}
 # What fruits.spark.session sets in code for a local session, passed to the cluster as --conf: the
 # stream's tables see a new version every micro-batch, and a few listing tasks list many manifests.
 CLUSTER_TUNING = {"spark.databricks.delta.snapshotPartitions": "8",
@@ -112,6 +123,7 @@ class FruitsStack(cdk.Stack):
             s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=UPLOADS),
         )
         self.ingest = self._ingest_lambda()
+        self.log_table = self._log_table()
         self.application, self.job_role = self._spark()
         self._jobs()
         self._alarms()
@@ -197,6 +209,19 @@ class FruitsStack(cdk.Stack):
 
     # --- stages 3 and 4: Spark on EMR Serverless ----------------------------------------------
 
+    def _log_table(self) -> dynamodb.Table:
+        """Delta's commit coordinator on S3: one item per commit, keyed as S3DynamoDBLogStore expects;
+        entries expire a day after they are complete (TTL on ``expireTime``, Delta's advice)."""
+        return dynamodb.Table(
+            self, "DeltaLog", table_name=self.config.name("delta-log"),
+            partition_key=dynamodb.Attribute(name="tablePath", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="fileName", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST, time_to_live_attribute="expireTime",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True),
+            removal_policy=cdk.RemovalPolicy.RETAIN,  # the tables' newest commits may be only here
+        )
+
     def _spark(self) -> tuple[emrs.CfnApplication, iam.Role]:
         application = emrs.CfnApplication(
             self, "Spark", name=self.config.name("spark"), release_label=self.config.emr_release, type="SPARK",
@@ -224,6 +249,12 @@ class FruitsStack(cdk.Stack):
             sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, MANIFESTS, TABLES, ARTIFACTS)]}},
         ))
+        # Delta's commits: read, write and find the newest entry of the coordinator table; nothing else.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="CommitCoordinator", resources=[self.log_table.table_arn],
+            actions=["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                     "dynamodb:Query"],
+        ))
         # The stream's per-micro-batch metrics (fruits.stream.metrics), in the pipeline's namespace only.
         role.add_to_policy(iam.PolicyStatement(
             sid="PublishMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
@@ -233,29 +264,35 @@ class FruitsStack(cdk.Stack):
 
     def _job_run(self, name: str, arguments: list[str]) -> dict[str, object]:
         """The StartJobRun request of ``fruits_job.py <arguments>`` (the ``fruits`` command) on this
-        application: the release's Spark and Delta jars, the packed environment, the compiled model,
-        and the tuning the local default sets in code (``fruits.spark.session``) as ``--conf``."""
+        application: the release's Spark and Delta jars, the packed environment run by the release's
+        Python, the compiled model, the commit coordinator, and the tuning the local default sets in
+        code (``fruits.spark.session``) as ``--conf``. ``make test-cluster`` runs these requests."""
         b = f"s3://{self.bucket.bucket_name}"
         # The compiled model (make emr-artifacts) lands in the driver's working directory (spark.files):
         # the driver loads it as it is, without TensorFlow or a download.
         env = {"FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
                "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables", "FRUITS_WEIGHTS": MODEL_FILE,
                "FRUITS_METRICS_NAMESPACE": METRICS_NAMESPACE}
-        model = f"{b}/{ARTIFACTS}model/{MODEL_FILE}"
-        conf = [f"spark.archives={b}/{ARTIFACTS}pyenv.tar.gz#environment",
+        # The packed environment (fruits.spark.bundle) is unpacked as ./environment and put on the
+        # path of the release's own interpreter, on the driver and on every executor.
+        env |= {"PYSPARK_DRIVER_PYTHON": PYTHON_EXECUTABLE, "PYSPARK_PYTHON": PYTHON_EXECUTABLE,
+                "PYTHONPATH": "./environment"}
+        model = f"{b}/{ARTIFACTS}{MODEL_DIR}/{MODEL_FILE}"
+        conf = [f"spark.archives={b}/{ARTIFACTS}{ENVIRONMENT}#environment",
                 f"spark.jars={EMR_DELTA_JARS}",
                 f"spark.files={model},{model.removesuffix('.tflite')}.json",
-                *(f"{key}={value}" for key, value in CLUSTER_TUNING.items()),
-                "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON=./environment/bin/python",
-                "spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python",
-                "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python"]
+                f"spark.delta.logStore.s3a.impl={LOG_STORE}", f"spark.delta.logStore.s3.impl={LOG_STORE}",
+                f"spark.io.delta.storage.S3DynamoDBLogStore.ddb.tableName={self.log_table.table_name}",
+                f"spark.io.delta.storage.S3DynamoDBLogStore.ddb.region={self.config.region}",
+                *(f"{key}={value}" for key, value in (CLUSTER_TUNING | DYNAMIC_ALLOCATION).items()),
+                f"spark.executorEnv.PYSPARK_PYTHON={PYTHON_EXECUTABLE}", "spark.executorEnv.PYTHONPATH=./environment"]
         conf += [f"spark.emr-serverless.driverEnv.{k}={v}" for k, v in env.items()]
         return {
             "applicationId": self.application.attr_application_id,
             "executionRoleArn": self.job_role.role_arn,
             "name": self.config.name(name),
             "jobDriver": {"sparkSubmit": {
-                "entryPoint": f"{b}/{ARTIFACTS}fruits_job.py",
+                "entryPoint": f"{b}/{ARTIFACTS}{ENTRY_POINT}",
                 "entryPointArguments": arguments,
                 "sparkSubmitParameters": " ".join(f"--conf {c}" for c in conf),
             }},

@@ -232,6 +232,24 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .spark import bundle
+
+    out = Path(args.out)
+    bundle.write(out, project=Path(args.project))
+    print(f"{out / bundle.ENTRY_POINT} and {out / bundle.ENVIRONMENT}; the model: fruits model compile "
+          f"--out {out / bundle.MODEL_DIR / bundle.MODEL_FILE}")
+    return 0
+
+
+def cmd_deploy_artifacts(args: argparse.Namespace) -> int:
+    from .spark import bundle
+
+    for uri in bundle.upload(_settings(args), Path(args.source)):
+        print(uri)
+    return 0
+
+
 def cmd_jars(args: argparse.Namespace) -> int:
     from .spark import jars
 
@@ -332,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the artifact to write, <name>.tflite (its .json goes beside it)")
     p.set_defaults(func=cmd_model_compile)
 
+    p = sub.add_parser("bundle", help="write the jobs' entry point and packed Python environment (make emr-artifacts)")
+    p.add_argument("--out", default="build/emr", help="folder to write (default: build/emr)")
+    p.add_argument("--project", default=".", help="the project's root (default: .)")
+    p.set_defaults(func=cmd_bundle)
+    p = sub.add_parser("deploy-artifacts", parents=[common],
+                       help="upload make emr-artifacts' bundle to s3://<FRUITS_BUCKET>/artifacts/, where the jobs run from")
+    p.add_argument("--from", dest="source", default="build/emr", help="the bundle's folder (default: build/emr)")
+    p.set_defaults(func=cmd_deploy_artifacts)
     sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
     return parser
 

@@ -28,3 +28,9 @@ RELEASES = {
 EMR_RELEASE = "emr-spark-8.2.0"
 SPARK_MINOR, DELTA_VERSION = RELEASES[EMR_RELEASE]
 SCALA_VERSION = "2.13"
+# The jobs' Python: the release's interpreter runs the packed environment (spark/bundle.py), whose
+# wheels are for this version; pyproject's requires-python is the same (tests/test_release.py).
+# Assumed, not yet seen on EMR: Spark 4.1 needs Python 3.10 or newer and Amazon Linux 2023 packages
+# python3.11 beside its system 3.9 (infra/README.md says to check it on the first deployment).
+PYTHON_VERSION = "3.11"
+PYTHON_EXECUTABLE = f"python{PYTHON_VERSION}"

@@ -1,0 +1,100 @@
+"""The jobs exactly as infra/ deploys them, on a real multi-process Spark cluster: ``make test-cluster``.
+
+A standalone master and two workers run as separate processes (tests/standalone.py). The stream,
+the PCA refit and the maintenance job are the StartJobRun requests of the synthesized template,
+mapped to ``spark-submit --master spark://...`` by the documented table in tests/standalone.py,
+and run from ``make emr-artifacts``' bundle: the entry point, the packed environment on a bare
+interpreter (no package of this machine's venv), the compiled model. Uploads go through the local
+emulator and the ingest Lambda; the tables live on the emulator's S3 over S3A.
+
+Not in ``make test`` (it needs the bundle, about 2 minutes to build, and a few minutes to run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fruits.config import Settings
+from fruits.local import emulator, ingest, upload
+from fruits.query.store import FeatureStore
+from fruits.spark.bundle import MODEL_DIR, MODEL_FILE, artifact_files
+
+from conftest import ROOT, SAMPLE
+from standalone import Cluster, job_runs, running, submit_command, python_rows_by_executor
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+cdk = pytest.importorskip("aws_cdk")
+from aws_cdk.assertions import Template  # noqa: E402
+from fruits_infra import FruitsStack, StageConfig  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+BUNDLE = ROOT / "build" / "emr"
+UPLOADS = 36
+REGION = "eu-west-3"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    app = cdk.App()
+    stack = FruitsStack(app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True),
+                        env=cdk.Environment(region=REGION))
+    return Template.from_stack(stack).to_json()
+
+
+def wait_for_rows(store: FeatureStore, wanted: int, process, timeout: float = 900) -> int:
+    deadline, count = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            count = store.sql("SELECT count(*) FROM features").rows[0][0]
+        except FileNotFoundError:
+            count = 0
+        if count >= wanted:
+            return count
+        time.sleep(5)
+    return count
+
+
+def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template: dict, tmp_path: Path) -> None:
+    artifact_files(BUNDLE)  # a clear error if make emr-artifacts has not run
+    bucket = f"fruits-cluster-{uuid.uuid4().hex[:8]}"
+    settings = Settings(endpoint_url=endpoint, region=REGION, bucket=bucket, queue=f"uploads-{bucket}",
+                        table_root=f"s3a://{bucket}/tables", weights=str(BUNDLE / MODEL_DIR / MODEL_FILE))
+    emulator.provision(settings, visibility_timeout=5)
+    keys = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=2)[:UPLOADS])
+    ingest.drain(settings, visibility_timeout=5)
+
+    runs = job_runs(template, bucket)
+    assert set(runs) == {"stream", "pca-refit", "maintain"}
+    store = FeatureStore(settings)
+    logs, events = tmp_path / "logs", tmp_path / "events"
+    logs.mkdir()
+    with Cluster(tmp_path / "cluster") as cluster:
+        def submit(name: str):
+            return submit_command(runs[name], cluster=cluster, bundle=BUNDLE, workdir=tmp_path / "run",
+                                  extra_env={"FRUITS_ENDPOINT_URL": endpoint}, event_log=events / name)
+
+        # The stream runs until cancelled, as on EMR: stopped once every upload has its row.
+        with running(submit("stream"), logs / "stream.log") as stream:
+            rows = wait_for_rows(store, len(keys), stream)
+            assert rows == len(keys), (rows, (logs / "stream.log").read_text()[-4000:])
+        for name in ("pca-refit", "maintain"):
+            with running(submit(name), logs / f"{name}.log") as job:
+                assert job.wait(timeout=900) == 0, (logs / f"{name}.log").read_text()[-4000:]
+
+    # One row per upload, none quarantined; one PCA version; the maintenance compacted the table.
+    assert sorted(r[0] for r in store.sql("SELECT key FROM features").rows) == sorted(keys)
+    assert store.sql("SELECT count(*) FROM quarantine").rows[0][0] == 0
+    assert [r[0] for r in store.sql("SELECT version FROM pca_models").rows] == [1]
+    operations = [c["operation"] for c in store.table("features").history()]
+    assert "OPTIMIZE" in operations, operations
+
+    # The executors featurized, not the driver, and both took a share.
+    executors = python_rows_by_executor(events / "stream")
+    print(f"images featurized, by executor: {executors}")
+    assert "driver" not in executors and len(executors) == 2 and all(executors.values()), executors
+    assert sum(executors.values()) == len(keys), executors
