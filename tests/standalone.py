@@ -107,6 +107,20 @@ class Cluster:
             _wait_for_port(worker_port, worker, self.root / f"worker-{i}.log")
         return self
 
+    def kill_executor(self, worker: int) -> int | None:
+        """SIGKILL the executor JVM that worker ``worker`` runs (as a lost node would); its pid, or None."""
+        work = (self.root / f"work-{worker}").resolve()
+        for proc in Path("/proc").iterdir():
+            try:
+                command = (proc / "cmdline").read_bytes()
+                cwd = (proc / "cwd").resolve()
+            except (OSError, ValueError):
+                continue
+            if b"CoarseGrainedExecutorBackend" in command and cwd.is_relative_to(work):
+                os.kill(int(proc.name), 9)
+                return int(proc.name)
+        return None
+
     def __exit__(self, *exc: object) -> None:
         for process in reversed(self._processes):
             if process.poll() is None:
@@ -246,8 +260,17 @@ def running(submit: Submit, log: Path) -> Iterator[subprocess.Popen]:
                 os.killpg(process.pid, 9)
 
 
+def events(event_log: Path, kind: str) -> list[dict]:
+    """The events of one kind (``SparkListenerExecutorRemoved``, ...) in the applications logged."""
+    found = []
+    for path in sorted(event_log.rglob("events_*")):
+        with path.open() as lines:
+            found += [e for e in map(json.loads, lines) if e["Event"] == kind]
+    return found
+
+
 def python_rows_by_executor(event_log: Path) -> dict[str, int]:
-    """The rows that tasks running Python (the pandas UDF: their metrics count the data sent to
+    """The rows that successful tasks running Python (the pandas UDF: their metrics count the data sent to
     Python workers) put out, by the executor that ran them (``driver`` if the driver did), over the
     applications logged."""
     counts: dict[str, int] = {}
@@ -255,7 +278,7 @@ def python_rows_by_executor(event_log: Path) -> dict[str, int]:
         with path.open() as lines:
             for line in lines:
                 event = json.loads(line)
-                if event["Event"] != "SparkListenerTaskEnd":
+                if event["Event"] != "SparkListenerTaskEnd" or event["Task End Reason"]["Reason"] != "Success":
                     continue
                 metrics = {a.get("Name", ""): a.get("Update") for a in event["Task Info"].get("Accumulables", [])}
                 if "data sent to Python workers" in metrics:

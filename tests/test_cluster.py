@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 from fruits.config import Settings
+from fruits.io import aws
 from fruits.local import emulator, ingest, upload
 from fruits.query.store import FeatureStore
 from fruits.spark.bundle import MODEL_DIR, MODEL_FILE, artifact_files
 
 from conftest import ROOT, SAMPLE
-from standalone import Cluster, job_runs, running, submit_command, python_rows_by_executor
+from standalone import Cluster, job_runs, python_rows_by_executor, running, submit_command
+from standalone import events as events_of
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
@@ -46,16 +48,34 @@ def template() -> dict:
     return Template.from_stack(stack).to_json()
 
 
+def rows(store: FeatureStore) -> int:
+    try:
+        return store.sql("SELECT count(*) FROM features").rows[0][0]
+    except FileNotFoundError:
+        return 0
+
+
+def kill_an_executor_after_the_batch_checkpoint(settings: Settings, cluster: Cluster, process,
+                                                timeout: float = 600) -> int | None:
+    """Once the first micro-batch's scored rows start landing in its staging folder (a file under
+    the stream's checkpoint, ``batches/``), before they are written to Delta, SIGKILL worker 1's
+    executor: scored rows it held are lost unless they were staged reliably."""
+    s3 = aws.client("s3", settings)
+    prefix = settings.checkpoint.split(f"{settings.bucket}/", 1)[1] + "/batches/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=prefix).get("Contents", [])
+        if any("part-" in o["Key"] for o in listed):
+            return cluster.kill_executor(1)
+        time.sleep(0.2)
+    return None
+
+
 def wait_for_rows(store: FeatureStore, wanted: int, process, timeout: float = 900) -> int:
     deadline, count = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            count = store.sql("SELECT count(*) FROM features").rows[0][0]
-        except FileNotFoundError:
-            count = 0
-        if count >= wanted:
-            return count
-        time.sleep(5)
+    while time.monotonic() < deadline and process.poll() is None and count < wanted:
+        time.sleep(2)
+        count = rows(store)
     return count
 
 
@@ -78,10 +98,12 @@ def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template:
             return submit_command(runs[name], cluster=cluster, bundle=BUNDLE, workdir=tmp_path / "run",
                                   extra_env={"FRUITS_ENDPOINT_URL": endpoint}, event_log=events / name)
 
-        # The stream runs until cancelled, as on EMR: stopped once every upload has its row.
+        # The stream runs until cancelled, as on EMR: stopped once every upload has its row. An
+        # executor dies between the batch's checkpoint and its write: the batch still lands whole.
         with running(submit("stream"), logs / "stream.log") as stream:
-            rows = wait_for_rows(store, len(keys), stream)
-            assert rows == len(keys), (rows, (logs / "stream.log").read_text()[-4000:])
+            killed = kill_an_executor_after_the_batch_checkpoint(settings, cluster, stream)
+            landed = wait_for_rows(store, len(keys), stream)
+            assert killed and landed == len(keys), (killed, landed, (logs / "stream.log").read_text()[-4000:])
         for name in ("pca-refit", "maintain"):
             with running(submit(name), logs / f"{name}.log") as job:
                 assert job.wait(timeout=900) == 0, (logs / f"{name}.log").read_text()[-4000:]
@@ -93,8 +115,12 @@ def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template:
     operations = [c["operation"] for c in store.table("features").history()]
     assert "OPTIMIZE" in operations, operations
 
-    # The executors featurized, not the driver, and both took a share.
+    # The executors featurized, not the driver (the share of each depends on when the kill landed);
+    # the killed one was noticed.
     executors = python_rows_by_executor(events / "stream")
-    print(f"images featurized, by executor: {executors}")
-    assert "driver" not in executors and len(executors) == 2 and all(executors.values()), executors
+    print(f"images featurized, by executor (successful tasks): {executors}")
+    assert executors and "driver" not in executors, executors
     assert sum(executors.values()) == len(keys), executors
+    removed = [e["Removed Reason"] for e in events_of(events / "stream", "SparkListenerExecutorRemoved")]
+    print(f"executors removed: {removed}")
+    assert removed, "the killed executor was never removed"

@@ -321,7 +321,7 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
     @contextmanager
     def watched(df, reliable_dir=None):  # noqa: ANN001, ANN202
         with original(df, reliable_dir) as done:
-            checkpointed.extend(Path(reliable_dir).rglob("rdd-*"))
+            checkpointed.extend(Path(reliable_dir).glob("part-*.parquet"))
             yield done
 
     stream.job.materialized = watched

@@ -157,14 +157,20 @@ def materialized(df: DataFrame, reliable_dir: str | None = None) -> Iterator[Dat
     read the result (``persist`` alone let the writes recompute it); its blocks are freed on exit
     instead of waiting for the JVM's periodic GC.
 
-    ``reliable_dir``: written there (under the stream's checkpoint location, on S3 on a cluster)
-    instead of to the executors' block managers, so that losing an executor (dynamic allocation
-    removes idle ones) loses nothing; the folder is deleted on exit."""
-    sc = df.sparkSession.sparkContext
+    ``reliable_dir``: staged there as Parquet (under the stream's checkpoint location, on S3 on a
+    cluster) instead of in the executors' block managers, so that losing an executor (dynamic
+    allocation removes idle ones, nodes fail) loses nothing; the folder is deleted on exit. Spark's
+    file writer, not ``RDD.checkpoint``: the checkpoint's rename of a part file is not atomic on S3,
+    and a task retried after an executor died mid-rename failed every attempt (seen in ``make
+    test-cluster``); the writer's commit protocol gives each attempt its own files."""
+    spark = df.sparkSession
+    sc = spark.sparkContext
     before = set(sc._jsc.getPersistentRDDs().keys())
     if reliable_dir:
-        sc.setCheckpointDir(reliable_dir)
-    done = df.checkpoint(eager=True) if reliable_dir else df.localCheckpoint(eager=True)
+        df.write.mode("overwrite").parquet(reliable_dir)
+        done = spark.read.schema(df.schema).parquet(reliable_dir)
+    else:
+        done = df.localCheckpoint(eager=True)
     try:
         yield done
     finally:
