@@ -53,7 +53,8 @@ lambda-zip: $(STAMP)
 	rm -f $(LAMBDA_ZIP) && cd build/lambda && $(CURDIR)/$(BIN)/python -m zipfile -c ../$(notdir $(LAMBDA_ZIP)) .
 	@ls -l $(LAMBDA_ZIP) | awk '{printf "%s: %.0f kB\n", $$9, $$5/1024}'
 
-# What the EMR jobs run from, under build/emr/ (uploaded to s3://<bucket>/artifacts/): the entry point
+# What the EMR jobs run from, under build/emr/ (fruits deploy-artifacts uploads it to s3://<bucket>/artifacts/):
+# the entry point, the packed Python environment (wheels for the release's Python on Linux x86_64, from PyPI)
 # and the model compiled to LiteRT, so that the cluster needs neither TensorFlow nor the internet.
 # EMR_WEIGHTS=imagenet compiles the official weights (Keras downloads them: needs the internet here).
 EMR_WEIGHTS ?= models/mobilenet_v2_1.0_no_top.weights.h5
