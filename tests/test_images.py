@@ -102,3 +102,17 @@ def test_byte_limit() -> None:
     with pytest.raises(ImageError) as info:
         decode(encode(half_red_half_blue(), "PNG"), max_bytes=100)
     assert info.value.reason == Reason.TOO_LARGE
+
+
+def test_any_other_decoder_exception_is_the_uploads(monkeypatch) -> None:
+    """Whatever a decoder raises for one image (here Pillow's EXIF step failing as no OSError does)
+    quarantines that image with the error's type and message; it never fails the batch."""
+    from fruits.featurize import images
+
+    def broken(img):  # noqa: ANN001, ANN202
+        raise KeyError("EXIF tag 274 of an unexpected type")
+
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", broken)
+    with pytest.raises(ImageError) as info:
+        decode(encode(half_red_half_blue(), "JPEG"))
+    assert info.value.reason == Reason.DECODER_ERROR and "KeyError" in str(info.value)

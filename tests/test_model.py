@@ -108,3 +108,44 @@ def test_a_compiled_model_saved_and_loaded_is_the_same_model(weights_blob, tmp_p
     path.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match="fruits model compile"):
         CompiledModel.load(path)
+
+
+def test_an_object_the_job_cannot_read_is_quarantined_and_the_rest_land(settings, weights_blob) -> None:
+    """A manifest line naming a bucket that does not exist (NoSuchBucket: an object the job may
+    not read) is that upload's failure, with S3's code; the batch's good image gets its features."""
+    photo = sample_images(SAMPLE)[0][1]
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/x/good.jpg", Body=photo.read_bytes())
+    column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
+    batch = (column([settings.bucket, "fruits-no-such-bucket"]), column(["uploads/x/good.jpg", "uploads/x/a.jpg"]),
+             column([None, None]), column([None, None]))
+    options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region)
+    [frame] = list(featurize_batches(compile_model(weights_blob), options, [batch]))
+    assert frame["reason"].iloc[0] is None and len(frame["features"].iloc[0]) == FEATURE_DIM
+    assert frame["reason"].iloc[1] == "fetch_failed" and "NoSuchBucket" in frame["error"].iloc[1]
+
+
+def test_non_finite_features_fail_the_batch_before_any_row(settings, weights_blob, monkeypatch) -> None:
+    """A model that puts out NaN for valid images fails loudly; no row carries its output."""
+    from fruits.featurize import batch as worker
+
+    photo = sample_images(SAMPLE)[0][1]
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/x/good.jpg", Body=photo.read_bytes())
+    monkeypatch.setattr(worker, "get_featurizer", lambda model, threads: lambda x: np.full((len(x), FEATURE_DIM), np.nan))
+    column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
+    batch = (column([settings.bucket]), column(["uploads/x/good.jpg"]), column([None]), column([None]))
+    options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region)
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        list(featurize_batches(compile_model(weights_blob), options, [batch]))
+
+
+def test_weights_with_nan_values_are_refused(weights_blob, tmp_path) -> None:
+    """Right shapes, wrong values (a corrupt copy): refused with a message, before any row."""
+    from fruits.featurize.build import load_weights
+
+    model = keras_model(weights_blob)
+    kernel = model.weights[0]
+    kernel.assign(np.full(kernel.shape, np.nan, dtype=np.float32))
+    broken = tmp_path / "broken.weights.h5"
+    model.save_weights(broken)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        compile_model(load_weights(str(broken)))

@@ -332,3 +332,65 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
     assert checkpointed, "nothing was checkpointed reliably"
     assert not list(Path(settings.checkpoint, "batches").iterdir())  # each batch's folder is gone after it
     assert_rows_exactly(spark, settings, keys)
+
+
+def stream_process(settings, tmp_path):  # noqa: ANN001, ANN201
+    """``fruits stream --trigger "2 seconds"`` as a supervisor runs it, on these settings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
+           "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
+           "FRUITS_DRIVER_MEMORY": "1g", "FRUITS_SPARK_MASTER": "local[1]"}
+    return subprocess.Popen([sys.executable, "-m", "fruits", "stream", "--trigger", "2 seconds"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def wait_for_features(settings, n: int, process, timeout: float = 300) -> None:  # noqa: ANN001
+    import time
+
+    from fruits.query.store import FeatureStore
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if FeatureStore(settings).sql("SELECT count(*) FROM features").rows[0][0] >= n:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no {n} rows: {process.poll()}, {process.stderr.read()[-2000:] if process.poll() else ''}")
+
+
+def test_ctrl_c_stops_the_stream_cleanly_with_130(settings, tmp_path) -> None:
+    import signal
+
+    put_samples(settings, "Kiwi", 1)
+    ingest.drain(settings, visibility_timeout=5)
+    process = stream_process(settings, tmp_path)
+    wait_for_features(settings, 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "reentrant" not in stderr, stderr[-3000:]
+
+
+def test_a_stream_that_fails_mid_run_exits_non_zero(settings, tmp_path) -> None:
+    """The Delta log becomes unwritable after the first batch: the next batch fails the stream,
+    and the process says so with exit code 1 (a supervisor restarts it), never 0."""
+    import shutil
+    from pathlib import Path
+
+    put_samples(settings, "Kiwi", 1)
+    ingest.drain(settings, visibility_timeout=5)
+    process = stream_process(settings, tmp_path)
+    wait_for_features(settings, 1, process)
+    log = Path(settings.table_root) / "features" / "_delta_log"
+    shutil.move(log, log.with_name("_delta_log.moved"))
+    log.write_text("not a folder")  # root may write anywhere: a file where the log was stops it
+    put_samples(settings, "Mango", 1)
+    ingest.drain(settings, visibility_timeout=5)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "fruits: the stream failed" in stderr

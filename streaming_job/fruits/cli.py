@@ -80,7 +80,35 @@ def cmd_stream(args: argparse.Namespace) -> int:
         {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
     )
     handle = job.start(get_spark(settings), settings, trigger=trigger)
-    handle.awaitTermination()
+    return _until_done(handle)
+
+
+def _until_done(handle: Any) -> int:
+    """Wait for the stream; the exit code tells the truth to a supervisor: 0 when it finished, 1
+    when it failed, 130 when stopped by Ctrl-C (after a clean stop, no traceback).
+
+    Ctrl-C only sets a flag: pyspark's own handler calls into the JVM from inside the call it
+    interrupted and breaks the connection (the 'reentrant call' traceback)."""
+    import signal
+
+    from pyspark.errors import StreamingQueryException
+
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        while not handle.awaitTermination(1):
+            if interrupted:
+                handle.stop()
+                print("fruits: stream stopped", file=sys.stderr)
+                return 130
+    except StreamingQueryException as exc:
+        print(f"fruits: the stream failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if handle.exception() is not None:
+        print(f"fruits: the stream failed: {handle.exception()}", file=sys.stderr)
+        return 1
     return 0
 
 

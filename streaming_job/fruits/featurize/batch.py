@@ -78,7 +78,12 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
                     rows.append(i)
                     pixels.append(result)
                 if len(rows) == options.batch_size or (i == n - 1 and rows):
-                    for row, vector in zip(rows, featurizer(np.stack(pixels))):
+                    vectors = featurizer(np.stack(pixels))
+                    if not np.isfinite(vectors).all():
+                        # A bad model, not bad images: fail the task (then the batch) before any write.
+                        raise FloatingPointError("the model put out NaN or infinite features for valid images: "
+                                                 "check its weights (fruits model compile refuses broken ones)")
+                    for row, vector in zip(rows, vectors):
                         features[row] = vector
                     rows, pixels = [], []
             yield pd.DataFrame({"features": features, "reason": reasons, "error": errors})

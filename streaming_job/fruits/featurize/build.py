@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .model import ARCHITECTURE, COMPILED_SUFFIX, IMAGE_SIZE, CompiledModel
 
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
@@ -88,9 +90,15 @@ def keras_model(blob: WeightsBlob) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"weights{suffix}"
         path.write_bytes(blob.data)
-        return keras.applications.MobileNetV2(
+        # Keras checks every array's shape against the architecture; the values are ours to check.
+        model = keras.applications.MobileNetV2(
             input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), include_top=False, pooling="avg", weights=str(path)
         )
+    broken = [w.path for w in model.weights if not np.isfinite(np.asarray(w.numpy())).all()]
+    if broken:
+        raise ValueError(f"weights {blob.name} hold NaN or infinite values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): the file is corrupt; use imagenet or a good copy")
+    return model
 
 
 def keras_function(blob: WeightsBlob) -> Any:

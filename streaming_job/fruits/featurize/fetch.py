@@ -5,9 +5,15 @@ Example::
     client = make_client("s3", endpoint_url, region, pool=FETCH_THREADS)
     data = fetch(client, "fruits-images", "uploads/Kiwi/1.jpg", etag, version_id)
 
-A deleted or overwritten object is the upload's fault (``ImageError``: quarantined); an
-unreachable S3 is not: botocore retries it, then ``fetch`` waits up to ``FETCH_PATIENCE`` more
-per outage, then raises so that Spark's task retries take over.
+Every failure is classified (the README's table of quarantine reasons):
+
+- transient (S3 unreachable, 5xx, throttling such as 503 SlowDown, 429): never the upload's fault.
+  botocore retries it; an unreachable S3 is waited out up to ``FETCH_PATIENCE`` more per outage;
+  then ``fetch`` raises so that Spark's task retries, then the stream's restart, take over;
+- permanent for this object: ``ImageError``, quarantined with a reason, and the batch goes on. A
+  deleted (``object_missing``) or overwritten (``object_changed``) object, and any other client
+  error a retry cannot fix (``fetch_failed`` with S3's code and message: NoSuchBucket, AccessDenied,
+  InvalidObjectState for an archived object, KMS errors, ...).
 """
 
 from __future__ import annotations
@@ -64,6 +70,17 @@ class Outage:
 OUTAGE = Outage()
 
 
+# Client errors that a later attempt can fix (S3's throttling and timeouts); any 5xx is too.
+TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                             "TooManyRequestsException", "InternalError", "ServiceUnavailable", "429"})
+
+
+def transient(exc: ClientError) -> bool:
+    """Whether S3's error is the service's (retry) rather than this object's (quarantine)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code", "") in TRANSIENT_CODES
+
+
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
           patience: float | None = None, outage: Outage = OUTAGE) -> bytes:
     """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
@@ -88,7 +105,10 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
                     Reason.CHANGED,
                     f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event",
                 ) from exc
-            raise
+            if transient(exc):
+                raise
+            message = exc.response.get("Error", {}).get("Message", "")
+            raise ImageError(Reason.FETCH_FAILED, f"s3://{bucket}/{key}: {code or 'error'}: {message}") from exc
         except (ConnectionError, HTTPClientError) as exc:
             if outage.failed() + pause > patience:
                 raise

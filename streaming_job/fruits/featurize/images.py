@@ -45,6 +45,8 @@ class Reason(StrEnum):
     BOMB = "decompression_bomb"
     MISSING = "object_missing"
     CHANGED = "object_changed"
+    FETCH_FAILED = "fetch_failed"
+    DECODER_ERROR = "decoder_error"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -89,3 +91,7 @@ def decode(data: bytes, max_bytes: int | None = None, size: int = IMAGE_SIZE) ->
         raise ImageError(Reason.NOT_AN_IMAGE, "not a format Pillow can read (is it really an image?)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(Reason.TRUNCATED, f"cannot decode: {exc}") from exc
+    except MemoryError:
+        raise  # this worker's memory, not the image's fault: the task fails and is retried
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure is this upload's, not the batch's
+        raise ImageError(Reason.DECODER_ERROR, f"the decoder raised {type(exc).__name__}: {exc}") from exc
