@@ -127,6 +127,22 @@ def test_duckdb_sql_reads_the_versions_and_time_travels(store_settings) -> None:
     assert store.sql("SELECT count(*) FROM features", as_of_version=0).rows == [(0,)]
 
 
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM read_text('/etc/hostname')",
+    "COPY (SELECT 1 AS x) TO '{out}' (FORMAT csv)",
+    "SET enable_external_access = true",
+    "ATTACH '{out}.db' AS other",
+])
+def test_sql_sees_the_tables_and_nothing_else(store_settings, tmp_path, statement: str) -> None:
+    """A user's SQL passed through reads no local file, writes none, and cannot turn that back on."""
+    import duckdb
+
+    out = tmp_path / "x.csv"
+    with pytest.raises(duckdb.Error):
+        FeatureStore(store_settings).sql(statement.format(out=out))
+    assert not out.exists() and not out.with_name("x.csv.db").exists()
+
+
 def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings, sample_split) -> None:
     train, _, _ = sample_split
     now = dt.datetime.now(dt.timezone.utc)
@@ -138,6 +154,10 @@ def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings,
     label, path = train[3]
     processed = store.status(f"uploads/{label}/{path.name}")
     assert processed.state == "processed" and processed.rows[0]["label"] == label
+    bucket = processed.rows[0]["bucket"]
+    assert store.status(f"s3://{bucket}/uploads/{label}/{path.name}").state == "processed"
+    # The same key in another bucket is another object: not this one's row.
+    assert store.status(f"s3://other-{bucket}/uploads/{label}/{path.name}").state == "unknown"
     quarantined = store.status("uploads/Kiwi/broken.jpg")
     assert quarantined.state == "quarantined" and "truncated_or_corrupt" in quarantined.detail
     # The endpoint of these settings refuses connections: the answer says the manifests were not read.

@@ -116,7 +116,9 @@ class FeatureStore:
 
     def sql(self, statement: str, as_of_version: int | None = None) -> QueryResult:
         """Run one DuckDB SQL statement over ``features``, ``quarantine`` and ``pca_models``;
-        ``as_of_version`` time-travels the ``features`` table."""
+        ``as_of_version`` time-travels the ``features`` table. The statement sees those tables and
+        nothing else: DuckDB's file and network access is off and its configuration locked, so a
+        service may pass a user's SQL through."""
         # Imported here: a process that imports duckdb but never opens a connection can abort at
         # exit ("terminate called without an active exception") once delta-rs has run.
         import duckdb
@@ -126,6 +128,10 @@ class FeatureStore:
             for name in TABLES:
                 dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
                 con.register(name, dataset)
+            # Read-only over the tables: no file or network access of its own (read_text, COPY ... TO,
+            # ATTACH, extensions), and the statement may not turn it back on.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             result = con.sql(statement)
             if result is None:  # a statement without a result set
                 return QueryResult(columns=[], rows=[], versions=versions)
@@ -226,17 +232,17 @@ class FeatureStore:
     def status(self, key: str) -> Status:
         """processed (with its rows), quarantined (with the reason), pending (in a manifest, not
         yet in a table) or unknown."""
-        key = aws.split_s3_uri(key)[1] if "://" in key else key
-        cols = ["image_id", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
-        rows = _rows_with_key(self.dataset("features").dataset, key, cols)
+        bucket, key = aws.split_s3_uri(key) if "://" in key else (None, key)
+        cols = ["image_id", "bucket", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
+        rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
         if rows:
             return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
-        rows = _rows_with_key(self.dataset("quarantine").dataset, key, ["image_id", "key", "etag", "reason", "error",
-                                                             "quarantined_at", "manifest"])
+        rows = _rows_with_key(self.dataset("quarantine").dataset, key, ["image_id", "bucket", "key", "etag", "reason",
+                                                                        "error", "quarantined_at", "manifest"], bucket)
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
         try:
-            manifest = self._manifest_with(key)
+            manifest = self._manifest_with(key, bucket)
         except (BotoCoreError, ClientError) as exc:
             return Status(key, "unknown", f"in no table; the manifests could not be read ({exc})")
         if manifest is not None:
@@ -244,7 +250,7 @@ class FeatureStore:
         return Status(key, "unknown", "in no table and no manifest: not uploaded, not an image suffix, "
                                       "or its event has not reached the ingest Lambda yet")
 
-    def _manifest_with(self, key: str) -> str | None:
+    def _manifest_with(self, key: str, bucket: str | None = None) -> str | None:
         s3 = aws.client("s3", self.settings)
         objects = []
         for page in s3.get_paginator("list_objects_v2").paginate(
@@ -253,13 +259,18 @@ class FeatureStore:
             objects += page.get("Contents", [])
         for obj in sorted(objects, key=lambda o: o["LastModified"], reverse=True):
             body = s3.get_object(Bucket=self.settings.bucket, Key=obj["Key"])["Body"].read().decode("utf-8")
-            if any(json.loads(line).get("key") == key for line in body.splitlines() if line.strip()):
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            if any(e.get("key") == key and bucket in (None, e.get("bucket")) for e in lines):
                 return f"s3://{self.settings.bucket}/{obj['Key']}"
         return None
 
 
-def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str]) -> list[dict[str, Any]]:
-    found = dataset.to_table(columns=columns, filter=pc.field("key") == key)
+def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None) -> list[dict[str, Any]]:
+    """The rows of ``key`` (in ``bucket`` only, when the caller named one)."""
+    wanted = pc.field("key") == key
+    if bucket is not None:
+        wanted &= pc.field("bucket") == bucket
+    found = dataset.to_table(columns=columns, filter=wanted)
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
 
 
