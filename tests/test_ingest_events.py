@@ -86,13 +86,27 @@ def test_sns_wrapped_test_event_is_skipped() -> None:
         (s3_event("elsewhere/Kiwi/a.jpg"), SkipReason.OUTSIDE_PREFIX),
         (s3_event("uploads/Kiwi/notes.txt"), SkipReason.NOT_AN_IMAGE),
         (s3_event("uploads/Kiwi/a.jpg.exe"), SkipReason.NOT_AN_IMAGE),
+        (s3_event("uploads/Kiwi/a.jpg").replace('"fruits-images"', '"someone-elses-bucket"'), SkipReason.OTHER_BUCKET),
+        (s3_event("uploads/Kiwi/" + "é" * 510 + ".jpg"), SkipReason.KEY_TOO_LONG),  # 1,037 bytes in UTF-8
     ],
-    ids=["test-event", "removed", "folder", "prefix", "txt", "double-suffix"],
+    ids=["test-event", "removed", "folder", "prefix", "txt", "double-suffix", "other-bucket", "key-over-1024-bytes"],
 )
 def test_skipped_not_failed(body: str, reason: str) -> None:
     parsed = parse_message(body, "m", CONFIG)
     assert parsed.images == []
     assert parsed.skipped == {reason: 1}
+
+
+def test_a_key_of_exactly_1024_bytes_is_accepted() -> None:
+    key = "uploads/Kiwi/" + "a" * (1024 - len("uploads/Kiwi/") - 4) + ".jpg"
+    assert len(parse_message(s3_event(key), "m", CONFIG).images) == 1
+
+
+def test_other_buckets_may_be_accepted_by_configuration() -> None:
+    config = IngestConfig(manifest_bucket="fruits-images", accepted_buckets=("fruits-images", "partner-uploads"))
+    body = s3_event("uploads/Kiwi/a.jpg").replace('"fruits-images"', '"partner-uploads"')
+    assert len(parse_message(body, "m", config).images) == 1
+    assert IngestConfig.from_env(config.as_env()) == config
 
 
 def test_suffixes_are_case_insensitive() -> None:

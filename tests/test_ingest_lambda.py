@@ -23,6 +23,8 @@ def lambda_env(settings, monkeypatch):
     """The environment AWS gives the deployed handler (``fruits_ingest.handler.handler``), against the emulator."""
     for name, value in ingest_config(settings).as_env().items():
         monkeypatch.setenv(name, value)
+    # The handler's own events (helpers.s3_event) name the bucket of AWS's example, fruits-images.
+    monkeypatch.setenv("ACCEPTED_BUCKETS", f"{settings.bucket},fruits-images")
     monkeypatch.setenv("AWS_DEFAULT_REGION", settings.region)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", settings.endpoint_url)
     for name, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), aws.emulator_credentials()):

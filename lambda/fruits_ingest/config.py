@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``MANIFEST_BUCKET`` | bucket the manifests are written to | required |
 | ``MANIFEST_PREFIX`` | key prefix of the manifests | ``manifests/`` |
+| ``ACCEPTED_BUCKETS`` | comma-separated buckets whose uploads to accept | the manifest bucket |
 | ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/`` |
 | ``IMAGE_SUFFIXES`` | comma-separated file suffixes to accept (case-insensitive) | ``.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff`` |
 """
@@ -38,6 +39,9 @@ MANIFEST_PREFIX = "manifests/"
 # The bucket notification filters on the upload prefix only, so no spelling is missed before here.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
+# S3 object keys are at most 1,024 bytes (UTF-8): a longer one cannot be a real upload.
+MAX_KEY_BYTES = 1024
+
 # The retry policy of every boto3 client of the pipeline (the Lambda's, the jobs', the CLI's).
 RETRIES = {"max_attempts": 5, "mode": "standard"}
 
@@ -57,10 +61,14 @@ class IngestConfig:
     manifest_prefix: str = MANIFEST_PREFIX
     accepted_prefixes: tuple[str, ...] = (UPLOAD_PREFIX,)
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+    # Events for other buckets are skipped (the jobs may not read them); empty means the manifest bucket.
+    accepted_buckets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.manifest_bucket:
             raise ConfigurationError("MANIFEST_BUCKET is empty: set it to the bucket the manifests go to.")
+        if not self.accepted_buckets:
+            object.__setattr__(self, "accepted_buckets", (self.manifest_bucket,))
         if self.manifest_prefix and not self.manifest_prefix.endswith("/"):
             object.__setattr__(self, "manifest_prefix", self.manifest_prefix + "/")
         object.__setattr__(self, "image_suffixes", tuple(s.lower() for s in self.image_suffixes))
@@ -77,6 +85,7 @@ class IngestConfig:
             manifest_prefix=env.get("MANIFEST_PREFIX", MANIFEST_PREFIX),
             accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", UPLOAD_PREFIX)),
             image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
+            accepted_buckets=_split(env.get("ACCEPTED_BUCKETS", "")),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -86,4 +95,5 @@ class IngestConfig:
             "MANIFEST_PREFIX": self.manifest_prefix,
             "ACCEPTED_PREFIXES": ",".join(self.accepted_prefixes),
             "IMAGE_SUFFIXES": ",".join(self.image_suffixes),
+            "ACCEPTED_BUCKETS": ",".join(self.accepted_buckets),
         }

@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .config import IngestConfig, is_image_key
+from .config import MAX_KEY_BYTES, IngestConfig, is_image_key
 from .exceptions import MalformedMessage
 
 
@@ -38,6 +38,8 @@ class SkipReason(StrEnum):
     FOLDER_KEY = "folder_key"
     OUTSIDE_PREFIX = "outside_prefix"
     NOT_AN_IMAGE = "not_an_image"
+    OTHER_BUCKET = "other_bucket"
+    KEY_TOO_LONG = "key_too_long"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,10 @@ def _skip_reason(image: ImageEvent, config: IngestConfig) -> SkipReason | None:
     # "ObjectCreated:Put" in S3 events; "s3:ObjectCreated:Put" in notification configurations.
     if not image.event_name.removeprefix("s3:").startswith("ObjectCreated"):
         return SkipReason.NOT_OBJECT_CREATED
+    if image.bucket not in config.accepted_buckets:
+        return SkipReason.OTHER_BUCKET  # not an upload of ours: the jobs may not read it
+    if len(image.key.encode("utf-8")) > MAX_KEY_BYTES:
+        return SkipReason.KEY_TOO_LONG  # no S3 object has such a key: a forged or garbled event
     if image.key.endswith("/"):
         return SkipReason.FOLDER_KEY
     if config.accepted_prefixes and not image.key.startswith(config.accepted_prefixes):
