@@ -179,3 +179,38 @@ def test_mapping_settings_aws_would_refuse(settings) -> None:
         EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, visibility_timeout=1)
     with pytest.raises(ValueError, match="10,000"):
         EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=10_001)
+
+
+def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, capsys) -> None:
+    """The manifest bucket is wrong: the event fails its three deliveries and is dead-lettered.
+    Fixed, ``fruits replay-dlq`` moves it back (``--dry-run`` first only lists it) and it lands."""
+    from fruits.cli import main
+    from fruits.local import ingest
+    from fruits_ingest.config import IngestConfig
+    from fruits_ingest.handler import make_handler
+    from fruits_ingest.runner import EventSourceMapping
+
+    s3 = aws.client("s3", settings)
+    s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/late.jpg", Body=b"x")
+    broken = make_handler(IngestConfig(manifest_bucket="fruits-no-such-manifest-bucket",
+                                       accepted_buckets=(settings.bucket,)), s3)
+    EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), broken, batch_size=10,
+                       batching_window=0, visibility_timeout=1).drain()
+    # The upload's event, and the emulator's s3:TestEvent that shared its failed batch.
+    dead = ingest.dead_letter_depth(settings)
+    assert dead >= 1 and manifests(settings) == {}
+
+    def replay(*flags: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["replay-dlq", "--endpoint-url", settings.endpoint_url, "--bucket", settings.bucket,
+                  "--queue", settings.queue, *flags])
+        assert done.value.code == 0
+        return capsys.readouterr().out
+
+    listed = replay("--dry-run")
+    assert f"would move {dead} message(s)" in listed and "uploads/Kiwi/late.jpg" in listed
+    assert ingest.dead_letter_depth(settings) == dead  # a dry run moves nothing
+    assert f"moved {dead} message(s)" in replay("--max", "5")
+    assert ingest.dead_letter_depth(settings) == 0
+    ingest.drain(settings, visibility_timeout=5)  # the fixed Lambda
+    assert [line["key"] for lines in manifests(settings).values() for line in lines] == ["uploads/Kiwi/late.jpg"]

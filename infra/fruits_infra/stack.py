@@ -358,7 +358,8 @@ class FruitsStack(cdk.Stack):
         for alarm in (
             cloudwatch.Alarm(
                 self, "DeadLettersAlarm", alarm_name=self.config.name("dead-letters"),
-                alarm_description="Upload events failed 3 deliveries; see lambda/README.md to replay them.",
+                alarm_description="Upload events failed 3 deliveries: fix the cause, then `fruits replay-dlq` "
+                                  "(lambda/README.md, 'Replaying dead letters').",
                 metric=self.dead_letters.metric_approximate_number_of_messages_visible(period=cdk.Duration.minutes(5)),
                 threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,

@@ -260,6 +260,17 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_dlq(args: argparse.Namespace) -> int:
+    from .io import dead_letters
+
+    replayed = dead_letters.replay(_settings(args), limit=args.max, dry_run=args.dry_run)
+    verb = "would move" if args.dry_run else "moved"
+    for message in replayed:
+        print(f"{verb} {message.message_id} (received {message.receive_count}x): {message.summary}")
+    print(f"{verb} {len(replayed)} message(s) from the dead-letter queue back to the event queue", flush=True)
+    return 0
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     from .spark import bundle
 
@@ -378,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the artifact to write, <name>.tflite (its .json goes beside it)")
     p.set_defaults(func=cmd_model_compile)
 
+    p = sub.add_parser("replay-dlq", parents=[common],
+                       help="move dead-lettered upload events back to the event queue, once their cause is fixed")
+    p.add_argument("--max", type=int, default=None, help="move at most this many (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="list them only; move nothing")
+    p.set_defaults(func=cmd_replay_dlq)
     p = sub.add_parser("bundle", help="write the jobs' entry point and packed Python environment (make emr-artifacts)")
     p.add_argument("--out", default="build/emr", help="folder to write (default: build/emr)")
     p.add_argument("--project", default=".", help="the project's root (default: .)")

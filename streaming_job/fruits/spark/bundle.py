@@ -72,7 +72,7 @@ def runtime_requirements(distribution: str = DISTRIBUTION) -> list[str]:
 
 def _pip_target(target: Path, requirements: list[str], *, deps: bool) -> None:
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[1], 35)]
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--upgrade",
                "--target", str(target), "--python-version", PYTHON_VERSION, "--implementation", "cp",
                "--only-binary=:all:", *(f"--platform={p}" for p in platforms), *requirements]
     if not deps:

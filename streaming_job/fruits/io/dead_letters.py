@@ -1,0 +1,76 @@
+"""Replaying dead letters: upload events that failed their deliveries go back to the event queue.
+
+An event reaches the dead-letter queue (``<queue>-dlq``) after ``MAX_RECEIVE_COUNT`` failed
+deliveries to the ingest Lambda (the ``dead-letters`` alarm fires). Once the cause is fixed (a
+Lambda bug, a permission, a full bucket), ``fruits replay-dlq`` moves them back; the Lambda then
+handles them like new events, and the stream's exactly-once check keeps any that did land once
+from landing twice.
+
+Example::
+
+    moved = replay(settings, limit=100)              # list of Replayed, each sent then deleted
+    seen = replay(settings, limit=10, dry_run=True)  # only looks; the messages stay
+
+It uses plain receive / send / delete, on AWS and on the emulator alike (moto has no
+``StartMessageMoveTask``), so ``--max`` can bound a replay. Each message is sent to the event queue
+before it is deleted from the dead-letter queue: a crash in between replays it twice, which the
+Lambda and the stream absorb; never zero times. Limitations: one process at a time (two replays
+would each move what they receive, which is harmless but confusing); message attributes other than
+the body are not carried (S3 events have none).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from ..config import Settings
+from . import aws
+
+
+@dataclass(frozen=True)
+class Replayed:
+    message_id: str
+    receive_count: int
+    summary: str  # the S3 keys the event names, or the start of the body (a test event, a bad message)
+
+
+def _summary(body: str) -> str:
+    try:
+        payload = json.loads(body)
+        payload = json.loads(payload["Message"]) if isinstance(payload, dict) and "Message" in payload else payload
+        keys = [unquote_plus(r["s3"]["object"]["key"]) for r in payload["Records"]]  # encoded as in any S3 event
+        return ", ".join(keys)
+    except (ValueError, KeyError, TypeError):
+        return body[:120]
+
+
+def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) -> list[Replayed]:
+    """Move up to ``limit`` (all if None) dead-lettered messages back to the event queue; with
+    ``dry_run``, only list them (and make them visible again at once)."""
+    sqs = aws.client("sqs", settings)
+    source, target = aws.queue_url(settings, settings.dead_letter_queue), aws.queue_url(settings)
+    done: list[Replayed] = []
+    seen: set[str] = set()
+    looked_at: list[str] = []  # receipt handles of a dry run's messages
+    while limit is None or len(done) < limit:
+        want = 10 if limit is None else min(10, limit - len(done))
+        messages = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=want, WaitTimeSeconds=1,
+                                       VisibilityTimeout=30, AttributeNames=["ApproximateReceiveCount"]
+                                       ).get("Messages", [])
+        fresh = [m for m in messages if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for message in fresh:
+            seen.add(message["MessageId"])
+            if dry_run:
+                looked_at.append(message["ReceiptHandle"])
+            else:
+                sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
+                sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
+            done.append(Replayed(message["MessageId"], int(message["Attributes"]["ApproximateReceiveCount"]),
+                                 _summary(message["Body"])))
+    for handle in looked_at:
+        sqs.change_message_visibility(QueueUrl=source, ReceiptHandle=handle, VisibilityTimeout=0)
+    return done
