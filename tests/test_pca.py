@@ -210,3 +210,31 @@ def test_rows_are_pending_when_the_log_no_longer_has_the_commits_since_the_fit(s
     fit = refit(spark, settings, write_plots=False, reproject_rows=False)
     assert (fit.mode, fit.model.row_count) == ("full", 35) and stats.pending_rows(settings) == 0
 
+
+
+def test_a_pca_version_is_committed_at_most_once(spark, tmp_path: Path, monkeypatch) -> None:
+    """A refit that computes a version another refit has committed meanwhile (it missed the newer
+    model, as one that lost its lease would) writes nothing and says so."""
+    from fruits.config import Settings
+    from fruits.pca import refit as refit_module
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=20))
+    refit(spark, settings, write_plots=False, reproject_rows=False)
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=21))
+    monkeypatch.setattr(refit_module, "latest_model", lambda spark, settings: None)  # it does not see v1
+    with pytest.raises(RuntimeError, match="PCA version 1 was committed by another refit"):
+        refit(spark, settings, full=True, write_plots=False, reproject_rows=False)
+    versions = [r.version for r in table.read(spark, settings.pca_models_table).select("version").collect()]
+    assert versions == [1]
+
+
+def test_a_scheduled_refit_skips_while_another_runs(settings, capsys) -> None:
+    from fruits.cli import main
+    from fruits.io.lease import Lease
+
+    with Lease(settings, "refit"):
+        with pytest.raises(SystemExit) as done:
+            main(["pca", "refit", "--table-root", settings.table_root])
+    assert done.value.code == 0 and "refit skipped: another refit holds the tables" in capsys.readouterr().err

@@ -394,3 +394,23 @@ def test_a_stream_that_fails_mid_run_exits_non_zero(settings, tmp_path) -> None:
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr[-3000:]
     assert "fruits: the stream failed" in stderr
+
+
+def test_a_second_stream_on_the_same_tables_refuses_to_start(settings, tmp_path) -> None:
+    """Two streams would both append the same images; the second one says who holds the tables."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    put_samples(settings, "Kiwi", 1)
+    ingest.drain(settings, visibility_timeout=5)
+    first = stream_process(settings, tmp_path)
+    wait_for_features(settings, 1, first)
+    env = {"FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
+           "FRUITS_TABLE_ROOT": settings.table_root}
+    second = subprocess.run([sys.executable, "-m", "fruits", "stream"], env={**os.environ, **env}, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 1 and "another stream holds the tables" in second.stderr, second.stderr[-2000:]
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130

@@ -14,6 +14,10 @@ from typing import Any
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
 
+# How long a crashed stream's or refit's lease blocks the next one (fruits.io.lease); renewed
+# every third of it while the holder runs.
+LEASE_SECONDS = 120.0
+
 # Every command imports what it needs when it runs: `fruits --help` and `fruits status` load no
 # Spark and no emulator (tests/test_import_boundaries.py).
 
@@ -72,6 +76,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from .io.lease import Lease, LeaseHeld
     from .spark.session import get_spark
     from .stream import job
 
@@ -79,8 +84,16 @@ def cmd_stream(args: argparse.Namespace) -> int:
     trigger: dict[str, Any] = (
         {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
     )
-    handle = job.start(get_spark(settings), settings, trigger=trigger)
-    return _until_done(handle)
+    # One stream per table set: a second one refuses (or waits, --wait) instead of appending twice.
+    lease = Lease(settings, "stream", ttl=LEASE_SECONDS)
+    try:
+        lease.acquire(wait=args.wait)
+    except LeaseHeld as exc:
+        print(f"fruits: not started: {exc}", file=sys.stderr)
+        return 1
+    with lease:
+        handle = job.start(get_spark(settings), settings, trigger=trigger, guard=lease.check)
+        return _until_done(handle)
 
 
 def _until_done(handle: Any) -> int:
@@ -113,10 +126,24 @@ def _until_done(handle: Any) -> int:
 
 
 def cmd_pca_refit(args: argparse.Namespace) -> int:
+    from .io.lease import Lease, LeaseHeld
+
+    settings = _settings(args)
+    # One refit at a time: a scheduled run that finds another still running skips (exit 0).
+    lease = Lease(settings, "refit", ttl=LEASE_SECONDS)
+    try:
+        lease.acquire(wait=args.wait)
+    except LeaseHeld as exc:
+        print(f"fruits: refit skipped: {exc}", file=sys.stderr)
+        return 0
+    with lease:
+        return _refit(args, settings)
+
+
+def _refit(args: argparse.Namespace, settings: Settings) -> int:
     from .pca import refit
     from .spark.session import get_spark
 
-    settings = _settings(args)
     spark = get_spark(settings)
     fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full,
                                 "reproject_rows": not args.no_reproject}
@@ -335,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stream", parents=[common], help="run the featurizer stream")
     p.add_argument("--trigger", default="availableNow", help="availableNow, or a processing-time interval")
     p.add_argument("--weights", help="imagenet or a weights file; default FRUITS_WEIGHTS or imagenet")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another stream holds the tables, wait this long for it instead of refusing")
     p.set_defaults(func=cmd_stream)
 
     pca_parser = sub.add_parser("pca", help="PCA over the features table")
@@ -349,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
     p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another refit is running, wait this long for it instead of skipping")
     p.set_defaults(func=cmd_pca_refit)
     p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
     p.set_defaults(func=cmd_pca_reproject)

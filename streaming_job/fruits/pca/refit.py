@@ -201,7 +201,17 @@ def refit(
         "feature_model_id": [model.feature_model_id],
     })
     started = time.perf_counter()
-    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append").save(settings.pca_models_table)
+    # A version is committed at most once, whatever happens: Delta skips an append whose
+    # (txnAppId, txnVersion) it has committed before, so a second refit that computed the same
+    # version (one that lost its lease while paused, say) writes nothing and fails below.
+    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append") \
+        .option("txnAppId", "fruits-pca-models").option("txnVersion", model.version).save(settings.pca_models_table)
+    # The same k over the same rows of the same table version is the same fit; anything else is not ours.
+    committed = table.read(spark, settings.pca_models_table).where(F.col("version") == model.version) \
+        .select("k", "row_count", "source_table_version").collect()
+    if [tuple(r) for r in committed] != [(model.k, model.row_count, source_version)]:
+        raise RuntimeError(f"PCA version {model.version} was committed by another refit meanwhile; this one wrote "
+                           "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
                                              fit.components[:basis_size(fit.k, len(fit.mean))]))
     seconds["store"] = time.perf_counter() - started

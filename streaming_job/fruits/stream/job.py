@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -199,8 +199,11 @@ class BatchWriter:
     """
 
     def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
-                 reliable: bool | None = None) -> None:
+                 reliable: bool | None = None, guard: Callable[[], None] | None = None) -> None:
         self.spark = spark
+        # Called before each micro-batch writes: raises if this stream may no longer write (its lease
+        # was taken over), which fails the stream instead of letting two writers append.
+        self.guard = guard
         self.settings = settings
         compiled = as_compiled(model)
         self.model_id = compiled.model_id
@@ -230,6 +233,8 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
+        if self.guard is not None:
+            self.guard()
         images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
         if images is None:  # every image already known: nothing to write
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
@@ -266,10 +271,12 @@ def start(
     settings: Settings,
     trigger: dict[str, Any] | None = None,
     model: WeightsBlob | CompiledModel | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> StreamingQuery:
     """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow);
-    ``model`` (default: ``settings.weights``, loaded by ``load_model``) as weights or compiled."""
-    writer = BatchWriter(spark, settings, model or load_model(_shipped(settings.weights)))
+    ``model`` (default: ``settings.weights``, loaded by ``load_model``) as weights or compiled;
+    ``guard`` runs before each micro-batch writes (``fruits stream`` passes its lease's check)."""
+    writer = BatchWriter(spark, settings, model or load_model(_shipped(settings.weights)), guard=guard)
     return (
         read_manifests(spark, settings)
         .writeStream.foreachBatch(writer)

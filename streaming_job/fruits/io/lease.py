@@ -1,0 +1,198 @@
+"""Leases: one stream, one refit at a time per table set, across processes and machines.
+
+A lease is a small JSON object in the table root (``<table root>/_leases/<name>.json``): who holds
+it and until when. It is taken and renewed with compare-and-swap writes, so two contenders never
+both win:
+
+- on S3, conditional writes (``If-None-Match: *`` to take a free lease, ``If-Match: <etag>`` to
+  renew one or take over an expired one, and to release it);
+- on a local path (the embedded default), the same checks under an exclusive ``flock``.
+
+A holder renews in the background (every third of ``ttl``); a crashed holder's lease expires after
+``ttl`` seconds, so a restart is never blocked for longer. A holder that fails to renew (it was
+paused past its ttl and someone took over) has lost the lease: ``check`` then raises, and the stream
+checks before every micro-batch it writes.
+
+Example::
+
+    with Lease(settings, "stream", ttl=120) as lease:      # LeaseHeld if another process has it
+        ...
+        lease.check()                                      # LeaseLost if it was taken over
+
+Limitations: expiry compares the holder's and the contender's clocks (NTP keeps them within a
+second; the ttl is minutes). The table root must be S3 or a local path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..config import Settings
+from . import aws
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeld(RuntimeError):
+    """Another process holds the lease."""
+
+
+class LeaseLost(RuntimeError):
+    """This process held the lease and no longer does."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _stamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Lease:
+    def __init__(self, settings: Settings, name: str, ttl: float = 120.0) -> None:
+        self.settings = settings
+        self.name = name
+        self.ttl = ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.uri = f"{settings.table_root.rstrip('/')}/_leases/{name}.json"
+        self._etag: str | None = None  # S3: the version we wrote; local: the content we wrote
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._s3 = aws.client("s3", settings) if aws.is_s3(self.uri) else None
+
+    # --- storage: read the current holder, write if unchanged -------------------------------------
+
+    def _body(self) -> bytes:
+        now = _now()
+        return json.dumps({"owner": self.owner, "acquired": _stamp(now), "expires": now + self.ttl,
+                           "expires_at": _stamp(now + self.ttl)}).encode()
+
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The current holder and the token a conditional write must name (None, None when free)."""
+        if self._s3 is not None:
+            bucket, key = aws.split_s3_uri(self.uri)
+            try:
+                got = self._s3.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None, None
+                raise
+            return json.loads(got["Body"].read()), got["ETag"]
+        path = Path(self.uri)
+        if not path.exists():
+            return None, None
+        text = path.read_text()
+        return json.loads(text), text
+
+    def _write_if(self, expected: str | None, body: bytes | None) -> str | None:
+        """Write ``body`` (None: delete) if the lease is still ``expected`` (None: absent); the new
+        token, or raise ``LeaseHeld`` when someone else wrote in between."""
+        if self._s3 is not None:
+            bucket, key = aws.split_s3_uri(self.uri)
+            condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
+            try:
+                if body is None:
+                    self._s3.delete_object(Bucket=bucket, Key=key, **condition)
+                    return None
+                return self._s3.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                                 "412", "409"):
+                    raise LeaseHeld(f"the lease {self.uri} changed under us") from exc
+                raise
+        path = Path(self.uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = path.read_text() if path.exists() else None
+            if current != expected:
+                raise LeaseHeld(f"the lease {self.uri} changed under us")
+            if body is None:
+                path.unlink()
+                return None
+            tmp = path.with_suffix(f".{self.owner.replace(':', '-')}.tmp")
+            tmp.write_bytes(body)
+            tmp.replace(path)
+            return body.decode()
+
+    # --- the lease ------------------------------------------------------------------------------
+
+    def acquire(self, wait: float = 0.0) -> Lease:
+        """Take the lease, waiting up to ``wait`` seconds for its holder to release it or expire;
+        ``LeaseHeld`` (naming the holder and until when) if that does not happen."""
+        deadline = _now() + wait
+        while True:
+            holder, token = self._read()
+            if holder is None or holder["expires"] < _now():
+                if holder is not None:
+                    log.warning("taking over the expired %s lease of %s (expired %s)", self.name, holder["owner"],
+                                holder["expires_at"])
+                with contextlib.suppress(LeaseHeld):  # another contender won: look again
+                    self._etag = self._write_if(token, self._body())
+                    self._start_heartbeat()
+                    return self
+            elif _now() >= deadline:
+                raise LeaseHeld(
+                    f"another {self.name} holds the tables under {self.settings.table_root}: {holder['owner']}, "
+                    f"until {holder['expires_at']} unless it renews. Stop it first, or wait for it (--wait); a "
+                    f"crashed one's lease expires within {self.ttl:.0f} s")
+            time.sleep(min(2.0, max(0.1, deadline - _now())))
+
+    def renew(self) -> None:
+        try:
+            self._etag = self._write_if(self._etag, self._body())
+        except LeaseHeld as exc:
+            self._lost = f"the {self.name} lease was taken over ({exc})"
+            raise LeaseLost(self._lost) from exc
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` if this process no longer holds the lease."""
+        if self._lost:
+            raise LeaseLost(self._lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        if self._etag is not None and not self._lost:
+            with contextlib.suppress(LeaseHeld):  # taken over meanwhile: not ours to delete
+                self._write_if(self._etag, None)
+        self._etag = None
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    self.renew()
+                except LeaseLost as exc:
+                    log.error("%s", exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - a transient error: the next beat retries
+                    log.warning("could not renew the %s lease: %s", self.name, exc)
+
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.name}", daemon=True)
+        self._heartbeat.start()
+
+    def __enter__(self) -> Lease:
+        return self if self._etag is not None else self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()

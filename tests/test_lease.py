@@ -1,0 +1,85 @@
+"""Leases (``fruits.io.lease``): one holder at a time across processes, on S3 (the emulator's
+conditional writes) and on a local table root; a crashed holder's lease expires; a holder that
+was taken over knows it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from fruits.io.lease import Lease, LeaseHeld, LeaseLost
+
+
+@pytest.fixture(params=["s3", "local"])
+def root_settings(request, settings, tmp_path):  # noqa: ANN001, ANN201
+    root = f"s3a://{settings.bucket}/tables" if request.param == "s3" else str(tmp_path / "tables")
+    return settings.with_(table_root=root)
+
+
+def test_one_holder_at_a_time(root_settings) -> None:
+    first = Lease(root_settings, "stream").acquire()
+    with pytest.raises(LeaseHeld, match=f"another stream holds the tables.*{first.owner}"):
+        Lease(root_settings, "stream").acquire()
+    Lease(root_settings, "refit").acquire().release()  # another name is another lease
+    first.release()
+    second = Lease(root_settings, "stream").acquire()
+    second.release()
+
+
+def test_a_crashed_holders_lease_expires_and_is_taken_over(root_settings) -> None:
+    crashed = Lease(root_settings, "stream", ttl=1.0).acquire()
+    crashed._stop.set()  # its process froze: no more heartbeats, no release
+    with pytest.raises(LeaseHeld):
+        Lease(root_settings, "stream", ttl=1.0).acquire()
+    time.sleep(1.2)
+    taker = Lease(root_settings, "stream", ttl=1.0).acquire()
+    with pytest.raises(LeaseLost):
+        crashed.renew()  # it wakes up: it knows it lost the lease
+    with pytest.raises(LeaseLost):
+        crashed.check()
+    crashed.release()  # must not delete the new holder's lease
+    with pytest.raises(LeaseHeld):
+        Lease(root_settings, "stream").acquire()
+    taker.release()
+
+
+def test_a_live_holder_keeps_its_lease_past_the_ttl(root_settings) -> None:
+    with Lease(root_settings, "stream", ttl=1.0) as holder:
+        time.sleep(2.5)  # heartbeats every third of the ttl
+        holder.check()
+        with pytest.raises(LeaseHeld):
+            Lease(root_settings, "stream", ttl=1.0).acquire()
+
+
+def test_a_waiting_contender_gets_the_lease_when_it_is_released(root_settings) -> None:
+    holder = Lease(root_settings, "refit").acquire()
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"]).wait()
+    holder.release()
+    Lease(root_settings, "refit").acquire(wait=5).release()
+
+
+_CONTENDER = """
+import sys, time
+from fruits.config import Settings
+from fruits.io.lease import Lease, LeaseHeld
+settings = Settings.model_validate_json(sys.argv[1])
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    lease = Lease(settings, "stream", ttl=30).acquire()
+    print("won", flush=True)
+    time.sleep(3)
+    lease.release()
+except LeaseHeld:
+    print("held", flush=True)
+"""
+
+
+def test_processes_racing_for_a_lease_have_one_winner(root_settings) -> None:
+    start = time.time() + 3  # all of them ask at the same moment
+    racers = [subprocess.Popen([sys.executable, "-c", _CONTENDER, root_settings.model_dump_json(), str(start)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    answers = sorted(p.communicate(timeout=120)[0].strip() for p in racers)
+    assert answers == ["held", "held", "held", "won"], answers
