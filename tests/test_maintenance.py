@@ -71,3 +71,45 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     monkeypatch.setattr(changes, "VACUUM_RETAIN_HOURS", 0)
     fit = refit(spark, settings, write_plots=False, reproject_rows=False)
     assert (fit.mode, fit.model.row_count) == ("full", 70)
+
+
+def test_optimize_during_a_reprojection_both_finish(spark, tmp_path: Path, caplog) -> None:
+    """OPTIMIZE (maintain) starts, then the refit's re-projection UPDATE reads the files OPTIMIZE is
+    about to replace: whichever commits second meets a conflict (ConcurrentDeleteReadException)
+    and retries; both finish, every row ends on the new PCA version and none is lost."""
+    import logging
+    import threading
+    import time
+
+    from fruits.pca.refit import reproject
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    for seed in range(12):
+        append_rows(spark, settings.features_table, synthetic_features(150, seed))
+    model = refit(spark, settings, write_plots=False, reproject_rows=False).model
+    ids = sorted(image_ids(spark, settings.features_table))
+    caplog.set_level(logging.INFO, logger="fruits.spark.tables")
+
+    errors: list[BaseException] = []
+
+    def optimize() -> None:
+        try:
+            maintain(spark, settings)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    tracker = spark.sparkContext.statusTracker()
+    helper = threading.Thread(target=optimize)
+    helper.start()
+    deadline = time.monotonic() + 60
+    while not tracker.getActiveJobsIds() and time.monotonic() < deadline:  # OPTIMIZE's first job runs
+        time.sleep(0.01)
+    assert reproject(spark, settings, model) == len(ids)
+    helper.join(timeout=300)
+    assert errors == []
+    assert sorted(image_ids(spark, settings.features_table)) == ids
+    assert {r.pca_version for r in table.read(spark, settings.features_table).select("pca_version").collect()} == {
+        model.version}
+    conflicts = [r.getMessage() for r in caplog.records if "met a concurrent commit" in r.getMessage()]
+    print(f"conflicts retried: {conflicts}")

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from delta.exceptions import ConcurrentAppendException
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -102,28 +101,30 @@ def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts
 
     One UPDATE (a scan and a rewrite; a MERGE joining the projections back took 1.6x as long). The
     stream may append while this runs: a blind append of rows that match the UPDATE's condition
-    makes it fail with ConcurrentAppendException (it is retried), and a micro-batch that started
-    before the new model was committed lands on the previous version (so we look again until no
-    row is stale).
+    makes it fail with ConcurrentAppendException, an OPTIMIZE committing first with
+    ConcurrentDeleteReadException (both retried, ``tables.retried``), and a micro-batch that
+    started before the new model was committed lands on the previous version (so we look again
+    until no row is stale).
     """
     # A session of its own, so that the commit tag marks this UPDATE only, never a concurrent append.
     session = spark.newSession()
     session.conf.set("spark.databricks.delta.commitInfo.userMetadata", REPROJECT_TAG)
-    updated = 0
-    for attempt in range(1, attempts + 1):
+
+    def update_stale() -> int:
         features = DeltaTable.forPath(session, settings.features_table)
-        if features.toDF().where(_stale(model)).isEmpty():
+        features.update(
+            condition=_stale(model),
+            set={"pca_features": project_column(session, model), "pca_version": F.lit(model.version).cast("long")},
+        )
+        # numUpdatedRows of our newest UPDATE (appends may follow it)
+        return table.newest_metric(features, (F.col("operation") == "UPDATE")
+                                   & (F.col("userMetadata") == REPROJECT_TAG), "numUpdatedRows")
+
+    updated = 0
+    for _ in range(attempts):
+        if DeltaTable.forPath(session, settings.features_table).toDF().where(_stale(model)).isEmpty():
             return updated
-        try:
-            features.update(
-                condition=_stale(model),
-                set={"pca_features": project_column(session, model), "pca_version": F.lit(model.version).cast("long")},
-            )
-            # numUpdatedRows of our newest UPDATE (appends may follow it)
-            updated += table.newest_metric(features, (F.col("operation") == "UPDATE")
-                                           & (F.col("userMetadata") == REPROJECT_TAG), "numUpdatedRows")
-        except ConcurrentAppendException:
-            log.info("re-projection attempt %d met a concurrent append; retrying", attempt)
+        updated += table.retried(update_stale, f"re-projection onto PCA version {model.version}", attempts)
     raise RuntimeError(
         f"rows were still not on PCA version {model.version} after {attempts} attempts; "
         "run `fruits pca reproject` again when the stream is quieter"

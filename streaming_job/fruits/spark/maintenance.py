@@ -15,7 +15,8 @@ Example::
 Limitations: the incremental PCA statistics and the stream's known ids read the files the Delta log
 names since their last look. When that look is older than the retention (``VACUUM_RETAIN_HOURS``,
 168 h, Delta's default), they read the whole table instead, since VACUUM may have deleted those
-files. OPTIMIZE and a concurrent re-projection UPDATE may conflict; the re-projection retries.
+files. OPTIMIZE and a concurrent re-projection UPDATE may conflict; whichever commits second
+retries (``tables.retried``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
     table.ensure_tables(spark, settings)
     report = Maintenance()
     for location in (settings.features_table, settings.quarantine_table):
-        metrics = DeltaTable.forPath(spark, location).optimize().executeCompaction().first().metrics
+        metrics = table.retried(lambda: DeltaTable.forPath(spark, location).optimize().executeCompaction().first(),
+                                f"OPTIMIZE {location}").metrics
         report.compacted[location] = (metrics.numFilesRemoved, metrics.numFilesAdded)
         log.info("OPTIMIZE %s: %d files into %d", location, metrics.numFilesRemoved, metrics.numFilesAdded)
     for location in (settings.features_table, settings.quarantine_table, settings.pca_models_table,

@@ -8,6 +8,16 @@ table's state in Spark jobs at every micro-batch, to look the marker up.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+# delta-spark 4.x converts the JVM's conflict exceptions to these Python classes only once its
+# `captured` module is imported, which `delta.exceptions` no longer does: without this import
+# every conflict arrived as a bare Py4JJavaError and no retry ever matched.
+import delta.exceptions.captured  # noqa: F401
+from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -15,6 +25,9 @@ from pyspark.sql.types import StructType
 
 from ..config import Settings
 from .schema import FEATURES, PCA_MODELS, PCA_STATS, QUARANTINE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def ensure_table(spark: SparkSession, location: str, schema: StructType) -> DeltaTable:
@@ -28,6 +41,27 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     ensure_table(spark, settings.quarantine_table, QUARANTINE)
     ensure_table(spark, settings.pca_models_table, PCA_MODELS)
     ensure_table(spark, settings.pca_stats_table, PCA_STATS)
+
+
+# Conflicts that mean only "someone committed first": the operation is still valid on the new
+# snapshot and is retried. OPTIMIZE (maintain) and a re-projection UPDATE (refit) meet these when
+# they overlap, and a blind append from the stream makes an UPDATE over matching rows meet the first.
+BENIGN_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteReadException, ConcurrentDeleteDeleteException)
+
+
+def retried(operation: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """``operation()``, run again (after a short pause) when a concurrent commit got there first;
+    a clear error after ``attempts``. ``operation`` must be safe to repeat on a newer snapshot."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except BENIGN_CONFLICTS as exc:
+            log.info("%s met a concurrent commit (%s), attempt %d of %d", what, type(exc).__name__, attempt, attempts)
+            if attempt == attempts:
+                raise RuntimeError(f"{what} met a concurrent commit {attempts} times in a row; run it again when the "
+                                   "other jobs are quieter") from exc
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def append(rows: DataFrame, location: str) -> None:
