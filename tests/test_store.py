@@ -163,3 +163,6 @@ def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings,
     # The endpoint of these settings refuses connections: the answer says the manifests were not read.
     unknown = store.status("uploads/Kiwi/never.jpg")
     assert unknown.state == "unknown" and "could not be read" in unknown.detail
+    # An upload the Lambda skips is visible as such, not unknown forever.
+    skipped = store.status("uploads/Kiwi/notes.TXT")
+    assert skipped.state == "skipped" and "not an image suffix" in skipped.detail

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from botocore.exceptions import BotoCoreError, ClientError
 from deltalake import DeltaTable
+from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
 from ..config import Settings
 from ..io import aws, lake
@@ -231,7 +232,8 @@ class FeatureStore:
 
     def status(self, key: str) -> Status:
         """processed (with its rows), quarantined (with the reason), pending (in a manifest, not
-        yet in a table) or unknown."""
+        yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix) or
+        unknown."""
         bucket, key = aws.split_s3_uri(key) if "://" in key else (None, key)
         cols = ["image_id", "bucket", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
         rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
@@ -241,6 +243,9 @@ class FeatureStore:
                                                                         "error", "quarantined_at", "manifest"], bucket)
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
+        if key.startswith(self.settings.upload_prefix) and not is_image_key(key):
+            return Status(key, "skipped", f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
+                                          "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)")
         try:
             manifest = self._manifest_with(key, bucket)
         except (BotoCoreError, ClientError) as exc:
