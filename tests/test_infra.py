@@ -58,7 +58,8 @@ def listify(value: object) -> list:
 
 
 def test_bucket_is_private_encrypted_tls_only_and_expires_manifests(template: Template) -> None:
-    bucket = one(template, "AWS::S3::Bucket")
+    buckets = {name: b["Properties"] for name, b in resources(template, "AWS::S3::Bucket").items()}
+    bucket = next(b for name, b in buckets.items() if name.startswith("Images"))
     assert bucket["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
     }
@@ -66,8 +67,44 @@ def test_bucket_is_private_encrypted_tls_only_and_expires_manifests(template: Te
     assert sse["SSEAlgorithm"] == "AES256"
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["expire-manifests"]["Prefix"] == "manifests/" and rules["expire-manifests"]["ExpirationInDays"] == 30
-    policy = one(template, "AWS::S3::BucketPolicy")["PolicyDocument"]["Statement"]
-    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
+    policies = [p["Properties"]["PolicyDocument"]["Statement"] for p in resources(template, "AWS::S3::BucketPolicy").values()]
+    assert len(policies) == 2 and all(
+        any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
+        for policy in policies)
+
+
+def test_photos_are_versioned_and_access_logged(template: Template) -> None:
+    """An overwrite or delete keeps the original for 30 days; every access is logged to a private
+    bucket (through a bucket policy, no ACLs) kept 90 days."""
+    buckets = {name: b["Properties"] for name, b in resources(template, "AWS::S3::Bucket").items()}
+    images = next(b for name, b in buckets.items() if name.startswith("Images"))
+    logs_name, access_logs = next((n, b) for n, b in buckets.items() if n.startswith("AccessLogs"))
+    assert images["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = {r["Id"]: r for r in images["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert rules["expire-noncurrent-table-files"]["Prefix"] == "tables/"
+    assert images["LoggingConfiguration"] == {"DestinationBucketName": {"Ref": logs_name}, "LogFilePrefix": "images/"}
+    assert access_logs["PublicAccessBlockConfiguration"]["BlockPublicAcls"] is True
+    assert access_logs["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert access_logs["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 90
+
+
+def test_the_lambda_drains_a_backlog_with_bounded_concurrency(template: Template) -> None:
+    from fruits_ingest.config import MAX_CONCURRENCY
+
+    mapping = one(template, "AWS::Lambda::EventSourceMapping")
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": MAX_CONCURRENCY}
+
+
+def test_every_log_group_expires_and_the_alarm_topic_is_encrypted(template: Template) -> None:
+    groups = resources(template, "AWS::Logs::LogGroup")
+    assert len(groups) >= 2 and all(g["Properties"].get("RetentionInDays") for g in groups.values())
+    topic = one(template, "AWS::SNS::Topic")
+    key_name = next(iter(resources(template, "AWS::KMS::Key")))
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": [key_name, "Arn"]}
+    key = one(template, "AWS::KMS::Key")
+    assert key["EnableKeyRotation"] is True
+    assert any(s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"} for s in key["KeyPolicy"]["Statement"])
 
 
 def test_queue_has_dead_letters_and_visibility_six_times_the_lambda_timeout(template: Template) -> None:

@@ -27,6 +27,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
@@ -43,8 +44,8 @@ from fruits.spark.bundle import ARTIFACTS, ENTRY_POINT, ENVIRONMENT, MODEL_DIR, 
 from fruits.spark.release import EMR_RELEASE, PYTHON_EXECUTABLE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, UPLOAD_PREFIX,
-    IngestConfig,
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
+    UPLOAD_PREFIX, IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,8 @@ class StageConfig:
 class FruitsStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        # Access logs are delivered under a bucket policy (no ACLs: every bucket is owner-enforced).
+        self.node.set_context("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy", True)
         self.config = config
         self.bucket = self._bucket()
         self.dead_letters, self.queue = self._queues()
@@ -135,6 +138,14 @@ class FruitsStack(cdk.Stack):
     # --- storage and events -------------------------------------------------------------------
 
     def _bucket(self) -> s3.Bucket:
+        # Server access logs: who read, wrote or deleted which photo, kept 90 days.
+        access_logs = s3.Bucket(
+            self, "AccessLogs", bucket_name=f"{self.config.name('access-logs')}-{cdk.Aws.ACCOUNT_ID}",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL, encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True, object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=cdk.Duration.days(90))],
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
         return s3.Bucket(
             self, "Images",
             bucket_name=f"{self.config.name('images')}-{cdk.Aws.ACCOUNT_ID}",
@@ -142,12 +153,21 @@ class FruitsStack(cdk.Stack):
             encryption=s3.BucketEncryption.S3_MANAGED,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # An overwritten or deleted photo stays recoverable for 30 days (the events carry the
+            # version id, and the stream fetches exactly that version).
+            versioned=True,
+            server_access_logs_bucket=access_logs, server_access_logs_prefix="images/",
             lifecycle_rules=[
                 # The stream's checkpoint remembers which manifests it read; old ones are dead weight.
                 s3.LifecycleRule(id="expire-manifests", prefix=MANIFESTS,
                                  expiration=cdk.Duration.days(self.config.manifest_retention_days)),
                 s3.LifecycleRule(id="abort-incomplete-uploads",
                                  abort_incomplete_multipart_upload_after=cdk.Duration.days(7)),
+                s3.LifecycleRule(id="expire-noncurrent-versions",
+                                 noncurrent_version_expiration=cdk.Duration.days(30)),
+                # VACUUM's deletions and the leases' renewals leave noncurrent versions of table files.
+                s3.LifecycleRule(id="expire-noncurrent-table-files", prefix=TABLES,
+                                 noncurrent_version_expiration=cdk.Duration.days(1)),
             ],
             # Photos and the table outlive a stack deletion; see infra/README.md to remove them.
             removal_policy=cdk.RemovalPolicy.RETAIN,
@@ -203,7 +223,7 @@ class FruitsStack(cdk.Stack):
         )
         function.add_event_source(sources.SqsEventSource(
             self.queue, batch_size=BATCH_SIZE, max_batching_window=cdk.Duration.seconds(BATCHING_WINDOW_SECONDS),
-            report_batch_item_failures=True,
+            report_batch_item_failures=True, max_concurrency=MAX_CONCURRENCY,
         ))
         return function
 
@@ -335,6 +355,8 @@ class FruitsStack(cdk.Stack):
                 "jobRunId": cr.PhysicalResourceIdReference()}),
             policy=cr.AwsCustomResourcePolicy.from_statements(self._job_starter(cancel=True)),
             install_latest_aws_sdk=False,
+            log_group=logs.LogGroup(self, "StartStreamLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                    removal_policy=cdk.RemovalPolicy.DESTROY),
         )
 
     def _job_starter(self, cancel: bool = False) -> list[iam.PolicyStatement]:
@@ -352,7 +374,15 @@ class FruitsStack(cdk.Stack):
     # --- alarms -------------------------------------------------------------------------------
 
     def _alarms(self) -> None:
-        topic = sns.Topic(self, "Alarms", topic_name=self.config.name("alarms"), enforce_ssl=True)
+        # Encrypted with a key of our own: CloudWatch may publish through it, which AWS's managed
+        # SNS key does not allow.
+        key = kms.Key(self, "AlarmsKey", alias=f"alias/{self.config.name('alarms')}", enable_key_rotation=True,
+                      description="encrypts the alarm topic", removal_policy=cdk.RemovalPolicy.DESTROY)
+        key.add_to_resource_policy(iam.PolicyStatement(
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"], resources=["*"],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+        ))
+        topic = sns.Topic(self, "Alarms", topic_name=self.config.name("alarms"), enforce_ssl=True, master_key=key)
         if self.config.alarm_email:
             topic.add_subscription(subscriptions.EmailSubscription(self.config.alarm_email))
         for alarm in (

@@ -26,6 +26,10 @@ from .exceptions import ConfigurationError
 BATCH_SIZE = 100
 BATCHING_WINDOW_SECONDS = 1
 MAX_RECEIVE_COUNT = 3  # deliveries of an event before SQS moves it to the dead-letter queue
+# At most this many concurrent invocations from the queue (the event source's MaximumConcurrency):
+# a backlog of millions of uploads drains at 5 x 100 events per second or so, never exhausting
+# the account's Lambda concurrency that other functions share.
+MAX_CONCURRENCY = 5
 
 # The CloudWatch namespace of the pipeline's metrics: the Lambda's and the stream's.
 METRICS_NAMESPACE = "Fruits"
