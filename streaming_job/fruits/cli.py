@@ -14,10 +14,6 @@ from typing import Any
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
 
-# How long a crashed stream's or refit's lease blocks the next one (fruits.io.lease); renewed
-# every third of it while the holder runs.
-LEASE_SECONDS = 120.0
-
 # Every command imports what it needs when it runs: `fruits --help` and `fruits status` load no
 # Spark and no emulator (tests/test_import_boundaries.py).
 
@@ -85,7 +81,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
     )
     # One stream per table set: a second one refuses (or waits, --wait) instead of appending twice.
-    lease = Lease(settings, "stream", ttl=LEASE_SECONDS)
+    lease = Lease(settings, "stream", ttl=settings.lease_seconds)
     try:
         lease.acquire(wait=args.wait)
     except LeaseHeld as exc:
@@ -130,7 +126,7 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     # One refit at a time: a scheduled run that finds another still running skips (exit 0).
-    lease = Lease(settings, "refit", ttl=LEASE_SECONDS)
+    lease = Lease(settings, "refit", ttl=settings.lease_seconds)
     try:
         lease.acquire(wait=args.wait)
     except LeaseHeld as exc:

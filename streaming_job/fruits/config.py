@@ -29,6 +29,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
 | ``FRUITS_METRICS_NAMESPACE`` | CloudWatch namespace the stream publishes its per-micro-batch metrics to (infra/ sets ``Fruits``); unset: a log line only | unset |
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
+| ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
 
 Example::
 
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     spark_log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     jars_dir: str | None = None
     metrics_namespace: str | None = None
+    lease_seconds: float = Field(120.0, ge=3)
 
     def __init__(self, **values: Any) -> None:
         try:
