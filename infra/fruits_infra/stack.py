@@ -85,6 +85,7 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
         "CKV_AWS_173": "its environment holds bucket names and prefixes, no secret (encrypted at rest by AWS)",
     },
     "IngestLogs": {"CKV_AWS_158": "log lines hold object keys and counts, no photo or secret; encrypted by CloudWatch"},
+    "NotificationHandlerLogs": {"CKV_AWS_158": "CDK's handler logs the notification it configures, no data"},
     "DeltaLog": {"CKV_AWS_119": "holds commit file names only; encrypted at rest with an AWS-owned key"},
     "BucketNotificationsHandler*": {
         "CKV_AWS_116": "CDK's handler, invoked synchronously by CloudFormation at deployment",
@@ -154,11 +155,24 @@ class FruitsStack(cdk.Stack):
         self.application, self.job_role = self._spark()
         self._jobs()
         self._alarms()
+        self._notification_handler_logs()
         self._checkov_skips()
         cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name)
         cdk.CfnOutput(self, "QueueUrl", value=self.queue.queue_url)
         cdk.CfnOutput(self, "ApplicationId", value=self.application.attr_application_id)
         cdk.CfnOutput(self, "JobRoleArn", value=self.job_role.role_arn)
+
+    def _notification_handler_logs(self) -> None:
+        """CDK's bucket-notification handler would log to a group it never declares, kept forever:
+        declare it, with a retention, before the notification first invokes the handler."""
+        resources = [r for r in self.node.find_all() if isinstance(r, cdk.CfnResource)]
+        handler = next(r for r in resources if r.cfn_resource_type == "AWS::Lambda::Function"
+                       and "BucketNotificationsHandler" in r.node.path)
+        group = logs.CfnLogGroup(self, "NotificationHandlerLogs", log_group_name=f"/aws/lambda/{handler.ref}",
+                                 retention_in_days=30)
+        group.apply_removal_policy(cdk.RemovalPolicy.DESTROY)
+        for notification in (r for r in resources if r.cfn_resource_type == "Custom::S3BucketNotifications"):
+            notification.add_dependency(group)
 
     def _checkov_skips(self) -> None:
         """Each skip in ``CHECKOV_SKIPS`` on the resources of the construct it names (and only
@@ -166,9 +180,12 @@ class FruitsStack(cdk.Stack):
         for resource in self.node.find_all():
             if not isinstance(resource, cdk.CfnResource):
                 continue
-            own = resource.node.scopes[2].node.default_child if len(resource.node.scopes) > 2 else None
-            if own is None or own.node.path != resource.node.path:
-                continue  # only the construct's own resource, not its policies, roles or mappings
+            if len(resource.node.scopes) < 3:
+                continue
+            construct = resource.node.scopes[2]
+            own = construct.node.default_child or construct  # a construct's own resource, or one made directly
+            if own.node.path != resource.node.path:
+                continue  # not its policies, roles or mappings
             owner = resource.node.scopes[2].node.id
             for name, skips in CHECKOV_SKIPS.items():
                 if owner == name or (name.endswith("*") and owner.startswith(name[:-1])):

@@ -72,7 +72,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from .io.lease import Lease, LeaseHeld
     from .spark.session import get_spark
     from .stream import job
 
@@ -81,11 +80,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
     )
     # One stream per table set: a second one refuses (or waits, --wait) instead of appending twice.
-    lease = Lease(settings, "stream", ttl=settings.lease_seconds)
-    try:
-        lease.acquire(wait=args.wait)
-    except LeaseHeld as exc:
-        print(f"fruits: not started: {exc}", file=sys.stderr)
+    lease = _take_lease(settings, "stream", args.wait, "not started")
+    if lease is None:
         return 1
     with lease:
         handle = job.start(get_spark(settings), settings, trigger=trigger, guard=lease.check)
@@ -121,16 +117,23 @@ def _until_done(handle: Any) -> int:
     return 0
 
 
-def cmd_pca_refit(args: argparse.Namespace) -> int:
+def _take_lease(settings: Settings, name: str, wait: float, refused: str) -> Any:
+    """The ``name`` lease (``fruits.io.lease``), or None after saying who holds it."""
     from .io.lease import Lease, LeaseHeld
 
+    lease = Lease(settings, name, ttl=settings.lease_seconds)
+    try:
+        return lease.acquire(wait=wait)
+    except LeaseHeld as exc:
+        print(f"fruits: {refused}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_pca_refit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # One refit at a time: a scheduled run that finds another still running skips (exit 0).
-    lease = Lease(settings, "refit", ttl=settings.lease_seconds)
-    try:
-        lease.acquire(wait=args.wait)
-    except LeaseHeld as exc:
-        print(f"fruits: refit skipped: {exc}", file=sys.stderr)
+    lease = _take_lease(settings, "refit", args.wait, "refit skipped")
+    if lease is None:
         return 0
     with lease:
         return _refit(args, settings)
