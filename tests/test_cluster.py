@@ -57,17 +57,18 @@ def rows(store: FeatureStore) -> int:
 
 def kill_an_executor_after_the_batch_checkpoint(settings: Settings, cluster: Cluster, process,
                                                 timeout: float = 600) -> int | None:
-    """Once the first micro-batch's scored rows start landing in its staging folder (a file under
-    the stream's checkpoint, ``batches/``), before they are written to Delta, SIGKILL worker 1's
-    executor: scored rows it held are lost unless they were staged reliably."""
+    """Once the first micro-batch's scored rows are staged (the staging folder's ``_SUCCESS`` under
+    the stream's checkpoint, ``batches/``) and before they are written to Delta, SIGKILL worker 1's
+    executor: rows it held would be lost (``localCheckpoint`` keeps them in executors' memory) unless
+    they were staged reliably."""
     s3 = aws.client("s3", settings)
     prefix = settings.checkpoint.split(f"{settings.bucket}/", 1)[1] + "/batches/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=prefix).get("Contents", [])
-        if any("part-" in o["Key"] for o in listed):
+        if any(o["Key"].endswith("/_SUCCESS") for o in listed):
             return cluster.kill_executor(1)
-        time.sleep(0.2)
+        time.sleep(0.1)
     return None
 
 

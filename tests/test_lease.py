@@ -54,10 +54,36 @@ def test_a_live_holder_keeps_its_lease_past_the_ttl(root_settings) -> None:
 
 
 def test_a_waiting_contender_gets_the_lease_when_it_is_released(root_settings) -> None:
+    import threading
+
     holder = Lease(root_settings, "refit").acquire()
-    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"]).wait()
-    holder.release()
-    Lease(root_settings, "refit").acquire(wait=5).release()
+    threading.Timer(1.0, holder.release).start()
+    started = time.monotonic()
+    Lease(root_settings, "refit").acquire(wait=10).release()
+    assert time.monotonic() - started >= 0.9  # it did wait for the release
+
+
+def test_a_holder_that_cannot_renew_knows_when_its_lease_ran_out(root_settings, monkeypatch) -> None:
+    """Renewals failing with errors that look transient (throttling, a partition): the holder must
+    stop believing it holds the lease once its ttl has passed, before anyone takes it over."""
+    holder = Lease(root_settings, "stream", ttl=1.0).acquire()
+
+    def unreachable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ConnectionError("S3 unreachable")
+
+    monkeypatch.setattr(holder, "_write_if", unreachable)
+    holder.check()  # still within its ttl
+    time.sleep(1.1)
+    with pytest.raises(LeaseLost, match="expired"):
+        holder.check()
+    taker = Lease(root_settings, "stream", ttl=1.0).acquire()
+    with pytest.raises(LeaseLost):
+        holder.check()
+    monkeypatch.undo()
+    holder.release()  # must not delete the taker's lease
+    with pytest.raises(LeaseHeld):
+        Lease(root_settings, "stream").acquire()
+    taker.release()
 
 
 _CONTENDER = """

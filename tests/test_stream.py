@@ -363,17 +363,21 @@ def wait_for_features(settings, n: int, process, timeout: float = 300) -> None: 
     raise AssertionError(f"no {n} rows: {process.poll()}, {process.stderr.read()[-2000:] if process.poll() else ''}")
 
 
-def test_ctrl_c_stops_the_stream_cleanly_with_130(settings, tmp_path) -> None:
-    import signal
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_stream_exits_cleanly_and_frees_its_lease(settings, tmp_path, signum: int, code: int) -> None:
+    """Ctrl-C, or SIGTERM as a cancelled job run sends: a clean stop, 128 + the signal, no traceback,
+    and the lease released, so that the next stream starts at once."""
+    from fruits.io.lease import Lease
 
     put_samples(settings, "Kiwi", 1)
     ingest.drain(settings, visibility_timeout=5)
     process = stream_process(settings, tmp_path)
     wait_for_features(settings, 1, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr and "reentrant" not in stderr, stderr[-3000:]
+    Lease(settings, "stream").acquire().release()
 
 
 def test_a_stream_that_fails_mid_run_exits_non_zero(settings, tmp_path) -> None:

@@ -400,7 +400,8 @@ class FruitsStack(cdk.Stack):
         if not self.config.start_stream:
             return
         # The stream: started once the artifacts exist (-c startStream=true), cancelled on delete.
-        stream = self._job_run("stream", ["stream", "--trigger", "30 seconds"])
+        # --wait: a replacement run (EMR's retry, a redeploy) waits out the lease a crashed run left.
+        stream = self._job_run("stream", ["stream", "--trigger", "30 seconds", "--wait", "300"])
         stream["mode"] = "STREAMING"
         cr.AwsCustomResource(
             self, "StartStream",

@@ -90,27 +90,30 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def _until_done(handle: Any) -> int:
     """Wait for the stream; the exit code tells the truth to a supervisor: 0 when it finished, 1
-    when it failed, 130 when stopped by Ctrl-C (after a clean stop, no traceback).
+    when it failed, 130 when stopped by Ctrl-C, 143 by SIGTERM (a cancelled job run), after a clean
+    stop that releases the lease, with no traceback.
 
-    Ctrl-C only sets a flag: pyspark's own handler calls into the JVM from inside the call it
-    interrupted and breaks the connection (the 'reentrant call' traceback)."""
+    The signals only set a flag: pyspark's own SIGINT handler calls into the JVM from inside the
+    call it interrupted and breaks the connection (the 'reentrant call' traceback)."""
     import signal
 
     from pyspark.errors import StreamingQueryException
 
     interrupted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: interrupted.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not handle.awaitTermination(1):
             if interrupted:
                 handle.stop()
                 print("fruits: stream stopped", file=sys.stderr)
-                return 130
+                return 128 + interrupted[0]
     except StreamingQueryException as exc:
         print(f"fruits: the stream failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if handle.exception() is not None:
         print(f"fruits: the stream failed: {handle.exception()}", file=sys.stderr)
         return 1
@@ -136,16 +139,16 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
     if lease is None:
         return 0
     with lease:
-        return _refit(args, settings)
+        return _refit(args, settings, lease.check)
 
 
-def _refit(args: argparse.Namespace, settings: Settings) -> int:
+def _refit(args: argparse.Namespace, settings: Settings, guard: Any) -> int:
     from .pca import refit
     from .spark.session import get_spark
 
     spark = get_spark(settings)
     fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full,
-                                "reproject_rows": not args.no_reproject}
+                                "reproject_rows": not args.no_reproject, "guard": guard}
     if args.every is None and args.min_new_rows is None:
         _print_refit(refit.refit(spark, settings, **fit_args))
         return 0
@@ -286,6 +289,12 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
     from .io import dead_letters
 
@@ -421,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay-dlq", parents=[common],
                        help="move dead-lettered upload events back to the event queue, once their cause is fixed")
-    p.add_argument("--max", type=int, default=None, help="move at most this many (default: all)")
+    p.add_argument("--max", type=_positive, default=None, help="move at most this many (default: all)")
     p.add_argument("--dry-run", action="store_true", help="list them only; move nothing")
     p.set_defaults(func=cmd_replay_dlq)
     p = sub.add_parser("bundle", help="write the jobs' entry point and packed Python environment (make emr-artifacts)")

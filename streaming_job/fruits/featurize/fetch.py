@@ -71,8 +71,10 @@ OUTAGE = Outage()
 
 
 # Client errors that a later attempt can fix (S3's throttling and timeouts); any 5xx is too.
+# Expired or refreshing credentials are the job's, not the object's: retried, never quarantined.
 TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                             "TooManyRequestsException", "InternalError", "ServiceUnavailable", "429"})
+                             "TooManyRequestsException", "InternalError", "ServiceUnavailable", "429",
+                             "ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"})
 
 
 def transient(exc: ClientError) -> bool:

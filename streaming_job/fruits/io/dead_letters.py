@@ -49,28 +49,32 @@ def _summary(body: str) -> str:
 def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) -> list[Replayed]:
     """Move up to ``limit`` (all if None) dead-lettered messages back to the event queue; with
     ``dry_run``, only list them (and make them visible again at once)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--max must be at least 1, not {limit}")
     sqs = aws.client("sqs", settings)
     source, target = aws.queue_url(settings, settings.dead_letter_queue), aws.queue_url(settings)
     done: list[Replayed] = []
     seen: set[str] = set()
     looked_at: list[str] = []  # receipt handles of a dry run's messages
-    while limit is None or len(done) < limit:
-        want = 10 if limit is None else min(10, limit - len(done))
-        messages = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=want, WaitTimeSeconds=1,
-                                       VisibilityTimeout=30, AttributeNames=["ApproximateReceiveCount"]
-                                       ).get("Messages", [])
-        fresh = [m for m in messages if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for message in fresh:
-            seen.add(message["MessageId"])
-            if dry_run:
-                looked_at.append(message["ReceiptHandle"])
-            else:
-                sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
-                sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
-            done.append(Replayed(message["MessageId"], int(message["Attributes"]["ApproximateReceiveCount"]),
-                                 _summary(message["Body"])))
-    for handle in looked_at:
-        sqs.change_message_visibility(QueueUrl=source, ReceiptHandle=handle, VisibilityTimeout=0)
+    try:
+        while limit is None or len(done) < limit:
+            want = 10 if limit is None else min(10, limit - len(done))
+            messages = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=want, WaitTimeSeconds=1,
+                                           VisibilityTimeout=30, AttributeNames=["ApproximateReceiveCount"]
+                                           ).get("Messages", [])
+            fresh = [m for m in messages if m["MessageId"] not in seen]
+            if not fresh:
+                break
+            for message in fresh:
+                seen.add(message["MessageId"])
+                if dry_run:
+                    looked_at.append(message["ReceiptHandle"])
+                else:
+                    sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
+                    sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
+                done.append(Replayed(message["MessageId"], int(message["Attributes"]["ApproximateReceiveCount"]),
+                                     _summary(message["Body"])))
+    finally:  # a dry run leaves nothing hidden, even when it fails half-way
+        for handle in looked_at:
+            sqs.change_message_visibility(QueueUrl=source, ReceiptHandle=handle, VisibilityTimeout=0)
     return done

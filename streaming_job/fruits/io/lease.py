@@ -9,9 +9,11 @@ both win:
 - on a local path (the embedded default), the same checks under an exclusive ``flock``.
 
 A holder renews in the background (every third of ``ttl``); a crashed holder's lease expires after
-``ttl`` seconds, so a restart is never blocked for longer. A holder that fails to renew (it was
-paused past its ttl and someone took over) has lost the lease: ``check`` then raises, and the stream
-checks before every micro-batch it writes.
+``ttl`` seconds, so a restart is never blocked for longer. A holder whose renewal was refused (it
+was paused and someone took over), or that has not renewed for 90 % of ``ttl`` (S3 unreachable or
+throttled: others may take over soon), has lost the lease: ``check`` then raises. The stream checks
+right before each table write, the refit before each of its writes. A lease is not a fence: a
+write that passed its check a moment before the lease ran out still lands.
 
 Example::
 
@@ -72,6 +74,7 @@ class Lease:
         self.uri = f"{settings.table_root.rstrip('/')}/_leases/{name}.json"
         self._etag: str | None = None  # S3: the version we wrote; local: the content we wrote
         self._lost: str | None = None
+        self._valid_until = 0.0  # monotonic time after which this holder no longer counts on the lease
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._s3 = aws.client("s3", settings) if aws.is_s3(self.uri) else None
@@ -144,7 +147,10 @@ class Lease:
                     log.warning("taking over the expired %s lease of %s (expired %s)", self.name, holder["owner"],
                                 holder["expires_at"])
                 with contextlib.suppress(LeaseHeld):  # another contender won: look again
+                    started = time.monotonic()
                     self._etag = self._write_if(token, self._body())
+                    self._valid_until = started + 0.9 * self.ttl
+                    self._lost = None
                     self._start_heartbeat()
                     return self
             elif _now() >= deadline:
@@ -155,14 +161,19 @@ class Lease:
             time.sleep(min(2.0, max(0.1, deadline - _now())))
 
     def renew(self) -> None:
+        started = time.monotonic()
         try:
             self._etag = self._write_if(self._etag, self._body())
+            self._valid_until = started + 0.9 * self.ttl
         except LeaseHeld as exc:
             self._lost = f"the {self.name} lease was taken over ({exc})"
             raise LeaseLost(self._lost) from exc
 
     def check(self) -> None:
         """Raise ``LeaseLost`` if this process no longer holds the lease."""
+        if not self._lost and time.monotonic() > self._valid_until:
+            self._lost = (f"the {self.name} lease expired without a renewal for {0.9 * self.ttl:.0f} s (S3 unreachable "
+                          "or throttled?): another process may hold it now")
         if self._lost:
             raise LeaseLost(self._lost)
 
@@ -171,8 +182,12 @@ class Lease:
         if self._heartbeat is not None:
             self._heartbeat.join()
         if self._etag is not None and not self._lost:
-            with contextlib.suppress(LeaseHeld):  # taken over meanwhile: not ours to delete
+            try:
                 self._write_if(self._etag, None)
+            except LeaseHeld:
+                pass  # taken over meanwhile: not ours to delete
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself; never mask the exit code
+                log.warning("could not release the %s lease (%s); it expires within %.0f s", self.name, exc, self.ttl)
         self._etag = None
 
     def _start_heartbeat(self) -> None:
@@ -180,11 +195,17 @@ class Lease:
             while not self._stop.wait(self.ttl / 3):
                 try:
                     self.renew()
+                    continue
                 except LeaseLost as exc:
                     log.error("%s", exc)
                     return
                 except Exception as exc:  # noqa: BLE001 - a transient error: the next beat retries
                     log.warning("could not renew the %s lease: %s", self.name, exc)
+                try:
+                    self.check()
+                except LeaseLost as exc:
+                    log.error("%s", exc)
+                    return
 
         self._stop.clear()
         self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.name}", daemon=True)

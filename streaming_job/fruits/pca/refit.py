@@ -140,6 +140,7 @@ def refit(
     full: bool = False,
     write_plots: bool = True,
     reproject_rows: bool = True,
+    guard: Callable[[], None] | None = None,
 ) -> Refit:
     """Fit a new PCA version, store it and its statistics, re-project the rows, draw the plots.
 
@@ -202,15 +203,18 @@ def refit(
         "feature_model_id": [model.feature_model_id],
     })
     started = time.perf_counter()
-    # A version is committed at most once, whatever happens: Delta skips an append whose
-    # (txnAppId, txnVersion) it has committed before, so a second refit that computed the same
-    # version (one that lost its lease while paused, say) writes nothing and fails below.
+    # A version is committed at most once, whatever happens: Delta skips an append whose txnVersion
+    # is not above the highest it has committed for this txnAppId, so a second refit that computed
+    # the same version (one that lost its lease while paused, say) writes nothing and fails below.
+    if guard is not None:
+        guard()  # ``fruits pca refit``: its lease is still ours
     spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append") \
         .option("txnAppId", "fruits-pca-models").option("txnVersion", model.version).save(settings.pca_models_table)
-    # The same k over the same rows of the same table version is the same fit; anything else is not ours.
+    # Ours if it holds our components (read back as float32: compared within float32's precision).
     committed = table.read(spark, settings.pca_models_table).where(F.col("version") == model.version) \
-        .select("k", "row_count", "source_table_version").collect()
-    if [tuple(r) for r in committed] != [(model.k, model.row_count, source_version)]:
+        .select("components").collect()
+    if len(committed) != 1 or not np.allclose(np.asarray(committed[0].components, dtype=np.float64),
+                                              model.components.ravel(), rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"PCA version {model.version} was committed by another refit meanwhile; this one wrote "
                            "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
@@ -219,6 +223,8 @@ def refit(
 
     updated = 0
     if reproject_rows:
+        if guard is not None:
+            guard()
         started = time.perf_counter()
         updated = reproject(spark, settings, model)
         seconds["reproject"] = time.perf_counter() - started

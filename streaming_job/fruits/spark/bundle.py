@@ -12,7 +12,9 @@ Linux x86_64 (manylinux, so any glibc from ``GLIBC`` up: Amazon Linux 2023 has 2
 the archive's top level: a cluster puts ``./environment`` on ``PYTHONPATH`` and runs the release's own
 interpreter. It holds no pyspark (the release's Spark provides it), no TensorFlow or Keras (the
 model comes compiled), no moto and no test tools. pip resolves it from the package registry, for
-the target platform rather than this machine's, so it can be built anywhere.
+the target platform rather than this machine's, constrained to the versions installed here (the
+ones the tests ran with). Environment markers are evaluated on the building machine: build it on
+Linux x86_64 (``make emr-artifacts`` does, here).
 
 Example::
 
@@ -70,11 +72,25 @@ def runtime_requirements(distribution: str = DISTRIBUTION) -> list[str]:
     return wanted
 
 
-def _pip_target(target: Path, requirements: list[str], *, deps: bool) -> None:
-    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[1], 35)]
+def tested_versions(exclude: frozenset[str] = CLUSTER_PROVIDED | {DISTRIBUTION}) -> list[str]:
+    """``name==version`` of every distribution installed here (the versions the tests ran with),
+    as pip constraints: the bundle's transitive dependencies are those, not whatever is newest."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in exclude:
+            pins[name] = f"{name}=={dist.version}"
+    return sorted(pins.values())
+
+
+def _pip_target(target: Path, requirements: list[str], *, deps: bool, constraints: Path) -> None:
+    # pip takes the platforms literally: the legacy aliases name wheels tagged only with them.
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[1], 35)] + [
+        "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--upgrade",
                "--target", str(target), "--python-version", PYTHON_VERSION, "--implementation", "cp",
-               "--only-binary=:all:", *(f"--platform={p}" for p in platforms), *requirements]
+               "--only-binary=:all:", "--constraint", str(constraints), *(f"--platform={p}" for p in platforms),
+               *requirements]
     if not deps:
         command.insert(4, "--no-deps")
     subprocess.run(command, check=True)
@@ -92,8 +108,10 @@ def pack_environment(out: Path, project: Path) -> Path:
         if delta != [f"delta-spark=={DELTA_VERSION}"]:
             raise RuntimeError(f"pyproject pins {delta or 'no delta-spark'}, the release ships Delta {DELTA_VERSION}: "
                                "fix pyproject.toml (tests/test_release.py says the same)")
-        _pip_target(site, [r for r in requirements if r not in delta], deps=True)
-        _pip_target(site, [*delta, *map(str, wheels.glob("*.whl"))], deps=False)
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("\n".join(tested_versions()) + "\n")
+        _pip_target(site, [r for r in requirements if r not in delta], deps=True, constraints=constraints)
+        _pip_target(site, [*delta, *map(str, wheels.glob("*.whl"))], deps=False, constraints=constraints)
         shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts for this machine's interpreter
         out.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(out, "w:gz") as archive:

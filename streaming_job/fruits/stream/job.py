@@ -166,12 +166,12 @@ def materialized(df: DataFrame, reliable_dir: str | None = None) -> Iterator[Dat
     spark = df.sparkSession
     sc = spark.sparkContext
     before = set(sc._jsc.getPersistentRDDs().keys())
-    if reliable_dir:
-        df.write.mode("overwrite").parquet(reliable_dir)
-        done = spark.read.schema(df.schema).parquet(reliable_dir)
-    else:
-        done = df.localCheckpoint(eager=True)
     try:
+        if reliable_dir:
+            df.write.mode("overwrite").parquet(reliable_dir)
+            done = spark.read.schema(df.schema).parquet(reliable_dir)
+        else:
+            done = df.localCheckpoint(eager=True)
         yield done
     finally:
         if reliable_dir:
@@ -201,8 +201,8 @@ class BatchWriter:
     def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
                  reliable: bool | None = None, guard: Callable[[], None] | None = None) -> None:
         self.spark = spark
-        # Called before each micro-batch writes: raises if this stream may no longer write (its lease
-        # was taken over), which fails the stream instead of letting two writers append.
+        # Called right before each table write: raises if this stream may no longer write (its lease
+        # ran out or was taken over), which fails the stream instead of letting two writers append.
         self.guard = guard
         self.settings = settings
         compiled = as_compiled(model)
@@ -231,10 +231,12 @@ class BatchWriter:
             self._pca_checked = models_version
         return self._pca
 
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        s = self.settings
+    def _may_write(self) -> None:
         if self.guard is not None:
             self.guard()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        s = self.settings
         images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
         if images is None:  # every image already known: nothing to write
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
@@ -246,8 +248,10 @@ class BatchWriter:
             featurized = time.perf_counter()
             if total > quarantined:
                 pca = self.current_pca()
+                self._may_write()
                 table.append(feature_rows(scored, pca.model, pca.projection), s.features_table)
             if quarantined:
+                self._may_write()
                 table.append(quarantine_rows(scored), s.quarantine_table)
         written = time.perf_counter()
         metrics.publish(s, metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
