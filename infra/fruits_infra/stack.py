@@ -172,7 +172,7 @@ class FruitsStack(cdk.Stack):
                                  retention_in_days=30)
         group.apply_removal_policy(cdk.RemovalPolicy.DESTROY)
         for notification in (r for r in resources if r.cfn_resource_type == "Custom::S3BucketNotifications"):
-            notification.add_dependency(group)
+            notification.node.add_dependency(group)
 
     def _checkov_skips(self) -> None:
         """Each skip in ``CHECKOV_SKIPS`` on the resources of the construct it names (and only
