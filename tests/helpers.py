@@ -5,12 +5,21 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 import uuid
 
 import numpy as np
 import pandas as pd
 
 from conftest import FIXTURES
+
+def fruits_env(settings, **overrides: str) -> dict[str, str]:  # noqa: ANN001
+    """The environment of ``python -m fruits`` run as a process of its own on ``settings`` (the
+    emulator, bucket, queue, tables, weights and lease ttl), with a small driver; ``overrides`` win."""
+    return {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
+            "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
+            "FRUITS_LEASE_SECONDS": str(settings.lease_seconds), "FRUITS_DRIVER_MEMORY": "1g", **overrides}
+
 
 # The S3 event notification of AWS's documentation, as an SQS message body carries it.
 S3_PUT = json.loads((FIXTURES / "events" / "s3_put.json").read_text())

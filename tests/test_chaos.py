@@ -32,7 +32,7 @@ from fruits.query.store import FeatureStore
 
 from conftest import SAMPLE
 from faults import FlakyProxy
-from helpers import s3_event
+from helpers import fruits_env, s3_event
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,8 @@ ROUNDS = 8
 
 
 def fruits(settings, *args: str, endpoint: str | None = None, background: bool = False):  # noqa: ANN001, ANN201
-    env = {**os.environ, "FRUITS_ENDPOINT_URL": endpoint or settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
-           "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
-           "FRUITS_LEASE_SECONDS": str(settings.lease_seconds), "FRUITS_BATCH_SIZE": "16",
-           "FRUITS_MAX_FILES_PER_TRIGGER": "4", "FRUITS_DRIVER_MEMORY": "1g", "FRUITS_SPARK_MASTER": "local[2, 4]"}
+    env = fruits_env(settings, FRUITS_ENDPOINT_URL=endpoint or settings.endpoint_url, FRUITS_BATCH_SIZE="16",
+                     FRUITS_MAX_FILES_PER_TRIGGER="4", FRUITS_SPARK_MASTER="local[2, 4]")
     command = [sys.executable, "-m", "fruits", *args]
     if background:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

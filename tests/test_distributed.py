@@ -17,6 +17,7 @@ from fruits.local import upload
 from fruits.query.sql import sql as spark_sql
 
 from conftest import SAMPLE
+from helpers import fruits_env
 
 pytestmark = pytest.mark.spark
 
@@ -38,13 +39,11 @@ def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_
 
     ingest.drain(settings, visibility_timeout=5)
     cluster = settings.with_(table_root=str(tmp_path / "cluster"))
-    env = {
-        **os.environ, "FRUITS_SPARK_MASTER": "local-cluster[2,1,2048]", "FRUITS_ENDPOINT_URL": settings.endpoint_url,
-        "FRUITS_BUCKET": settings.bucket, "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": cluster.table_root,
-        "FRUITS_WEIGHTS": str(artifact), "FRUITS_BATCH_SIZE": "4", "FRUITS_DRIVER_MEMORY": "1g",
-        "PYTHONPATH": os.pathsep.join([unimportable(tmp_path / "blocked", "tensorflow", "keras"),
-                                       os.environ.get("PYTHONPATH", "")]),
-    }
+    env = fruits_env(
+        cluster.with_(weights=str(artifact)), FRUITS_SPARK_MASTER="local-cluster[2,1,2048]", FRUITS_BATCH_SIZE="4",
+        PYTHONPATH=os.pathsep.join([unimportable(tmp_path / "blocked", "tensorflow", "keras"),
+                                    os.environ.get("PYTHONPATH", "")]),
+    )
     done = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

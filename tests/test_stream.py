@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import SAMPLE
 from faults import FlakyProxy
+from helpers import fruits_env
 
 pytestmark = pytest.mark.spark
 
@@ -336,13 +337,10 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
 
 def stream_process(settings, tmp_path):  # noqa: ANN001, ANN201
     """``fruits stream --trigger "2 seconds"`` as a supervisor runs it, on these settings."""
-    import os
     import subprocess
     import sys
 
-    env = {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
-           "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
-           "FRUITS_DRIVER_MEMORY": "1g", "FRUITS_SPARK_MASTER": "local[1]"}
+    env = fruits_env(settings, FRUITS_SPARK_MASTER="local[1]")
     return subprocess.Popen([sys.executable, "-m", "fruits", "stream", "--trigger", "2 seconds"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
@@ -402,7 +400,6 @@ def test_a_stream_that_fails_mid_run_exits_non_zero(settings, tmp_path) -> None:
 
 def test_a_second_stream_on_the_same_tables_refuses_to_start(settings, tmp_path) -> None:
     """Two streams would both append the same images; the second one says who holds the tables."""
-    import os
     import signal
     import subprocess
     import sys
@@ -411,9 +408,7 @@ def test_a_second_stream_on_the_same_tables_refuses_to_start(settings, tmp_path)
     ingest.drain(settings, visibility_timeout=5)
     first = stream_process(settings, tmp_path)
     wait_for_features(settings, 1, first)
-    env = {"FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
-           "FRUITS_TABLE_ROOT": settings.table_root}
-    second = subprocess.run([sys.executable, "-m", "fruits", "stream"], env={**os.environ, **env}, capture_output=True,
+    second = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=fruits_env(settings), capture_output=True,
                             text=True, timeout=120)
     assert second.returncode == 1 and "another stream holds the tables" in second.stderr, second.stderr[-2000:]
     first.send_signal(signal.SIGINT)

@@ -123,18 +123,26 @@ def _skip_reason(image: ImageEvent, config: IngestConfig) -> SkipReason | None:
     return None
 
 
-def parse_message(body: str, message_id: str, config: IngestConfig) -> ParsedMessage:
-    """Parse one SQS message body. Raises ``MalformedMessage`` if it is not an S3 event notification."""
+def announced(body: str, message_id: str = "") -> list[ImageEvent]:
+    """Every object one SQS message body announces, keys decoded, before any filtering (none for
+    S3's test event). Raises ``MalformedMessage`` if it is not an S3 event notification."""
     payload = _unwrap(body)
-    parsed = ParsedMessage()
     if payload.get("Event") == "s3:TestEvent":
-        parsed.skipped[SkipReason.TEST_EVENT] += 1
-        return parsed
+        return []
     records = payload.get("Records")
     if not isinstance(records, list) or not records:
         raise MalformedMessage("message has no 'Records' list; expected an S3 event notification")
-    for record in records:
-        image = _image_event(record, message_id)
+    return [_image_event(record, message_id) for record in records]
+
+
+def parse_message(body: str, message_id: str, config: IngestConfig) -> ParsedMessage:
+    """Parse one SQS message body. Raises ``MalformedMessage`` if it is not an S3 event notification."""
+    parsed = ParsedMessage()
+    images = announced(body, message_id)
+    if not images:  # only S3's test event announces nothing
+        parsed.skipped[SkipReason.TEST_EVENT] += 1
+        return parsed
+    for image in images:
         reason = _skip_reason(image, config)
         if reason is None:
             parsed.images.append(image)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,9 @@ def _until_done(handle: Any) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if handle.exception() is not None:
-        print(f"fruits: the stream failed: {handle.exception()}", file=sys.stderr)
+    failure = handle.exception()
+    if failure is not None:
+        print(f"fruits: the stream failed: {failure}", file=sys.stderr)
         return 1
     return 0
 
@@ -142,7 +144,7 @@ def cmd_pca_refit(args: argparse.Namespace) -> int:
         return _refit(args, settings, lease.check)
 
 
-def _refit(args: argparse.Namespace, settings: Settings, guard: Any) -> int:
+def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], None]) -> int:
     from .pca import refit
     from .spark.session import get_spark
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from ..io.aws import error_code
 from .images import ImageError, Reason
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "R
 def transient(exc: ClientError) -> bool:
     """Whether S3's error is the service's (retry) rather than this object's (quarantine)."""
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code", "") in TRANSIENT_CODES
+    return status >= 500 or status == 429 or error_code(exc) in TRANSIENT_CODES
 
 
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
@@ -99,7 +100,7 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
             outage.ended()
             return data
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = error_code(exc)
             if code in ("NoSuchKey", "NoSuchVersion", "404"):
                 raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
             if code in ("PreconditionFailed", "412"):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from fruits_ingest.config import RETRIES
 from fruits_ingest.runner import queue_depth
 
@@ -49,6 +50,11 @@ def make_client(service: str, endpoint_url: str | None, region: str, pool: int =
 
 def client(service: str, settings: Settings) -> Any:
     return make_client(service, settings.endpoint_url, settings.region)
+
+
+def error_code(exc: ClientError) -> str:
+    """The service's error code (``NoSuchKey``, ``PreconditionFailed``, ``SlowDown``, ...), or ''."""
+    return exc.response.get("Error", {}).get("Code", "")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

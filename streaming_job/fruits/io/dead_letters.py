@@ -21,9 +21,10 @@ the body are not carried (S3 events have none).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
+
+from fruits_ingest.events import announced
+from fruits_ingest.exceptions import MalformedMessage
 
 from ..config import Settings
 from . import aws
@@ -37,12 +38,10 @@ class Replayed:
 
 
 def _summary(body: str) -> str:
+    """The keys the event names, parsed as the Lambda parses it."""
     try:
-        payload = json.loads(body)
-        payload = json.loads(payload["Message"]) if isinstance(payload, dict) and "Message" in payload else payload
-        keys = [unquote_plus(r["s3"]["object"]["key"]) for r in payload["Records"]]  # encoded as in any S3 event
-        return ", ".join(keys)
-    except (ValueError, KeyError, TypeError):
+        return ", ".join(image.key for image in announced(body)) or "s3:TestEvent"
+    except MalformedMessage:
         return body[:120]
 
 

@@ -65,6 +65,11 @@ def _stamp(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# A holder stops counting on its lease this far into the ttl without a renewal: a margin for the
+# clocks and the time a contender takes to notice the expiry.
+TRUSTED_SHARE = 0.9
+
+
 class Lease:
     def __init__(self, settings: Settings, name: str, ttl: float = 120.0) -> None:
         self.settings = settings
@@ -93,7 +98,7 @@ class Lease:
             try:
                 got = self._s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                if aws.error_code(exc) in ("NoSuchKey", "404"):
                     return None, None
                 raise
             return json.loads(got["Body"].read()), got["ETag"]
@@ -115,8 +120,7 @@ class Lease:
                     return None
                 return self._s3.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"]
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                                                 "412", "409"):
+                if aws.error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                     raise LeaseHeld(f"the lease {self.uri} changed under us") from exc
                 raise
         path = Path(self.uri)
@@ -147,9 +151,7 @@ class Lease:
                     log.warning("taking over the expired %s lease of %s (expired %s)", self.name, holder["owner"],
                                 holder["expires_at"])
                 with contextlib.suppress(LeaseHeld):  # another contender won: look again
-                    started = time.monotonic()
-                    self._etag = self._write_if(token, self._body())
-                    self._valid_until = started + 0.9 * self.ttl
+                    self._write(token)
                     self._lost = None
                     self._start_heartbeat()
                     return self
@@ -160,11 +162,15 @@ class Lease:
                     f"crashed one's lease expires within {self.ttl:.0f} s")
             time.sleep(min(2.0, max(0.1, deadline - _now())))
 
-    def renew(self) -> None:
+    def _write(self, expected: str | None) -> None:
+        """Write our lease over ``expected``; trusted for ``TRUSTED_SHARE`` of the ttl from the request."""
         started = time.monotonic()
+        self._etag = self._write_if(expected, self._body())
+        self._valid_until = started + TRUSTED_SHARE * self.ttl
+
+    def renew(self) -> None:
         try:
-            self._etag = self._write_if(self._etag, self._body())
-            self._valid_until = started + 0.9 * self.ttl
+            self._write(self._etag)
         except LeaseHeld as exc:
             self._lost = f"the {self.name} lease was taken over ({exc})"
             raise LeaseLost(self._lost) from exc
@@ -172,8 +178,8 @@ class Lease:
     def check(self) -> None:
         """Raise ``LeaseLost`` if this process no longer holds the lease."""
         if not self._lost and time.monotonic() > self._valid_until:
-            self._lost = (f"the {self.name} lease expired without a renewal for {0.9 * self.ttl:.0f} s (S3 unreachable "
-                          "or throttled?): another process may hold it now")
+            self._lost = (f"the {self.name} lease expired without a renewal for {TRUSTED_SHARE * self.ttl:.0f} s "
+                          "(S3 unreachable or throttled?): another process may hold it now")
         if self._lost:
             raise LeaseLost(self._lost)
 
@@ -195,10 +201,8 @@ class Lease:
             while not self._stop.wait(self.ttl / 3):
                 try:
                     self.renew()
-                    continue
-                except LeaseLost as exc:
-                    log.error("%s", exc)
-                    return
+                except LeaseLost:
+                    pass  # check() below says so
                 except Exception as exc:  # noqa: BLE001 - a transient error: the next beat retries
                     log.warning("could not renew the %s lease: %s", self.name, exc)
                 try:

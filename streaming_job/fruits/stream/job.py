@@ -203,7 +203,7 @@ class BatchWriter:
         self.spark = spark
         # Called right before each table write: raises if this stream may no longer write (its lease
         # ran out or was taken over), which fails the stream instead of letting two writers append.
-        self.guard = guard
+        self.guard = guard if guard is not None else (lambda: None)
         self.settings = settings
         compiled = as_compiled(model)
         self.model_id = compiled.model_id
@@ -231,10 +231,6 @@ class BatchWriter:
             self._pca_checked = models_version
         return self._pca
 
-    def _may_write(self) -> None:
-        if self.guard is not None:
-            self.guard()
-
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
         images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
@@ -248,10 +244,10 @@ class BatchWriter:
             featurized = time.perf_counter()
             if total > quarantined:
                 pca = self.current_pca()
-                self._may_write()
+                self.guard()
                 table.append(feature_rows(scored, pca.model, pca.projection), s.features_table)
             if quarantined:
-                self._may_write()
+                self.guard()
                 table.append(quarantine_rows(scored), s.quarantine_table)
         written = time.perf_counter()
         metrics.publish(s, metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
@@ -279,7 +275,7 @@ def start(
 ) -> StreamingQuery:
     """Start the stream; ``trigger`` as in ``DataStreamWriter.trigger`` (default: availableNow);
     ``model`` (default: ``settings.weights``, loaded by ``load_model``) as weights or compiled;
-    ``guard`` runs before each micro-batch writes (``fruits stream`` passes its lease's check)."""
+    ``guard`` runs right before each table write (``fruits stream`` passes its lease's check)."""
     writer = BatchWriter(spark, settings, model or load_model(_shipped(settings.weights)), guard=guard)
     return (
         read_manifests(spark, settings)
