@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench synth clean
+.PHONY: setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench bench-scale synth clean
 
 setup: $(STAMP) jars
 
@@ -72,3 +72,12 @@ emr-artifacts: $(STAMP)
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# How each hot path grows with history (issue "make bench-scale"): a micro-batch, a restart, a refit
+# and the queries on 10,000-, 100,000- and 1,000,000-row tables, and discovery after 1,000 and 20,000
+# manifests (benchmarks/scale.py). The tables are built once and cached in work/scale-cache/ (about
+# 6 GB at 1,000,000 rows). A quick run: make bench-scale SCALE_SIZES=10000,100000 SCALE_MANIFESTS=200,1000
+SCALE_SIZES ?= 10000,100000,1000000
+SCALE_MANIFESTS ?= 1000,20000
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES) --manifests $(SCALE_MANIFESTS)

@@ -1,0 +1,456 @@
+"""``make bench-scale``: does anything per micro-batch, per restart, per refit or per query grow
+with the table? The same measures on a history of 10,000, 100,000 and 1,000,000 images, and
+discovery after 1,000 and 20,000 processed manifests. Writes ``benchmarks/results/scale.json`` (the
+shape the issue fixes) and ``scale-extra.json`` (build costs, per-state status times, sizes: what
+the README's extrapolation uses).
+
+The history comes from ``scale_tables.py`` (synthetic rows in the stream's tables and a fitted PCA
+version, cached under ``work/scale-cache/``). On it, everything is the real pipeline: photos
+uploaded to the emulator's S3 (over HTTP), their events through SQS and the ingest Lambda's
+handler, ``fruits stream`` in a process of its own, the refit, the JVM-free store. Tables and
+checkpoints are on local disk (a 1,000,000-row table is 5.5 GB; the emulator keeps S3 in memory).
+
+Timings come from the stream's own checkpoint: ``offsets/<n>`` is written when batch n starts,
+``commits/<n>`` when it has committed, and the file source's log (``sources/0/``) says which
+manifests batch n read. So ``micro_batch_s`` = commit - offset of the batch that read the round's
+manifest, ``discovery_s`` = its offset - the manifest's PUT, ``restart_s`` = the first commit - the
+process's start. ``driver_peak_rss_mb`` is the VmHWM of the stream's Python driver plus its JVM
+(whose local executor is in the same process).
+
+Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--manifests 1000,20000]
+                                  [--repeat 5] [--restarts 3] [--cache work/scale-cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fruits.config import Settings  # noqa: E402
+from fruits.io import aws  # noqa: E402
+from fruits.local import emulator, ingest, upload  # noqa: E402
+from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
+from scale_tables import CLUSTERS, append_synthetic, cached_tables, copy_tables, synthetic_key  # noqa: E402
+
+BATCH_IMAGES = 100
+RESTART_IMAGES = 20
+STATUS_KEYS = 10  # per state: processed, quarantined, pending, unknown
+REFIT_BUDGET_S = 240  # refits after the first stop once they have taken this long together
+ROOT = Path(__file__).resolve().parents[1]
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+log = logging.getLogger("bench-scale")
+
+
+# --- the stream as a process ---------------------------------------------------------------
+
+class Stream:
+    """``fruits stream --trigger "0 seconds"`` on ``settings``, in a process of its own."""
+
+    def __init__(self, settings: Settings, log_file: Path, **env: str) -> None:
+        variables = {**os.environ, **{f"FRUITS_{k.upper()}": str(v) for k, v in settings.model_dump().items()
+                                      if v is not None and k in settings.model_fields_set}, **env}
+        self.settings = settings
+        self.started = time.time()
+        self.log = log_file.open("ab")
+        self.process = subprocess.Popen([FRUITS, "stream", "--trigger", "0 seconds"], env=variables,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM of the driver: this process and its JVM child, in MB."""
+        total = 0
+        for pid in [self.process.pid] + _children(self.process.pid):
+            try:
+                if pid != self.process.pid and b"java" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue
+                total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                              if line.startswith("VmHWM"))
+            except (OSError, StopIteration):
+                continue
+        return total / 1024
+
+    def wait_committed(self, manifests: set[str], timeout: float) -> int:
+        """The last batch that read any of ``manifests``, once all of them have committed."""
+        found: dict[str, int] = {}
+
+        def done() -> bool:
+            found.update(batches_of(self.settings))
+            committed = max(checkpoint_times(self.settings, "commits"), default=-1)
+            return all(found.get(m, committed + 1) <= committed for m in manifests)
+
+        wait_for(done, timeout, f"{len(manifests)} manifest(s) committed", self)
+        return max(found[m] for m in manifests)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        if self.process.returncode not in (0, 143):
+            raise RuntimeError(f"the stream exited with {self.process.returncode}; see {self.log.name}")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def checkpoint_times(settings: Settings, kind: str) -> dict[int, float]:
+    """Batch id -> the mtime of the checkpoint's ``offsets/<n>`` or ``commits/<n>``."""
+    folder = Path(settings.checkpoint) / kind
+    return {int(p.name): p.stat().st_mtime for p in folder.glob("[0-9]*") if p.name.isdigit()} \
+        if folder.is_dir() else {}
+
+
+def batches_of(settings: Settings) -> dict[str, int]:
+    """Manifest key -> the batch that read it, from the file source's log (``sources/0/<n>`` and
+    its ``.compact`` files: one JSON line per file read)."""
+    found: dict[str, int] = {}
+    folder = Path(settings.checkpoint) / "sources" / "0"
+    for entry in sorted(folder.glob("[0-9]*")) if folder.is_dir() else []:  # not Hadoop's .crc files
+        try:
+            lines = entry.read_text().splitlines()[1:]
+        except (OSError, UnicodeDecodeError):
+            continue  # being written or compacted
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            found[record["path"].split(f"/{settings.bucket}/", 1)[-1]] = record["batchId"]
+    return found
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, stream: Stream | None = None) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if stream is not None and stream.process.poll() is not None:
+            raise RuntimeError(f"the stream exited ({stream.process.returncode}) while waiting for {what}; "
+                               f"see {stream.log.name}")
+        if time.time() > deadline:
+            raise TimeoutError(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def manifest_keys(settings: Settings) -> set[str]:
+    s3 = aws.client("s3", settings)
+    return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=settings.manifest_prefix) for o in page.get("Contents", [])}
+
+
+def uploaded_and_ingested(settings: Settings, images: list[tuple[str, Path]], n: int, tag: str,
+                          broken: int = 0) -> tuple[list[str], set[str]]:
+    """Upload ``n`` photos (and ``broken`` corrupt ones) under new keys, then run the ingest Lambda
+    until the queue is empty: returns the keys and the manifests it wrote (one, mostly: the
+    event source mapping gathers up to 100 events per invocation)."""
+    before = manifest_keys(settings)
+    keys = upload.upload_copies(settings, images, n, tag)
+    s3 = aws.client("s3", settings)
+    bad = [f"{settings.upload_prefix}broken/{tag}{i}.jpg" for i in range(broken)]
+    for key in bad:
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=b"\xff\xd8 not a jpeg")
+    ingest.event_source_mapping(settings, batching_window=3).drain()
+    return keys + bad, manifest_keys(settings) - before
+
+
+# --- one table size ------------------------------------------------------------------------
+
+def measure_size(spark, base: Settings, n: int, model_id: str, images, args: argparse.Namespace,  # noqa: ANN001
+                 work: Path) -> dict[str, Any]:
+    from fruits.pca.refit import refit
+    from fruits.query.store import FeatureStore
+
+    built = cached_tables(spark, base, n, model_id, Path(args.cache))
+    settings = base.with_(bucket=f"scale-{n}", queue=f"scale-{n}", table_root=str(work / f"t{n}"))
+    emulator.provision(settings)
+    copy_tables(built.root, Path(settings.table_root))
+    out: dict[str, Any] = {"k": built.k, "write_s": built.write_s, "first_refit_s": built.first_refit_s,
+                           "cache_reused": built.reused}
+
+    # Micro-batches of 100 real photos through the Lambda: one warm-up (with broken uploads, for
+    # the quarantine), then `repeat`.
+    stream = Stream(settings, work / f"stream-{n}.log")
+    batches, quarantined = [], []
+    for i in range(args.repeat + 1):
+        keys, manifests = uploaded_and_ingested(settings, images, BATCH_IMAGES, f"b{n}-{i}-",
+                                                broken=STATUS_KEYS if i == 0 else 0)
+        quarantined += keys[BATCH_IMAGES:]
+        last = stream.wait_committed(manifests, 900)
+        first = min(b for m, b in batches_of(settings).items() if m in manifests)
+        offsets, commits = checkpoint_times(settings, "offsets"), checkpoint_times(settings, "commits")
+        if i:
+            batches.append(commits[last] - offsets[first])
+        log.info("%d rows: micro-batch %d took %.2f s (batches %d-%d)", n, i, commits[last] - offsets[first], first,
+                 last)
+    out["driver_peak_rss_mb"] = stream.peak_rss_mb()
+    stream.stop()
+    out["micro_batch_s"] = statistics.median(batches)
+    out["micro_batch_all_s"] = batches
+    log.info("%d rows: micro-batch %.2f s (median of %d), driver peak %.0f MB", n, out["micro_batch_s"], len(batches),
+             out["driver_peak_rss_mb"])
+
+    restarts = []
+    for i in range(args.restarts):
+        _, manifests = uploaded_and_ingested(settings, images, RESTART_IMAGES, f"r{n}-{i}-")
+        stream = Stream(settings, work / f"restart-{n}.log")
+        last = stream.wait_committed(manifests, 900)
+        restarts.append(checkpoint_times(settings, "commits")[last] - stream.started)
+        out["driver_peak_rss_mb"] = max(out["driver_peak_rss_mb"], stream.peak_rss_mb())
+        stream.stop()
+        log.info("%d rows: restart %d took %.1f s", n, i, restarts[-1])
+    out["restart_s"] = statistics.median(restarts)
+    out["restart_all_s"] = restarts
+
+    # Uploads the Lambda recorded while no stream runs: pending.
+    pending, _ = uploaded_and_ingested(settings, images, STATUS_KEYS, f"p{n}-")
+
+    # A refit first takes in the stream's rows since the cached fit (a warm-up, not timed), so that
+    # each timed refit reads +1 % rows and nothing else.
+    refit(spark, settings)
+    refits, rows_added = [], 0
+    while len(refits) < args.repeat and (not refits or sum(refits) < REFIT_BUDGET_S):
+        append_synthetic(settings, n + rows_added, n // 100, model_id)
+        rows_added += n // 100
+        started = time.perf_counter()
+        fit = refit(spark, settings)  # what `fruits pca refit` does: fit, store, re-project, plots
+        refits.append(time.perf_counter() - started)
+        log.info("%d rows: refit (%s, %d rows read, %s) took %.1f s", n, fit.mode, fit.rows_read, fit.solver, refits[-1])
+    out["refit_s"], out["refit_all_s"] = statistics.median(refits), refits
+
+    rng = np.random.default_rng(3)
+    processed = [synthetic_key(int(i)) for i in rng.choice(n, size=max(50, 10 * args.repeat), replace=False)]
+    out.update(measure_queries(FeatureStore(settings), processed, {
+        "processed": processed[:STATUS_KEYS], "quarantined": quarantined, "pending": pending,
+        "unknown": [f"{settings.upload_prefix}never/{i}.jpg" for i in range(STATUS_KEYS)]}))
+    out["table_bytes"] = folder_bytes(Path(settings.features_table))
+    out["checkpoint_bytes"] = folder_bytes(Path(settings.checkpoint))
+    shutil.rmtree(settings.table_root)  # a copy: the cache keeps the history
+    return out
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def measure_queries(store, keys: list[str], status_keys: dict[str, list[str]]) -> dict[str, Any]:  # noqa: ANN001
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    store.similar(keys[0], k=10)  # the first call loads what the store keeps in memory
+    out["similar_first_s"] = time.perf_counter() - started
+    times, answers = [], {}
+    for key in keys:
+        started = time.perf_counter()
+        answers[key] = store.similar(key, k=10)
+        times.append(time.perf_counter() - started)
+    out["similar_p50_ms"] = 1000 * statistics.median(times)
+    out["similar_recall_at_10"] = recall_at_10(store, answers)
+    by_state: dict[str, list[float]] = {}
+    for state, wanted in status_keys.items():
+        for key in wanted:
+            started = time.perf_counter()
+            answer = store.status(key)
+            by_state.setdefault(state, []).append(time.perf_counter() - started)
+            if answer.state != state:
+                raise AssertionError(f"status({key!r}) is {answer.state!r}, expected {state!r}: {answer.detail}")
+    out["status_p50_ms"] = 1000 * statistics.median([t for ts in by_state.values() for t in ts])
+    out["status_p50_ms_by_state"] = {s: 1000 * statistics.median(ts) for s, ts in by_state.items()}
+    log.info("similar: first call %.1f s, p50 %.1f ms (recall@10 %.3f); status p50 %.1f ms %s", out["similar_first_s"],
+             out["similar_p50_ms"], out["similar_recall_at_10"], out["status_p50_ms"],
+             {s: round(v, 1) for s, v in out["status_p50_ms_by_state"].items()})
+    return out
+
+
+def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
+    """Share of each answer within the exact 10 nearest (cosine, over every row's vector in the
+    newest PCA space, read from the table here, not from the store), ties counted as found."""
+    import pyarrow.compute as pc
+
+    model = store.pca_model()
+    table = store.dataset("features").dataset.to_table(columns=["key", "features", "pca_features", "pca_version"])
+    current = pc.fill_null(pc.equal(table["pca_version"], model.version), False).to_numpy(zero_copy_only=False)
+    vectors = np.empty((table.num_rows, model.k), dtype=np.float32)
+    if current.any():
+        vectors[current] = np.stack(table.filter(current)["pca_features"].to_numpy(zero_copy_only=False))
+    if (~current).any():
+        vectors[~current] = model.project(np.stack(table.filter(~current)["features"].to_numpy(zero_copy_only=False)))
+    del table
+    keys = store.dataset("features").dataset.to_table(columns=["key"])["key"].to_numpy(zero_copy_only=False)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    found = []
+    for key, neighbours in answers.items():
+        row = int(np.flatnonzero(keys == key)[0])
+        distances = 1.0 - unit @ unit[row]
+        distances[row] = np.inf
+        tenth = np.partition(distances, 9)[9]
+        found.append(sum(n.distance <= tenth + 1e-5 for n in neighbours[:10]) / 10)
+    return float(np.mean(found))
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+def put_manifest(settings: Settings, name: str, keys: list[tuple[str, str]]) -> tuple[str, float]:
+    """Write a manifest announcing ``(key, etag)`` pairs, as the Lambda does; returns its key and
+    when the PUT completed."""
+    lines = "".join(json.dumps({"bucket": settings.bucket, "key": k, "etag": e, "size": 1, "version_id": None,
+                                "event_time": "2026-12-03T00:00:00Z", "event_name": "ObjectCreated:Put"}) + "\n"
+                    for k, e in keys)
+    key = f"{settings.manifest_prefix}{name}.jsonl"
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key=key, Body=lines.encode())
+    return key, time.time()
+
+
+def measure_discovery(base: Settings, counts: list[int], images, repeat: int, work: Path) -> dict[str, Any]:  # noqa: ANN001
+    """For each count: that many manifests processed (cumulatively, each naming one already known
+    upload), then new manifests, each timed from its PUT to the start of the batch that reads it.
+    Also ``status`` of an unknown key after that many manifests."""
+    from fruits.query.store import FeatureStore
+
+    settings = base.with_(bucket="scale-discovery", queue="scale-discovery", table_root=str(work / "discovery"))
+    emulator.provision(settings)
+    s3 = aws.client("s3", settings)
+    known = upload.upload_copies(settings, images[:1], 1, "d-")[0]
+    known_etag = s3.head_object(Bucket=settings.bucket, Key=known)["ETag"].strip('"')
+    out: dict[str, Any] = {"discovery_s": {}, "discovery_all_s": {}, "status_unknown_ms": {}, "list_manifests_ms": {}}
+    processed = 0
+    for count in counts:
+        primed = {f"{settings.manifest_prefix}prime-{i}.jsonl" for i in range(processed, count)}
+        body = (json.dumps({"bucket": settings.bucket, "key": known, "etag": known_etag, "size": 1}) + "\n").encode()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda key: s3.put_object(Bucket=settings.bucket, Key=key, Body=body), primed))
+        started = time.perf_counter()
+        stream = Stream(settings, work / "discovery.log", FRUITS_MAX_FILES_PER_TRIGGER="2000")
+        stream.wait_committed(primed, 3600)
+        log.info("%d manifests processed (%d new) in %.0f s", count, len(primed), time.perf_counter() - started)
+        processed = count
+        delays = []
+        for i in range(repeat + 1):
+            key = upload.upload_copies(settings, images, 1, f"d{count}-{i}-")[0]
+            etag = s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')
+            manifest, put_at = put_manifest(settings, f"new-{count}-{i}", [(key, etag)])
+            stream.wait_committed({manifest}, 600)
+            batch = batches_of(settings)[manifest]
+            if i:
+                delays.append(checkpoint_times(settings, "offsets")[batch] - put_at)
+        stream.stop()
+        out["discovery_s"][str(count)] = statistics.median(delays)
+        out["discovery_all_s"][str(count)] = delays
+        out["list_manifests_ms"][str(count)] = 1000 * statistics.median(timed(lambda: manifest_keys(settings))
+                                                                        for _ in range(5))
+        started = time.perf_counter()
+        FeatureStore(settings).status(f"{settings.upload_prefix}never/seen.jpg")
+        out["status_unknown_ms"][str(count)] = 1000 * (time.perf_counter() - started)
+        log.info("after %d manifests: discovery %.2f s (median of %d), listing the prefix %.0f ms, status of an "
+                 "unknown key %.0f ms", count, out["discovery_s"][str(count)], len(delays),
+                 out["list_manifests_ms"][str(count)], out["status_unknown_ms"][str(count)])
+    return out
+
+
+def timed(call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--manifests", default="1000,20000")
+    parser.add_argument("--repeat", type=int, default=5, help="micro-batches, refits (within a budget), discovery")
+    parser.add_argument("--restarts", type=int, default=3, help="restarts per size (each starts Spark: ~40 s)")
+    parser.add_argument("--cache", default=str(ROOT / "work" / "scale-cache"))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the ingest Lambda's per-invocation lines
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for quiet in ("py4j", "botocore", "fruits", "fruits_ingest"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection pool is full" while priming manifests
+    sizes, counts = [int(s) for s in args.sizes.split(",")], [int(c) for c in args.manifests.split(",")]
+
+    from fruits.featurize.build import load_model
+    from fruits.spark.session import get_spark
+
+    began = time.time()
+    images = upload.sample_images(SAMPLE_IMAGES, per_class=4)  # 100 photos, 25 classes
+    (ROOT / "work").mkdir(exist_ok=True)
+    with emulator.LocalAWS() as endpoint, tempfile.TemporaryDirectory(dir=ROOT / "work") as tmp:
+        work = Path(tmp)
+        compiled = Path(args.cache) / "model.tflite"
+        if not compiled.exists():
+            compiled.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([FRUITS, "model", "compile", "--weights", str(BUNDLED_WEIGHTS), "--out", str(compiled)],
+                           check=True, stdout=subprocess.DEVNULL)
+        model_id = load_model(str(compiled)).model_id
+        base = Settings(endpoint_url=endpoint, weights=str(compiled), spark_log_level="ERROR")
+        spark = get_spark(base)
+        results = {str(n): measure_size(spark, base, n, model_id, images, args, work) for n in sizes}
+        discovery = measure_discovery(base, counts, images, args.repeat, work)
+        for name in ("stream", "restart", "discovery"):  # keep the streams' logs for a look afterwards
+            for found in work.glob(f"{name}*.log"):
+                shutil.copy(found, ROOT / "work" / f"scale-{found.name}")
+
+    keys = ("micro_batch_s", "driver_peak_rss_mb", "restart_s", "refit_s", "similar_p50_ms", "similar_recall_at_10",
+            "status_p50_ms")
+    scale = {"rows": sizes, **{k: {str(n): round(results[str(n)][k], 4) for n in sizes} for k in keys},
+             "manifests": counts, "discovery_s": {c: round(v, 4) for c, v in discovery["discovery_s"].items()}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(scale, indent=1) + "\n")
+    load = os.getloadavg()
+    extra = {"machine": f"{os.cpu_count()} cores", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "minutes": round((time.time() - began) / 60, 1), "load_average_at_end": [round(x, 2) for x in load],
+             "discovery": discovery, **results}
+    Path(args.json).with_name("scale-extra.json").write_text(json.dumps(extra, indent=1) + "\n")
+    print_table(scale)
+
+
+def print_table(scale: dict[str, Any]) -> None:
+    sizes, counts = scale["rows"], scale["manifests"]
+
+    def ratio(name: str, keys: list[int]) -> float:
+        values = scale[name]
+        return values[str(keys[-1])] / max(values[str(keys[0])], 1e-9)
+
+    rss = scale["driver_peak_rss_mb"]
+    checks = [
+        ("micro_batch_s largest/smallest", ratio("micro_batch_s", sizes), "<= 1.5"),
+        ("restart_s largest/smallest", ratio("restart_s", sizes), "<= 1.5"),
+        ("refit_s largest/smallest", ratio("refit_s", sizes), "<= 1.5"),
+        ("discovery_s largest/smallest", ratio("discovery_s", counts), "<= 1.5"),
+        ("driver RSS growth (MB)", rss[str(sizes[-1])] - rss[str(sizes[0])], "< 300"),
+        (f"similar p50 at {sizes[-1]:,} (ms)", scale["similar_p50_ms"][str(sizes[-1])], "<= 20"),
+        (f"recall@10 at {sizes[-1]:,}", scale["similar_recall_at_10"][str(sizes[-1])], ">= 0.95"),
+        ("status p50, worst size (ms)", max(scale["status_p50_ms"].values()), "<= 50"),
+    ]
+    print(json.dumps(scale, indent=1))
+    for name, value, target in checks:
+        op, bound = target.split()
+        ok = {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[op]
+        print(f"{name:40s} {value:10.3f}  target {target:8s} {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
