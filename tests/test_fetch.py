@@ -49,3 +49,59 @@ def test_transient_failures_raise_for_spark_to_retry(code: str, status: int) -> 
     with pytest.raises(ClientError) as raised:
         fetch(client, "bkt", "uploads/a.jpg", '"etag"', None, patience=0)
     assert not isinstance(raised.value, ImageError)
+
+
+class Body:
+    """A response body that counts what is read from it (a multi-gigabyte object never is)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.read_bytes, self.closed = size, 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.read_bytes if n < 0 else min(n, self.size - self.read_bytes)
+        self.read_bytes += n
+        return b"\xff" * n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Answering:
+    """An S3 client whose GetObject answers with ``Body`` (its headers say ``announced`` bytes)."""
+
+    def __init__(self, size: int, announced: int | None) -> None:
+        self.body, self.announced = Body(size), announced
+
+    def get_object(self, **_: object) -> dict:
+        return {"Body": self.body, "ContentLength": self.announced}
+
+
+def test_an_object_over_the_limit_is_refused_from_its_headers_unread() -> None:
+    client = Answering(size=5 * 2**30, announced=5 * 2**30)  # 5 GiB
+    with pytest.raises(ImageError) as raised:
+        fetch(client, "bkt", "uploads/huge.jpg", "etag", None, max_bytes=1000)
+    assert raised.value.reason == Reason.TOO_LARGE and "5368709120 bytes" in str(raised.value)
+    assert client.body.read_bytes == 0 and client.body.closed
+
+
+def test_a_body_longer_than_announced_is_read_no_further_than_the_limit() -> None:
+    client = Answering(size=10_000, announced=None)
+    with pytest.raises(ImageError) as raised:
+        fetch(client, "bkt", "uploads/huge.jpg", "etag", None, max_bytes=1000)
+    assert raised.value.reason == Reason.TOO_LARGE and client.body.read_bytes == 1001
+    assert fetch(Answering(size=1000, announced=1000), "bkt", "k.jpg", "etag", None, max_bytes=1000) == b"\xff" * 1000
+
+
+@pytest.mark.parametrize(("bucket", "etag", "version_id"), [
+    ("bkt", "d41d8cd98f00b204\r\nX-Injected: 1", None),
+    ("bkt", "caf\u00e9", None),
+    ("bkt", None, "v1\n"),
+    ("not a bucket name!", "etag", None),
+], ids=["etag-crlf", "etag-non-ascii", "version-newline", "bucket-name"])
+def test_a_line_no_request_can_be_made_from_is_quarantined_not_an_outage(bucket, etag, version_id) -> None:
+    # Nothing listens there: a request sent would fail as an outage, not as this line's fault.
+    client = boto3.client("s3", region_name="eu-west-3", aws_access_key_id="x", aws_secret_access_key="x",
+                          endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(ImageError) as raised:
+        fetch(client, bucket, "uploads/a.jpg", etag, version_id, patience=0)
+    assert raised.value.reason == Reason.INVALID_EVENT

@@ -97,6 +97,80 @@ def test_skipped_not_failed(body: str, reason: str) -> None:
     assert parsed.skipped == {reason: 1}
 
 
+def forged(field: str, value: object) -> str:
+    """A message of two records: ``uploads/Kiwi/bad.jpg`` with ``field`` set to ``value``, and a good one."""
+    event = json.loads(s3_event("uploads/Kiwi/bad.jpg"))
+    bad = event["Records"][0]
+    if field == "eventTime":
+        bad["eventTime"] = value
+    elif field == "key":
+        bad["s3"]["object"]["key"] = value
+    else:
+        bad["s3"]["object"][field] = value
+    event["Records"].append(json.loads(s3_event("uploads/Kiwi/good.jpg"))["Records"][0])
+    return json.dumps(event)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("eTag", "d41d8cd98f00b204\r\nX-Injected: 1"), ("eTag", "\ud800"), ("eTag", 12), ("eTag", '"quoted"'),
+     ("versionId", "\udfff"), ("versionId", "has space"), ("key", "uploads/Kiwi/\ud800.jpg")],
+    ids=["etag-crlf", "etag-surrogate", "etag-number", "etag-quoted", "version-surrogate", "version-space",
+         "key-surrogate"],
+)
+def test_a_record_whose_object_cannot_be_asked_for_is_skipped_and_the_others_kept(field: str, value: object) -> None:
+    """Skipped as invalid_field (said in ``invalid``); the good record of the same message goes on,
+    and what is kept can be written as JSON."""
+    parsed = parse_message(forged(field, value), "m", CONFIG)
+    assert [i.key for i in parsed.images] == ["uploads/Kiwi/good.jpg"]
+    assert parsed.skipped == {SkipReason.INVALID_FIELD: 1}
+    wanted = {"eTag": "etag", "versionId": "version_id"}.get(field, field)
+    assert parsed.invalid and parsed.invalid[0].startswith(f"field {wanted}:")
+    parsed.images[0].to_json().encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "attribute"),
+    [("size", "4702", "size"), ("size", "many", "size"), ("size", -1, "size"), ("size", 2**70, "size"),
+     ("size", True, "size"), ("size", 1.5, "size"), ("sequencer", "not hex", "sequencer"),
+     ("eventTime", "yesterday", "event_time"), ("eventTime", "\ud800", "event_time"), ("eventTime", 5, "event_time")],
+)
+def test_a_field_only_recorded_is_nulled_and_the_upload_kept(field: str, value: object, attribute: str) -> None:
+    parsed = parse_message(forged(field, value), "m", CONFIG)
+    bad, good = parsed.images
+    assert bad.key == "uploads/Kiwi/bad.jpg" and getattr(bad, attribute) is None and not parsed.skipped
+    assert getattr(good, attribute) is not None
+    assert len(parsed.invalid) == 1 and f"field {attribute}:" in parsed.invalid[0]
+    bad.to_json().encode("utf-8")
+
+
+def test_odd_fields_of_a_record_skipped_anyway_are_counted_as_what_it_is() -> None:
+    event = json.loads(forged("eTag", "\ud800"))
+    event["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+    assert parse_message(json.dumps(event), "m", CONFIG).skipped == {SkipReason.OTHER_BUCKET: 1}
+
+
+def test_what_s3_sends_keeps_the_contract() -> None:
+    """Real fields at their edges: a multipart etag, no version id, an event time with an offset or
+    nanoseconds: kept as they are."""
+    for time in ("2026-11-21T10:15:30+01:00", "2026-11-21T10:15:30.123456789Z", "2026-11-21T10:15:30Z"):
+        event = json.loads(s3_event("uploads/Kiwi/a.jpg", eTag="9b2cf535f27731c974343645a3985328-12", size=0))
+        event["Records"][0]["eventTime"] = time
+        del event["Records"][0]["s3"]["object"]["versionId"]
+        parsed = parse_message(json.dumps(event), "m", CONFIG)
+        assert parsed.invalid == [] and parsed.images[0].event_time == time and parsed.images[0].size == 0
+
+
+def test_an_sns_envelope_inside_another_is_malformed_not_a_crash() -> None:
+    body = s3_event("uploads/Kiwi/a.jpg")
+    for _ in range(3):
+        body = json.dumps({"Type": "Notification", "Message": body})
+    with pytest.raises(MalformedMessage, match="inside an SNS envelope"):
+        parse_message(body, "m", CONFIG)
+    with pytest.raises(MalformedMessage, match="not JSON"):
+        parse_message("[" * 100_000 + "]" * 100_000, "m", CONFIG)
+
+
 def test_a_key_of_exactly_1024_bytes_is_accepted() -> None:
     key = "uploads/Kiwi/" + "a" * (1024 - len("uploads/Kiwi/") - 4) + ".jpg"
     assert len(parse_message(s3_event(key), "m", CONFIG).images) == 1

@@ -7,10 +7,11 @@ import json
 import os
 
 import pytest
+from botocore.exceptions import ClientError
 from fruits.io import aws
 from fruits.local.ingest import dead_letter_depth, event_source_mapping, ingest_config
 from fruits_ingest.manifest import manifest_key
-from fruits_ingest.runner import EventSourceMapping, LocalContext
+from fruits_ingest.runner import EventSourceMapping, LocalContext, queue_depth
 
 from conftest import FIXTURES
 from helpers import s3_event
@@ -60,6 +61,20 @@ def test_one_malformed_record_fails_alone(lambda_env) -> None:
     assert set(lines[0]) == {
         "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time", "event_name", "message_id"
     }
+
+
+def test_a_forged_record_beside_good_ones_is_skipped_and_the_batch_lands(lambda_env) -> None:
+    """A lone surrogate in an etag used to make the manifest's write raise and fail all six records
+    (the good five went to the dead-letter queue with it)."""
+    from fruits_ingest.handler import handler
+
+    good = [s3_event(f"uploads/Kiwi/{i}.jpg") for i in range(5)]
+    forged = json.loads(s3_event("uploads/Kiwi/forged.jpg"))
+    forged["Records"][0]["s3"]["object"]["eTag"] = "\ud800"
+    response = handler(sqs_event(*good[:3], json.dumps(forged), *good[3:]), LocalContext())
+    assert response == {"batchItemFailures": []}
+    (lines,) = manifests(lambda_env).values()
+    assert [line["key"] for line in lines] == [f"uploads/Kiwi/{i}.jpg" for i in range(5)]
 
 
 def test_retried_batch_rewrites_the_same_manifest(lambda_env) -> None:
@@ -179,6 +194,56 @@ def test_mapping_settings_aws_would_refuse(settings) -> None:
         EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, visibility_timeout=1)
     with pytest.raises(ValueError, match="10,000"):
         EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=10_001)
+
+
+def test_replay_dlq_moves_whatever_a_dead_letter_queue_holds(settings, capsys, monkeypatch) -> None:
+    """Forged and garbled messages are listed and replayed, never an abort half-way; a message
+    that cannot be sent stays in the dead-letter queue, is reported, and the command exits 1."""
+    from fruits.cli import main
+    from fruits.io import dead_letters
+
+    bad_size = json.loads(s3_event("uploads/Kiwi/a.jpg", size="many"))
+    nested = s3_event("uploads/Kiwi/b.jpg")
+    for _ in range(3):
+        nested = json.dumps({"Type": "Notification", "Message": nested})
+    bodies = [json.dumps(bad_size), nested, "[" * 50_000 + "]" * 50_000, "not json", s3_event("uploads/Kiwi/ok.jpg")]
+    sqs = aws.client("sqs", settings)
+    dlq = aws.queue_url(settings, settings.dead_letter_queue)
+    for body in bodies:
+        sqs.send_message(QueueUrl=dlq, MessageBody=body)
+
+    def replay(code: int, *flags: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["replay-dlq", "--endpoint-url", settings.endpoint_url, "--bucket", settings.bucket,
+                  "--queue", settings.queue, *flags])
+        assert done.value.code == code
+        return capsys.readouterr().out
+
+    listed = replay(0, "--dry-run")
+    assert "would move 5 message(s)" in listed and "uploads/Kiwi/ok.jpg" in listed
+    assert "uploads/Kiwi/a.jpg" in listed and "MalformedMessage" in listed
+
+    real_client = aws.client
+
+    def refusing_client(name, s):  # noqa: ANN001, ANN202 (SQS refuses one body, as a full queue would)
+        client = real_client(name, s)
+        send = client.send_message
+
+        def send_message(**kwargs):  # noqa: ANN003, ANN202
+            if kwargs["MessageBody"] == "not json":
+                raise ClientError({"Error": {"Code": "InternalError", "Message": "try later"}}, "SendMessage")
+            return send(**kwargs)
+
+        client.send_message = send_message
+        return client
+
+    monkeypatch.setattr(dead_letters.aws, "client", refusing_client)
+    queued = queue_depth(sqs, aws.queue_url(settings))  # the emulator's s3:TestEvent, if not yet drained
+    out = replay(1)
+    assert "moved 4 message(s)" in out and "1 left in place" in out and "InternalError" in out
+    monkeypatch.undo()
+    assert dead_letter_depth(settings) == 1
+    assert queue_depth(sqs, aws.queue_url(settings)) == queued + 4
 
 
 def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, capsys) -> None:

@@ -109,3 +109,26 @@ def test_processes_racing_for_a_lease_have_one_winner(root_settings) -> None:
                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
     answers = sorted(p.communicate(timeout=120)[0].strip() for p in racers)
     assert answers == ["held", "held", "held", "won"], answers
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(root_settings) -> None:
+    """The renewal landed but its answer did not (a timeout, then a retry with the old version):
+    the lease is still ours, not a takeover."""
+    lease = Lease(root_settings, "stream").acquire()
+    lease._stop.set()  # no heartbeat: this test renews by hand
+    lease._write_if(lease._etag, lease._body())  # the write lands; we never learn its new version
+    lease.renew()
+    lease.check()
+    with pytest.raises(LeaseHeld):
+        Lease(root_settings, "stream").acquire()
+    lease._write_if(lease._etag, lease._body())  # again, and this time the process stops
+    lease.release()
+    Lease(root_settings, "stream").acquire().release()  # released for real, not left to expire
+
+
+def test_a_file_uri_root_holds_its_lease_in_that_folder(settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "tables"
+    lease = Lease(settings.with_(table_root=f"file://{root}"), "stream").acquire()
+    assert (root / "_leases" / "stream.json").exists() and not (tmp_path / "file:").exists()
+    lease.release()

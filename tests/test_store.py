@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,15 +133,33 @@ def test_duckdb_sql_reads_the_versions_and_time_travels(store_settings) -> None:
     "COPY (SELECT 1 AS x) TO '{out}' (FORMAT csv)",
     "SET enable_external_access = true",
     "ATTACH '{out}.db' AS other",
+    "CREATE TABLE t AS SELECT 1 AS x",
+    "SELECT 1; SELECT 2",
 ])
 def test_sql_sees_the_tables_and_nothing_else(store_settings, tmp_path, statement: str) -> None:
     """A user's SQL passed through reads no local file, writes none, and cannot turn that back on."""
-    import duckdb
+    from fruits.query.result import QueryError
 
     out = tmp_path / "x.csv"
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(QueryError):
         FeatureStore(store_settings).sql(statement.format(out=out))
     assert not out.exists() and not out.with_name("x.csv.db").exists()
+
+
+def test_a_duckdb_query_is_bounded_in_time_and_memory(store_settings) -> None:
+    """One user's query cannot hold or exhaust the process: stopped past its time, refused past its
+    memory, each with a message that names the setting."""
+    from fruits.query.result import QueryLimitError
+
+    slow = FeatureStore(store_settings.with_(query_timeout_seconds=0.5))
+    started = time.monotonic()
+    with pytest.raises(QueryLimitError, match="FRUITS_QUERY_TIMEOUT_SECONDS"):
+        slow.sql("SELECT count(*) FROM range(1000000000000) a")
+    assert time.monotonic() - started < 30
+    small = FeatureStore(store_settings.with_(query_memory_limit="50MB"))
+    with pytest.raises(QueryLimitError, match="FRUITS_QUERY_MEMORY_LIMIT"):
+        small.sql("SELECT list(range) FROM range(100000000)")
+    assert slow.sql("SELECT count(*) FROM features").rows == [(200,)]  # the store goes on
 
 
 def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings, sample_split) -> None:

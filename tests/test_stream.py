@@ -104,6 +104,50 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
     assert errors == [(0,)]
 
 
+def test_a_stream_started_before_the_first_upload_waits_for_it(spark, settings, weights_blob) -> None:
+    """A new deployment's stream starts before any manifest exists (it used to fail: PATH_NOT_FOUND)."""
+    assert aws.client("s3", settings).list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["KeyCount"] == 0
+    run_stream(spark, settings, weights_blob)  # availableNow: nothing yet, a clean finish
+    keys = put_samples(settings, "Kiwi", 1)
+    ingest.drain(settings, visibility_timeout=5)
+    run_stream(spark, settings, weights_blob)
+    assert_rows_exactly(spark, settings, keys)
+
+
+def test_no_manifest_line_or_object_can_stop_the_stream(spark, settings, weights_blob) -> None:
+    """Lines the Lambda would never write and an object far over the byte limit: each ends as a
+    row, a quarantine row or a logged skip, and the good upload beside them lands."""
+    import json
+
+    settings = settings.with_(max_image_bytes=200_000)
+    s3 = aws.client("s3", settings)
+    (good,) = put_samples(settings, "Kiwi", 1)
+    photo = s3.get_object(Bucket=settings.bucket, Key=good)["Body"].read()
+    for name in ("crlf", "time", "size"):
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Kiwi/{name}.jpg", Body=photo)
+    s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/huge.jpg", Body=b"\xff" * 3_000_000)
+    etag = lambda key: s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')  # noqa: E731
+    line = lambda key, **fields: {"bucket": settings.bucket, "key": key, "etag": etag(key), "size": 1,  # noqa: E731
+                                  "event_time": "2026-12-01T00:00:00Z", "event_name": "ObjectCreated:Put", **fields}
+    lines = [line(good), line("uploads/Kiwi/crlf.jpg", etag=etag("uploads/Kiwi/crlf.jpg") + "\r\nX: 1"),
+             line("uploads/Kiwi/time.jpg", event_time="the day before yesterday"),
+             line("uploads/Kiwi/huge.jpg"), {"bucket": settings.bucket, "etag": "x", "size": 1}]
+    body = "".join(json.dumps(x) + "\n" for x in lines)
+    body += '{"bucket": "%s", "key": "uploads/Kiwi/size.jpg", "size": 1180591620717411303424}\n' % settings.bucket
+    s3.put_object(Bucket=settings.bucket, Key="manifests/forged.jsonl", Body=body.encode())
+
+    run_stream(spark, settings, weights_blob)
+
+    rows = dict(table_rows(spark, settings, "SELECT key, event_time FROM features"))
+    assert good in rows and "uploads/Kiwi/time.jpg" in rows and rows["uploads/Kiwi/time.jpg"] is None
+    quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
+    assert quarantined["uploads/Kiwi/crlf.jpg"] == "invalid_event"
+    assert quarantined["uploads/Kiwi/huge.jpg"] == "too_many_bytes"
+    # A size past 2^63: Spark's JSON reader keeps the line with a null size; the line without a key is skipped.
+    assert dict(table_rows(spark, settings, "SELECT key, size FROM features"))["uploads/Kiwi/size.jpg"] is None
+    assert len(rows) + len(quarantined) == 5
+
+
 def test_redelivered_manifests_add_no_rows(spark, settings, weights_blob) -> None:
     s3 = aws.client("s3", settings)
     put_samples(settings, "Tomato 1", 3)

@@ -45,6 +45,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 
 # S3 object keys are at most 1,024 bytes (UTF-8): a longer one cannot be a real upload.
 MAX_KEY_BYTES = 1024
+# The largest object S3 stores (50 TB); a larger announced size is a forged event.
+MAX_OBJECT_BYTES = 50 * 10**12
 
 # The retry policy of every boto3 client of the pipeline (the Lambda's, the jobs', the CLI's).
 RETRIES = {"max_attempts": 5, "mode": "standard"}

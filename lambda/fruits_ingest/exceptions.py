@@ -17,5 +17,15 @@ class MalformedMessage(IngestError):
     """
 
 
+class InvalidField(IngestError):
+    """A record of an S3 event has a field outside the manifest's contract (a forged or garbled
+    event). The record is skipped and counted (``RecordsSkipped``, reason ``invalid_field``) and
+    logged with this message; the other records of its message and batch go on."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"field {name}: {why}")
+        self.field = name
+
+
 class ManifestWriteError(IngestError):
     """The manifest could not be written; the whole batch is reported failed and will be redelivered."""

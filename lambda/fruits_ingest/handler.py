@@ -88,6 +88,8 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client:
         skipped.update(parsed.skipped)
         for image in parsed.images:
             logger.debug("accepted", extra={"bucket": image.bucket, "key": image.key})
+        if parsed.invalid:
+            logger.warning("invalid fields: records skipped or fields recorded as null", extra={"invalid": parsed.invalid})
         if parsed.skipped:
             logger.info("skipped", extra={"skipped": dict(parsed.skipped)})
 

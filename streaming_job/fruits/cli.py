@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
+from .query.result import QueryError
 
 # Every command imports what it needs when it runs: `fruits --help` and `fruits status` load no
 # Spark and no emulator (tests/test_import_boundaries.py).
@@ -303,9 +304,13 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     replayed = dead_letters.replay(_settings(args), limit=args.max, dry_run=args.dry_run)
     verb = "would move" if args.dry_run else "moved"
     for message in replayed:
-        print(f"{verb} {message.message_id} (received {message.receive_count}x): {message.summary}")
-    print(f"{verb} {len(replayed)} message(s) from the dead-letter queue back to the event queue", flush=True)
-    return 0
+        done = f"left {message.message_id} in the dead-letter queue ({message.error})" if message.error \
+            else f"{verb} {message.message_id}"
+        print(f"{done} (received {message.receive_count}x): {message.summary}")
+    left = sum(1 for m in replayed if m.error)
+    print(f"{verb} {len(replayed) - left} message(s) from the dead-letter queue back to the event queue"
+          + (f"; {left} left in place (run again to retry them)" if left else ""), flush=True)
+    return 1 if left else 0
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -457,6 +462,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except SettingsError as exc:  # a bad FRUITS_* value or option: one line that names it
+        print(f"fruits: {exc}", file=sys.stderr)
+        code = 2
+    except QueryError as exc:  # a statement that is not a read, or ran past its bounds
         print(f"fruits: {exc}", file=sys.stderr)
         code = 2
     except (FileNotFoundError, LookupError) as exc:  # no table yet, no PCA model yet, an unknown key

@@ -29,6 +29,8 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
 | ``FRUITS_METRICS_NAMESPACE`` | CloudWatch namespace the stream publishes its per-micro-batch metrics to (infra/ sets ``Fruits``); unset: a log line only | unset |
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
+| ``FRUITS_QUERY_TIMEOUT_SECONDS`` | a DuckDB query (``fruits query --engine duckdb``, ``FeatureStore.sql``) is stopped after this long | ``60`` |
+| ``FRUITS_QUERY_MEMORY_LIMIT`` | the memory a DuckDB query may use (DuckDB's ``memory_limit``: ``512MB``, ``2GB``...) | ``2GB`` |
 | ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
 
 Example::
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     jars_dir: str | None = None
     metrics_namespace: str | None = None
     lease_seconds: float = Field(120.0, ge=3)
+    query_timeout_seconds: float = Field(60.0, gt=0)
+    query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
     def __init__(self, **values: Any) -> None:
         try:

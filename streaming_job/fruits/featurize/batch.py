@@ -64,7 +64,8 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
 
             def load(i: int) -> np.ndarray | ImageError:
                 try:
-                    data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i])
+                    data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i],
+                                 max_bytes=options.max_image_bytes)
                     return decode(data, max_bytes=options.max_image_bytes)
                 except ImageError as exc:
                     return exc

@@ -13,7 +13,11 @@ Every failure is classified (the README's table of quarantine reasons):
 - permanent for this object: ``ImageError``, quarantined with a reason, and the batch goes on. A
   deleted (``object_missing``) or overwritten (``object_changed``) object, and any other client
   error a retry cannot fix (``fetch_failed`` with S3's code and message: NoSuchBucket, AccessDenied,
-  InvalidObjectState for an archived object, KMS errors, ...).
+  InvalidObjectState for an archived object, KMS errors, ...); an object over the byte limit
+  (``too_many_bytes``: its size is read from the response's headers, and the body read stops at
+  the limit, so a multi-gigabyte upload never reaches memory); a manifest line no request can be
+  made from (``invalid_event``: an etag or version id with control characters, a bucket name S3
+  would refuse), which botocore would otherwise raise as an S3 outage or a parameter error.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, ParamValidationError
 
 from ..io.aws import error_code
 from .images import ImageError, Reason
@@ -84,21 +88,50 @@ def transient(exc: ClientError) -> bool:
     return status >= 500 or status == 429 or error_code(exc) in TRANSIENT_CODES
 
 
+def _header_safe(name: str, value: str | None) -> None:
+    """A value sent as an HTTP header must be printable ASCII: anything else would be refused by
+    the HTTP client (as if S3 were unreachable) or split the request."""
+    if value is not None and not (value.isascii() and value.isprintable()):
+        raise ImageError(Reason.INVALID_EVENT, f"the event's {name} {value!r:.80} cannot be sent to S3")
+
+
+def read_bounded(response: dict[str, Any], max_bytes: int | None, where: str) -> bytes:
+    """A GetObject response's body, refused (``too_many_bytes``) past ``max_bytes`` without reading
+    more than ``max_bytes + 1`` bytes of it."""
+    body = response["Body"]
+    if max_bytes is None:
+        return body.read()
+    size = response.get("ContentLength")
+    if size is None or size <= max_bytes:
+        data = body.read(max_bytes + 1)
+        if len(data) <= max_bytes:
+            return data
+        size = f"over {max_bytes}"
+    body.close()
+    raise ImageError(Reason.TOO_LARGE, f"{where} has {size} bytes, over the limit of {max_bytes}: not read")
+
+
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
-          patience: float | None = None, outage: Outage = OUTAGE) -> bytes:
-    """The object's bytes as announced; ``ImageError`` if it is gone or was replaced since."""
+          patience: float | None = None, outage: Outage = OUTAGE, max_bytes: int | None = None) -> bytes:
+    """The object's bytes as announced; ``ImageError`` if it is gone, was replaced since, is over
+    ``max_bytes``, or cannot be asked for."""
     patience = FETCH_PATIENCE if patience is None else patience
+    where = f"s3://{bucket}/{key}"
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
+        _header_safe("version id", version_id)
         args["VersionId"] = version_id
     elif etag:
+        _header_safe("etag", etag)
         args["IfMatch"] = etag
     pause = 0.5
     while True:
         try:
-            data = client.get_object(**args)["Body"].read()
+            data = read_bounded(client.get_object(**args), max_bytes, where)
             outage.ended()
             return data
+        except ParamValidationError as exc:  # raised before any request: this line's, not S3's
+            raise ImageError(Reason.INVALID_EVENT, f"{where}: {exc}") from exc
         except ClientError as exc:
             code = error_code(exc)
             if code in ("NoSuchKey", "NoSuchVersion", "404"):

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     CHANGED = "object_changed"
     FETCH_FAILED = "fetch_failed"
     DECODER_ERROR = "decoder_error"
+    INVALID_EVENT = "invalid_event"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

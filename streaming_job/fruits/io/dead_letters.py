@@ -8,8 +8,13 @@ from landing twice.
 
 Example::
 
-    moved = replay(settings, limit=100)              # list of Replayed, each sent then deleted
+    done = replay(settings, limit=100)               # list of Replayed, each sent then deleted
+    [r for r in done if r.error]                     # any that could not be moved stay where they were
     seen = replay(settings, limit=10, dry_run=True)  # only looks; the messages stay
+
+Whatever a message holds (a forged event, a body that is not JSON, nested envelopes), it is
+replayed as it is: the Lambda decides again what it is worth. A message that cannot be sent or
+deleted is reported with the error and left in the dead-letter queue; the replay goes on.
 
 It uses plain receive / send / delete, on AWS and on the emulator alike (moto has no
 ``StartMessageMoveTask``), so ``--max`` can bound a replay. Each message is sent to the event queue
@@ -23,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fruits_ingest.events import announced
-from fruits_ingest.exceptions import MalformedMessage
 
 from ..config import Settings
 from . import aws
@@ -35,14 +40,16 @@ class Replayed:
     message_id: str
     receive_count: int
     summary: str  # the S3 keys the event names, or the start of the body (a test event, a bad message)
+    error: str | None = None  # why it was left in the dead-letter queue (None: moved, or listed by a dry run)
 
 
 def _summary(body: str) -> str:
-    """The keys the event names, parsed as the Lambda parses it."""
+    """The keys the event names, parsed as the Lambda parses it; for any message the Lambda would
+    not accept, why, and the start of its body."""
     try:
         return ", ".join(image.key for image in announced(body)) or "s3:TestEvent"
-    except MalformedMessage:
-        return body[:120]
+    except Exception as exc:  # noqa: BLE001 (a dead letter may hold anything; a summary never fails)
+        return f"({type(exc).__name__}: {str(exc)[:120]}) {body[:120]!r}"
 
 
 def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) -> list[Replayed]:
@@ -66,13 +73,20 @@ def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) 
                 break
             for message in fresh:
                 seen.add(message["MessageId"])
+                error = None
                 if dry_run:
                     looked_at.append(message["ReceiptHandle"])
                 else:
-                    sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
-                    sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
+                    sent = False
+                    try:
+                        sqs.send_message(QueueUrl=target, MessageBody=message["Body"])
+                        sent = True
+                        sqs.delete_message(QueueUrl=source, ReceiptHandle=message["ReceiptHandle"])
+                    except (BotoCoreError, ClientError) as exc:  # left in place: visible again after 30 s
+                        # Sent but not deleted: it will be replayed twice, which the pipeline absorbs.
+                        error = f"{'sent, but not deleted: ' if sent else ''}{type(exc).__name__}: {exc}"
                 done.append(Replayed(message["MessageId"], int(message["Attributes"]["ApproximateReceiveCount"]),
-                                     _summary(message["Body"])))
+                                     _summary(message["Body"]), error))
     finally:  # a dry run leaves nothing hidden, even when it fails half-way
         for handle in looked_at:
             sqs.change_message_visibility(QueueUrl=source, ReceiptHandle=handle, VisibilityTimeout=0)

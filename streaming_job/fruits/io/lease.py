@@ -44,7 +44,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..config import Settings
-from . import aws
+from . import aws, lake
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class Lease:
         self.name = name
         self.ttl = ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.uri = f"{settings.table_root.rstrip('/')}/_leases/{name}.json"
+        root = settings.table_root.rstrip("/")
+        # Resolved as the tables' paths are: a file:// root is that folder, not one below the working directory.
+        self.uri = f"{root if aws.is_s3(root) else lake.path_in(root)}/_leases/{name}.json"
         self._etag: str | None = None  # S3: the version we wrote; local: the content we wrote
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic time after which this holder no longer counts on the lease
@@ -172,8 +174,19 @@ class Lease:
         try:
             self._write(self._etag)
         except LeaseHeld as exc:
+            token = self._own_token()
+            if token is not None:
+                with contextlib.suppress(LeaseHeld):
+                    self._write(token)
+                    return
             self._lost = f"the {self.name} lease was taken over ({exc})"
             raise LeaseLost(self._lost) from exc
+
+    def _own_token(self) -> str | None:
+        """The lease's current token if it still names us: our own earlier write landed and its
+        answer was lost (a timeout, a retried request), so ``_etag`` is out of date."""
+        holder, token = self._read()
+        return token if holder is not None and holder.get("owner") == self.owner else None
 
     def check(self) -> None:
         """Raise ``LeaseLost`` if this process no longer holds the lease."""
@@ -189,7 +202,12 @@ class Lease:
             self._heartbeat.join()
         if self._etag is not None and not self._lost:
             try:
-                self._write_if(self._etag, None)
+                try:
+                    self._write_if(self._etag, None)
+                except LeaseHeld:
+                    token = self._own_token()
+                    if token is not None:  # ours at a version we did not record
+                        self._write_if(token, None)
             except LeaseHeld:
                 pass  # taken over meanwhile: not ours to delete
             except Exception as exc:  # noqa: BLE001 - the lease expires by itself; never mask the exit code

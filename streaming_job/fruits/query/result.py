@@ -13,6 +13,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+class QueryError(ValueError):
+    """A SQL statement was refused or stopped; the message says why and what to do."""
+
+
+class ReadOnlyError(QueryError):
+    """The statement is not a read of the pipeline's tables; nothing was run."""
+
+
+class QueryLimitError(QueryError):
+    """The statement ran past its time or memory bound (``FRUITS_QUERY_TIMEOUT_SECONDS``,
+    ``FRUITS_QUERY_MEMORY_LIMIT``) and was stopped."""
+
+
 @dataclass
 class QueryResult:
     columns: list[str]

@@ -26,6 +26,7 @@ plus a read per manifest until the key is found.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 from ..config import Settings
 from ..io import aws, lake
 from ..pca.model import PcaModel
-from .result import QueryResult
+from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
     from ..featurize.model import Featurizer
@@ -119,13 +120,18 @@ class FeatureStore:
         """Run one DuckDB SQL statement over ``features``, ``quarantine`` and ``pca_models``;
         ``as_of_version`` time-travels the ``features`` table. The statement sees those tables and
         nothing else: DuckDB's file and network access is off and its configuration locked, so a
-        service may pass a user's SQL through."""
+        service may pass a user's SQL through. One SELECT at a time (``ReadOnlyError`` otherwise);
+        it is stopped past ``FRUITS_QUERY_TIMEOUT_SECONDS`` and refused more working memory than
+        ``FRUITS_QUERY_MEMORY_LIMIT`` (``QueryLimitError``); any other DuckDB error is a
+        ``QueryError``. The limit bounds DuckDB's own memory, not the result's rows in Python: a
+        service should add a LIMIT to what it passes through."""
         # Imported here: a process that imports duckdb but never opens a connection can abort at
         # exit ("terminate called without an active exception") once delta-rs has run.
         import duckdb
 
         versions = {}
-        with duckdb.connect() as con:
+        limits = {"memory_limit": self.settings.query_memory_limit}
+        with duckdb.connect(config=limits) as con:
             for name in TABLES:
                 dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
                 con.register(name, dataset)
@@ -133,10 +139,27 @@ class FeatureStore:
             # ATTACH, extensions), and the statement may not turn it back on.
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
-            result = con.sql(statement)
-            if result is None:  # a statement without a result set
-                return QueryResult(columns=[], rows=[], versions=versions)
-            return QueryResult(columns=list(result.columns), rows=result.fetchall(), versions=versions)
+            timer = threading.Timer(self.settings.query_timeout_seconds, con.interrupt)
+            timer.start()
+            try:
+                kinds = [s.type for s in con.extract_statements(statement)]
+                if kinds != [duckdb.StatementType.SELECT]:
+                    raise ReadOnlyError(f"fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, "
+                                        f"not {', '.join(k.name for k in kinds) or 'nothing'}")
+                result = con.sql(statement)
+                return QueryResult(columns=list(result.columns), rows=result.fetchall(), versions=versions)
+            except duckdb.InterruptException:
+                raise QueryLimitError(
+                    f"the query ran past {self.settings.query_timeout_seconds:g} s and was stopped; narrow it "
+                    "(a filter, a LIMIT) or raise FRUITS_QUERY_TIMEOUT_SECONDS") from None
+            except duckdb.OutOfMemoryException as exc:
+                raise QueryLimitError(
+                    f"the query needs more than {self.settings.query_memory_limit} of memory ({str(exc).splitlines()[0]}); "
+                    "narrow it or raise FRUITS_QUERY_MEMORY_LIMIT") from None
+            except duckdb.Error as exc:  # refused (external access is off) or invalid: one line that says why
+                raise QueryError(f"DuckDB: {str(exc).strip().splitlines()[0]}") from None
+            finally:
+                timer.cancel()
 
     def pca_model(self) -> PcaModel | None:
         """The newest PCA model, or None before the first refit."""

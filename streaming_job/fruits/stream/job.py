@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -41,6 +43,8 @@ from ..spark.schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
 from . import metrics
 from .known import KnownImages, as_ids
 
+log = logging.getLogger(__name__)
+
 
 # --- source ---------------------------------------------------------------------------------
 
@@ -48,9 +52,21 @@ def read_manifests(spark: SparkSession, settings: Settings) -> DataFrame:
     return (
         spark.readStream.schema(MANIFEST)
         .option("maxFilesPerTrigger", settings.max_files_per_trigger)
-        .json(settings.manifests_uri)
+        .json(manifests_glob(settings.manifests_uri))
         .withColumn("manifest", F.col("_metadata.file_path"))
     )
+
+
+def manifests_glob(uri: str) -> str:
+    """The manifest folder as a glob that matches only itself (``.../manifests/`` ->
+    ``.../manifest[s]``). Spark's file source refuses to start on a folder that does not exist yet
+    (PATH_NOT_FOUND: a new deployment's stream starts before the first upload), but checks no glob;
+    this one still lists just that folder, once per trigger, and finds nothing until it exists."""
+    bucket, prefix = aws.split_s3_uri(uri)
+    head, _, name = prefix.rstrip("/").rpartition("/")
+    if not name or not name[-1].isalnum():  # the bucket's root, or an odd name: as it is
+        return uri
+    return f"{uri.split('://', 1)[0]}://{bucket}/{head + '/' if head else ''}{name[:-1]}[{name[-1]}]"
 
 
 # --- transforms -----------------------------------------------------------------------------
@@ -87,12 +103,24 @@ def drop_known(images: DataFrame, known: KnownImages) -> DataFrame | None:
 
     The micro-batch's manifest lines come to the driver (they are small) and are checked against
     ``known`` there, brought up to date from the Delta log first; the rest goes back to Spark as a
-    local DataFrame.
+    local DataFrame. Lines that name no object are skipped (``with_object``).
     """
-    lines = images.toArrow()
+    lines = with_object(images.toArrow())
     known.refresh()
     new = lines.filter(pa.array(~known.contains(as_ids(lines.column("image_id")))))
     return images.sparkSession.createDataFrame(new, images.schema) if new.num_rows else None
+
+
+def with_object(lines: pa.Table) -> pa.Table:
+    """The lines that name an object. A line without a bucket or key (a manifest written by hand,
+    or a value Spark's JSON reader could not parse, such as a size past 2^63) announces no upload
+    that could be fetched or reported: it is logged with its manifest and skipped."""
+    named = pc.and_(pc.is_valid(lines.column("bucket")), pc.is_valid(lines.column("key")))
+    skipped = lines.filter(pc.invert(named))
+    if skipped.num_rows:
+        log.warning("%d manifest line(s) without a bucket or key skipped, in %s", skipped.num_rows,
+                    sorted(set(skipped.column("manifest").to_pylist()), key=str))
+    return lines.filter(named)
 
 
 def featurize_udf(model: Any, settings: Settings) -> Any:
@@ -126,7 +154,8 @@ def feature_rows(scored: DataFrame, pca_model: PcaModel | None = None, projectio
     rows = scored.where(F.col("result.reason").isNull()).select(
         *[
             F.col("result.features").alias("features") if f.name == "features"
-            else F.to_timestamp("event_time").alias("event_time") if f.name == "event_time"
+            # try_: an event time Spark cannot read is null, not a failed batch (ANSI mode)
+            else F.try_to_timestamp(F.col("event_time")).alias("event_time") if f.name == "event_time"
             else F.current_timestamp().alias("ingested_at") if f.name == "ingested_at"
             else F.lit(None).cast(f.dataType).alias(f.name) if f.name in ("pca_features", "pca_version")
             else F.col(f.name)
