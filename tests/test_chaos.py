@@ -1,9 +1,11 @@
 """Chaos: a seeded random schedule of what goes wrong in production, then the one invariant.
 
-Rounds of uploads (some broken, some deleted before the stream reads them, some events delivered
-twice) go through the Lambda; between them, at random: a stream that finishes, a stream killed
-with SIGKILL mid-run (its lease left behind), a stream behind an emulator outage, a refit or a
-maintenance run while a stream runs, each as its own ``fruits`` process. Then a last stream runs
+Rounds of uploads (some broken, some far over the byte limit, some deleted before the stream reads
+them, some events delivered twice, some forged beside the real ones) go through the Lambda; between
+them, at random: a stream that finishes, two streams started at once, a stream killed with SIGKILL
+mid-run (its lease left behind), a stream behind an emulator outage, a refit or a maintenance run
+while a stream runs, two refits at once, each as its own ``fruits`` process, and each must exit as
+its rules say (a stream 0 unless S3 was down, a refit 0). Then a last stream runs
 to the end, and every accepted upload must be exactly one row in ``features`` or one in
 ``quarantine`` (with the right reason), every PCA version must exist once, and the queue and the
 dead-letter queue must be empty.
@@ -37,11 +39,30 @@ from helpers import fruits_env, s3_event
 pytestmark = pytest.mark.slow
 
 ROUNDS = 8
+MAX_IMAGE_BYTES = 1_000_000  # the chaos run's limit: a "huge" upload is three times that
+
+
+def both(*processes: subprocess.Popen) -> list[tuple[int, str]]:
+    """Wait for processes started together; their exit codes and standard errors."""
+    return [(p.wait(timeout=600), p.stderr.read()) for p in processes]
+
+
+def feature_rows(settings) -> int:  # noqa: ANN001
+    try:
+        return FeatureStore(settings).sql("SELECT count(*) FROM features").rows[0][0]
+    except FileNotFoundError:  # no stream has created the tables yet
+        return 0
+
+
+def finished(done: subprocess.CompletedProcess | tuple[int, str], what: str) -> None:
+    code, err = (done.returncode, done.stderr) if isinstance(done, subprocess.CompletedProcess) else done
+    assert code == 0, f"{what} exited {code}: {err[-3000:]}"
 
 
 def fruits(settings, *args: str, endpoint: str | None = None, background: bool = False):  # noqa: ANN001, ANN201
     env = fruits_env(settings, FRUITS_ENDPOINT_URL=endpoint or settings.endpoint_url, FRUITS_BATCH_SIZE="16",
-                     FRUITS_MAX_FILES_PER_TRIGGER="4", FRUITS_SPARK_MASTER="local[2, 4]")
+                     FRUITS_MAX_FILES_PER_TRIGGER="4", FRUITS_SPARK_MASTER="local[2, 4]",
+                     FRUITS_MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES))
     command = [sys.executable, "-m", "fruits", *args]
     if background:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -60,6 +81,7 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
     accepted: set[str] = set()
     broken: set[str] = set()
     deleted: set[str] = set()
+    huge: set[str] = set()
     happened: list[str] = []
 
     for round_ in range(ROUNDS):
@@ -69,9 +91,14 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
             s3.put_object(Bucket=s.bucket, Key=key, Body=b"not a photo at all")
             keys.append(key)
             broken.add(key)
+        if rng.random() < 0.4:  # an upload far over the byte limit: refused unread
+            key = f"uploads/Huge/r{round_}.jpg"
+            s3.put_object(Bucket=s.bucket, Key=key, Body=b"\xff" * (3 * MAX_IMAGE_BYTES))
+            keys.append(key)
+            huge.add(key)
         accepted.update(keys)
         if rng.random() < 0.5:  # deleted between its event and the stream's fetch
-            victim = rng.choice([k for k in keys if k not in broken])
+            victim = rng.choice([k for k in keys if k not in broken | huge])
             s3.delete_object(Bucket=s.bucket, Key=victim)
             deleted.add(victim)
         ingest.drain(s, visibility_timeout=5)
@@ -83,12 +110,34 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
             body["Records"][0]["s3"]["bucket"]["name"] = s.bucket
             del body["Records"][0]["s3"]["object"]["versionId"]  # the emulator's bucket is not versioned
             sqs.send_message(QueueUrl=aws.queue_url(s), MessageBody=json.dumps(body))
+        if rng.random() < 0.4:  # a forged event beside a real one: the forged record is skipped, the real one lands
+            key = f"uploads/Forged/r{round_}.jpg"
+            s3.put_object(Bucket=s.bucket, Key=key, Body=photos[0][1].read_bytes())
+            accepted.add(key)
+            body = json.loads(s3_event(quote_plus(key, safe="/"), eTag=s3.head_object(
+                Bucket=s.bucket, Key=key)["ETag"].strip('"'), size=1))
+            body["Records"][0]["s3"]["bucket"]["name"] = s.bucket
+            del body["Records"][0]["s3"]["object"]["versionId"]
+            forged = json.loads(json.dumps(body["Records"][0]))
+            forged["s3"]["object"].update(key=quote_plus(f"uploads/Forged/never-r{round_}.jpg", safe="/"),
+                                          eTag="\ud800\r\n")
+            body["Records"].append(forged)
+            sqs.send_message(QueueUrl=aws.queue_url(s), MessageBody=json.dumps(body))
         ingest.drain(s, visibility_timeout=5)
 
-        action = rng.choice(["stream", "killed stream", "outage", "refit during stream", "maintain during stream"])
+        action = rng.choice(["stream", "two streams", "killed stream", "outage", "refit during stream",
+                             "maintain during stream", "two refits"])
         happened.append(action)
         if action == "stream":
-            assert fruits(s, "stream", "--wait", "30").returncode in (0, 1)
+            finished(fruits(s, "stream", "--wait", "30"), "a stream")
+        elif action == "two streams":  # one holds the lease; the other waits for it, then finds nothing left
+            for done in both(*(fruits(s, "stream", "--wait", "120", background=True) for _ in range(2))):
+                finished(done, "one of two streams")
+        elif action == "two refits":  # one refits; the other finds it running and skips
+            ready = feature_rows(s) >= 2
+            for code, err in both(*(fruits(s, "pca", "refit", background=True) for _ in range(2))):
+                skipped = code == 0 and "refit skipped" in err  # the other one held the lease
+                assert code == 0 if ready else skipped or "at least 2 feature rows" in err, err[-3000:]
         elif action == "outage":
             proxy = FlakyProxy(s.endpoint_url, outage=rng.uniform(2, 8))
             try:
@@ -99,7 +148,11 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
             stream = fruits(s, "stream", "--trigger", "2 seconds", "--wait", "30", background=True)
             time.sleep(rng.uniform(5, 25))
             if action == "refit during stream":
-                fruits(s, "pca", "refit")  # no rows yet is a clean failure; a conflict is retried
+                ready = feature_rows(s) >= 2
+                done = fruits(s, "pca", "refit")  # a conflict is retried; before two rows, a clean refusal
+                # rows may land meanwhile: not ready before may be ready now
+                assert done.returncode == 0 or not ready and "at least 2 feature rows" in done.stderr, \
+                    done.stderr[-3000:]
             elif action == "maintain during stream":
                 fruits(s, "maintain")
             os.killpg(stream.pid, signal.SIGKILL if action == "killed stream" else signal.SIGINT)
@@ -117,9 +170,11 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
     assert set(rows) | set(quarantined) == accepted, (accepted - set(rows) - set(quarantined))
     assert {k for k, reason in quarantined.items() if reason == "not_an_image"} == broken
     assert {k for k, reason in quarantined.items() if reason == "object_missing"} == deleted
+    assert {k for k, reason in quarantined.items() if reason == "too_many_bytes"} == huge
     versions = [r[0] for r in store.sql("SELECT version FROM pca_models").rows]
     assert len(versions) == len(set(versions)), versions
     assert ingest.dead_letter_depth(s) == 0
     assert aws.queue_depth(sqs, aws.queue_url(s)) == 0
     print(f"{len(accepted)} uploads: {len(rows)} rows, {len(quarantined)} quarantined "
-          f"({len(broken)} broken, {len(deleted)} deleted before the fetch); PCA versions {versions}")
+          f"({len(broken)} broken, {len(huge)} over the byte limit, {len(deleted)} deleted before the fetch); "
+          f"PCA versions {versions}")

@@ -238,3 +238,23 @@ def test_a_scheduled_refit_skips_while_another_runs(settings, capsys) -> None:
         with pytest.raises(SystemExit) as done:
             main(["pca", "refit", "--table-root", settings.table_root])
     assert done.value.code == 0 and "refit skipped: another refit holds the tables" in capsys.readouterr().err
+
+
+def test_a_reprojection_checks_its_lease_right_before_it_commits(spark, tmp_path: Path) -> None:
+    """A refit or `fruits pca reproject` whose lease was taken over commits no rewrite."""
+    from fruits.config import Settings
+    from fruits.io.lease import LeaseLost
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(20, seed=12))
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    before = table.current_version(spark, settings.features_table)
+
+    def taken_over() -> None:
+        raise LeaseLost("the refit lease was taken over")
+
+    with pytest.raises(LeaseLost):
+        reproject(spark, settings, fit.model, guard=taken_over)
+    assert table.current_version(spark, settings.features_table) == before
+    assert set(table_versions(spark, settings.features_table)) == {None}

@@ -180,12 +180,19 @@ def cmd_pca_reproject(args: argparse.Namespace) -> int:
     from .spark.session import get_spark
 
     settings = _settings(args)
-    spark = get_spark(settings)
-    model = refit.latest_model(spark, settings)
-    if model is None:
-        print("no PCA model yet: run `fruits pca refit` first", file=sys.stderr)
+    # The refit's lease: a re-projection never runs beside a refit's own (the stream's appends are
+    # retried around; issue "PCA refits that never rewrite the features table" removes the rewrite).
+    lease = _take_lease(settings, "refit", args.wait, "not re-projected")
+    if lease is None:
         return 1
-    print(f"{refit.reproject(spark, settings, model)} rows re-projected onto PCA version {model.version}")
+    with lease:
+        spark = get_spark(settings)
+        model = refit.latest_model(spark, settings)
+        if model is None:
+            print("no PCA model yet: run `fruits pca refit` first", file=sys.stderr)
+            return 1
+        updated = refit.reproject(spark, settings, model, guard=lease.check)
+    print(f"{updated} rows re-projected onto PCA version {model.version}")
     return 0
 
 
@@ -397,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if another refit is running, wait this long for it instead of skipping")
     p.set_defaults(func=cmd_pca_refit)
     p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if a refit is running, wait this long for it instead of refusing")
     p.set_defaults(func=cmd_pca_reproject)
 
     p = sub.add_parser("maintain", parents=[common],

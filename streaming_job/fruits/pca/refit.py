@@ -96,7 +96,8 @@ def _stale(model: PcaModel) -> F.Column:
     return F.col("pca_version").isNull() | (F.col("pca_version") != model.version)
 
 
-def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts: int = 5) -> int:
+def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts: int = 5,
+              guard: Callable[[], None] | None = None) -> int:
     """Give every row not yet on ``model`` its projection; returns the rows updated.
 
     One UPDATE (a scan and a rewrite; a MERGE joining the projections back took 1.6x as long). The
@@ -111,6 +112,8 @@ def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts
     session.conf.set("spark.databricks.delta.commitInfo.userMetadata", REPROJECT_TAG)
 
     def update_stale() -> int:
+        if guard is not None:
+            guard()  # right before each commit (a retry too): the caller's lease is still its own
         features = DeltaTable.forPath(session, settings.features_table)
         features.update(
             condition=_stale(model),
@@ -186,7 +189,7 @@ def refit(
         # (only rows a failed re-projection left behind are put on it).
         if reproject_rows:
             started = time.perf_counter()
-            reproject(spark, settings, last)
+            reproject(spark, settings, last, guard=guard)
             seconds["reproject"] = time.perf_counter() - started
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
         return Refit(last, "unchanged", 0, solver, seconds)
@@ -223,10 +226,8 @@ def refit(
 
     updated = 0
     if reproject_rows:
-        if guard is not None:
-            guard()
         started = time.perf_counter()
-        updated = reproject(spark, settings, model)
+        updated = reproject(spark, settings, model, guard=guard)
         seconds["reproject"] = time.perf_counter() - started
     written = []
     if write_plots:
