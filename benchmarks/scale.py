@@ -423,7 +423,7 @@ def main() -> None:
     extra = {"machine": f"{os.cpu_count()} cores", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "minutes": round((time.time() - began) / 60, 1), "load_average_at_end": [round(x, 2) for x in load],
              "discovery": discovery, **results}
-    Path(args.json).with_name("scale-extra.json").write_text(json.dumps(extra, indent=1) + "\n")
+    Path(args.json).with_name(Path(args.json).stem + "-extra.json").write_text(json.dumps(extra, indent=1) + "\n")
     print_table(scale)
 
 
