@@ -33,17 +33,23 @@ def timed_stream(spark, settings: Settings, blob) -> float:  # noqa: ANN001
     return time.perf_counter() - started
 
 
+def vmhwm_mb(pid: int) -> float:
+    """A process's peak resident set (VmHWM) in MB; 0 once it has ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0) / 1024
+
+
 def peak_worker_rss_mb() -> float:
     """The largest peak resident set (VmHWM) among this machine's PySpark Python workers."""
-    peak = 0
+    peak = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
-                continue
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
         except OSError:
             continue  # the process ended meanwhile
-    return peak / 1024
+        if b"pyspark.daemon" in cmdline or b"pyspark.worker" in cmdline:
+            peak = max(peak, vmhwm_mb(int(pid)))
+    return peak

@@ -47,7 +47,8 @@ from fruits.config import Settings  # noqa: E402
 from fruits.io import aws  # noqa: E402
 from fruits.local import emulator, ingest, upload  # noqa: E402
 from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
-from scale_tables import CLUSTERS, append_synthetic, cached_tables, copy_tables, synthetic_key  # noqa: E402
+from common import vmhwm_mb  # noqa: E402
+from scale_tables import append_synthetic, cached_tables, copy_tables, synthetic_key  # noqa: E402
 
 BATCH_IMAGES = 100
 RESTART_IMAGES = 20
@@ -74,16 +75,8 @@ class Stream:
 
     def peak_rss_mb(self) -> float:
         """VmHWM of the driver: this process and its JVM child, in MB."""
-        total = 0
-        for pid in [self.process.pid] + _children(self.process.pid):
-            try:
-                if pid != self.process.pid and b"java" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    continue
-                total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                              if line.startswith("VmHWM"))
-            except (OSError, StopIteration):
-                continue
-        return total / 1024
+        jvm = [pid for pid in _children(self.process.pid) if b"java" in _cmdline(pid)]
+        return sum(vmhwm_mb(pid) for pid in [self.process.pid, *jvm])
 
     def wait_committed(self, manifests: set[str], timeout: float) -> int:
         """The last batch that read any of ``manifests``, once all of them have committed."""
@@ -107,6 +100,13 @@ class Stream:
         self.log.close()
         if self.process.returncode not in (0, 143):
             raise RuntimeError(f"the stream exited with {self.process.returncode}; see {self.log.name}")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _children(pid: int) -> list[int]:
@@ -287,15 +287,16 @@ def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
     import pyarrow.compute as pc
 
     model = store.pca_model()
-    table = store.dataset("features").dataset.to_table(columns=["key", "features", "pca_features", "pca_version"])
-    current = pc.fill_null(pc.equal(table["pca_version"], model.version), False).to_numpy(zero_copy_only=False)
-    vectors = np.empty((table.num_rows, model.k), dtype=np.float32)
-    if current.any():
-        vectors[current] = np.stack(table.filter(current)["pca_features"].to_numpy(zero_copy_only=False))
-    if (~current).any():
-        vectors[~current] = model.project(np.stack(table.filter(~current)["features"].to_numpy(zero_copy_only=False)))
-    del table
-    keys = store.dataset("features").dataset.to_table(columns=["key"])["key"].to_numpy(zero_copy_only=False)
+    dataset = store.dataset("features").dataset
+    on_model = pc.field("pca_version") == model.version
+    current = dataset.to_table(columns=["key", "pca_features"], filter=on_model)
+    # The 1280-d features only of rows not on the model (none after a refit's re-projection).
+    stale = dataset.to_table(columns=["key", "features"], filter=~on_model | pc.field("pca_version").is_null())
+    keys = np.concatenate([t["key"].to_numpy(zero_copy_only=False) for t in (current, stale)])
+    vectors = np.concatenate(
+        ([np.stack(current["pca_features"].to_numpy(zero_copy_only=False))] if current.num_rows else [])
+        + ([model.project(np.stack(stale["features"].to_numpy(zero_copy_only=False)))] if stale.num_rows else []))
+    del current, stale
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     found = []
     for key, neighbours in answers.items():

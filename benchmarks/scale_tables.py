@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -67,12 +68,18 @@ def synthetic_key(i: int) -> str:
     return f"synthetic/class-{i % CLUSTERS}/{i}.jpg"
 
 
-def synthetic_chunk(start: int, n: int, model_id: str, schema: pa.Schema) -> pa.RecordBatch:
-    """Rows ``start .. start + n`` of the features table (deterministic in their index)."""
+@functools.cache
+def _structure() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clusters' centres, the latent basis and its scales: the same for every chunk."""
     structure = np.random.default_rng(7)
     centers = np.abs(structure.normal(size=(CLUSTERS, DIM))).astype(np.float32)
     basis = np.linalg.qr(structure.normal(size=(DIM, LATENT)))[0].T.astype(np.float32)
-    scales = np.geomspace(3.0, 0.3, LATENT).astype(np.float32)
+    return centers, basis, np.geomspace(3.0, 0.3, LATENT).astype(np.float32)
+
+
+def synthetic_chunk(start: int, n: int, model_id: str, schema: pa.Schema) -> pa.RecordBatch:
+    """Rows ``start .. start + n`` of the features table (deterministic in their index)."""
+    centers, basis, scales = _structure()
     rng = np.random.default_rng(1000 + start)
     index = np.arange(start, start + n)
     cluster = index % CLUSTERS

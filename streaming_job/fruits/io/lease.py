@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -172,21 +173,22 @@ class Lease:
 
     def renew(self) -> None:
         try:
-            self._write(self._etag)
+            self._over_ours(self._write)
         except LeaseHeld as exc:
-            token = self._own_token()
-            if token is not None:
-                with contextlib.suppress(LeaseHeld):
-                    self._write(token)
-                    return
             self._lost = f"the {self.name} lease was taken over ({exc})"
             raise LeaseLost(self._lost) from exc
 
-    def _own_token(self) -> str | None:
-        """The lease's current token if it still names us: our own earlier write landed and its
-        answer was lost (a timeout, a retried request), so ``_etag`` is out of date."""
-        holder, token = self._read()
-        return token if holder is not None and holder.get("owner") == self.owner else None
+    def _over_ours(self, write: Callable[[str | None], object]) -> None:
+        """``write`` over the version we recorded; if that changed, over the current one as long as
+        it still names us (our own earlier write landed and its answer was lost: a timeout, a
+        retried request). ``LeaseHeld`` when someone else holds it."""
+        try:
+            write(self._etag)
+        except LeaseHeld:
+            holder, token = self._read()
+            if holder is None or holder.get("owner") != self.owner:
+                raise
+            write(token)
 
     def check(self) -> None:
         """Raise ``LeaseLost`` if this process no longer holds the lease."""
@@ -202,12 +204,7 @@ class Lease:
             self._heartbeat.join()
         if self._etag is not None and not self._lost:
             try:
-                try:
-                    self._write_if(self._etag, None)
-                except LeaseHeld:
-                    token = self._own_token()
-                    if token is not None:  # ours at a version we did not record
-                        self._write_if(token, None)
+                self._over_ours(lambda token: self._write_if(token, None))
             except LeaseHeld:
                 pass  # taken over meanwhile: not ours to delete
             except Exception as exc:  # noqa: BLE001 - the lease expires by itself; never mask the exit code
