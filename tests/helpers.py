@@ -33,6 +33,19 @@ def s3_event(key_encoded: str, **object_fields: object) -> str:
     return json.dumps(event)
 
 
+def aws_event(s3, bucket: str, key: str, version: dict | None = None, **object_fields: object) -> dict:  # noqa: ANN001
+    """The event AWS sends for the PUT of ``key``'s current object, or of one of its ``version``s
+    (from ListObjectVersions), with its version id: the emulator's own events carry none."""
+    from urllib.parse import quote_plus
+
+    head = version or s3.head_object(Bucket=bucket, Key=key)
+    event = json.loads(s3_event(quote_plus(key, safe="/"), eTag=(head.get("ETag") or "").strip('"'),
+                                size=head.get("ContentLength", head.get("Size")), versionId=head["VersionId"]))
+    event["Records"][0]["s3"]["bucket"]["name"] = bucket
+    event["Records"][0]["s3"]["object"].update(object_fields)
+    return event
+
+
 # --- feature rows for the PCA and maintenance tests ---------------------------------------------
 
 MODEL_ID = "mobilenet_v2:synthetic"

@@ -34,7 +34,7 @@ from fruits.query.store import FeatureStore
 
 from conftest import SAMPLE
 from faults import FlakyProxy
-from helpers import fruits_env, s3_event
+from helpers import aws_event, fruits_env
 
 pytestmark = pytest.mark.slow
 
@@ -104,20 +104,13 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
         ingest.drain(s, visibility_timeout=5)
         present = [k for k in keys if k not in deleted]
         for key in rng.sample(present, rng.randint(0, 3)):  # S3 delivers at least once: some events twice
-            head = s3.head_object(Bucket=s.bucket, Key=key)
-            body = json.loads(s3_event(quote_plus(key, safe="/"), eTag=head["ETag"].strip('"'),
-                                       size=head["ContentLength"]))
-            body["Records"][0]["s3"]["bucket"]["name"] = s.bucket
-            del body["Records"][0]["s3"]["object"]["versionId"]  # the emulator's bucket is not versioned
+            body = aws_event(s3, s.bucket, key)  # as AWS sends it: with the version id
             sqs.send_message(QueueUrl=aws.queue_url(s), MessageBody=json.dumps(body))
         if rng.random() < 0.4:  # a forged event beside a real one: the forged record is skipped, the real one lands
             key = f"uploads/Forged/r{round_}.jpg"
             s3.put_object(Bucket=s.bucket, Key=key, Body=photos[0][1].read_bytes())
             accepted.add(key)
-            body = json.loads(s3_event(quote_plus(key, safe="/"), eTag=s3.head_object(
-                Bucket=s.bucket, Key=key)["ETag"].strip('"'), size=1))
-            body["Records"][0]["s3"]["bucket"]["name"] = s.bucket
-            del body["Records"][0]["s3"]["object"]["versionId"]
+            body = aws_event(s3, s.bucket, key, size=1)
             forged = json.loads(json.dumps(body["Records"][0]))
             forged["s3"]["object"].update(key=quote_plus(f"uploads/Forged/never-r{round_}.jpg", safe="/"),
                                           eTag="\ud800\r\n")

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from fruits.featurize.fetch import fetch
+from fruits.featurize.fetch import S3Unavailable, fetch
 from fruits.featurize.images import ImageError, Reason
 
 
@@ -46,9 +46,9 @@ def test_permanent_failures_are_the_uploads(code: str, status: int, reason: Reas
 ])
 def test_transient_failures_raise_for_spark_to_retry(code: str, status: int) -> None:
     client, _ = s3_answering(code, status)
-    with pytest.raises(ClientError) as raised:
+    with pytest.raises(S3Unavailable) as raised:
         fetch(client, "bkt", "uploads/a.jpg", '"etag"', None, patience=0)
-    assert not isinstance(raised.value, ImageError)
+    assert isinstance(raised.value.__cause__, ClientError)
 
 
 class Body:
@@ -69,11 +69,13 @@ class Body:
 class Answering:
     """An S3 client whose GetObject answers with ``Body`` (its headers say ``announced`` bytes)."""
 
-    def __init__(self, size: int, announced: int | None) -> None:
-        self.body, self.announced = Body(size), announced
+    def __init__(self, size: int, announced: int | None, version: str | None = None) -> None:
+        self.body, self.announced, self.version = Body(size), announced, version
+        self.asked: dict = {}
 
-    def get_object(self, **_: object) -> dict:
-        return {"Body": self.body, "ContentLength": self.announced}
+    def get_object(self, **args: object) -> dict:
+        self.asked = args
+        return {"Body": self.body, "ContentLength": self.announced, "VersionId": self.version}
 
 
 def test_an_object_over_the_limit_is_refused_from_its_headers_unread() -> None:
@@ -105,3 +107,16 @@ def test_a_line_no_request_can_be_made_from_is_quarantined_not_an_outage(bucket,
     with pytest.raises(ImageError) as raised:
         fetch(client, bucket, "uploads/a.jpg", etag, version_id, patience=0)
     assert raised.value.reason == Reason.INVALID_EVENT
+
+
+def test_the_current_object_is_read_never_an_old_version() -> None:
+    # With an etag, S3 checks it against the key's current object (If-Match); no version is asked for.
+    client = Answering(size=10, announced=10, version="v2")
+    fetch(client, "bkt", "uploads/a.jpg", "etag", "v1")
+    assert client.asked == {"Bucket": "bkt", "Key": "uploads/a.jpg", "IfMatch": "etag"}
+    # Without one, the current object's version must be the event's.
+    assert fetch(Answering(size=10, announced=10, version="v1"), "bkt", "uploads/a.jpg", None, "v1") == b"\xff" * 10
+    client = Answering(size=10, announced=10, version="v2")
+    with pytest.raises(ImageError) as raised:
+        fetch(client, "bkt", "uploads/a.jpg", None, "v1")
+    assert raised.value.reason == Reason.CHANGED and client.body.read_bytes == 0 and client.body.closed

@@ -87,16 +87,17 @@ def test_a_holder_that_cannot_renew_knows_when_its_lease_ran_out(root_settings, 
 
 
 _CONTENDER = """
-import sys, time
+import sys
 from fruits.config import Settings
 from fruits.io.lease import Lease, LeaseHeld
 settings = Settings.model_validate_json(sys.argv[1])
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+lease = Lease(settings, "stream", ttl=30)
+print("ready", flush=True)
+sys.stdin.readline()  # the start signal: every contender is ready and asks at once
 try:
-    lease = Lease(settings, "stream", ttl=30).acquire()
+    lease.acquire()
     print("won", flush=True)
-    time.sleep(3)
+    sys.stdin.readline()  # hold it until every other contender has answered
     lease.release()
 except LeaseHeld:
     print("held", flush=True)
@@ -104,11 +105,32 @@ except LeaseHeld:
 
 
 def test_processes_racing_for_a_lease_have_one_winner(root_settings) -> None:
-    start = time.time() + 3  # all of them ask at the same moment
-    racers = [subprocess.Popen([sys.executable, "-c", _CONTENDER, root_settings.model_dump_json(), str(start)],
-                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    answers = sorted(p.communicate(timeout=120)[0].strip() for p in racers)
-    assert answers == ["held", "held", "held", "won"], answers
+    racers = [subprocess.Popen([sys.executable, "-c", _CONTENDER, root_settings.model_dump_json()],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        assert [p.stdout.readline().strip() for p in racers] == ["ready"] * 4  # imports done, lease made
+        for p in racers:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        answers = [p.stdout.readline().strip() for p in racers]
+        assert sorted(answers) == ["held", "held", "held", "won"], answers
+    finally:
+        for p in racers:
+            p.communicate("done\n", timeout=60)
+
+
+def test_a_release_never_deletes_a_lease_taken_over_since(root_settings) -> None:
+    """A holder that froze past its ttl and never learned it lost the lease, then releases: its
+    delete is conditional on its own version (S3's If-Match on DeleteObject), so the taker's stays."""
+    frozen = Lease(root_settings, "stream", ttl=1.0).acquire()
+    frozen._stop.set()  # no heartbeats, and no check or renewal tells it anything before the release
+    time.sleep(1.2)
+    taker = Lease(root_settings, "stream", ttl=30).acquire()
+    frozen.release()
+    with pytest.raises(LeaseHeld, match=taker.owner):
+        Lease(root_settings, "stream").acquire()
+    taker.release()
+    Lease(root_settings, "stream").acquire().release()
 
 
 def test_a_renewal_whose_answer_was_lost_keeps_the_lease(root_settings) -> None:

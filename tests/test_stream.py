@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 
 import pytest
 from delta.tables import DeltaTable
@@ -17,7 +18,7 @@ from PIL import Image
 
 from conftest import SAMPLE
 from faults import FlakyProxy
-from helpers import fruits_env
+from helpers import aws_event, fruits_env
 
 pytestmark = pytest.mark.spark
 
@@ -80,17 +81,33 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
     put("uploads/Kiwi/bomb.png", png_bomb())
     put("uploads/Kiwi/deleted.jpg", good[0].read_bytes())
     put("uploads/Kiwi/overwritten.jpg", good[0].read_bytes())
+    put("uploads/Kiwi/twice.jpg", good[0].read_bytes())
     ingest.drain(settings, visibility_timeout=5)
+    # The bucket is versioned (as on AWS): the deleted photo's old version and the first bytes of
+    # the overwritten one are still there, but only a key's current object counts.
     s3.delete_object(Bucket=settings.bucket, Key="uploads/Kiwi/deleted.jpg")
     put("uploads/Kiwi/overwritten.jpg", good[1].read_bytes())  # a second upload, a second event
+    put("uploads/Kiwi/twice.jpg", good[0].read_bytes())  # the same bytes again (a retried PUT): one image
+    ingest.drain(settings, visibility_timeout=5)
+    # AWS's events carry each PUT's version id (the emulator's carry none): send those too.
+    sqs = aws.client("sqs", settings)
+    for key in ("deleted", "overwritten", "twice"):
+        versions = s3.list_object_versions(Bucket=settings.bucket, Prefix=f"uploads/Kiwi/{key}.jpg")["Versions"]
+        assert len(versions) == (1 if key == "deleted" else 2)
+        for version in versions:
+            event = aws_event(s3, settings.bucket, f"uploads/Kiwi/{key}.jpg", version)
+            sqs.send_message(QueueUrl=aws.queue_url(settings), MessageBody=json.dumps(event))
     ingest.drain(settings, visibility_timeout=5)
 
     run_stream(spark, settings, weights_blob)
 
     rows = table_rows(spark, settings, "SELECT key FROM features ORDER BY key")
     assert [r[0] for r in rows] == sorted(
-        [f"uploads/Kiwi/{p.name}" for p in good] + ["uploads/Kiwi/overwritten.jpg"]
+        [f"uploads/Kiwi/{p.name}" for p in good] + ["uploads/Kiwi/overwritten.jpg", "uploads/Kiwi/twice.jpg"]
     )
+    # The overwritten key's row is the second upload's (its first bytes are object_changed).
+    etag = s3.head_object(Bucket=settings.bucket, Key="uploads/Kiwi/overwritten.jpg")["ETag"].strip('"')
+    assert table_rows(spark, settings, "SELECT etag FROM features WHERE key = 'uploads/Kiwi/overwritten.jpg'") == [(etag,)]
     quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
     assert quarantined == {
         "uploads/Kiwi/text.jpg": "not_an_image",
@@ -101,7 +118,7 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
         "uploads/Kiwi/overwritten.jpg": "object_changed",
     }
     errors = table_rows(spark, settings, "SELECT count(*) FROM quarantine WHERE error IS NULL OR error = ''")
-    assert errors == [(0,)]
+    assert errors == [(0,)] and table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(len(quarantined),)]
 
 
 def test_a_stream_started_before_the_first_upload_waits_for_it(spark, settings, weights_blob) -> None:
@@ -308,19 +325,18 @@ def refused_url() -> str:
 
 def test_after_a_long_outage_fetches_fail_at_once(settings, monkeypatch) -> None:
     """Patience is per outage, not per object: past it, the next fetch fails without waiting again."""
-    from botocore.exceptions import EndpointConnectionError
-
     clock = FakeClock()
     monkeypatch.setattr(fetch, "time", clock)
     client, outage = client_without_retries(settings, refused_url()), fetch.Outage()
-    with pytest.raises(EndpointConnectionError):  # waits 0.5 s, then the next pause would pass 0.9 s
+    # S3Unavailable: the job's failure, never an image's (the stream's poison-pill rule re-raises it)
+    with pytest.raises(fetch.S3Unavailable):  # waits 0.5 s, then the next pause would pass 0.9 s
         fetch.fetch(client, settings.bucket, "uploads/a.jpg", None, None, patience=0.9, outage=outage)
     assert clock.sleeps == [0.5]
-    with pytest.raises(EndpointConnectionError):  # the same outage: no wait at all
+    with pytest.raises(fetch.S3Unavailable):  # the same outage: no wait at all
         fetch.fetch(client, settings.bucket, "uploads/b.jpg", None, None, patience=0.9, outage=outage)
     assert clock.sleeps == [0.5]
     clock.now += fetch.Outage.GAP + 1  # a failure long after the last one starts a new outage
-    with pytest.raises(EndpointConnectionError):
+    with pytest.raises(fetch.S3Unavailable):
         fetch.fetch(client, settings.bucket, "uploads/c.jpg", None, None, patience=0.9, outage=outage)
     assert clock.sleeps == [0.5, 0.5]
 
@@ -457,3 +473,26 @@ def test_a_second_stream_on_the_same_tables_refuses_to_start(settings, tmp_path)
     assert second.returncode == 1 and "another stream holds the tables" in second.stderr, second.stderr[-2000:]
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=120) == 130
+
+
+def test_a_stream_that_lost_its_lease_writes_nothing(spark, settings, weights_blob) -> None:
+    """The stream's lease ran out while it was frozen and another stream took it: the next micro-batch
+    checks the lease right before its write, fails, and leaves both tables untouched."""
+    import time
+
+    from fruits.io.lease import Lease
+
+    put_samples(settings, "Pear", 2)
+    ingest.drain(settings, visibility_timeout=5)
+    lease = Lease(settings, "stream", ttl=1.0).acquire()
+    lease._stop.set()  # frozen: no heartbeat renews it
+    time.sleep(1.2)
+    taker = Lease(settings, "stream", ttl=30).acquire()
+    try:
+        query = stream.start(spark, settings, model=weights_blob, guard=lease.check)
+        with pytest.raises(Exception, match="LeaseLost"):
+            query.awaitTermination()
+    finally:
+        taker.release()
+    assert table_rows(spark, settings, "SELECT count(*) FROM features") == [(0,)]
+    assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]

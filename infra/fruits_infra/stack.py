@@ -209,8 +209,8 @@ class FruitsStack(cdk.Stack):
             encryption=s3.BucketEncryption.S3_MANAGED,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            # An overwritten or deleted photo stays recoverable for 30 days (the events carry the
-            # version id, and the stream fetches exactly that version).
+            # An overwritten or deleted photo stays recoverable for 30 days. The stream reads only
+            # a key's current object: an old version is never featurized (README, Reliability).
             versioned=True,
             server_access_logs_bucket=access_logs, server_access_logs_prefix="images/",
             lifecycle_rules=[

@@ -31,6 +31,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
 | ``FRUITS_QUERY_TIMEOUT_SECONDS`` | a DuckDB query (``fruits query --engine duckdb``, ``FeatureStore.sql``) is stopped after this long | ``60`` |
 | ``FRUITS_QUERY_MEMORY_LIMIT`` | the memory a DuckDB query may use (DuckDB's ``memory_limit``: ``512MB``, ``2GB``...) | ``2GB`` |
+| ``FRUITS_POISON_ATTEMPTS`` | a micro-batch that failed on each of its images alone this many times (across restarts) quarantines them as ``poison`` | ``3`` |
 | ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
 
 Example::
@@ -86,6 +87,7 @@ class Settings(BaseSettings):
     jars_dir: str | None = None
     metrics_namespace: str | None = None
     lease_seconds: float = Field(120.0, ge=3)
+    poison_attempts: int = Field(3, ge=1)
     query_timeout_seconds: float = Field(60.0, gt=0)
     query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 

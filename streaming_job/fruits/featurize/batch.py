@@ -38,6 +38,10 @@ class WorkerOptions:
     model_threads: int = 1
 
 
+class BrokenModel(FloatingPointError):
+    """The model put out NaN or infinite features for valid images: its weights are broken."""
+
+
 Columns = tuple[pd.Series, pd.Series, pd.Series, pd.Series]  # bucket, key, etag, version_id
 
 @functools.cache
@@ -82,7 +86,7 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
                     vectors = featurizer(np.stack(pixels))
                     if not np.isfinite(vectors).all():
                         # A bad model, not bad images: fail the task (then the batch) before any write.
-                        raise FloatingPointError("the model put out NaN or infinite features for valid images: "
+                        raise BrokenModel("the model put out NaN or infinite features for valid images: "
                                                  "check its weights (fruits model compile refuses broken ones)")
                     for row, vector in zip(rows, vectors):
                         features[row] = vector

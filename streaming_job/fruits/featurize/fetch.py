@@ -9,7 +9,8 @@ Every failure is classified (the README's table of quarantine reasons):
 
 - transient (S3 unreachable, 5xx, throttling such as 503 SlowDown, 429): never the upload's fault.
   botocore retries it; an unreachable S3 is waited out up to ``FETCH_PATIENCE`` more per outage;
-  then ``fetch`` raises so that Spark's task retries, then the stream's restart, take over;
+  then ``fetch`` raises ``S3Unavailable`` so that Spark's task retries, then the stream's restart,
+  take over (the stream's poison-pill rule never blames an image for it);
 - permanent for this object: ``ImageError``, quarantined with a reason, and the batch goes on. A
   deleted (``object_missing``) or overwritten (``object_changed``) object, and any other client
   error a retry cannot fix (``fetch_failed`` with S3's code and message: NoSuchBucket, AccessDenied,
@@ -75,6 +76,11 @@ class Outage:
 OUTAGE = Outage()
 
 
+class S3Unavailable(Exception):
+    """S3 could not answer (unreachable, 5xx, throttled) past botocore's retries and our patience:
+    the job's problem, never the object's."""
+
+
 # Client errors that a later attempt can fix (S3's throttling and timeouts); any 5xx is too.
 # Expired or refreshing credentials are the job's, not the object's: retried, never quarantined.
 TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -113,21 +119,31 @@ def read_bounded(response: dict[str, Any], max_bytes: int | None, where: str) ->
 
 def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
           patience: float | None = None, outage: Outage = OUTAGE, max_bytes: int | None = None) -> bytes:
-    """The object's bytes as announced; ``ImageError`` if it is gone, was replaced since, is over
-    ``max_bytes``, or cannot be asked for."""
+    """The bytes of the key's current object, if it is still the one the event announced;
+    ``ImageError`` if it is gone, was replaced since, is over ``max_bytes``, or cannot be asked for.
+
+    The key's current object is the truth, on a versioned bucket too: an event whose object was
+    overwritten (another etag) or deleted (a delete marker) since is ``object_changed`` or
+    ``object_missing``, never featurized from its old version; the newer upload has its own event.
+    The event's etag is checked by S3 (``If-Match``); an event without one is checked by version id.
+    """
     patience = FETCH_PATIENCE if patience is None else patience
     where = f"s3://{bucket}/{key}"
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    if version_id:
-        _header_safe("version id", version_id)
-        args["VersionId"] = version_id
-    elif etag:
+    if etag:
         _header_safe("etag", etag)
         args["IfMatch"] = etag
+    elif version_id:
+        _header_safe("version id", version_id)
     pause = 0.5
     while True:
         try:
-            data = read_bounded(client.get_object(**args), max_bytes, where)
+            response = client.get_object(**args)
+            if not etag and version_id and response.get("VersionId") not in (None, version_id):
+                response["Body"].close()
+                raise ImageError(Reason.CHANGED, f"{where} was overwritten since the event (version {version_id}); "
+                                                 "the newer upload has its own event")
+            data = read_bounded(response, max_bytes, where)
             outage.ended()
             return data
         except ParamValidationError as exc:  # raised before any request: this line's, not S3's
@@ -135,20 +151,20 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
         except ClientError as exc:
             code = error_code(exc)
             if code in ("NoSuchKey", "NoSuchVersion", "404"):
-                raise ImageError(Reason.MISSING, f"s3://{bucket}/{key} was deleted before it was read") from exc
+                raise ImageError(Reason.MISSING, f"{where} was deleted before it was read") from exc
             if code in ("PreconditionFailed", "412"):
                 raise ImageError(
                     Reason.CHANGED,
-                    f"s3://{bucket}/{key} was overwritten since the event (etag {etag}); the newer upload has its own event",
+                    f"{where} was overwritten since the event (etag {etag}); the newer upload has its own event",
                 ) from exc
             if transient(exc):
-                raise
+                raise S3Unavailable(f"{where}: S3 answered {code or 'an error'}, a failure of the service") from exc
             message = exc.response.get("Error", {}).get("Message", "")
-            raise ImageError(Reason.FETCH_FAILED, f"s3://{bucket}/{key}: {code or 'error'}: {message}") from exc
+            raise ImageError(Reason.FETCH_FAILED, f"{where}: {code or 'error'}: {message}") from exc
         except (ConnectionError, HTTPClientError) as exc:
             if outage.failed() + pause > patience:
-                raise
-            log.warning("S3 unreachable for s3://%s/%s (%s); retrying in %.1fs", bucket, key, exc, pause)
+                raise S3Unavailable(f"{where}: S3 unreachable for over {patience:.0f}s: {exc}") from exc
+            log.warning("S3 unreachable for %s (%s); retrying in %.1fs", where, exc, pause)
             time.sleep(pause)
             pause = min(2 * pause, 8.0)
 

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     FETCH_FAILED = "fetch_failed"
     DECODER_ERROR = "decoder_error"
     INVALID_EVENT = "invalid_event"
+    POISON = "poison"  # failed its worker alone, twice, for a reason nothing above names (stream.poison)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

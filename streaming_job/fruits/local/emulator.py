@@ -110,6 +110,8 @@ def provision(settings: Settings, visibility_timeout: int = 30) -> None:
         )
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
+    # Versioned, as infra/ makes it on AWS: events carry version ids, overwrites keep old versions.
+    s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
     dlq_url = sqs.create_queue(QueueName=settings.dead_letter_queue)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     queue_url = sqs.create_queue(

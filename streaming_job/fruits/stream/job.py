@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -33,6 +33,7 @@ from pyspark.sql.streaming import StreamingQuery
 from ..config import Settings
 from ..featurize.batch import Columns, WorkerOptions, featurize_batches
 from ..featurize.build import WeightsBlob, as_compiled, load_model
+from ..featurize.images import Reason
 from ..featurize.model import COMPILED_SUFFIX, CompiledModel
 from ..io import aws, lake
 from ..pca.model import PcaModel
@@ -40,7 +41,7 @@ from ..pca.refit import latest_model, project_column
 from ..spark import tables as table
 from ..spark.session import submitted
 from ..spark.schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
-from . import metrics
+from . import metrics, poison
 from .known import KnownImages, as_ids
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,14 @@ def label_from_key(upload_prefix: str, rule: str = "folder") -> F.Column:
 
 
 def identify(manifest_lines: DataFrame, upload_prefix: str, label_rule: str = "folder") -> DataFrame:
-    """Add the image identity (bucket, key, version, etag) and the label."""
-    identity = F.concat_ws(
-        "\u0000", "bucket", "key", F.coalesce("version_id", F.lit("")), F.coalesce("etag", F.lit(""))
-    )
+    """Add the image identity and the label.
+
+    An image is a key's content: (bucket, key, etag). The version id counts only for an event
+    without an etag: on a versioned bucket, a retried identical PUT makes a new version of the same
+    bytes, and is the same image (``fetch`` reads the key's current object, never an old version).
+    """
+    version = F.when(F.col("etag").isNull(), F.col("version_id"))
+    identity = F.concat_ws("\u0000", "bucket", "key", F.coalesce(version, F.lit("")), F.coalesce("etag", F.lit("")))
     return manifest_lines.withColumn("image_id", F.sha2(identity, 256)).withColumn(
         "label", label_from_key(upload_prefix, label_rule)
     )
@@ -225,6 +230,9 @@ class BatchWriter:
     Exactly once: images already in either table are dropped before featurizing (``KnownImages``).
     That covers a redelivered event or manifest, and a micro-batch replayed after a crash whose
     rows had committed (its images are then known). This stream is the only writer of new rows.
+
+    Never stuck on one upload: a micro-batch whose featurizing fails is scored again part by part,
+    and an image that fails alone is quarantined as ``poison`` (``stream.poison``).
     """
 
     def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
@@ -268,7 +276,13 @@ class BatchWriter:
             return
         started = time.perf_counter()
         reliable_dir = f"{s.checkpoint}/batches/{batch_id}-{uuid.uuid4().hex[:8]}" if self.reliable else None
-        with materialized(featurize(images, self.model, s, self.model_id), reliable_dir) as scored:
+        with ExitStack() as stack:
+            try:
+                scored = stack.enter_context(materialized(featurize(images, self.model, s, self.model_id), reliable_dir))
+            except Exception as exc:
+                if poison.systemic(exc):
+                    raise
+                scored = self.isolated(images, batch_id, exc)
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             if total > quarantined:
@@ -281,6 +295,37 @@ class BatchWriter:
         written = time.perf_counter()
         metrics.publish(s, metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
                         self._cloudwatch)
+
+    def isolated(self, images: DataFrame, batch_id: int, failure: Exception) -> DataFrame:
+        """The scores of a micro-batch whose featurizing failed, found part by part
+        (``poison.isolate``), the images that failed alone quarantined as ``poison``; raises if
+        every image failed alone, until that happened ``poison_attempts`` times."""
+        s = self.settings
+        log.warning("micro-batch %d failed (%s): featurizing its images in parts to find the cause",
+                    batch_id, poison.summary(failure))
+        spark, rows = images.sparkSession, images.toArrow()
+        scored_schema = featurize(images, self.model, s, self.model_id).schema
+
+        def score(part: list[int]) -> pa.Table:
+            return featurize(spark.createDataFrame(rows.take(part), images.schema), self.model, s, self.model_id).toArrow()
+
+        results, poisoned = poison.isolate(rows.num_rows, score)
+        attempts = poison.Attempts(s, batch_id)
+        if not results and (failed := attempts.add()) < s.poison_attempts:
+            raise RuntimeError(
+                f"micro-batch {batch_id} failed on each of its {rows.num_rows} image(s) alone (failure {failed} of "
+                f"{s.poison_attempts} before they are quarantined as poison): {poison.summary(failure)}"
+            ) from failure
+        attempts.clear()
+        for row, error in poisoned.items():
+            log.error("s3://%s/%s quarantined as poison: %s", rows["bucket"][row], rows["key"][row], error)
+        bad = [{**line, "result": {"features": None, "reason": str(Reason.POISON), "error": error}, "model_id": self.model_id}
+               for line, error in zip(rows.take(list(poisoned)).to_pylist(), poisoned.values())]
+        good = spark.createDataFrame(pa.concat_tables(results), scored_schema) if results else None
+        quarantined = spark.createDataFrame(bad, scored_schema) if bad else None
+        if good is None:
+            return quarantined
+        return good if quarantined is None else good.unionByName(quarantined)
 
 
 def _shipped(spec: str) -> str:
