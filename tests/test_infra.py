@@ -27,7 +27,8 @@ CFN_LINT_IGNORED = "W3005"
 
 @pytest.fixture(scope="module")
 def template() -> Template:
-    app = cdk.App()
+    # No asset bundling: the Lambda's package (pip, from PyPI) is built by make lambda-zip and at deploy.
+    app = cdk.App(context={"aws:cdk:bundling-stacks": []})
     stack = FruitsStack(app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True),
                         env=cdk.Environment(region="eu-west-3"))
     return Template.from_stack(stack)
@@ -132,7 +133,7 @@ def test_every_upload_notifies_the_queue_and_the_lambda_filters_images(template:
     assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "uploads/"}]
 
 
-def test_ingest_lambda_with_powertools_and_partial_batch_responses(template: Template) -> None:
+def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Template) -> None:
     function = ingest_function(template)
     assert function["Runtime"] == "python3.11" and function["Handler"] == "fruits_ingest.handler.handler"
     # The deployed Lambda configures itself from exactly these variables (IngestConfig.from_env).
@@ -141,20 +142,29 @@ def test_ingest_lambda_with_powertools_and_partial_batch_responses(template: Tem
     assert (config.manifest_prefix, config.accepted_prefixes, config.image_suffixes) == (
         "manifests/", ("uploads/",), IMAGE_SUFFIXES)
     assert "Ref" in variables["MANIFEST_BUCKET"]  # the stack's bucket
-    assert len(function["Layers"]) == 1  # Powertools, from AWS's SSM parameter for 3.37.0
-    parameters = template.to_json()["Parameters"]
-    assert any(p["Default"] == "/aws/service/powertools/python/x86_64/python3.11/3.37.0" for p in parameters.values())
+    ledger = variables["LEDGER_URI"]["Fn::Join"][1]  # s3://<the stack's bucket>/tables/uploads
+    assert ledger[0] == "s3://" and "Ref" in ledger[1] and ledger[2] == "/tables/uploads"
+    # Powertools, deltalake and arro3-core are in the function's own package (LambdaPackage), no layer.
+    assert "Layers" not in function
     mapping = one(template, "AWS::Lambda::EventSourceMapping")
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     # The local event source mapping (lambda/fruits_ingest/runner.py) uses the same two numbers.
     assert (mapping["BatchSize"], mapping["MaximumBatchingWindowInSeconds"]) == (BATCH_SIZE, BATCHING_WINDOW_SECONDS)
 
 
-def test_ingest_role_reads_its_queue_and_writes_manifests_only(template: Template) -> None:
+def test_ingest_role_reads_its_queue_and_writes_manifests_and_the_ledger_only(template: Template) -> None:
     statements = policy_statements(template, "IngestRole")
     s3_statements = [s for s in statements if any(a.startswith("s3:") for a in listify(s["Action"]))]
-    assert len(s3_statements) == 1 and s3_statements[0]["Action"] == "s3:PutObject"
-    assert s3_statements[0]["Resource"]["Fn::Join"][1][-1] == "/manifests/*"
+    resources_by_action: dict[str, list] = {}
+    for statement in s3_statements:
+        for action in listify(statement["Action"]):
+            resources_by_action.setdefault(action, []).append(statement["Resource"])
+    assert set(resources_by_action) == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
+    suffixes = sorted(r["Fn::Join"][1][-1] for r in resources_by_action["s3:PutObject"])
+    assert suffixes == ["/manifests/*", "/tables/uploads/*"]
+    assert [r["Fn::Join"][1][-1] for r in resources_by_action["s3:GetObject"]] == ["/tables/uploads/*"]
+    [listing] = [s for s in s3_statements if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["tables/uploads/*"]}}
     sqs_actions = {a for s in statements for a in listify(s["Action"]) if a.startswith("sqs:")}
     assert sqs_actions <= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                            "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}

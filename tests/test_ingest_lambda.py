@@ -1,15 +1,20 @@
-"""The ingest Lambda against the emulator: partial batch failures, manifests, redelivery, DLQ."""
+"""The ingest Lambda against the emulator: partial batch failures, the uploads ledger and manifests,
+concurrent invocations, redelivery, DLQ."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from botocore.exceptions import ClientError
-from fruits.io import aws
+from deltalake import DeltaTable
+from fruits.io import aws, lake
 from fruits.local.ingest import dead_letter_depth, event_source_mapping, ingest_config
+from fruits_ingest.ledger import image_id
 from fruits_ingest.manifest import manifest_key
 from fruits_ingest.runner import EventSourceMapping, LocalContext, queue_depth
 
@@ -47,6 +52,12 @@ def manifests(settings) -> dict[str, list[dict]]:
     }
 
 
+def ledger(settings) -> list[dict]:
+    """The uploads ledger's rows, in commit order."""
+    table = DeltaTable(lake.delta_uri(settings.uploads_table), storage_options=lake.storage_options(settings))
+    return table.to_pyarrow_table().sort_by([("received_at", "ascending"), ("message_id", "ascending")]).to_pylist()
+
+
 def test_one_malformed_record_fails_alone(lambda_env) -> None:
     from fruits_ingest.handler import handler
 
@@ -61,6 +72,12 @@ def test_one_malformed_record_fails_alone(lambda_env) -> None:
     assert set(lines[0]) == {
         "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time", "event_name", "message_id"
     }
+    # The ledger holds the same, typed, with each image's identity.
+    rows = ledger(lambda_env)
+    assert [(r["key"], r["message_id"], r["size"], r["etag"], r["version_id"]) for r in rows] == [
+        (line["key"], line["message_id"], line["size"], line["etag"], line["version_id"]) for line in lines]
+    assert rows[0]["event_time"].isoformat() == "2026-11-21T10:15:30.123000+00:00"  # the fixture's eventTime
+    assert all(r["image_id"] == image_id(r["bucket"], r["key"], r["etag"], r["version_id"]) for r in rows)
 
 
 def test_a_forged_record_beside_good_ones_is_skipped_and_the_batch_lands(lambda_env) -> None:
@@ -85,6 +102,57 @@ def test_retried_batch_rewrites_the_same_manifest(lambda_env) -> None:
     first = manifests(lambda_env)
     handler(event, LocalContext())
     assert manifests(lambda_env) == first and len(first) == 1
+    # The ledger is at-least-once: the batch's rows twice (the stream keeps one row per image).
+    assert [r["key"] for r in ledger(lambda_env)] == ["uploads/Kiwi/a.jpg", "uploads/Kiwi/b.jpg"] * 2
+
+
+_INVOCATION = """
+import json, sys
+from fruits.config import Settings
+from fruits.io import aws
+from fruits.local.ingest import ingest_config
+from fruits_ingest.handler import make_handler
+from fruits_ingest.runner import LocalContext
+settings = Settings.model_validate_json(sys.argv[1])
+event = json.loads(sys.argv[2])
+handler = make_handler(ingest_config(settings), aws.client("s3", settings))
+print("ready", flush=True)
+sys.stdin.readline()  # every invocation is ready: they append at once
+print("answer", json.dumps(handler(event, LocalContext())), flush=True)
+"""
+
+
+def test_concurrent_invocations_append_every_row_once(settings) -> None:
+    """Six invocations append to one ledger on the emulator's S3 at the same moment: delta-rs's
+    conditional commits (put-if-absent, no lock table) keep all 60 rows, none twice."""
+    on_s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables")
+    def ours(key: str) -> str:
+        event = json.loads(s3_event(key))
+        event["Records"][0]["s3"]["bucket"]["name"] = settings.bucket
+        return json.dumps(event)
+
+    events = [sqs_event(*[ours(f"uploads/Kiwi/{n}-{i}.jpg") for i in range(10)]) for n in range(6)]
+    for n, event in enumerate(events):
+        for record in event["Records"]:
+            record["messageId"] = f"invocation-{n}-{record['messageId']}"
+    env = dict(os.environ, AWS_EC2_METADATA_DISABLED="true")
+    calls = [subprocess.Popen([sys.executable, "-c", _INVOCATION, on_s3.model_dump_json(), json.dumps(event)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for event in events]
+    try:
+        assert [c.stdout.readline().strip() for c in calls] == ["ready"] * 6
+        for c in calls:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        answers = [json.loads(next(line for line in c.stdout if line.startswith("answer "))[7:]) for c in calls]
+    finally:
+        for c in calls:
+            c.communicate(timeout=120)
+    assert answers == [{"batchItemFailures": []}] * 6
+    rows = ledger(on_s3)
+    assert sorted(r["key"] for r in rows) == sorted(f"uploads/Kiwi/{n}-{i}.jpg" for n in range(6) for i in range(10))
+    table = DeltaTable(lake.delta_uri(on_s3.uploads_table), storage_options=lake.storage_options(on_s3))
+    appends = [c for c in table.history() if c["operation"] == "WRITE"]
+    assert len(appends) == 6  # one commit per invocation
 
 
 def test_batch_of_only_skips_writes_no_manifest(lambda_env) -> None:
@@ -258,6 +326,8 @@ def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, cap
     s3 = aws.client("s3", settings)
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/late.jpg", Body=b"x")
     broken = make_handler(IngestConfig(manifest_bucket="fruits-no-such-manifest-bucket",
+                                       ledger_uri="s3://fruits-no-such-manifest-bucket/tables/uploads",
+                                       storage_options=lake.storage_options(settings),
                                        accepted_buckets=(settings.bucket,)), s3)
     EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), broken, batch_size=10,
                        batching_window=0, visibility_timeout=1).drain()
@@ -279,3 +349,4 @@ def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, cap
     assert ingest.dead_letter_depth(settings) == 0
     ingest.drain(settings, visibility_timeout=5)  # the fixed Lambda
     assert [line["key"] for lines in manifests(settings).values() for line in lines] == ["uploads/Kiwi/late.jpg"]
+    assert [r["key"] for r in ledger(settings)] == ["uploads/Kiwi/late.jpg"]

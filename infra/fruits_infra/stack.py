@@ -18,10 +18,14 @@ Example::
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_dynamodb as dynamodb
@@ -37,14 +41,13 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 from fruits.spark.bundle import ARTIFACTS, ENTRY_POINT, ENVIRONMENT, MODEL_DIR, MODEL_FILE
 from fruits.spark.release import EMR_RELEASE, PYTHON_EXECUTABLE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, MANIFEST_PREFIX, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, LEDGER_TABLE, MANIFEST_PREFIX, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
     UPLOAD_PREFIX, IngestConfig,
 )
 
@@ -96,9 +99,30 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
 LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
 # AWS's advice for an SQS event source: visibility at least 6x the function timeout.
 QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)
-# Powertools' public layer, resolved at deploy time from the SSM parameter AWS publishes for this
-# exact version (the version lambda/requirements.txt pins), so synth needs no network.
-POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/x86_64/python3.11/3.37.0"
+
+
+@jsii.implements(cdk.ILocalBundling)
+class LambdaPackage:
+    """The Lambda's code as ``make lambda-zip`` builds it: ``lambda/fruits_ingest`` and the wheels
+    ``lambda/requirements.txt`` pins (Powertools, deltalake, arro3-core) for the Python 3.11 x86_64
+    runtime, from PyPI, without Docker. About 146 MB unzipped, under Lambda's 250 MB."""
+
+    def try_bundle(self, output_dir: str, *args: object, **kwargs: object) -> bool:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", output_dir,
+                        "--platform", "manylinux2014_x86_64", "--only-binary=:all:", "--python-version", "3.11",
+                        "-r", str(LAMBDA_DIR / "requirements.txt")], check=True)
+        shutil.copytree(LAMBDA_DIR / "fruits_ingest", Path(output_dir) / "fruits_ingest",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        return True
+
+
+def lambda_code() -> lambda_.Code:
+    """``LambdaPackage`` at synth; Docker (the runtime's build image) only where it cannot run."""
+    image = lambda_.Runtime.PYTHON_3_11.bundling_image
+    return lambda_.Code.from_asset(str(LAMBDA_DIR), bundling=cdk.BundlingOptions(
+        image=image, local=LambdaPackage(),
+        command=["bash", "-c", "pip install -r requirements.txt -t /asset-output && cp -r fruits_ingest /asset-output"],
+    ))
 
 
 @dataclass(frozen=True)
@@ -252,26 +276,31 @@ class FruitsStack(cdk.Stack):
         role = iam.Role(
             self, "IngestRole", role_name=self.config.name("ingest"),
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="ingest Lambda: its queue, its log group, manifests/ only",
+            description="ingest Lambda: its queue, its log group, manifests/ and the uploads ledger only",
         )
         log_group.grant_write(role)
         role.add_to_policy(iam.PolicyStatement(
             actions=["s3:PutObject"], resources=[self.bucket.arn_for_objects(f"{MANIFESTS}*")],
         ))
-        powertools = lambda_.LayerVersion.from_layer_version_arn(
-            self, "Powertools",
-            ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER),
-        )
+        # The uploads ledger: delta-rs reads its log and appends (conditional puts, no lock table).
+        role.add_to_policy(iam.PolicyStatement(
+            sid="AppendLedger", actions=["s3:GetObject", "s3:PutObject"],
+            resources=[self.bucket.arn_for_objects(f"{LEDGER_TABLE}/*")],
+        ))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ListLedger", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{LEDGER_TABLE}/*"]}},
+        ))
         function = lambda_.Function(
             self, "Ingest", function_name=self.config.name("ingest"),
             runtime=lambda_.Runtime.PYTHON_3_11, architecture=lambda_.Architecture.X86_64,
             handler="fruits_ingest.handler.handler",
-            code=lambda_.Code.from_asset(str(LAMBDA_DIR), exclude=["README.md", "requirements.txt", "**/__pycache__"]),
-            layers=[powertools], role=role, log_group=log_group,
+            code=lambda_code(), role=role, log_group=log_group,
             timeout=LAMBDA_TIMEOUT, memory_size=256,
             environment={
                 **IngestConfig(manifest_bucket=self.bucket.bucket_name, manifest_prefix=MANIFESTS,
-                               accepted_prefixes=(UPLOADS,)).as_env(),
+                               accepted_prefixes=(UPLOADS,),
+                               ledger_uri=f"s3://{self.bucket.bucket_name}/{LEDGER_TABLE}").as_env(),
                 "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",

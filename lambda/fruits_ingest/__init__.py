@@ -1,1 +1,1 @@
-"""The ingest Lambda: S3 events from SQS -> manifests on S3."""
+"""The ingest Lambda: S3 events from SQS -> rows of the uploads ledger (a Delta table)."""

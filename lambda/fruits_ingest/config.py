@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``MANIFEST_BUCKET`` | bucket the manifests are written to | required |
 | ``MANIFEST_PREFIX`` | key prefix of the manifests | ``manifests/`` |
+| ``LEDGER_URI`` | the uploads ledger, a Delta table (``s3://`` URI or a local path) | ``s3://<manifest bucket>/tables/uploads`` |
 | ``ACCEPTED_BUCKETS`` | comma-separated buckets whose uploads to accept | the manifest bucket |
 | ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/`` |
 | ``IMAGE_SUFFIXES`` | comma-separated file suffixes to accept (case-insensitive) | ``.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff`` |
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .exceptions import ConfigurationError
 
@@ -37,6 +38,8 @@ METRICS_NAMESPACE = "Fruits"
 # Where the app uploads and where manifests go, by default (the pipeline's settings and infra/ too).
 UPLOAD_PREFIX = "uploads/"
 MANIFEST_PREFIX = "manifests/"
+# The uploads ledger's place under a bucket, beside the jobs' tables (their default root is tables/).
+LEDGER_TABLE = "tables/uploads"
 
 # The one list of image suffixes, compared case-insensitively (phones write .JPG, .Jpeg, ...): the
 # Lambda accepts these, the demo uploads these, and the featurizer decodes all of them with Pillow.
@@ -69,12 +72,17 @@ class IngestConfig:
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     # Events for other buckets are skipped (the jobs may not read them); empty means the manifest bucket.
     accepted_buckets: tuple[str, ...] = ()
+    ledger_uri: str = ""  # empty: LEDGER_TABLE under the manifest bucket, where the jobs' tables are
+    # delta-rs's options for the ledger (an emulator's endpoint); on AWS, the Lambda's own credentials.
+    storage_options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.manifest_bucket:
             raise ConfigurationError("MANIFEST_BUCKET is empty: set it to the bucket the manifests go to.")
         if not self.accepted_buckets:
             object.__setattr__(self, "accepted_buckets", (self.manifest_bucket,))
+        if not self.ledger_uri:
+            object.__setattr__(self, "ledger_uri", f"s3://{self.manifest_bucket}/{LEDGER_TABLE}")
         if self.manifest_prefix and not self.manifest_prefix.endswith("/"):
             object.__setattr__(self, "manifest_prefix", self.manifest_prefix + "/")
         object.__setattr__(self, "image_suffixes", tuple(s.lower() for s in self.image_suffixes))
@@ -92,6 +100,7 @@ class IngestConfig:
             accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", UPLOAD_PREFIX)),
             image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
             accepted_buckets=_split(env.get("ACCEPTED_BUCKETS", "")),
+            ledger_uri=env.get("LEDGER_URI", ""),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -102,4 +111,5 @@ class IngestConfig:
             "ACCEPTED_PREFIXES": ",".join(self.accepted_prefixes),
             "IMAGE_SUFFIXES": ",".join(self.image_suffixes),
             "ACCEPTED_BUCKETS": ",".join(self.accepted_buckets),
+            "LEDGER_URI": self.ledger_uri,
         }

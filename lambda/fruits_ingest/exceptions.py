@@ -27,5 +27,10 @@ class InvalidField(IngestError):
         self.field = name
 
 
+class LedgerWriteError(IngestError):
+    """The batch's rows could not be appended to the uploads ledger; the whole batch is reported
+    failed and will be redelivered."""
+
+
 class ManifestWriteError(IngestError):
     """The manifest could not be written; the whole batch is reported failed and will be redelivered."""

@@ -2,8 +2,9 @@
 
 Invoked by an SQS event source mapping with ``ReportBatchItemFailures``. Each record is parsed on
 its own (a malformed message fails only itself); the accepted images of the whole batch are then
-written as one manifest. If that write fails, every record is reported failed, so nothing is
-acknowledged that was not recorded.
+appended to the uploads ledger as one Delta commit (``ledger``) and written as one manifest. If
+either write fails, every record is reported failed, so nothing is acknowledged that was not
+recorded.
 
 ``handler`` configures itself from its environment (``IngestConfig.from_env``) on each call; a
 local runner passes its configuration and S3 client instead, through ``make_handler``, so that
@@ -35,7 +36,8 @@ from botocore.config import Config
 
 from .config import METRICS_NAMESPACE, RETRIES, IngestConfig
 from .events import ImageEvent, parse_message
-from .exceptions import ManifestWriteError
+from .exceptions import LedgerWriteError, ManifestWriteError
+from .ledger import append
 from .manifest import manifest_key, write_manifest
 
 SERVICE = "fruits-ingest"
@@ -74,7 +76,7 @@ def _record_skips(skipped: Counter[str]) -> None:
 
 
 def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client: Any) -> PartialItemFailureResponse:
-    """One invocation: parse every record, write the accepted images as one manifest."""
+    """One invocation: parse every record, record the accepted images in the ledger and a manifest."""
     # Powertools keeps metrics it did not print (POWERTOOLS_METRICS_DISABLED, local runs) for the
     # next invocation; start each one clean.
     metrics.clear_metrics()
@@ -104,12 +106,13 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client:
         ok_ids = sorted({image.message_id for image in images})
         key = manifest_key(config.manifest_prefix, ok_ids)
         try:
+            append(config.ledger_uri, images, config.storage_options)
             write_manifest(s3_client, config.manifest_bucket, key, images)
-        except ManifestWriteError:
-            logger.exception("manifest write failed; reporting the whole batch failed")
+        except (LedgerWriteError, ManifestWriteError):
+            logger.exception("recording the batch failed; reporting the whole batch failed")
             metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
             return _all_failed(event)
-        logger.info("manifest written", extra={"manifest": key, "images": len(images)})
+        logger.info("batch recorded", extra={"ledger": config.ledger_uri, "manifest": key, "images": len(images)})
 
     metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(images))
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         return f"{self.table_root}/pca_stats"
 
     @property
+    def uploads_table(self) -> str:
+        """The uploads ledger (the Lambda appends; ``fruits_ingest.ledger``)."""
+        return f"{self.table_root}/uploads"
+
+    @property
     def pca_plots(self) -> str:
         return f"{self.table_root}/pca_plots"
 

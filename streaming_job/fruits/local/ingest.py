@@ -18,7 +18,7 @@ from fruits_ingest.config import BATCH_SIZE, BATCHING_WINDOW_SECONDS, IngestConf
 from fruits_ingest.runner import EventSourceMapping, RunStats
 
 from ..config import Settings
-from ..io import aws
+from ..io import aws, lake
 
 
 def ingest_config(settings: Settings) -> IngestConfig:
@@ -27,6 +27,8 @@ def ingest_config(settings: Settings) -> IngestConfig:
         manifest_bucket=settings.bucket,
         manifest_prefix=settings.manifest_prefix,
         accepted_prefixes=(settings.upload_prefix,),
+        ledger_uri=lake.delta_uri(settings.uploads_table),
+        storage_options=lake.storage_options(settings),
     )
 
 
