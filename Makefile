@@ -77,9 +77,9 @@ bench: setup
 # and the queries on 10,000-, 100,000- and 1,000,000-row tables, and discovery after 1,000 and 20,000
 # manifests (benchmarks/scale.py). The tables are built once and cached in work/scale-cache/ (about
 # 11 GB at 1,000,000 rows). A quick run, written beside the others instead of over the recorded figures:
-# make bench-scale SCALE_SIZES=10000,100000 SCALE_MANIFESTS=200,1000 SCALE_OUT=work/scale-quick.json
+# make bench-scale SCALE_SIZES=10000,100000 SCALE_COMMITS=200,1000 SCALE_OUT=work/scale-quick.json
 SCALE_SIZES ?= 10000,100000,1000000
-SCALE_MANIFESTS ?= 1000,20000
+SCALE_COMMITS ?= 1000,20000
 SCALE_OUT ?= benchmarks/results/scale.json
 bench-scale: setup
-	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES) --manifests $(SCALE_MANIFESTS) --json $(SCALE_OUT)
+	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES) --ledger-commits $(SCALE_COMMITS) --json $(SCALE_OUT)

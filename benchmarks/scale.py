@@ -1,6 +1,6 @@
 """``make bench-scale``: does anything per micro-batch, per restart, per refit or per query grow
 with the table? The same measures on a history of 10,000, 100,000 and 1,000,000 images, and
-discovery after 1,000 and 20,000 processed manifests. Writes ``benchmarks/results/scale.json`` (the
+discovery after 1,000 and 20,000 commits of the uploads ledger (one per Lambda invocation). Writes ``benchmarks/results/scale.json`` (the
 shape the issue fixes) and ``scale-extra.json`` (build costs, per-state status times, sizes: what
 the README's extrapolation uses).
 
@@ -11,13 +11,13 @@ handler, ``fruits stream`` in a process of its own, the refit, the JVM-free stor
 checkpoints are on local disk (a 1,000,000-row table is 5.5 GB; the emulator keeps S3 in memory).
 
 Timings come from the stream's own checkpoint: ``offsets/<n>`` is written when batch n starts,
-``commits/<n>`` when it has committed, and the file source's log (``sources/0/``) says which
-manifests batch n read. So ``micro_batch_s`` = commit - offset of the batch that read the round's
-manifest, ``discovery_s`` = its offset - the manifest's PUT, ``restart_s`` = the first commit - the
-process's start. ``driver_peak_rss_mb`` is the VmHWM of the stream's Python driver plus its JVM
+``commits/<n>`` when it has committed, and the offset itself says up to which ledger version batch
+n read (the Delta source's ``reservoirVersion``). So ``micro_batch_s`` = commit - offset of the
+batch that read the round's ledger commit, ``discovery_s`` = its offset - the ledger commit's time,
+``restart_s`` = the first commit - the process's start. ``driver_peak_rss_mb`` is the VmHWM of the stream's Python driver plus its JVM
 (whose local executor is in the same process).
 
-Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--manifests 1000,20000]
+Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--ledger-commits 1000,20000]
                                   [--repeat 5] [--restarts 3] [--cache work/scale-cache]
 """
 
@@ -44,9 +44,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fruits.config import Settings  # noqa: E402
-from fruits.io import aws  # noqa: E402
+from fruits.io import aws, lake  # noqa: E402
 from fruits.local import emulator, ingest, upload  # noqa: E402
 from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
+from fruits_ingest import ledger  # noqa: E402
+from fruits_ingest.events import ImageEvent  # noqa: E402
 from common import vmhwm_mb  # noqa: E402
 from scale_tables import append_synthetic, cached_tables, copy_tables, synthetic_key  # noqa: E402
 
@@ -78,17 +80,17 @@ class Stream:
         jvm = [pid for pid in _children(self.process.pid) if b"java" in _cmdline(pid)]
         return sum(vmhwm_mb(pid) for pid in [self.process.pid, *jvm])
 
-    def wait_committed(self, manifests: set[str], timeout: float) -> int:
-        """The last batch that read any of ``manifests``, once all of them have committed."""
-        found: dict[str, int] = {}
+    def wait_committed(self, versions: set[int], timeout: float) -> int:
+        """The last batch that read any of the ledger's ``versions``, once all of them have committed."""
+        found: dict[int, int] = {}
 
         def done() -> bool:
-            found.update(batches_of(self.settings))
+            found.update(batches_reading(self.settings, versions))
             committed = max(checkpoint_times(self.settings, "commits"), default=-1)
-            return all(found.get(m, committed + 1) <= committed for m in manifests)
+            return all(found.get(v, committed + 1) <= committed for v in versions)
 
-        wait_for(done, timeout, f"{len(manifests)} manifest(s) committed", self)
-        return max(found[m] for m in manifests)
+        wait_for(done, timeout, f"{len(versions)} ledger commit(s) streamed", self)
+        return max(found[v] for v in versions)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -123,22 +125,26 @@ def checkpoint_times(settings: Settings, kind: str) -> dict[int, float]:
         if folder.is_dir() else {}
 
 
-def batches_of(settings: Settings) -> dict[str, int]:
-    """Manifest key -> the batch that read it, from the file source's log (``sources/0/<n>`` and
-    its ``.compact`` files: one JSON line per file read)."""
-    found: dict[str, int] = {}
-    folder = Path(settings.checkpoint) / "sources" / "0"
-    for entry in sorted(folder.glob("[0-9]*")) if folder.is_dir() else []:  # not Hadoop's .crc files
+def batches_reading(settings: Settings, versions: set[int]) -> dict[int, int]:
+    """Ledger version -> the batch that read it, from the Delta source's offsets (``offsets/<n>``:
+    the ledger version and file index batch n read up to; one file per Lambda commit). A batch of
+    the starting snapshot (``isStartingVersion``) counts only once the snapshot is done."""
+    ends = []
+    folder = Path(settings.checkpoint) / "offsets"
+    for entry in folder.glob("[0-9]*") if folder.is_dir() else []:
+        if not entry.name.isdigit():
+            continue
         try:
-            lines = entry.read_text().splitlines()[1:]
-        except (OSError, UnicodeDecodeError):
-            continue  # being written or compacted
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            found[record["path"].split(f"/{settings.bucket}/", 1)[-1]] = record["batchId"]
+            offset = json.loads(entry.read_text().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            continue  # being written
+        if not offset.get("isStartingVersion"):
+            ends.append((int(entry.name), offset["reservoirVersion"], offset["index"]))
+    found = {}
+    for version in versions:
+        reading = [n for n, read_to, index in ends if read_to > version or (read_to == version and index >= 0)]
+        if reading:
+            found[version] = min(reading)
     return found
 
 
@@ -153,25 +159,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, stream: S
         time.sleep(0.05)
 
 
-def manifest_keys(settings: Settings) -> set[str]:
-    s3 = aws.client("s3", settings)
-    return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=settings.manifest_prefix) for o in page.get("Contents", [])}
+def ledger_version(settings: Settings) -> int:
+    """The uploads ledger's newest version (-1 before it exists)."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return lake.delta_table(settings, settings.uploads_table).version()
+    except TableNotFoundError:
+        return -1
 
 
 def uploaded_and_ingested(settings: Settings, images: list[tuple[str, Path]], n: int, tag: str,
-                          broken: int = 0) -> tuple[list[str], set[str]]:
+                          broken: int = 0) -> tuple[list[str], set[int]]:
     """Upload ``n`` photos (and ``broken`` corrupt ones) under new keys, then run the ingest Lambda
-    until the queue is empty: returns the keys and the manifests it wrote (one, mostly: the
-    event source mapping gathers up to 100 events per invocation)."""
-    before = manifest_keys(settings)
+    until the queue is empty: returns the keys and the ledger versions it appended (one, mostly:
+    the event source mapping gathers up to 100 events per invocation)."""
+    before = ledger_version(settings)
     keys = upload.upload_copies(settings, images, n, tag)
     s3 = aws.client("s3", settings)
     bad = [f"{settings.upload_prefix}broken/{tag}{i}.jpg" for i in range(broken)]
     for key in bad:
         s3.put_object(Bucket=settings.bucket, Key=key, Body=b"\xff\xd8 not a jpeg")
     ingest.event_source_mapping(settings, batching_window=3).drain()
-    return keys + bad, manifest_keys(settings) - before
+    return keys + bad, set(range(before + 1, ledger_version(settings) + 1))
 
 
 # --- one table size ------------------------------------------------------------------------
@@ -193,11 +203,11 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
     stream = Stream(settings, work / f"stream-{n}.log")
     batches, quarantined = [], []
     for i in range(args.repeat + 1):
-        keys, manifests = uploaded_and_ingested(settings, images, BATCH_IMAGES, f"b{n}-{i}-",
-                                                broken=STATUS_KEYS if i == 0 else 0)
+        keys, versions = uploaded_and_ingested(settings, images, BATCH_IMAGES, f"b{n}-{i}-",
+                                               broken=STATUS_KEYS if i == 0 else 0)
         quarantined += keys[BATCH_IMAGES:]
-        last = stream.wait_committed(manifests, 900)
-        first = min(b for m, b in batches_of(settings).items() if m in manifests)
+        last = stream.wait_committed(versions, 900)
+        first = min(batches_reading(settings, versions).values())
         offsets, commits = checkpoint_times(settings, "offsets"), checkpoint_times(settings, "commits")
         if i:
             batches.append(commits[last] - offsets[first])
@@ -212,9 +222,9 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
 
     restarts = []
     for i in range(args.restarts):
-        _, manifests = uploaded_and_ingested(settings, images, RESTART_IMAGES, f"r{n}-{i}-")
+        _, versions = uploaded_and_ingested(settings, images, RESTART_IMAGES, f"r{n}-{i}-")
         stream = Stream(settings, work / f"restart-{n}.log")
-        last = stream.wait_committed(manifests, 900)
+        last = stream.wait_committed(versions, 900)
         restarts.append(checkpoint_times(settings, "commits")[last] - stream.started)
         out["driver_peak_rss_mb"] = max(out["driver_peak_rss_mb"], stream.peak_rss_mb())
         stream.stop()
@@ -310,21 +320,18 @@ def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
 
 # --- discovery -----------------------------------------------------------------------------
 
-def put_manifest(settings: Settings, name: str, keys: list[tuple[str, str]]) -> tuple[str, float]:
-    """Write a manifest announcing ``(key, etag)`` pairs, as the Lambda does; returns its key and
-    when the PUT completed."""
-    lines = "".join(json.dumps({"bucket": settings.bucket, "key": k, "etag": e, "size": 1, "version_id": None,
-                                "event_time": "2026-12-03T00:00:00Z", "event_name": "ObjectCreated:Put"}) + "\n"
-                    for k, e in keys)
-    key = f"{settings.manifest_prefix}{name}.jsonl"
-    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key=key, Body=lines.encode())
-    return key, time.time()
+def append_commit(settings: Settings, key: str, etag: str) -> tuple[int, float]:
+    """Append one row to the uploads ledger, as a Lambda invocation does; returns the new version
+    and when the commit completed."""
+    event = ImageEvent(settings.bucket, key, 1, etag, None, None, "2026-12-03T00:00:00Z", "ObjectCreated:Put", "bench")
+    ledger.append(lake.delta_uri(settings.uploads_table), [event], lake.storage_options(settings))
+    return ledger_version(settings), time.time()
 
 
 def measure_discovery(base: Settings, counts: list[int], images, repeat: int, work: Path) -> dict[str, Any]:  # noqa: ANN001
-    """For each count: that many manifests processed (cumulatively, each naming one already known
-    upload), then new manifests, each timed from its PUT to the start of the batch that reads it.
-    Also ``status`` of an unknown key after that many manifests."""
+    """For each count: that many ledger commits processed (cumulatively, each naming one already
+    known upload), then new commits, each timed from its commit to the start of the batch that
+    reads it. Also ``status`` of an unknown key after that many commits."""
     from fruits.query.store import FeatureStore
 
     settings = base.with_(bucket="scale-discovery", queue="scale-discovery", table_root=str(work / "discovery"))
@@ -332,38 +339,36 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
     s3 = aws.client("s3", settings)
     known = upload.upload_copies(settings, images[:1], 1, "d-")[0]
     known_etag = s3.head_object(Bucket=settings.bucket, Key=known)["ETag"].strip('"')
-    out: dict[str, Any] = {"discovery_s": {}, "discovery_all_s": {}, "status_unknown_ms": {}, "list_manifests_ms": {}}
+    out: dict[str, Any] = {"discovery_s": {}, "discovery_all_s": {}, "status_unknown_ms": {}, "prime_s": {}}
     processed = 0
     for count in counts:
-        primed = {f"{settings.manifest_prefix}prime-{i}.jsonl" for i in range(processed, count)}
-        body = (json.dumps({"bucket": settings.bucket, "key": known, "etag": known_etag, "size": 1}) + "\n").encode()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda key: s3.put_object(Bucket=settings.bucket, Key=key, Body=body), primed))
-        started = time.perf_counter()
+        # Started first, the stream reads the primed commits as they come (a stream started on an
+        # existing ledger would read it as one starting snapshot, whose offsets say less).
         stream = Stream(settings, work / "discovery.log", FRUITS_MAX_FILES_PER_TRIGGER="2000")
-        stream.wait_committed(primed, 3600)
-        log.info("%d manifests processed (%d new) in %.0f s", count, len(primed), time.perf_counter() - started)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:  # concurrent appends, as concurrent invocations make them
+            list(pool.map(lambda _: append_commit(settings, known, known_etag), range(processed, count)))
+        out["prime_s"][str(count)] = time.perf_counter() - started
+        stream.wait_committed({ledger_version(settings)}, 3600)
+        log.info("%d ledger commits processed (%d new, appended in %.0f s) in %.0f s", count, count - processed,
+                 out["prime_s"][str(count)], time.perf_counter() - started)
         processed = count
         delays = []
         for i in range(repeat + 1):
             key = upload.upload_copies(settings, images, 1, f"d{count}-{i}-")[0]
             etag = s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')
-            manifest, put_at = put_manifest(settings, f"new-{count}-{i}", [(key, etag)])
-            stream.wait_committed({manifest}, 600)
-            batch = batches_of(settings)[manifest]
+            version, committed_at = append_commit(settings, key, etag)
+            batch = stream.wait_committed({version}, 600)
             if i:
-                delays.append(checkpoint_times(settings, "offsets")[batch] - put_at)
+                delays.append(checkpoint_times(settings, "offsets")[batch] - committed_at)
         stream.stop()
         out["discovery_s"][str(count)] = statistics.median(delays)
         out["discovery_all_s"][str(count)] = delays
-        out["list_manifests_ms"][str(count)] = 1000 * statistics.median(timed(lambda: manifest_keys(settings))
-                                                                        for _ in range(5))
         started = time.perf_counter()
         FeatureStore(settings).status(f"{settings.upload_prefix}never/seen.jpg")
         out["status_unknown_ms"][str(count)] = 1000 * (time.perf_counter() - started)
-        log.info("after %d manifests: discovery %.2f s (median of %d), listing the prefix %.0f ms, status of an "
-                 "unknown key %.0f ms", count, out["discovery_s"][str(count)], len(delays),
-                 out["list_manifests_ms"][str(count)], out["status_unknown_ms"][str(count)])
+        log.info("after %d ledger commits: discovery %.2f s (median of %d), status of an unknown key %.0f ms", count,
+                 out["discovery_s"][str(count)], len(delays), out["status_unknown_ms"][str(count)])
     return out
 
 
@@ -378,7 +383,7 @@ def timed(call: Callable[[], Any]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--manifests", default="1000,20000")
+    parser.add_argument("--ledger-commits", default="1000,20000")
     parser.add_argument("--repeat", type=int, default=5, help="micro-batches, refits (within a budget), discovery")
     parser.add_argument("--restarts", type=int, default=3, help="restarts per size (each starts Spark: ~40 s)")
     parser.add_argument("--cache", default=str(ROOT / "work" / "scale-cache"))
@@ -389,8 +394,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for quiet in ("py4j", "botocore", "fruits", "fruits_ingest"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection pool is full" while priming manifests
-    sizes, counts = [int(s) for s in args.sizes.split(",")], [int(c) for c in args.manifests.split(",")]
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection pool is full" while priming
+    sizes, counts = [int(s) for s in args.sizes.split(",")], [int(c) for c in args.ledger_commits.split(",")]
 
     from fruits.featurize.build import load_model
     from fruits.spark.session import get_spark
@@ -417,7 +422,8 @@ def main() -> None:
     keys = ("micro_batch_s", "driver_peak_rss_mb", "restart_s", "refit_s", "similar_p50_ms", "similar_recall_at_10",
             "status_p50_ms")
     scale = {"rows": sizes, **{k: {str(n): round(results[str(n)][k], 4) for n in sizes} for k in keys},
-             "manifests": counts, "discovery_s": {c: round(v, 4) for c, v in discovery["discovery_s"].items()}}
+             "ledger_commits": counts,
+             "discovery_s": {c: round(v, 4) for c, v in discovery["discovery_s"].items()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(scale, indent=1) + "\n")
     load = os.getloadavg()
@@ -429,7 +435,7 @@ def main() -> None:
 
 
 def print_table(scale: dict[str, Any]) -> None:
-    sizes, counts = scale["rows"], scale["manifests"]
+    sizes, counts = scale["rows"], scale["ledger_commits"]
 
     def ratio(name: str, keys: list[int]) -> float:
         values = scale[name]

@@ -48,7 +48,7 @@ CLUSTERS = 25
 LATENT = 96
 CHUNK = 50_000
 # Bump when the rows or the tables change: older caches are then built again.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: quarantine records the SQS message id (was: the manifest)
 log = logging.getLogger("bench-scale")
 
 

@@ -15,9 +15,11 @@ from conftest import FIXTURES
 
 def fruits_env(settings, **overrides: str) -> dict[str, str]:  # noqa: ANN001
     """The environment of ``python -m fruits`` run as a process of its own on ``settings`` (the
-    emulator, bucket, queue, tables, weights and lease ttl), with a small driver; ``overrides`` win."""
+    emulator, bucket, queue, tables, uploads ledger, weights and lease ttl), with a small driver;
+    ``overrides`` win."""
     return {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
-            "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
+            "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root,
+            "FRUITS_UPLOADS_LEDGER": settings.uploads_table, "FRUITS_WEIGHTS": settings.weights,
             "FRUITS_LEASE_SECONDS": str(settings.lease_seconds), "FRUITS_DRIVER_MEMORY": "1g", **overrides}
 
 

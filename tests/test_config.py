@@ -12,9 +12,9 @@ from fruits.config import Settings, SettingsError
 def test_variables_are_read_typed_and_derive_the_locations(monkeypatch) -> None:
     monkeypatch.setenv("FRUITS_BATCH_SIZE", "8")
     monkeypatch.setenv("FRUITS_BUCKET", "my-bucket")
-    monkeypatch.setenv("FRUITS_LISTING_TASKS", "3")
+    monkeypatch.setenv("FRUITS_POISON_ATTEMPTS", "3")
     settings = Settings.from_env(region="eu-west-1", queue=None)  # None: the environment's or the default
-    assert (settings.batch_size, settings.listing_tasks, settings.region) == (8, 3, "eu-west-1")
+    assert (settings.batch_size, settings.poison_attempts, settings.region) == (8, 3, "eu-west-1")
     assert settings.features_table == "s3a://my-bucket/tables/features"
     assert settings.queue == "fruits-uploads" and settings.dead_letter_queue == "fruits-uploads-dlq"
 

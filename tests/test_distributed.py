@@ -1,7 +1,7 @@
 """The featurizer on Spark ``local-cluster``: two worker JVMs, so the broadcast model, the pandas
 UDF and the Delta writes cross process boundaries as on a real cluster. It runs from the compiled
 model artifact (``fruits model compile``) with TensorFlow made unimportable, as a cluster without
-TensorFlow or internet would. Its rows must equal a ``local[*]`` run over the same manifests,
+TensorFlow or internet would. Its rows must equal a ``local[*]`` run over the same uploads ledger,
 feature for feature."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_
     from fruits.local import ingest
 
     ingest.drain(settings, visibility_timeout=5)
-    cluster = settings.with_(table_root=str(tmp_path / "cluster"))
+    cluster = settings.with_(table_root=str(tmp_path / "cluster"), uploads_ledger=settings.uploads_table)
     env = fruits_env(
         cluster.with_(weights=str(artifact)), FRUITS_SPARK_MASTER="local-cluster[2,1,2048]", FRUITS_BATCH_SIZE="4",
         PYTHONPATH=os.pathsep.join([unimportable(tmp_path / "blocked", "tensorflow", "keras"),

@@ -71,9 +71,10 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     label, path = images[0]
     assert store.status(f"uploads/{label}/{path.name}").state == "processed"
     assert store.similar(f"uploads/{label}/{path.name}", k=3)[0].key != f"uploads/{label}/{path.name}"
-    # In a manifest, not yet streamed: pending.
+    # In the uploads ledger, not yet streamed: pending.
     pending = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=3)[2::3][:1])[0]
     ingest.drain(settings, visibility_timeout=5)
     status = store.status(pending)
-    assert status.state == "pending" and f"s3://{settings.bucket}/{settings.manifest_prefix}" in status.detail
+    assert status.state == "pending" and "in the uploads ledger since" in status.detail
+    assert status.rows[0]["image_id"] and status.rows[0]["key"] == pending
     assert store.status("uploads/never/uploaded.jpg").state == "unknown"

@@ -167,7 +167,7 @@ def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings,
     now = dt.datetime.now(dt.timezone.utc)
     bad = pd.DataFrame([{"image_id": "q1", "bucket": "b", "key": "uploads/Kiwi/broken.jpg", "etag": "e",
                          "version_id": None, "reason": "truncated_or_corrupt", "error": "cannot decode",
-                         "quarantined_at": now, "manifest": "m"}])
+                         "quarantined_at": now, "message_id": "m"}])
     spark.createDataFrame(bad, QUARANTINE).write.format("delta").mode("append").save(store_settings.quarantine_table)
     store = FeatureStore(store_settings)
     label, path = train[3]
@@ -179,9 +179,9 @@ def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings,
     assert store.status(f"s3://other-{bucket}/uploads/{label}/{path.name}").state == "unknown"
     quarantined = store.status("uploads/Kiwi/broken.jpg")
     assert quarantined.state == "quarantined" and "truncated_or_corrupt" in quarantined.detail
-    # The endpoint of these settings refuses connections: the answer says the manifests were not read.
+    # These tables were written without the Lambda: the answer says there is no uploads ledger yet.
     unknown = store.status("uploads/Kiwi/never.jpg")
-    assert unknown.state == "unknown" and "could not be read" in unknown.detail
+    assert unknown.state == "unknown" and "no uploads ledger" in unknown.detail
     # An upload the Lambda skips is visible as such, not unknown forever.
     skipped = store.status("uploads/Kiwi/notes.TXT")
     assert skipped.state == "skipped" and "not an image suffix" in skipped.detail

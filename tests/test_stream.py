@@ -10,10 +10,11 @@ import pytest
 from delta.tables import DeltaTable
 from fruits import stream
 from fruits.featurize import fetch
-from fruits.io import aws
+from fruits.io import aws, lake
 from fruits.local import ingest
 from fruits.query.sql import sql as spark_sql
-from fruits.spark.schema import MANIFEST
+from fruits_ingest import ledger
+from fruits_ingest.events import ImageEvent
 from PIL import Image
 
 from conftest import SAMPLE
@@ -41,8 +42,19 @@ def put_samples(settings, label: str, n: int) -> list[str]:
     return keys
 
 
+def append_to_ledger(settings, images: list[ImageEvent]) -> None:
+    """Rows written to the uploads ledger as the Lambda writes them, but unchecked: what a row
+    written some other way, or a batch appended twice, looks like to the stream."""
+    ledger.append(lake.delta_uri(settings.uploads_table), images, lake.storage_options(settings))
+
+
+def ledger_rows(spark, settings):  # noqa: ANN201
+    """The uploads ledger as a batch DataFrame: what a micro-batch of the stream holds."""
+    return spark.read.format("delta").load(settings.uploads_table)
+
+
 def run_stream_through(spark, settings, blob, proxy: FlakyProxy) -> None:
-    """The stream with the executors' fetches (only they: manifests and tables do not) through ``proxy``."""
+    """The stream with the executors' fetches (only they: the ledger and tables do not) through ``proxy``."""
     try:
         run_stream(spark, settings.with_(endpoint_url=proxy.url), blob)
     finally:
@@ -60,7 +72,9 @@ def client_without_retries(settings, url: str):  # noqa: ANN201
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=url, region_name=settings.region, config=Config(retries={"max_attempts": 1}))
+    key, secret = aws.emulator_credentials()
+    return boto3.client("s3", endpoint_url=url, region_name=settings.region, aws_access_key_id=key,
+                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
 
 
 def png_bomb() -> bytes:
@@ -122,8 +136,8 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
 
 
 def test_a_stream_started_before_the_first_upload_waits_for_it(spark, settings, weights_blob) -> None:
-    """A new deployment's stream starts before any manifest exists (it used to fail: PATH_NOT_FOUND)."""
-    assert aws.client("s3", settings).list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["KeyCount"] == 0
+    """A new deployment's stream starts before any upload: it creates the empty ledger (the Lambda
+    would, at its first append) and waits."""
     run_stream(spark, settings, weights_blob)  # availableNow: nothing yet, a clean finish
     keys = put_samples(settings, "Kiwi", 1)
     ingest.drain(settings, visibility_timeout=5)
@@ -131,51 +145,38 @@ def test_a_stream_started_before_the_first_upload_waits_for_it(spark, settings, 
     assert_rows_exactly(spark, settings, keys)
 
 
-def test_no_manifest_line_or_object_can_stop_the_stream(spark, settings, weights_blob) -> None:
-    """Lines the Lambda would never write and an object far over the byte limit: each ends as a
-    row, a quarantine row or a logged skip, and the good upload beside them lands."""
-    import json
-
+def test_no_ledger_row_or_object_can_stop_the_stream(spark, settings, weights_blob) -> None:
+    """A row the Lambda would never write (an etag that would split the request) and an object far
+    over the byte limit: each ends as a quarantine row, and the good upload beside them lands."""
     settings = settings.with_(max_image_bytes=200_000)
     s3 = aws.client("s3", settings)
     (good,) = put_samples(settings, "Kiwi", 1)
     photo = s3.get_object(Bucket=settings.bucket, Key=good)["Body"].read()
-    for name in ("crlf", "time", "size"):
-        s3.put_object(Bucket=settings.bucket, Key=f"uploads/Kiwi/{name}.jpg", Body=photo)
+    s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/crlf.jpg", Body=photo)
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/huge.jpg", Body=b"\xff" * 3_000_000)
     etag = lambda key: s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')  # noqa: E731
-    line = lambda key, **fields: {"bucket": settings.bucket, "key": key, "etag": etag(key), "size": 1,  # noqa: E731
-                                  "event_time": "2026-12-01T00:00:00Z", "event_name": "ObjectCreated:Put", **fields}
-    lines = [line(good), line("uploads/Kiwi/crlf.jpg", etag=etag("uploads/Kiwi/crlf.jpg") + "\r\nX: 1"),
-             line("uploads/Kiwi/time.jpg", event_time="the day before yesterday"),
-             line("uploads/Kiwi/huge.jpg"), {"bucket": settings.bucket, "etag": "x", "size": 1}]
-    body = "".join(json.dumps(x) + "\n" for x in lines)
-    body += '{"bucket": "%s", "key": "uploads/Kiwi/size.jpg", "size": 1180591620717411303424}\n' % settings.bucket
-    s3.put_object(Bucket=settings.bucket, Key="manifests/forged.jsonl", Body=body.encode())
+    row = lambda key, tag: ImageEvent(settings.bucket, key, 1, tag, None, None, "2026-12-01T00:00:00Z",  # noqa: E731
+                                      "ObjectCreated:Put", "forged")
+    append_to_ledger(settings, [row(good, etag(good)), row("uploads/Kiwi/crlf.jpg", etag("uploads/Kiwi/crlf.jpg") + "\r\nX: 1"),
+                                row("uploads/Kiwi/huge.jpg", etag("uploads/Kiwi/huge.jpg"))])
 
     run_stream(spark, settings, weights_blob)
 
-    rows = dict(table_rows(spark, settings, "SELECT key, event_time FROM features"))
-    assert good in rows and "uploads/Kiwi/time.jpg" in rows and rows["uploads/Kiwi/time.jpg"] is None
+    assert table_rows(spark, settings, "SELECT key FROM features") == [(good,)]
     quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
-    assert quarantined["uploads/Kiwi/crlf.jpg"] == "invalid_event"
-    assert quarantined["uploads/Kiwi/huge.jpg"] == "too_many_bytes"
-    # A size past 2^63: Spark's JSON reader keeps the line with a null size; the line without a key is skipped.
-    assert dict(table_rows(spark, settings, "SELECT key, size FROM features"))["uploads/Kiwi/size.jpg"] is None
-    assert len(rows) + len(quarantined) == 5
+    assert quarantined == {"uploads/Kiwi/crlf.jpg": "invalid_event", "uploads/Kiwi/huge.jpg": "too_many_bytes"}
 
 
-def test_redelivered_manifests_add_no_rows(spark, settings, weights_blob) -> None:
-    s3 = aws.client("s3", settings)
+def test_rows_appended_twice_add_no_rows(spark, settings, weights_blob) -> None:
+    """The ledger is at-least-once (a batch SQS delivers again is appended again): the same rows
+    twice in one micro-batch, then again in a later one, are one row per image."""
     put_samples(settings, "Tomato 1", 3)
     ingest.drain(settings, visibility_timeout=5)
-    manifest_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["Contents"]]
-    body = b"".join(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read() for k in manifest_keys)
-    # The same lines twice inside one new manifest (one micro-batch) ...
-    s3.put_object(Bucket=settings.bucket, Key="manifests/replay-1.jsonl", Body=body + body)
+    images = [ImageEvent(r.bucket, r.key, r.size, r.etag, r.version_id, r.sequencer, None, r.event_name, r.message_id)
+              for r in ledger_rows(spark, settings).collect()]
+    append_to_ledger(settings, images + images)
     run_stream(spark, settings, weights_blob)
-    # ... and again in a later micro-batch.
-    s3.put_object(Bucket=settings.bucket, Key="manifests/replay-2.jsonl", Body=body)
+    append_to_ledger(settings, images)
     run_stream(spark, settings, weights_blob)
 
     rows = table_rows(spark, settings, "SELECT label, count(*), count(DISTINCT key) FROM features GROUP BY label")
@@ -183,13 +184,11 @@ def test_redelivered_manifests_add_no_rows(spark, settings, weights_blob) -> Non
 
 
 def test_transforms_work_without_a_stream(spark) -> None:
-    lines = spark.createDataFrame(
-        [("b", "uploads/Apple Red 1/x.jpg", "e1", None), ("b", "uploads/Apple Red 1/x.jpg", "e1", None),
-         ("b", "uploads/Apple Red 1/x.jpg", "e2", None), ("b", "uploads/loose.jpg", "e3", None),
-         ("b", "elsewhere/Kiwi/y.jpg", "e4", None)],
-        "bucket string, key string, etag string, version_id string",
-    )
-    images = stream.dedupe(stream.identify(lines, "uploads/"))
+    uploads = [("b", "uploads/Apple Red 1/x.jpg", "e1"), ("b", "uploads/Apple Red 1/x.jpg", "e1"),
+               ("b", "uploads/Apple Red 1/x.jpg", "e2"), ("b", "uploads/loose.jpg", "e3"), ("b", "elsewhere/Kiwi/y.jpg", "e4")]
+    rows = spark.createDataFrame([(ledger.image_id(b, k, e, None), b, k, e) for b, k, e in uploads],
+                                 "image_id string, bucket string, key string, etag string")
+    images = stream.dedupe(stream.labelled(rows, "uploads/"))
     got = sorted((r.key, r.etag, r.label) for r in images.collect())
     assert got == [
         ("elsewhere/Kiwi/y.jpg", "e4", None),
@@ -202,12 +201,10 @@ def test_transforms_work_without_a_stream(spark) -> None:
 def test_a_micro_batch_replayed_after_its_commit_adds_no_rows(spark, settings, weights_blob) -> None:
     """A crash after the Delta commits but before Spark's checkpoint commit replays the micro-batch
     (same id, same lines): its images are known by then, so nothing is featurized or written again."""
-    from pyspark.sql import functions as F
-
     keys = put_samples(settings, "Kiwi", 2) + [f"uploads/Kiwi/{name}" for name in ("a.jpg",)]
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key=keys[-1], Body=b"not an image")
     ingest.drain(settings, visibility_timeout=5)
-    lines = spark.read.schema(MANIFEST).json(settings.manifests_uri).withColumn("manifest", F.col("_metadata.file_path"))
+    lines = ledger_rows(spark, settings)
     writer = stream.BatchWriter(spark, settings, weights_blob)
     writer(lines, 0)
     versions = [DeltaTable.forPath(spark, t).history(1).first().version
@@ -232,9 +229,8 @@ def test_an_event_delivered_twice_by_sqs_gives_one_row(spark, settings, weights_
         event = next((m["Body"] for m in received.get("Messages", []) if path.name in m["Body"]), None)
     sqs.send_message(QueueUrl=queue, MessageBody=event)
     assert ingest.drain(settings, visibility_timeout=5).failed == 0
-    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix="manifests/")["Contents"]]
-    lines = b"".join(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read() for k in manifests).splitlines()
-    assert sum(path.name.encode() in line for line in lines) == 2  # the image announced twice
+    announced = [r.key for r in ledger_rows(spark, settings).collect()]
+    assert announced.count(f"uploads/Banana/{path.name}") == 2  # the image announced twice
     run_stream(spark, settings, weights_blob)
     assert table_rows(spark, settings, "SELECT key FROM features") == [(f"uploads/Banana/{path.name}",)]
     assert table_rows(spark, settings, "SELECT count(*) FROM quarantine") == [(0,)]
@@ -278,8 +274,8 @@ def test_fetch_waits_out_an_outage_longer_than_botocores_retries(settings) -> No
     assert proxy.dropped == 1 and proxy.first_forward_at >= proxy.up_at
 
 
-def test_a_lambda_that_dies_after_writing_its_manifest_adds_each_image_once(spark, settings, weights_blob) -> None:
-    """The first invocation writes its manifest, then dies before the runner acknowledges: SQS
+def test_a_lambda_that_dies_after_recording_its_batch_adds_each_image_once(spark, settings, weights_blob) -> None:
+    """The first invocation appends its rows to the ledger, then dies before the runner acknowledges: SQS
     delivers those messages again, the Lambda records them again, and the table has one row each."""
     keys = put_samples(settings, "Plum", 5)
     mapping = ingest.event_source_mapping(settings, visibility_timeout=2, batch_size=3)
@@ -370,11 +366,9 @@ def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_
     from contextlib import contextmanager
     from pathlib import Path
 
-    from pyspark.sql import functions as F
-
     keys = put_samples(settings, "Mango", 2)
     ingest.drain(settings, visibility_timeout=5)
-    lines = spark.read.schema(MANIFEST).json(settings.manifests_uri).withColumn("manifest", F.col("_metadata.file_path"))
+    lines = ledger_rows(spark, settings)
     writer = stream.BatchWriter(spark, settings, weights_blob, reliable=True)
     checkpointed = []
     original = stream.job.materialized

@@ -18,14 +18,14 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_BATCH_SIZE`` | images handed to the model at a time (fetching and decoding run up to twice this far ahead) | ``64`` |
 | ``FRUITS_FEATURIZE_PARTITIONS`` | partitions each micro-batch is featurized in; 0 = Spark's default parallelism | ``0`` |
 | ``FRUITS_MODEL_THREADS`` | LiteRT threads per Python worker (one per task core); 0 = all cores | ``1`` |
-| ``FRUITS_MAX_FILES_PER_TRIGGER`` | manifests per micro-batch at most (each batch has ~1.5 s of fixed costs here) | ``256`` |
+| ``FRUITS_MAX_FILES_PER_TRIGGER`` | uploads-ledger files per micro-batch at most (one per Lambda invocation until compacted; each batch has ~1.5 s of fixed costs here) | ``256`` |
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
+| ``FRUITS_UPLOADS_LEDGER`` | the uploads ledger the Lambda appends to and the stream reads (``s3a://`` or a path) | ``<table root>/uploads`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
 | ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
 | ``FRUITS_SPARK_MASTER`` | Spark master of a session the CLI starts | ``local[*, 4]`` |
 | ``FRUITS_DRIVER_MEMORY`` | driver memory of a local-master session | ``4g`` |
 | ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` | tasks Delta rebuilds a table's state with | ``2`` |
-| ``FRUITS_LISTING_TASKS`` | tasks the file source lists new manifests with | ``8`` |
 | ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
 | ``FRUITS_METRICS_NAMESPACE`` | CloudWatch namespace the stream publishes its per-micro-batch metrics to (infra/ sets ``Fruits``); unset: a log line only | unset |
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
@@ -78,11 +78,11 @@ class Settings(BaseSettings):
     max_files_per_trigger: int = Field(256, ge=1)
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
     checkpoint_location: str = ""
+    uploads_ledger: str = ""
     label_rule: Literal["folder", "parent"] = "folder"
     spark_master: str = "local[*, 4]"
     driver_memory: str = "4g"
     delta_snapshot_partitions: int = Field(2, ge=1)
-    listing_tasks: int = Field(8, ge=1)
     spark_log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     jars_dir: str | None = None
     metrics_namespace: str | None = None
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     @property
     def uploads_table(self) -> str:
         """The uploads ledger (the Lambda appends; ``fruits_ingest.ledger``)."""
-        return f"{self.table_root}/uploads"
+        return self.uploads_ledger or f"{self.table_root}/uploads"
 
     @property
     def pca_plots(self) -> str:

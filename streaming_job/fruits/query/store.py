@@ -18,14 +18,13 @@ projected here, so every answer uses one model version.
 
 Limitations: the search is brute force over every row's PCA vector, held in memory and reused
 while the table version stays the same: about 400 bytes a row at k=92, so comfortable up to a few
-million rows; beyond that, put an ANN index behind the same API. ``status`` looks in the tables
-first, then reads the manifests newest first, so "pending" and "unknown" answers cost one S3 LIST
-plus a read per manifest until the key is found.
+million rows; beyond that, put an ANN index behind the same API. ``status`` looks a key up in
+``features``, ``quarantine`` and the uploads ledger, reading only the files whose key statistics
+(delta-rs's min/max per file) can hold it.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from botocore.exceptions import BotoCoreError, ClientError
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
 from ..config import Settings
@@ -47,7 +46,8 @@ from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 if TYPE_CHECKING:
     from ..featurize.model import Featurizer
 
-TABLES = ("features", "quarantine", "pca_models")
+TABLES = ("features", "quarantine", "pca_models")  # what SQL sees
+LEDGER = "uploads"  # the uploads ledger (the Lambda's), for status
 
 
 @dataclass
@@ -112,7 +112,7 @@ class FeatureStore:
         return lake.Snapshot(lake.as_dataset(self.settings, self._location(name), dt), dt.version())
 
     def _location(self, name: str) -> str:
-        if name not in TABLES:
+        if name not in (*TABLES, LEDGER):
             raise ValueError(f"no table {name!r}; the tables are {', '.join(TABLES)}")
         return getattr(self.settings, "pca_models_table" if name == "pca_models" else f"{name}_table")
 
@@ -254,43 +254,34 @@ class FeatureStore:
     # --- where is an upload -----------------------------------------------------------------
 
     def status(self, key: str) -> Status:
-        """processed (with its rows), quarantined (with the reason), pending (in a manifest, not
-        yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix) or
-        unknown."""
+        """processed (with its rows), quarantined (with the reason), pending (in the uploads ledger,
+        not yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix)
+        or unknown."""
         bucket, key = aws.split_s3_uri(key) if "://" in key else (None, key)
         cols = ["image_id", "bucket", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
         rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
         if rows:
             return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
         rows = _rows_with_key(self.dataset("quarantine").dataset, key, ["image_id", "bucket", "key", "etag", "reason",
-                                                                        "error", "quarantined_at", "manifest"], bucket)
+                                                                        "error", "quarantined_at", "message_id"], bucket)
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
         if key.startswith(self.settings.upload_prefix) and not is_image_key(key):
             return Status(key, "skipped", f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
                                           "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)")
         try:
-            manifest = self._manifest_with(key, bucket)
-        except (BotoCoreError, ClientError) as exc:
-            return Status(key, "unknown", f"in no table; the manifests could not be read ({exc})")
-        if manifest is not None:
-            return Status(key, "pending", f"in manifest {manifest}, not yet featurized")
-        return Status(key, "unknown", "in no table and no manifest: not uploaded, not an image suffix, "
-                                      "or its event has not reached the ingest Lambda yet")
-
-    def _manifest_with(self, key: str, bucket: str | None = None) -> str | None:
-        s3 = aws.client("s3", self.settings)
-        objects = []
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.settings.bucket, Prefix=self.settings.manifest_prefix
-        ):
-            objects += page.get("Contents", [])
-        for obj in sorted(objects, key=lambda o: o["LastModified"], reverse=True):
-            body = s3.get_object(Bucket=self.settings.bucket, Key=obj["Key"])["Body"].read().decode("utf-8")
-            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-            if any(e.get("key") == key and bucket in (None, e.get("bucket")) for e in lines):
-                return f"s3://{self.settings.bucket}/{obj['Key']}"
-        return None
+            rows = _rows_with_key(self.dataset(LEDGER).dataset, key, ["image_id", "bucket", "key", "etag", "event_time",
+                                                                      "received_at", "message_id"], bucket)
+        except FileNotFoundError:
+            return Status(key, "unknown", f"in no table, and there is no uploads ledger at {self.settings.uploads_table} "
+                                          "yet (no upload has reached the ingest Lambda)")
+        except (DeltaError, OSError) as exc:
+            return Status(key, "unknown", f"in no table; the uploads ledger could not be read ({exc})")
+        if rows:
+            return Status(key, "pending", f"in the uploads ledger since {rows[0]['received_at']}, not yet featurized",
+                          rows)
+        return Status(key, "unknown", "in no table and not in the uploads ledger: not uploaded, or its event has not "
+                                      "reached the ingest Lambda yet")
 
 
 def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The explicit schemas of the manifests and of the three Delta tables."""
+"""The explicit schemas of the stream's Delta tables (the uploads ledger's is ``fruits_ingest.ledger.SCHEMA``)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,6 @@ from pyspark.sql.types import (
     StructField,
     StructType,
     TimestampType,
-)
-
-# One line of a Lambda manifest (lambda/README.md has the contract).
-MANIFEST = StructType(
-    [
-        StructField("bucket", StringType()),
-        StructField("key", StringType()),
-        StructField("size", LongType()),
-        StructField("etag", StringType()),
-        StructField("version_id", StringType()),
-        StructField("sequencer", StringType()),
-        StructField("event_time", StringType()),
-        StructField("event_name", StringType()),
-        StructField("message_id", StringType()),
-    ]
 )
 
 FEATURES = StructType(
@@ -58,7 +43,7 @@ QUARANTINE = StructType(
         StructField("reason", StringType(), False),
         StructField("error", StringType()),
         StructField("quarantined_at", TimestampType(), False),
-        StructField("manifest", StringType()),
+        StructField("message_id", StringType()),  # the SQS message of the upload's event
     ]
 )
 

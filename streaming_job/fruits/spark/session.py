@@ -82,10 +82,6 @@ def session_conf(settings: Settings, master: str | None = None, on_cluster: bool
         # 50). Our streaming tables see a new version every micro-batch and their logs are small:
         # 50 tiny tasks cost seconds per batch here, for nothing.
         "spark.databricks.delta.snapshotPartitions": str(settings.delta_snapshot_partitions),
-        # The file stream source lists each new manifest again; past 32 paths Spark does that in a
-        # job of one task per path (210 manifests: 210 tasks, 3.6 s here). A few tasks, each
-        # listing many paths, do it in a fraction.
-        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(settings.listing_tasks),
     }
     if master.startswith("local"):
         # The driver is the executor too: Spark's 1 GB default is short for 1280-d rows.

@@ -2,9 +2,9 @@
 ``known`` (the exactly-once check). The workers' side is ``fruits.featurize``."""
 
 from .job import (
-    BatchWriter, dedupe, drop_known, feature_rows, featurize, identify, label_from_key, quarantine_rows,
-    read_manifests, start,
+    BatchWriter, dedupe, drop_known, feature_rows, featurize, label_from_key, labelled, quarantine_rows,
+    read_uploads, start,
 )
 
-__all__ = ["BatchWriter", "dedupe", "drop_known", "feature_rows", "featurize", "identify", "label_from_key",
-           "quarantine_rows", "read_manifests", "start"]
+__all__ = ["BatchWriter", "dedupe", "drop_known", "feature_rows", "featurize", "label_from_key", "labelled",
+           "quarantine_rows", "read_uploads", "start"]

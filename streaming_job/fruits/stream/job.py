@@ -1,11 +1,11 @@
-"""Stage 3: the featurizer stream. Manifests in, one Delta row per image out.
+"""Stage 3: the featurizer stream. Uploads ledger in, one Delta row per image out.
 
-    source:    readStream over the manifest prefix (JSON Lines, explicit schema)
-    transform: identify -> dedupe -> drop already-known -> featurize (fetch, decode, MobileNetV2)
+    source:    readStream over the uploads ledger (a Delta table the Lambda appends to)
+    transform: label -> dedupe -> drop already-known -> featurize (fetch, decode, MobileNetV2)
     sink:      append into `features`; failures into `quarantine` with a reason
 
 Each transform is a plain function on DataFrames, usable without a stream. Images are fetched on
-the executors (boto3 inside the pandas UDF); the driver only sees manifest lines.
+the executors (boto3 inside the pandas UDF); the driver only sees ledger rows.
 
 Example::
 
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
+from fruits_ingest.ledger import ensure_ledger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -40,7 +40,7 @@ from ..pca.model import PcaModel
 from ..pca.refit import latest_model, project_column
 from ..spark import tables as table
 from ..spark.session import submitted
-from ..spark.schema import FEATURES, FEATURIZE_RESULT, MANIFEST, QUARANTINE
+from ..spark.schema import FEATURES, FEATURIZE_RESULT, QUARANTINE
 from . import metrics, poison
 from .known import KnownImages, as_ids
 
@@ -49,25 +49,17 @@ log = logging.getLogger(__name__)
 
 # --- source ---------------------------------------------------------------------------------
 
-def read_manifests(spark: SparkSession, settings: Settings) -> DataFrame:
+def read_uploads(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The uploads ledger as a Delta streaming source: each trigger reads only the commits since the
+    last one (at most ``max_files_per_trigger`` files: one per Lambda invocation until compacted),
+    and a restart resumes from the ledger version in the checkpoint. The ledger is created empty
+    if it does not exist yet: a new deployment's stream starts before the first upload."""
+    ensure_ledger(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
     return (
-        spark.readStream.schema(MANIFEST)
+        spark.readStream.format("delta")
         .option("maxFilesPerTrigger", settings.max_files_per_trigger)
-        .json(manifests_glob(settings.manifests_uri))
-        .withColumn("manifest", F.col("_metadata.file_path"))
+        .load(settings.uploads_table)
     )
-
-
-def manifests_glob(uri: str) -> str:
-    """The manifest folder as a glob that matches only itself (``.../manifests/`` ->
-    ``.../manifest[s]``). Spark's file source refuses to start on a folder that does not exist yet
-    (PATH_NOT_FOUND: a new deployment's stream starts before the first upload), but checks no glob;
-    this one still lists just that folder, once per trigger, and finds nothing until it exists."""
-    bucket, prefix = aws.split_s3_uri(uri)
-    head, _, name = prefix.rstrip("/").rpartition("/")
-    if not name or not name[-1].isalnum():  # the bucket's root, or an odd name: as it is
-        return uri
-    return f"{uri.split('://', 1)[0]}://{bucket}/{head + '/' if head else ''}{name[:-1]}[{name[-1]}]"
 
 
 # --- transforms -----------------------------------------------------------------------------
@@ -84,48 +76,27 @@ def label_from_key(upload_prefix: str, rule: str = "folder") -> F.Column:
     return F.when(F.size(parts) > 1, F.element_at(parts, 1 if rule == "folder" else -2))
 
 
-def identify(manifest_lines: DataFrame, upload_prefix: str, label_rule: str = "folder") -> DataFrame:
-    """Add the image identity and the label.
-
-    An image is a key's content: (bucket, key, etag). The version id counts only for an event
-    without an etag: on a versioned bucket, a retried identical PUT makes a new version of the same
-    bytes, and is the same image (``fetch`` reads the key's current object, never an old version).
-    """
-    version = F.when(F.col("etag").isNull(), F.col("version_id"))
-    identity = F.concat_ws("\u0000", "bucket", "key", F.coalesce(version, F.lit("")), F.coalesce("etag", F.lit("")))
-    return manifest_lines.withColumn("image_id", F.sha2(identity, 256)).withColumn(
-        "label", label_from_key(upload_prefix, label_rule)
-    )
+def labelled(uploads: DataFrame, upload_prefix: str, label_rule: str = "folder") -> DataFrame:
+    """Add the label. (The image's identity, ``image_id``, is the ledger's: ``fruits_ingest.ledger``.)"""
+    return uploads.withColumn("label", label_from_key(upload_prefix, label_rule))
 
 
 def dedupe(images: DataFrame) -> DataFrame:
-    """The same image announced twice (redelivered event, repeated manifest) is one image."""
+    """The same image announced twice (an event SQS delivered twice, a batch the Lambda appended twice) is one image."""
     return images.dropDuplicates(["image_id"])
 
 
 def drop_known(images: DataFrame, known: KnownImages) -> DataFrame | None:
     """The images that neither table holds yet, or None if there are none.
 
-    The micro-batch's manifest lines come to the driver (they are small) and are checked against
+    The micro-batch's ledger rows come to the driver (they are small) and are checked against
     ``known`` there, brought up to date from the Delta log first; the rest goes back to Spark as a
-    local DataFrame. Lines that name no object are skipped (``with_object``).
+    local DataFrame.
     """
-    lines = with_object(images.toArrow())
+    rows = images.toArrow()
     known.refresh()
-    new = lines.filter(pa.array(~known.contains(as_ids(lines.column("image_id")))))
+    new = rows.filter(pa.array(~known.contains(as_ids(rows.column("image_id")))))
     return images.sparkSession.createDataFrame(new, images.schema) if new.num_rows else None
-
-
-def with_object(lines: pa.Table) -> pa.Table:
-    """The lines that name an object. A line without a bucket or key (a manifest written by hand,
-    or a value Spark's JSON reader could not parse, such as a size past 2^63) announces no upload
-    that could be fetched or reported: it is logged with its manifest and skipped."""
-    named = pc.and_(pc.is_valid(lines.column("bucket")), pc.is_valid(lines.column("key")))
-    skipped = lines.filter(pc.invert(named))
-    if skipped.num_rows:
-        log.warning("%d manifest line(s) without a bucket or key skipped, in %s", skipped.num_rows,
-                    sorted(set(skipped.column("manifest").to_pylist()), key=str))
-    return lines.filter(named)
 
 
 def featurize_udf(model: Any, settings: Settings) -> Any:
@@ -159,8 +130,6 @@ def feature_rows(scored: DataFrame, pca_model: PcaModel | None = None, projectio
     rows = scored.where(F.col("result.reason").isNull()).select(
         *[
             F.col("result.features").alias("features") if f.name == "features"
-            # try_: an event time Spark cannot read is null, not a failed batch (ANSI mode)
-            else F.try_to_timestamp(F.col("event_time")).alias("event_time") if f.name == "event_time"
             else F.current_timestamp().alias("ingested_at") if f.name == "ingested_at"
             else F.lit(None).cast(f.dataType).alias(f.name) if f.name in ("pca_features", "pca_version")
             else F.col(f.name)
@@ -228,7 +197,7 @@ class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
     Exactly once: images already in either table are dropped before featurizing (``KnownImages``).
-    That covers a redelivered event or manifest, and a micro-batch replayed after a crash whose
+    That covers a redelivered event or ledger row, and a micro-batch replayed after a crash whose
     rows had committed (its images are then known). This stream is the only writer of new rows.
 
     Never stuck on one upload: a micro-batch whose featurizing fails is scored again part by part,
@@ -270,7 +239,7 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
-        images = drop_known(dedupe(identify(batch, s.upload_prefix, s.label_rule)), self.known)
+        images = drop_known(dedupe(labelled(batch, s.upload_prefix, s.label_rule)), self.known)
         if images is None:  # every image already known: nothing to write
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
             return
@@ -352,7 +321,7 @@ def start(
     ``guard`` runs right before each table write (``fruits stream`` passes its lease's check)."""
     writer = BatchWriter(spark, settings, model or load_model(_shipped(settings.weights)), guard=guard)
     return (
-        read_manifests(spark, settings)
+        read_uploads(spark, settings)
         .writeStream.foreachBatch(writer)
         .option("checkpointLocation", settings.checkpoint)
         .trigger(**(trigger or {"availableNow": True}))
