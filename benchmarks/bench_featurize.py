@@ -1,6 +1,6 @@
 """Featurization throughput, three ways, on the same uploads in one run.
 
-- ours: the featurizer stream (availableNow) over the manifests of N uploads through the emulator:
+- ours: the featurizer stream (availableNow) over the ledger rows of N uploads through the emulator:
   fetch on the executors, decode, MobileNetV2, Delta appends of the new images. A warm-up run of 64 uploads
   on the same tables and checkpoint first pays the one-off costs (JVM code generation, the model
   build in each worker, Delta's first snapshot of each table), as a long-running stream does once.

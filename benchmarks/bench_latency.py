@@ -1,7 +1,7 @@
 """Upload-to-queryable latency through the full local path, with a processing-time trigger.
 
 upload (boto3 PUT) -> S3 event -> SQS -> the Lambda handler (local event source mapping, polling
-all the time) -> manifest -> the stream (trigger every second) -> Delta commit -> the row is seen
+all the time) -> uploads ledger -> the stream (trigger every second) -> Delta commit -> the row is seen
 by a reader polling the table (delta-rs, every 0.2 s). Uploads are paced (8 a second) so that the
 figure is latency, not a backlog draining. ``plot`` draws the distribution (``results/latency.png``).
 """

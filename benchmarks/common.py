@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: settings per benchmark, ready manifests, worker memory."""
+"""Shared pieces of the benchmarks: settings per benchmark, uploads ready in the ledger, worker memory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> S
 
 
 def ingested(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
-    """Upload, then run the ingest Lambda until the queue is empty: manifests are ready."""
+    """Upload, then run the ingest Lambda until the queue is empty: the ledger holds them."""
     keys = upload_copies(settings, images, total, tag)
     ingest.drain(settings)
     return keys

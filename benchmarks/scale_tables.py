@@ -12,7 +12,7 @@ and Arrow, 50,000 rows a chunk, in one commit.
 
 The pipeline's record of those uploads as processed is the tables themselves: the stream knows an
 image by its id in ``features`` or ``quarantine`` (``stream/known.py`` reads them), so nothing else
-is written. The synthetic uploads have no manifests; ``scale.py`` measures the manifests' history
+is written. The synthetic uploads have no ledger rows; ``scale.py`` measures the ledger's history
 separately (``discovery_s``).
 
 A build is cached under ``<cache>/rows-<n>-<model>/`` (``make bench-scale`` uses ``work/scale-cache/``,

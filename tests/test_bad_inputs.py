@@ -1,5 +1,5 @@
 """The bad-input corpus, each as a real upload through the whole local path (S3 event, the Lambda,
-a manifest, the stream): odd formats and odd keys end as correct rows. The broken files (text named
+the uploads ledger, the stream): odd formats and odd keys end as correct rows. The broken files (text named
 .jpg, truncated, bomb, zero bytes, deleted, overwritten) are in test_stream.py."""
 
 from __future__ import annotations

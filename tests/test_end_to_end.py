@@ -1,4 +1,4 @@
-"""One flow through every real component: upload -> S3 event -> SQS -> Lambda -> manifest ->
+"""One flow through every real component: upload -> S3 event -> SQS -> Lambda -> uploads ledger ->
 Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit (full, then incremental) -> SQL and the
 JVM-free store."""
 

@@ -58,7 +58,7 @@ def listify(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def test_bucket_is_private_encrypted_tls_only_and_expires_manifests(template: Template) -> None:
+def test_bucket_is_private_encrypted_tls_only_and_expires_old_versions(template: Template) -> None:
     buckets = {name: b["Properties"] for name, b in resources(template, "AWS::S3::Bucket").items()}
     bucket = next(b for name, b in buckets.items() if name.startswith("Images"))
     assert bucket["PublicAccessBlockConfiguration"] == {
@@ -67,7 +67,8 @@ def test_bucket_is_private_encrypted_tls_only_and_expires_manifests(template: Te
     sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert sse["SSEAlgorithm"] == "AES256"
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
-    assert rules["expire-manifests"]["Prefix"] == "manifests/" and rules["expire-manifests"]["ExpirationInDays"] == 30
+    assert "expire-manifests" not in rules  # no manifests since the uploads ledger
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
     policies = [p["Properties"]["PolicyDocument"]["Statement"] for p in resources(template, "AWS::S3::BucketPolicy").values()]
     assert len(policies) == 2 and all(
         any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
@@ -138,10 +139,9 @@ def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Te
     assert function["Runtime"] == "python3.11" and function["Handler"] == "fruits_ingest.handler.handler"
     # The deployed Lambda configures itself from exactly these variables (IngestConfig.from_env).
     variables = function["Environment"]["Variables"]
-    config = IngestConfig.from_env({k: v for k, v in variables.items() if isinstance(v, str)} | {"MANIFEST_BUCKET": "b"})
-    assert (config.manifest_prefix, config.accepted_prefixes, config.image_suffixes) == (
-        "manifests/", ("uploads/",), IMAGE_SUFFIXES)
-    assert "Ref" in variables["MANIFEST_BUCKET"]  # the stack's bucket
+    config = IngestConfig.from_env({k: v for k, v in variables.items() if isinstance(v, str)} | {"UPLOADS_BUCKET": "b"})
+    assert (config.accepted_prefixes, config.image_suffixes) == (("uploads/",), IMAGE_SUFFIXES)
+    assert "Ref" in variables["UPLOADS_BUCKET"]  # the stack's bucket
     ledger = variables["LEDGER_URI"]["Fn::Join"][1]  # s3://<the stack's bucket>/tables/uploads
     assert ledger[0] == "s3://" and "Ref" in ledger[1] and ledger[2] == "/tables/uploads"
     # Powertools, deltalake and arro3-core are in the function's own package (LambdaPackage), no layer.
@@ -152,7 +152,7 @@ def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Te
     assert (mapping["BatchSize"], mapping["MaximumBatchingWindowInSeconds"]) == (BATCH_SIZE, BATCHING_WINDOW_SECONDS)
 
 
-def test_ingest_role_reads_its_queue_and_writes_manifests_and_the_ledger_only(template: Template) -> None:
+def test_ingest_role_reads_its_queue_and_writes_the_ledger_only(template: Template) -> None:
     statements = policy_statements(template, "IngestRole")
     s3_statements = [s for s in statements if any(a.startswith("s3:") for a in listify(s["Action"]))]
     resources_by_action: dict[str, list] = {}
@@ -160,8 +160,7 @@ def test_ingest_role_reads_its_queue_and_writes_manifests_and_the_ledger_only(te
         for action in listify(statement["Action"]):
             resources_by_action.setdefault(action, []).append(statement["Resource"])
     assert set(resources_by_action) == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
-    suffixes = sorted(r["Fn::Join"][1][-1] for r in resources_by_action["s3:PutObject"])
-    assert suffixes == ["/manifests/*", "/tables/uploads/*"]
+    assert [r["Fn::Join"][1][-1] for r in resources_by_action["s3:PutObject"]] == ["/tables/uploads/*"]
     assert [r["Fn::Join"][1][-1] for r in resources_by_action["s3:GetObject"]] == ["/tables/uploads/*"]
     [listing] = [s for s in s3_statements if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["tables/uploads/*"]}}
@@ -180,7 +179,7 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
     def prefixes(statement: dict) -> set[str]:
         return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
 
-    assert prefixes(statements["ReadInputs"]) == {"/uploads/*", "/manifests/*", "/artifacts/*"}
+    assert prefixes(statements["ReadInputs"]) == {"/uploads/*", "/artifacts/*"}
     assert set(statements["ReadInputs"]["Action"]) == {"s3:GetObject", "s3:GetObjectVersion"}
     assert prefixes(statements["ReadWriteTables"]) == {"/tables/*"}
     assert set(statements["ReadWriteTables"]["Action"]) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}

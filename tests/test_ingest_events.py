@@ -9,12 +9,11 @@ import pytest
 from fruits_ingest.config import IngestConfig
 from fruits_ingest.events import SkipReason, parse_message
 from fruits_ingest.exceptions import ConfigurationError, MalformedMessage
-from fruits_ingest.manifest import manifest_key
 
 from conftest import FIXTURES
 from helpers import S3_PUT, s3_event
 
-CONFIG = IngestConfig(manifest_bucket="fruits-images")
+CONFIG = IngestConfig(uploads_bucket="fruits-images")
 
 ODD_KEYS = [
     "uploads/Apple Braeburn/r_45_100.jpg",
@@ -177,7 +176,7 @@ def test_a_key_of_exactly_1024_bytes_is_accepted() -> None:
 
 
 def test_other_buckets_may_be_accepted_by_configuration() -> None:
-    config = IngestConfig(manifest_bucket="fruits-images", accepted_buckets=("fruits-images", "partner-uploads"))
+    config = IngestConfig(uploads_bucket="fruits-images", accepted_buckets=("fruits-images", "partner-uploads"))
     body = s3_event("uploads/Kiwi/a.jpg").replace('"fruits-images"', '"partner-uploads"')
     assert len(parse_message(body, "m", config).images) == 1
     assert IngestConfig.from_env(config.as_env()) == config
@@ -199,20 +198,13 @@ def test_malformed_messages_raise(body: str) -> None:
         parse_message(body, "m", CONFIG)
 
 
-def test_manifest_key_is_order_independent_and_distinct() -> None:
-    assert manifest_key("manifests/", ["b", "a"]) == manifest_key("manifests/", ["a", "b"])
-    assert manifest_key("manifests/", ["a"]) != manifest_key("manifests/", ["a", "b"])
-    assert manifest_key("manifests/", ["a"]).startswith("manifests/batch-")
-
-
 def test_configuration_from_environment() -> None:
-    config = IngestConfig.from_env(
-        {"MANIFEST_BUCKET": "b", "MANIFEST_PREFIX": "m", "ACCEPTED_PREFIXES": "a/, b/", "IMAGE_SUFFIXES": ".JPG"}
-    )
-    assert config.manifest_prefix == "m/"
+    config = IngestConfig.from_env({"UPLOADS_BUCKET": "b", "ACCEPTED_PREFIXES": "a/, b/", "IMAGE_SUFFIXES": ".JPG"})
+    assert (config.ledger_uri, config.accepted_buckets) == ("s3://b/tables/uploads", ("b",))
     assert config.accepted_prefixes == ("a/", "b/")
     assert config.image_suffixes == (".jpg",)
-    with pytest.raises(ConfigurationError, match="MANIFEST_BUCKET"):
+    assert IngestConfig.from_env({"UPLOADS_BUCKET": "b", "LEDGER_URI": "s3://l/u"}).ledger_uri == "s3://l/u"
+    with pytest.raises(ConfigurationError, match="UPLOADS_BUCKET"):
         IngestConfig.from_env({})
 
 

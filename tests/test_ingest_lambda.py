@@ -1,5 +1,5 @@
-"""The ingest Lambda against the emulator: partial batch failures, the uploads ledger and manifests,
-concurrent invocations, redelivery, DLQ."""
+"""The ingest Lambda against the emulator: partial batch failures, the uploads ledger, concurrent
+invocations, redelivery, DLQ."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from deltalake import DeltaTable
 from fruits.io import aws, lake
 from fruits.local.ingest import dead_letter_depth, event_source_mapping, ingest_config
 from fruits_ingest.ledger import image_id
-from fruits_ingest.manifest import manifest_key
 from fruits_ingest.runner import EventSourceMapping, LocalContext, queue_depth
 
 from conftest import FIXTURES
@@ -43,18 +42,14 @@ def sqs_event(*bodies: str) -> dict:
     return {"Records": [dict(template, messageId=f"msg-{i}", body=body) for i, body in enumerate(bodies)]}
 
 
-def manifests(settings) -> dict[str, list[dict]]:
-    s3 = aws.client("s3", settings)
-    listing = s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.manifest_prefix).get("Contents", [])
-    return {
-        o["Key"]: [json.loads(line) for line in s3.get_object(Bucket=settings.bucket, Key=o["Key"])["Body"].read().decode().splitlines()]
-        for o in listing
-    }
-
-
 def ledger(settings) -> list[dict]:
-    """The uploads ledger's rows, in commit order."""
-    table = DeltaTable(lake.delta_uri(settings.uploads_table), storage_options=lake.storage_options(settings))
+    """The uploads ledger's rows, in commit order ([] before it exists)."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(lake.delta_uri(settings.uploads_table), storage_options=lake.storage_options(settings))
+    except TableNotFoundError:
+        return []
     return table.to_pyarrow_table().sort_by([("received_at", "ascending"), ("message_id", "ascending")]).to_pylist()
 
 
@@ -64,24 +59,18 @@ def test_one_malformed_record_fails_alone(lambda_env) -> None:
     event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), "this is not json", s3_event("uploads/Tomato+1/b.jpg"))
     response = handler(event, LocalContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
-    (key, lines), = manifests(lambda_env).items()
-    assert key == manifest_key(lambda_env.manifest_prefix, ["msg-0", "msg-2"])
-    assert [(line["key"], line["message_id"]) for line in lines] == [
-        ("uploads/Kiwi/a.jpg", "msg-0"), ("uploads/Tomato 1/b.jpg", "msg-2")
-    ]
-    assert set(lines[0]) == {
-        "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time", "event_name", "message_id"
-    }
-    # The ledger holds the same, typed, with each image's identity.
-    rows = ledger(lambda_env)
-    assert [(r["key"], r["message_id"], r["size"], r["etag"], r["version_id"]) for r in rows] == [
-        (line["key"], line["message_id"], line["size"], line["etag"], line["version_id"]) for line in lines]
+    rows = ledger(lambda_env)  # one commit: the two good records, typed, with each image's identity
+    assert [(r["key"], r["message_id"]) for r in rows] == [("uploads/Kiwi/a.jpg", "msg-0"), ("uploads/Tomato 1/b.jpg", "msg-2")]
+    assert set(rows[0]) == {"image_id", "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time",
+                            "event_name", "message_id", "received_at"}
+    assert (rows[0]["size"], rows[0]["etag"], rows[0]["version_id"]) == (
+        4702, "d41d8cd98f00b204e9800998ecf8427e", "096fKKXTRTtl3on89fVO.nfljtsv6qko")
     assert rows[0]["event_time"].isoformat() == "2026-11-21T10:15:30.123000+00:00"  # the fixture's eventTime
     assert all(r["image_id"] == image_id(r["bucket"], r["key"], r["etag"], r["version_id"]) for r in rows)
 
 
 def test_a_forged_record_beside_good_ones_is_skipped_and_the_batch_lands(lambda_env) -> None:
-    """A lone surrogate in an etag used to make the manifest's write raise and fail all six records
+    """A lone surrogate in an etag used to make the batch's write raise and fail all six records
     (the good five went to the dead-letter queue with it)."""
     from fruits_ingest.handler import handler
 
@@ -90,18 +79,15 @@ def test_a_forged_record_beside_good_ones_is_skipped_and_the_batch_lands(lambda_
     forged["Records"][0]["s3"]["object"]["eTag"] = "\ud800"
     response = handler(sqs_event(*good[:3], json.dumps(forged), *good[3:]), LocalContext())
     assert response == {"batchItemFailures": []}
-    (lines,) = manifests(lambda_env).values()
-    assert [line["key"] for line in lines] == [f"uploads/Kiwi/{i}.jpg" for i in range(5)]
+    assert [r["key"] for r in ledger(lambda_env)] == [f"uploads/Kiwi/{i}.jpg" for i in range(5)]
 
 
-def test_retried_batch_rewrites_the_same_manifest(lambda_env) -> None:
+def test_a_retried_batch_appends_its_rows_again(lambda_env) -> None:
     from fruits_ingest.handler import handler
 
     event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), s3_event("uploads/Kiwi/b.jpg"))
     assert handler(event, LocalContext()) == {"batchItemFailures": []}
-    first = manifests(lambda_env)
     handler(event, LocalContext())
-    assert manifests(lambda_env) == first and len(first) == 1
     # The ledger is at-least-once: the batch's rows twice (the stream keeps one row per image).
     assert [r["key"] for r in ledger(lambda_env)] == ["uploads/Kiwi/a.jpg", "uploads/Kiwi/b.jpg"] * 2
 
@@ -115,7 +101,7 @@ from fruits_ingest.handler import make_handler
 from fruits_ingest.runner import LocalContext
 settings = Settings.model_validate_json(sys.argv[1])
 event = json.loads(sys.argv[2])
-handler = make_handler(ingest_config(settings), aws.client("s3", settings))
+handler = make_handler(ingest_config(settings))
 print("ready", flush=True)
 sys.stdin.readline()  # every invocation is ready: they append at once
 print("answer", json.dumps(handler(event, LocalContext())), flush=True)
@@ -155,18 +141,20 @@ def test_concurrent_invocations_append_every_row_once(settings) -> None:
     assert len(appends) == 6  # one commit per invocation
 
 
-def test_batch_of_only_skips_writes_no_manifest(lambda_env) -> None:
+def test_batch_of_only_skips_appends_nothing(lambda_env) -> None:
     from fruits_ingest.handler import handler
 
     event = sqs_event((FIXTURES / "events" / "s3_test_event.json").read_text(), s3_event("uploads/Kiwi/x.txt"))
     assert handler(event, LocalContext()) == {"batchItemFailures": []}
-    assert manifests(lambda_env) == {}
+    assert ledger(lambda_env) == []
 
 
-def test_manifest_write_failure_fails_every_record(lambda_env, monkeypatch) -> None:
+def test_a_ledger_append_failure_fails_every_record(lambda_env, monkeypatch) -> None:
     from fruits_ingest.handler import handler
 
-    monkeypatch.setenv("MANIFEST_BUCKET", "no-such-bucket-anywhere")
+    monkeypatch.setenv("LEDGER_URI", "s3://no-such-bucket-anywhere/tables/uploads")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", lambda_env.endpoint_url)  # delta-rs: the emulator, which has no such bucket
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
     event = sqs_event(s3_event("uploads/Kiwi/a.jpg"), "garbage", s3_event("uploads/Kiwi/b.jpg"))
     response = handler(event, LocalContext())
     assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == ["msg-0", "msg-1", "msg-2"]
@@ -208,14 +196,14 @@ def test_metrics_are_emitted_as_emf(lambda_env, monkeypatch, capsys) -> None:
 
 
 def test_real_uploads_through_the_event_source_mapping(settings) -> None:
-    """Upload -> S3 notification (emulator) -> SQS -> runner -> handler -> manifest; DLQ stays empty."""
+    """Upload -> S3 notification (emulator) -> SQS -> runner -> handler -> ledger; DLQ stays empty."""
     s3 = aws.client("s3", settings)
     keys = ["uploads/Apple Braeburn/1.jpg", "uploads/Kiwi/a+b.JPG", "uploads/Pêche/é 1.png", "uploads/notes.txt"]
     for key in keys:
         s3.put_object(Bucket=settings.bucket, Key=key, Body=b"bytes")
     stats = event_source_mapping(settings, visibility_timeout=2).drain(timeout_seconds=60)
     assert stats.failed == 0
-    lines = [line for ls in manifests(settings).values() for line in ls]
+    lines = ledger(settings)
     assert sorted(line["key"] for line in lines) == sorted(keys[:3])  # .txt: notified, skipped by the Lambda
     assert all(line["etag"] and line["size"] == 5 for line in lines)
     assert dead_letter_depth(settings) == 0
@@ -231,13 +219,13 @@ def test_poison_message_lands_in_the_dead_letter_queue(settings) -> None:
     stats = mapping.drain(timeout_seconds=60)
     assert stats.failed >= 3  # maxReceiveCount deliveries of the poison message
     assert dead_letter_depth(settings) == 1
-    assert [line["key"] for ls in manifests(settings).values() for line in ls] == ["uploads/Kiwi/ok.jpg"]
-    assert os.environ.get("MANIFEST_BUCKET") != settings.bucket  # configured explicitly, not through os.environ
+    assert [r["key"] for r in ledger(settings)] == ["uploads/Kiwi/ok.jpg"]
+    assert os.environ.get("UPLOADS_BUCKET") != settings.bucket  # configured explicitly, not through os.environ
 
 
 def test_the_mapping_gathers_a_backlog_into_batches_as_on_aws(settings) -> None:
     """Up to batch_size messages per invocation, gathered over several receives (SQS hands out 10
-    at most); one manifest per invocation; nothing received twice or left behind."""
+    at most); one ledger commit per invocation; nothing received twice or left behind."""
     s3 = aws.client("s3", settings)
     keys = [f"uploads/Kiwi/{i}.jpg" for i in range(25)]
     for key in keys:
@@ -250,7 +238,7 @@ def test_the_mapping_gathers_a_backlog_into_batches_as_on_aws(settings) -> None:
     stats = mapping.drain(timeout_seconds=60)
     # One invocation for all 25 (and the s3:TestEvent the emulator sent when the notification was set up).
     assert len(sizes) == 1 and sizes[0] == stats.received == stats.deleted >= 25 and stats.failed == 0
-    assert sorted(line["key"] for ls in manifests(settings).values() for line in ls) == sorted(keys)
+    assert sorted(r["key"] for r in ledger(settings)) == sorted(keys)
     assert mapping.backlog() == 0 and mapping.gather() == []  # an empty queue: one long poll, no batch
 
 
@@ -315,7 +303,7 @@ def test_replay_dlq_moves_whatever_a_dead_letter_queue_holds(settings, capsys, m
 
 
 def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, capsys) -> None:
-    """The manifest bucket is wrong: the event fails its three deliveries and is dead-lettered.
+    """The ledger's bucket is wrong: the event fails its three deliveries and is dead-lettered.
     Fixed, ``fruits replay-dlq`` moves it back (``--dry-run`` first only lists it) and it lands."""
     from fruits.cli import main
     from fruits.local import ingest
@@ -325,15 +313,14 @@ def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, cap
 
     s3 = aws.client("s3", settings)
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/late.jpg", Body=b"x")
-    broken = make_handler(IngestConfig(manifest_bucket="fruits-no-such-manifest-bucket",
-                                       ledger_uri="s3://fruits-no-such-manifest-bucket/tables/uploads",
-                                       storage_options=lake.storage_options(settings),
-                                       accepted_buckets=(settings.bucket,)), s3)
+    broken = make_handler(IngestConfig(uploads_bucket=settings.bucket,
+                                       ledger_uri="s3://fruits-no-such-ledger-bucket/tables/uploads",
+                                       storage_options=lake.storage_options(settings)))
     EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), broken, batch_size=10,
                        batching_window=0, visibility_timeout=1).drain()
     # The upload's event, and the emulator's s3:TestEvent that shared its failed batch.
     dead = ingest.dead_letter_depth(settings)
-    assert dead >= 1 and manifests(settings) == {}
+    assert dead >= 1 and ledger(settings) == []
 
     def replay(*flags: str) -> str:
         with pytest.raises(SystemExit) as done:
@@ -348,5 +335,4 @@ def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, cap
     assert f"moved {dead} message(s)" in replay("--max", "5")
     assert ingest.dead_letter_depth(settings) == 0
     ingest.drain(settings, visibility_timeout=5)  # the fixed Lambda
-    assert [line["key"] for lines in manifests(settings).values() for line in lines] == ["uploads/Kiwi/late.jpg"]
     assert [r["key"] for r in ledger(settings)] == ["uploads/Kiwi/late.jpg"]

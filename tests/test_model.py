@@ -111,7 +111,7 @@ def test_a_compiled_model_saved_and_loaded_is_the_same_model(weights_blob, tmp_p
 
 
 def test_an_object_the_job_cannot_read_is_quarantined_and_the_rest_land(settings, weights_blob) -> None:
-    """A manifest line naming a bucket that does not exist (NoSuchBucket: an object the job may
+    """A ledger row naming a bucket that does not exist (NoSuchBucket: an object the job may
     not read) is that upload's failure, with S3's code; the batch's good image gets its features."""
     photo = sample_images(SAMPLE)[0][1]
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/x/good.jpg", Body=photo.read_bytes())

@@ -5,8 +5,9 @@ alarms.
 Every name derives from the stage (``fruits-<stage>-...``); the region defaults to eu-west-3 (Paris)
 for EU data residency. Each component gets its own role with only what it uses:
 
-- the ingest Lambda receives and deletes from its queue and writes objects under ``manifests/``;
-- the Spark jobs read ``uploads/``, ``manifests/`` and ``artifacts/``, and read and write ``tables/``;
+- the ingest Lambda receives and deletes from its queue and reads and writes the uploads ledger
+  (``tables/uploads/``) only;
+- the Spark jobs read ``uploads/`` and ``artifacts/``, and read and write ``tables/``;
 - the scheduler may start job runs on this application, passing the job role, and nothing more.
 
 Example::
@@ -47,14 +48,14 @@ from fruits.spark.bundle import ARTIFACTS, ENTRY_POINT, ENVIRONMENT, MODEL_DIR, 
 from fruits.spark.release import EMR_RELEASE, PYTHON_EXECUTABLE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, LEDGER_TABLE, MANIFEST_PREFIX, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
+    BATCH_SIZE, BATCHING_WINDOW_SECONDS, LEDGER_TABLE, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
     UPLOAD_PREFIX, IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
-UPLOADS, MANIFESTS, TABLES = UPLOAD_PREFIX, MANIFEST_PREFIX, "tables/"
+UPLOADS, TABLES = UPLOAD_PREFIX, "tables/"
 # Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven. The
 # third jar is Delta's DynamoDB commit coordinator (S3DynamoDBLogStore), for concurrent writers.
 EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar"
@@ -68,9 +69,8 @@ LOG_STORE = "io.delta.storage.S3DynamoDBLogStore"
 DYNAMIC_ALLOCATION = {"spark.dynamicAllocation.enabled": "true", "spark.dynamicAllocation.minExecutors": "1",
                       "spark.dynamicAllocation.maxExecutors": "3", "spark.executor.cores": "4"}
 # What fruits.spark.session sets in code for a local session, passed to the cluster as --conf: the
-# stream's tables see a new version every micro-batch, and a few listing tasks list many manifests.
-CLUSTER_TUNING = {"spark.databricks.delta.snapshotPartitions": "8",
-                  "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8"}
+# stream's tables see a new version every micro-batch.
+CLUSTER_TUNING = {"spark.databricks.delta.snapshotPartitions": "8"}
 # The checkov checks make synth skips, per resource (CloudFormation Metadata, where checkov reads
 # them), each with its reason; infra/README.md lists them. Everything else must pass. Keys are the
 # stack's construct ids (a trailing * matches CDK's generated ids).
@@ -133,7 +133,6 @@ class StageConfig:
     emr_release: str = EMR_RELEASE
     refit_schedule: str = "rate(1 hour)"
     maintain_schedule: str = "rate(1 day)"  # OPTIMIZE + VACUUM (fruits maintain)
-    manifest_retention_days: int = 30
     start_stream: bool = False
     alarm_email: str | None = None
 
@@ -238,9 +237,6 @@ class FruitsStack(cdk.Stack):
             versioned=True,
             server_access_logs_bucket=access_logs, server_access_logs_prefix="images/",
             lifecycle_rules=[
-                # The stream's checkpoint remembers which manifests it read; old ones are dead weight.
-                s3.LifecycleRule(id="expire-manifests", prefix=MANIFESTS,
-                                 expiration=cdk.Duration.days(self.config.manifest_retention_days)),
                 s3.LifecycleRule(id="abort-incomplete-uploads",
                                  abort_incomplete_multipart_upload_after=cdk.Duration.days(7)),
                 s3.LifecycleRule(id="expire-noncurrent-versions",
@@ -276,12 +272,9 @@ class FruitsStack(cdk.Stack):
         role = iam.Role(
             self, "IngestRole", role_name=self.config.name("ingest"),
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="ingest Lambda: its queue, its log group, manifests/ and the uploads ledger only",
+            description="ingest Lambda: its queue, its log group and the uploads ledger only",
         )
         log_group.grant_write(role)
-        role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:PutObject"], resources=[self.bucket.arn_for_objects(f"{MANIFESTS}*")],
-        ))
         # The uploads ledger: delta-rs reads its log and appends (conditional puts, no lock table).
         role.add_to_policy(iam.PolicyStatement(
             sid="AppendLedger", actions=["s3:GetObject", "s3:PutObject"],
@@ -298,8 +291,7 @@ class FruitsStack(cdk.Stack):
             code=lambda_code(), role=role, log_group=log_group,
             timeout=LAMBDA_TIMEOUT, memory_size=256,
             environment={
-                **IngestConfig(manifest_bucket=self.bucket.bucket_name, manifest_prefix=MANIFESTS,
-                               accepted_prefixes=(UPLOADS,),
+                **IngestConfig(uploads_bucket=self.bucket.bucket_name, accepted_prefixes=(UPLOADS,),
                                ledger_uri=f"s3://{self.bucket.bucket_name}/{LEDGER_TABLE}").as_env(),
                 "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
@@ -339,12 +331,12 @@ class FruitsStack(cdk.Stack):
         role = iam.Role(
             self, "JobRole", role_name=self.config.name("spark-job"),
             assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
-            description="Spark jobs: read uploads, manifests, artifacts; read and write tables",
+            description="Spark jobs: read uploads and artifacts; read and write tables (the uploads ledger: read)",
         )
         b = self.bucket
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadInputs", actions=["s3:GetObject", "s3:GetObjectVersion"],
-            resources=[b.arn_for_objects(f"{p}*") for p in (UPLOADS, MANIFESTS, ARTIFACTS)],
+            resources=[b.arn_for_objects(f"{p}*") for p in (UPLOADS, ARTIFACTS)],
         ))
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadWriteTables", actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
@@ -352,7 +344,7 @@ class FruitsStack(cdk.Stack):
         ))
         role.add_to_policy(iam.PolicyStatement(
             sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, MANIFESTS, TABLES, ARTIFACTS)]}},
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, TABLES, ARTIFACTS)]}},
         ))
         # Delta's commits: read, write and find the newest entry of the coordinator table; nothing else.
         role.add_to_policy(iam.PolicyStatement(
@@ -493,7 +485,7 @@ class FruitsStack(cdk.Stack):
 
     def _stream_alarms(self) -> list[cloudwatch.Alarm]:
         """The stalled stream: uploads reached the queue in two 15-minute windows in a row, yet no
-        micro-batch committed in either (the Lambda keeps draining the queue into manifests, so the
+        micro-batch committed in either (the Lambda keeps draining the queue into the ledger, so the
         queue alarms stay quiet). Not yet seen firing on AWS: how FILL treats a metric with no data at
         all in the range is to be checked there."""
         if not self.config.start_stream:

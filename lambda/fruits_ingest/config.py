@@ -2,10 +2,9 @@
 
 | variable | meaning | default |
 | --- | --- | --- |
-| ``MANIFEST_BUCKET`` | bucket the manifests are written to | required |
-| ``MANIFEST_PREFIX`` | key prefix of the manifests | ``manifests/`` |
-| ``LEDGER_URI`` | the uploads ledger, a Delta table (``s3://`` URI or a local path) | ``s3://<manifest bucket>/tables/uploads`` |
-| ``ACCEPTED_BUCKETS`` | comma-separated buckets whose uploads to accept | the manifest bucket |
+| ``UPLOADS_BUCKET`` | the bucket the app uploads to (and where the ledger is, by default) | required |
+| ``LEDGER_URI`` | the uploads ledger, a Delta table (``s3://`` URI or a local path) | ``s3://<uploads bucket>/tables/uploads`` |
+| ``ACCEPTED_BUCKETS`` | comma-separated buckets whose uploads to accept | the uploads bucket |
 | ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/`` |
 | ``IMAGE_SUFFIXES`` | comma-separated file suffixes to accept (case-insensitive) | ``.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff`` |
 """
@@ -20,8 +19,8 @@ from .exceptions import ConfigurationError
 
 # How the SQS event source mapping feeds the Lambda, here and on AWS (infra/ deploys these): up to
 # BATCH_SIZE messages per invocation, gathered for at most BATCHING_WINDOW_SECONDS after the first.
-# One invocation writes one manifest, and the stream pays a fixed cost per manifest file (about
-# 35 ms on one machine), so a backlog is worth batching: 2,100 uploads as 21 manifests instead of
+# One invocation appends one ledger commit, and the stream pays a fixed cost per file it reads (about
+# 35 ms on one machine), so a backlog is worth batching: 2,100 uploads as 21 commits instead of
 # 210 featurized 1.4x faster. At a trickle, the window adds up to a second of latency. AWS needs a
 # window of at least 1 s for batches over 10.
 BATCH_SIZE = 100
@@ -35,9 +34,8 @@ MAX_CONCURRENCY = 5
 # The CloudWatch namespace of the pipeline's metrics: the Lambda's and the stream's.
 METRICS_NAMESPACE = "Fruits"
 
-# Where the app uploads and where manifests go, by default (the pipeline's settings and infra/ too).
+# Where the app uploads, by default (the pipeline's settings and infra/ too).
 UPLOAD_PREFIX = "uploads/"
-MANIFEST_PREFIX = "manifests/"
 # The uploads ledger's place under a bucket, beside the jobs' tables (their default root is tables/).
 LEDGER_TABLE = "tables/uploads"
 
@@ -66,37 +64,31 @@ def _split(value: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    manifest_bucket: str
-    manifest_prefix: str = MANIFEST_PREFIX
+    uploads_bucket: str
     accepted_prefixes: tuple[str, ...] = (UPLOAD_PREFIX,)
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
-    # Events for other buckets are skipped (the jobs may not read them); empty means the manifest bucket.
+    # Events for other buckets are skipped (the jobs may not read them); empty means the uploads bucket.
     accepted_buckets: tuple[str, ...] = ()
-    ledger_uri: str = ""  # empty: LEDGER_TABLE under the manifest bucket, where the jobs' tables are
+    ledger_uri: str = ""  # empty: LEDGER_TABLE under the uploads bucket, where the jobs' tables are
     # delta-rs's options for the ledger (an emulator's endpoint); on AWS, the Lambda's own credentials.
     storage_options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.manifest_bucket:
-            raise ConfigurationError("MANIFEST_BUCKET is empty: set it to the bucket the manifests go to.")
+        if not self.uploads_bucket:
+            raise ConfigurationError("UPLOADS_BUCKET is empty: set it to the bucket the app uploads to.")
         if not self.accepted_buckets:
-            object.__setattr__(self, "accepted_buckets", (self.manifest_bucket,))
+            object.__setattr__(self, "accepted_buckets", (self.uploads_bucket,))
         if not self.ledger_uri:
-            object.__setattr__(self, "ledger_uri", f"s3://{self.manifest_bucket}/{LEDGER_TABLE}")
-        if self.manifest_prefix and not self.manifest_prefix.endswith("/"):
-            object.__setattr__(self, "manifest_prefix", self.manifest_prefix + "/")
+            object.__setattr__(self, "ledger_uri", f"s3://{self.uploads_bucket}/{LEDGER_TABLE}")
         object.__setattr__(self, "image_suffixes", tuple(s.lower() for s in self.image_suffixes))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestConfig:
         env = os.environ if environ is None else environ
-        if "MANIFEST_BUCKET" not in env:
-            raise ConfigurationError(
-                "MANIFEST_BUCKET is not set: give the Lambda the name of the bucket to write manifests to."
-            )
+        if "UPLOADS_BUCKET" not in env:
+            raise ConfigurationError("UPLOADS_BUCKET is not set: give the Lambda the name of the bucket the app uploads to.")
         return cls(
-            manifest_bucket=env["MANIFEST_BUCKET"],
-            manifest_prefix=env.get("MANIFEST_PREFIX", MANIFEST_PREFIX),
+            uploads_bucket=env["UPLOADS_BUCKET"],
             accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", UPLOAD_PREFIX)),
             image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
             accepted_buckets=_split(env.get("ACCEPTED_BUCKETS", "")),
@@ -106,8 +98,7 @@ class IngestConfig:
     def as_env(self) -> dict[str, str]:
         """The environment variables that reproduce this configuration (for deployment and local runs)."""
         return {
-            "MANIFEST_BUCKET": self.manifest_bucket,
-            "MANIFEST_PREFIX": self.manifest_prefix,
+            "UPLOADS_BUCKET": self.uploads_bucket,
             "ACCEPTED_PREFIXES": ",".join(self.accepted_prefixes),
             "IMAGE_SUFFIXES": ",".join(self.image_suffixes),
             "ACCEPTED_BUCKETS": ",".join(self.accepted_buckets),

@@ -13,7 +13,7 @@ Example::
         print(image.key)
     print(parsed.skipped)   # e.g. {"not_an_image": 1}
 
-Each accepted record's fields are checked against the manifest's contract (``_checked``): a
+Each accepted record's fields are checked against the ledger's contract (``_checked``): a
 record whose object could not be asked for as announced (a key that is not UTF-8, an etag or
 version id with control or non-ASCII characters: a forged or garbled event) is skipped and counted
 as ``invalid_field``, so that one bad record never fails the good ones beside it. Fields the stream
@@ -39,7 +39,7 @@ from .exceptions import InvalidField, MalformedMessage
 
 
 class SkipReason(StrEnum):
-    """Why a well-formed event produced no manifest line. These are the metric dimensions too."""
+    """Why a well-formed event produced no ledger row. These are the metric dimensions too."""
 
     TEST_EVENT = "test_event"
     NOT_OBJECT_CREATED = "not_object_created"
@@ -53,7 +53,7 @@ class SkipReason(StrEnum):
 
 @dataclass(frozen=True)
 class ImageEvent:
-    """One accepted upload: one line of a manifest."""
+    """One accepted upload: one row of the uploads ledger."""
 
     bucket: str
     key: str
@@ -118,8 +118,8 @@ def _image_event(record: Any, message_id: str) -> ImageEvent:
     )
 
 
-# The contract of a manifest line, field by field (what S3 sends, with room to spare). Anything
-# else is a forged or garbled event, and would break the manifest's write or the stream's parse.
+# The contract of a ledger row, field by field (what S3 sends, with room to spare). Anything else
+# is a forged or garbled event, and would break the ledger's write or the stream's fetch.
 _REQUIRED = {  # the object is asked for by these: a record that breaks them is skipped
     "etag": re.compile(r"[0-9A-Za-z_-]{1,128}"),
     "version_id": re.compile(r"[\x21-\x7e]{1,1024}"),  # printable ASCII, no spaces

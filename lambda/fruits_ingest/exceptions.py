@@ -18,7 +18,7 @@ class MalformedMessage(IngestError):
 
 
 class InvalidField(IngestError):
-    """A record of an S3 event has a field outside the manifest's contract (a forged or garbled
+    """A record of an S3 event has a field outside the ledger's contract (a forged or garbled
     event). The record is skipped and counted (``RecordsSkipped``, reason ``invalid_field``) and
     logged with this message; the other records of its message and batch go on."""
 
@@ -30,7 +30,3 @@ class InvalidField(IngestError):
 class LedgerWriteError(IngestError):
     """The batch's rows could not be appended to the uploads ledger; the whole batch is reported
     failed and will be redelivered."""
-
-
-class ManifestWriteError(IngestError):
-    """The manifest could not be written; the whole batch is reported failed and will be redelivered."""

@@ -2,13 +2,12 @@
 
 Invoked by an SQS event source mapping with ``ReportBatchItemFailures``. Each record is parsed on
 its own (a malformed message fails only itself); the accepted images of the whole batch are then
-appended to the uploads ledger as one Delta commit (``ledger``) and written as one manifest. If
-either write fails, every record is reported failed, so nothing is acknowledged that was not
-recorded.
+appended to the uploads ledger as one Delta commit (``ledger``). If that fails, every record is
+reported failed, so nothing is acknowledged that was not recorded.
 
 ``handler`` configures itself from its environment (``IngestConfig.from_env``) on each call; a
-local runner passes its configuration and S3 client instead, through ``make_handler``, so that
-nothing is written into the process's environment.
+local runner passes its configuration instead (with delta-rs's options for the emulator), through
+``make_handler``, so that nothing is written into the process's environment.
 
 Example (what the event source mapping does)::
 
@@ -16,7 +15,7 @@ Example (what the event source mapping does)::
     response = handler({"Records": [sqs_record, ...]}, context)
     # {"batchItemFailures": [{"itemIdentifier": "<messageId of a bad record>"}]}
 
-    local = make_handler(IngestConfig("my-bucket"), s3_client)   # the same, configured explicitly
+    local = make_handler(IngestConfig("my-bucket"))   # the same, configured explicitly
 """
 
 from __future__ import annotations
@@ -25,20 +24,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from botocore.config import Config
 
-from .config import METRICS_NAMESPACE, RETRIES, IngestConfig
+from .config import METRICS_NAMESPACE, IngestConfig
 from .events import ImageEvent, parse_message
-from .exceptions import LedgerWriteError, ManifestWriteError
+from .exceptions import LedgerWriteError
 from .ledger import append
-from .manifest import manifest_key, write_manifest
 
 SERVICE = "fruits-ingest"
 NAMESPACE = METRICS_NAMESPACE
@@ -49,17 +45,6 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 Handler = Callable[[dict[str, Any], Any], PartialItemFailureResponse]
-
-_s3_client: Any = None
-
-
-def _s3() -> Any:
-    # Created once per execution environment; AWS_ENDPOINT_URL_S3 points it at an emulator.
-    global _s3_client
-    if _s3_client is None:
-        _s3_client = boto3.client("s3", config=Config(retries=dict(RETRIES)))
-    return _s3_client
-
 
 def _all_failed(event: dict[str, Any]) -> PartialItemFailureResponse:
     return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
@@ -75,8 +60,8 @@ def _record_skips(skipped: Counter[str]) -> None:
             metric.add_dimension(name="reason", value=reason)
 
 
-def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client: Any) -> PartialItemFailureResponse:
-    """One invocation: parse every record, record the accepted images in the ledger and a manifest."""
+def handle(event: dict[str, Any], context: Any, config: IngestConfig) -> PartialItemFailureResponse:
+    """One invocation: parse every record, append the accepted images to the ledger."""
     # Powertools keeps metrics it did not print (POWERTOOLS_METRICS_DISABLED, local runs) for the
     # next invocation; start each one clean.
     metrics.clear_metrics()
@@ -103,16 +88,13 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client:
         logger.warning("malformed records", extra={"failed": failed, "records": len(event.get("Records", []))})
 
     if images:
-        ok_ids = sorted({image.message_id for image in images})
-        key = manifest_key(config.manifest_prefix, ok_ids)
         try:
             append(config.ledger_uri, images, config.storage_options)
-            write_manifest(s3_client, config.manifest_bucket, key, images)
-        except (LedgerWriteError, ManifestWriteError):
-            logger.exception("recording the batch failed; reporting the whole batch failed")
+        except LedgerWriteError:
+            logger.exception("the ledger append failed; reporting the whole batch failed")
             metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
             return _all_failed(event)
-        logger.info("batch recorded", extra={"ledger": config.ledger_uri, "manifest": key, "images": len(images)})
+        logger.info("batch recorded", extra={"ledger": config.ledger_uri, "images": len(images)})
 
     metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(images))
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
@@ -120,14 +102,14 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig, s3_client:
     return response
 
 
-def make_handler(config: IngestConfig | None = None, s3_client: Any = None) -> Handler:
+def make_handler(config: IngestConfig | None = None) -> Handler:
     """A Lambda handler with powertools' logging and metrics around ``handle``; without arguments,
     configured from the environment at each call, as on AWS."""
 
     @metrics.log_metrics
     @logger.inject_lambda_context
     def lambda_handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
-        return handle(event, context, config or IngestConfig.from_env(), s3_client or _s3())
+        return handle(event, context, config or IngestConfig.from_env())
 
     return lambda_handler
 

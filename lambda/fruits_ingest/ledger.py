@@ -14,8 +14,9 @@ Example::
     ensure_ledger("s3://my-bucket/tables/uploads")
     append("s3://my-bucket/tables/uploads", images)
 
-Limitations: one commit per invocation (a 100-event batch is one small file), so maintenance
-compacts the ledger; the log keeps ``LOG_RETENTION`` of history, longer than any outage the stream
+Limitations: one commit per invocation (a 100-event batch is one small file), so maintenance is to
+compact the ledger (not built yet); invocations racing to create the ledger may leave a second
+``CREATE TABLE`` commit of the same schema (delta-rs's; harmless, and appends racing it retry); the log keeps ``LOG_RETENTION`` of history, longer than any outage the stream
 is promised to survive (a stream stopped longer must start over from the table).
 """
 
@@ -34,7 +35,7 @@ from .exceptions import LedgerWriteError
 
 _TIME = ac.DataType.timestamp("us", tz="UTC")
 
-# The ledger's columns: the manifest contract of before, typed.
+# The ledger's columns: the S3 event's facts the stream needs, typed.
 SCHEMA = ac.Schema([
     ac.Field("image_id", ac.DataType.string(), nullable=False),  # see image_id()
     ac.Field("bucket", ac.DataType.string(), nullable=False),
@@ -102,18 +103,28 @@ def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) ->
     except TableNotFoundError:
         pass
     try:
-        DeltaTable.create(uri, SCHEMA, mode="ignore", name="uploads", configuration=CONFIGURATION,
+        DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", configuration=CONFIGURATION,
                           description="one row per accepted upload event (the ingest Lambda appends)",
                           storage_options=options)
-    except CommitFailedError:
-        DeltaTable(uri, storage_options=options)  # created by someone else meanwhile
+    except DeltaError:
+        DeltaTable(uri, storage_options=options)  # created by someone else meanwhile: it opens
 
 
-def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None) -> None:
-    """Append ``images`` as one commit; ``LedgerWriteError`` if that cannot be done."""
+def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None,
+           attempts: int = 5) -> None:
+    """Append ``images`` as one commit; ``LedgerWriteError`` if that cannot be done. delta-rs
+    retries an append that lost the race to another append; a commit that conflicts otherwise (the
+    table's creation racing, a maintenance commit) is tried again from the new version, up to
+    ``attempts`` times."""
     try:
         ensure_ledger(uri, storage_options)
-        write_deltalake(uri, rows(images), mode="append", storage_options=dict(storage_options or {}))
+        for attempt in range(attempts):
+            try:
+                write_deltalake(uri, rows(images), mode="append", storage_options=dict(storage_options or {}))
+                return
+            except CommitFailedError:
+                if attempt == attempts - 1:
+                    raise
     except (DeltaError, OSError, ValueError) as exc:
         raise LedgerWriteError(
             f"could not append {len(images)} upload(s) to the ledger {uri}: {exc}. Check that the Lambda role may "

@@ -9,9 +9,8 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | --- | --- | --- |
 | ``FRUITS_ENDPOINT_URL`` | S3/SQS endpoint (the emulator); unset on AWS | unset |
 | ``FRUITS_REGION`` | AWS region | ``eu-west-3`` |
-| ``FRUITS_BUCKET`` | bucket of uploads, manifests and (by default) tables | ``fruits-images`` |
+| ``FRUITS_BUCKET`` | bucket of uploads and (by default) tables | ``fruits-images`` |
 | ``FRUITS_UPLOAD_PREFIX`` | where the app uploads images | ``uploads/`` |
-| ``FRUITS_MANIFEST_PREFIX`` | where the Lambda writes manifests | ``manifests/`` |
 | ``FRUITS_QUEUE`` | SQS queue of S3 events (its DLQ is ``<queue>-dlq``) | ``fruits-uploads`` |
 | ``FRUITS_TABLE_ROOT`` | root of the Delta tables and checkpoints (``s3a://`` or a path) | ``s3a://<bucket>/tables`` |
 | ``FRUITS_WEIGHTS`` | ``imagenet``, a path to MobileNetV2 no-top weights, or a compiled ``.tflite`` model (``fruits model compile``; no TensorFlow needed) | ``imagenet`` |
@@ -44,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fruits_ingest.config import MANIFEST_PREFIX, UPLOAD_PREFIX
+from fruits_ingest.config import UPLOAD_PREFIX
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -68,7 +67,6 @@ class Settings(BaseSettings):
     region: str = Field("eu-west-3", min_length=1)
     bucket: str = Field("fruits-images", min_length=3, max_length=63)
     upload_prefix: str = UPLOAD_PREFIX
-    manifest_prefix: str = MANIFEST_PREFIX
     queue: str = Field("fruits-uploads", min_length=1)
     table_root: str = ""
     weights: str = Field("imagenet", min_length=1)
@@ -97,7 +95,7 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
 
-    @field_validator("upload_prefix", "manifest_prefix")
+    @field_validator("upload_prefix")
     @classmethod
     def _folder(cls, value: str) -> str:
         if value and not value.endswith("/"):
@@ -146,10 +144,6 @@ class Settings(BaseSettings):
     @property
     def checkpoint(self) -> str:
         return self.checkpoint_location or f"{self.table_root}/_checkpoints/featurizer"
-
-    @property
-    def manifests_uri(self) -> str:
-        return f"s3a://{self.bucket}/{self.manifest_prefix}"
 
     @property
     def dead_letter_queue(self) -> str:

@@ -16,7 +16,7 @@ Every failure is classified (the README's table of quarantine reasons):
   error a retry cannot fix (``fetch_failed`` with S3's code and message: NoSuchBucket, AccessDenied,
   InvalidObjectState for an archived object, KMS errors, ...); an object over the byte limit
   (``too_many_bytes``: its size is read from the response's headers, and the body read stops at
-  the limit, so a multi-gigabyte upload never reaches memory); a manifest line no request can be
+  the limit, so a multi-gigabyte upload never reaches memory); a ledger row no request can be
   made from (``invalid_event``: an etag or version id with control characters, a bucket name S3
   would refuse), which botocore would otherwise raise as an S3 outage or a parameter error.
 """

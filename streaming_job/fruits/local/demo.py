@@ -69,7 +69,7 @@ def run(
         spark = get_spark(settings)
         query_handle = job.start(spark, settings, model=blob)
         query_handle.awaitTermination()
-        done("stream caught up with every manifest")
+        done("stream caught up with the uploads ledger")
 
         done = _step("PCA refit")
         fit = refit.refit(spark, settings)

@@ -24,8 +24,7 @@ from ..io import aws, lake
 def ingest_config(settings: Settings) -> IngestConfig:
     """What infra/ sets in the Lambda's environment, for these settings."""
     return IngestConfig(
-        manifest_bucket=settings.bucket,
-        manifest_prefix=settings.manifest_prefix,
+        uploads_bucket=settings.bucket,
         accepted_prefixes=(settings.upload_prefix,),
         ledger_uri=lake.delta_uri(settings.uploads_table),
         storage_options=lake.storage_options(settings),
@@ -39,7 +38,7 @@ def event_source_mapping(
     # Imported here: the handler module sets up powertools' logger, whose level the CLI chooses first.
     from fruits_ingest.handler import make_handler
 
-    handler = make_handler(ingest_config(settings), aws.client("s3", settings))
+    handler = make_handler(ingest_config(settings))
     return EventSourceMapping(
         aws.client("sqs", settings), aws.queue_url(settings), handler,
         batch_size=batch_size, batching_window=batching_window, visibility_timeout=visibility_timeout,

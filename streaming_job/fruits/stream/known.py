@@ -1,7 +1,7 @@
 """The images the tables already hold: the stream's exactly-once check, kept on the driver.
 
 Before featurizing a micro-batch, the stream drops every image whose ``image_id`` is already in
-``features`` or ``quarantine``: a redelivered event, a repeated manifest, or a micro-batch replayed
+``features`` or ``quarantine``: a redelivered event, a ledger row appended twice, or a micro-batch replayed
 after a crash whose rows had committed. ``KnownImages`` holds those ids on the driver, sorted, and
 brings them up to date before each micro-batch: delta-rs's change data feed of the commits since
 its last look gives the ``image_id`` column of the rows they added, with Arrow and no Spark job.
