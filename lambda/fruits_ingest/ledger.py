@@ -93,21 +93,20 @@ def rows(images: Sequence[ImageEvent], received_at: dt.datetime | None = None) -
     return ac.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) -> None:
-    """Create the empty ledger at ``uri`` if there is none (the Lambda before its first append, the
-    stream before it starts: either may come first; a creation that lost the race is fine)."""
+def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable:
+    """The ledger at ``uri``, created empty if there is none (the Lambda before its first append,
+    the stream before it starts: either may come first; a creation that lost the race is fine)."""
     options = dict(storage_options or {})
     try:
-        DeltaTable(uri, storage_options=options)
-        return
+        return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         pass
     try:
-        DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", configuration=CONFIGURATION,
-                          description="one row per accepted upload event (the ingest Lambda appends)",
-                          storage_options=options)
+        return DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", configuration=CONFIGURATION,
+                                 description="one row per accepted upload event (the ingest Lambda appends)",
+                                 storage_options=options)
     except DeltaError:
-        DeltaTable(uri, storage_options=options)  # created by someone else meanwhile: it opens
+        return DeltaTable(uri, storage_options=options)  # created by someone else meanwhile: it opens
 
 
 def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None,
@@ -117,14 +116,15 @@ def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str,
     table's creation racing, a maintenance commit) is tried again from the new version, up to
     ``attempts`` times."""
     try:
-        ensure_ledger(uri, storage_options)
+        table = ensure_ledger(uri, storage_options)  # opened once: the write commits on top of it
         for attempt in range(attempts):
             try:
-                write_deltalake(uri, rows(images), mode="append", storage_options=dict(storage_options or {}))
+                write_deltalake(table, rows(images), mode="append")
                 return
             except CommitFailedError:
                 if attempt == attempts - 1:
                     raise
+                table.update_incremental()
     except (DeltaError, OSError, ValueError) as exc:
         raise LedgerWriteError(
             f"could not append {len(images)} upload(s) to the ledger {uri}: {exc}. Check that the Lambda role may "

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -290,11 +291,9 @@ class BatchWriter:
             log.error("s3://%s/%s quarantined as poison: %s", rows["bucket"][row], rows["key"][row], error)
         bad = [{**line, "result": {"features": None, "reason": str(Reason.POISON), "error": error}, "model_id": self.model_id}
                for line, error in zip(rows.take(list(poisoned)).to_pylist(), poisoned.values())]
-        good = spark.createDataFrame(pa.concat_tables(results), scored_schema) if results else None
-        quarantined = spark.createDataFrame(bad, scored_schema) if bad else None
-        if good is None:
-            return quarantined
-        return good if quarantined is None else good.unionByName(quarantined)
+        parts = ([spark.createDataFrame(pa.concat_tables(results), scored_schema)] if results else []) + (
+            [spark.createDataFrame(bad, scored_schema)] if bad else [])
+        return functools.reduce(DataFrame.unionByName, parts)
 
 
 def _shipped(spec: str) -> str:
