@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from deltalake import DeltaTable
 from fruits.io import aws, lake
 from fruits.local.ingest import dead_letter_depth, event_source_mapping, ingest_config
-from fruits_ingest.ledger import image_id
+from fruits_ingest.ledger import image_id, key_hash
 from fruits_ingest.runner import EventSourceMapping, LocalContext, queue_depth
 
 from conftest import FIXTURES
@@ -61,11 +61,12 @@ def test_one_malformed_record_fails_alone(lambda_env) -> None:
     assert response == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
     rows = ledger(lambda_env)  # one commit: the two good records, typed, with each image's identity
     assert [(r["key"], r["message_id"]) for r in rows] == [("uploads/Kiwi/a.jpg", "msg-0"), ("uploads/Tomato 1/b.jpg", "msg-2")]
-    assert set(rows[0]) == {"image_id", "bucket", "key", "size", "etag", "version_id", "sequencer", "event_time",
-                            "event_name", "message_id", "received_at"}
+    assert set(rows[0]) == {"image_id", "bucket", "key", "key_hash", "size", "etag", "version_id", "sequencer",
+                            "event_time", "event_name", "message_id", "received_at", "event_date"}
     assert (rows[0]["size"], rows[0]["etag"], rows[0]["version_id"]) == (
         4702, "d41d8cd98f00b204e9800998ecf8427e", "096fKKXTRTtl3on89fVO.nfljtsv6qko")
     assert rows[0]["event_time"].isoformat() == "2026-11-21T10:15:30.123000+00:00"  # the fixture's eventTime
+    assert (rows[0]["event_date"].isoformat(), rows[0]["key_hash"]) == ("2026-11-21", key_hash("uploads/Kiwi/a.jpg"))
     assert all(r["image_id"] == image_id(r["bucket"], r["key"], r["etag"], r["version_id"]) for r in rows)
 
 

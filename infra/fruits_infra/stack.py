@@ -331,7 +331,9 @@ class FruitsStack(cdk.Stack):
         role = iam.Role(
             self, "JobRole", role_name=self.config.name("spark-job"),
             assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
-            description="Spark jobs: read uploads and artifacts; read and write tables (the uploads ledger: read)",
+            # The uploads ledger too: maintain sorts its days and deletes what they replaced (delta-rs),
+            # and a stream that starts before the first upload creates it empty.
+            description="Spark jobs: read uploads and artifacts; read and write tables (the uploads ledger included)",
         )
         b = self.bucket
         role.add_to_policy(iam.PolicyStatement(

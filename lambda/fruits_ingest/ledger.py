@@ -5,8 +5,14 @@ no lock table: delta-rs commits to S3 with conditional writes, so concurrent inv
 overwrite each other's commit, and it retries a commit that lost the race). The stream reads the
 table as a Delta streaming source; ``fruits status`` looks keys up in it.
 
-Writers: the Lambda appends; ``fruits maintain`` compacts (delta-rs too, data unchanged); nobody
-else. The ledger is at-least-once: a batch that SQS delivers again appends its rows again, and the
+The table is partitioned by the event's UTC date (``event_date``). Maintenance (``maintain``) sorts
+each day that received uploads since it last ran by ``key_hash`` (a number from the key: delta-rs's
+z-order orders strings by a short prefix only, and keys share long ones), so a look-up by key reads
+at most one file of each day, the one whose ``key_hash`` range holds it.
+
+Writers: the Lambda appends; ``fruits maintain`` sorts and compacts (``maintain``: delta-rs too,
+commits that change no data, which the stream's Delta source skips); nobody else. Spark never
+writes it: its S3 log store and delta-rs's conditional puts do not see each other's commits. The ledger is at-least-once: a batch that SQS delivers again appends its rows again, and the
 stream's exactly-once check (by ``image_id``) keeps the tables exactly-once.
 
 Example::
@@ -14,20 +20,23 @@ Example::
     ensure_ledger("s3://my-bucket/tables/uploads")
     append("s3://my-bucket/tables/uploads", images)
 
-Limitations: one commit per invocation (a 100-event batch is one small file), so maintenance is to
-compact the ledger (not built yet); invocations racing to create the ledger may leave a second
-``CREATE TABLE`` commit of the same schema (delta-rs's; harmless, and appends racing it retry); the log keeps ``LOG_RETENTION`` of history, longer than any outage the stream
-is promised to survive (a stream stopped longer must start over from the table).
+Limitations: one commit per invocation (a 100-event batch is one small file, or two across
+midnight) until ``maintain`` sorts the day; invocations racing to create the ledger may leave a second
+``CREATE TABLE`` commit of the same schema (delta-rs's; harmless, and appends racing it retry); the
+log and the files maintenance replaced are kept ``RETENTION`` (30 days), longer than any outage the
+stream is promised to survive: a stream stopped longer must start over from the table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import arro3.core as ac
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from .events import ImageEvent
@@ -40,6 +49,7 @@ SCHEMA = ac.Schema([
     ac.Field("image_id", ac.DataType.string(), nullable=False),  # see image_id()
     ac.Field("bucket", ac.DataType.string(), nullable=False),
     ac.Field("key", ac.DataType.string(), nullable=False),
+    ac.Field("key_hash", ac.DataType.int64(), nullable=False),  # see key_hash(); the days' sort order
     ac.Field("size", ac.DataType.int64()),
     ac.Field("etag", ac.DataType.string()),
     ac.Field("version_id", ac.DataType.string()),
@@ -48,12 +58,22 @@ SCHEMA = ac.Schema([
     ac.Field("event_name", ac.DataType.string(), nullable=False),
     ac.Field("message_id", ac.DataType.string(), nullable=False),
     ac.Field("received_at", _TIME, nullable=False),  # when the Lambda appended it
+    # The partition: event_time's UTC date (received_at's if the event had none). A redelivered or
+    # replayed event repeats its event time, so it lands in its first delivery's day.
+    ac.Field("event_date", ac.DataType.date32(), nullable=False),
 ])
+PARTITION = "event_date"
 
-# Delta's own settings of the table. The log is kept 30 days: a stream stopped for less resumes from
-# its checkpoint's ledger version (the README's promise); checkpoints keep opening the log cheap.
-LOG_RETENTION = "interval 30 days"
-CONFIGURATION = {"delta.logRetentionDuration": LOG_RETENTION, "delta.checkpointInterval": "100"}
+# Delta's own settings of the table. The log, and the small files maintenance replaced, are kept 30
+# days: a stream stopped for less resumes from its checkpoint's ledger version and still finds the
+# files those commits name (the README's promise). A checkpoint every 100 commits keeps opening the
+# log cheap, and each one deletes the log entries older than the retention.
+RETENTION = "interval 30 days"
+CONFIGURATION = {"delta.logRetentionDuration": RETENTION, "delta.deletedFileRetentionDuration": RETENTION,
+                 "delta.checkpointInterval": "100"}
+# A maintained day is its key-sorted files of about the writer's target size (100 MB) and at most one
+# smaller one; a day with two or more files under this size has had uploads since (or was never sorted).
+SMALL_FILE_BYTES = 32 * 1024 * 1024
 
 
 def image_id(bucket: str, key: str, etag: str | None, version_id: str | None) -> str:
@@ -63,32 +83,51 @@ def image_id(bucket: str, key: str, etag: str | None, version_id: str | None) ->
     return hashlib.sha256("\0".join((bucket, key, version, etag or "")).encode("utf-8")).hexdigest()
 
 
-def _micros(value: dt.datetime | str | None) -> int | None:
-    """Microseconds since the epoch (arro3 builds timestamps from integers); an event time was
-    checked against the contract's ISO 8601 pattern before."""
-    if value is None:
-        return None
-    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def key_hash(key: str) -> int:
+    """The first 8 bytes of sha256(key), as a signed integer: look-ups by key filter on it too, and
+    the per-file minimum and maximum of a sorted day leave one file to read."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def _moment(value: dt.datetime | str | None) -> dt.datetime | None:
+    """An event time was checked against the contract's ISO 8601 pattern before."""
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _micros(moment: dt.datetime | None) -> int | None:
+    """Microseconds since the epoch (arro3 builds timestamps from integers)."""
+    return None if moment is None else (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _days(moment: dt.datetime) -> int:
+    """Days since the epoch of ``moment``'s UTC date (arro3 builds dates from integers)."""
+    return (moment - _EPOCH) // dt.timedelta(days=1)
 
 
 def rows(images: Sequence[ImageEvent], received_at: dt.datetime | None = None) -> ac.Table:
     """The ledger rows of ``images``, as an Arrow table of ``SCHEMA``."""
     received = received_at or dt.datetime.now(dt.UTC)
+    times = [_moment(i.event_time) for i in images]
     columns = {
         "image_id": [image_id(i.bucket, i.key, i.etag, i.version_id) for i in images],
         "bucket": [i.bucket for i in images],
         "key": [i.key for i in images],
+        "key_hash": [key_hash(i.key) for i in images],
         "size": [i.size for i in images],
         "etag": [i.etag for i in images],
         "version_id": [i.version_id for i in images],
         "sequencer": [i.sequencer for i in images],
-        "event_time": [_micros(i.event_time) for i in images],
+        "event_time": [_micros(t) for t in times],
         "event_name": [i.event_name for i in images],
         "message_id": [i.message_id for i in images],
         "received_at": [_micros(received)] * len(images),
+        "event_date": [_days(t or received) for t in times],
     }
-    arrays = [ac.Array(columns[f.name], ac.DataType.int64()).cast(f.type) if f.type == _TIME
+    integers = {_TIME: ac.DataType.int64(), ac.DataType.date32(): ac.DataType.int32()}
+    arrays = [ac.Array(columns[f.name], integers[f.type]).cast(f.type) if f.type in integers
               else ac.Array(columns[f.name], f.type) for f in SCHEMA]
     return ac.Table.from_arrays(arrays, schema=SCHEMA)
 
@@ -102,11 +141,17 @@ def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) ->
     except TableNotFoundError:
         pass
     try:
-        return DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", configuration=CONFIGURATION,
+        return DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", partition_by=[PARTITION],
+                                 configuration=CONFIGURATION,
                                  description="one row per accepted upload event (the ingest Lambda appends)",
                                  storage_options=options)
     except DeltaError:
         return DeltaTable(uri, storage_options=options)  # created by someone else meanwhile: it opens
+
+
+# An append writes the log's checkpoint when one is due but deletes nothing: the Lambda's role may not
+# delete, and ``maintain`` deletes the expired log entries.
+_APPEND_HOOKS = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
 
 
 def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None,
@@ -119,7 +164,7 @@ def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str,
         table = ensure_ledger(uri, storage_options)  # opened once: the write commits on top of it
         for attempt in range(attempts):
             try:
-                write_deltalake(table, rows(images), mode="append")
+                write_deltalake(table, rows(images), mode="append", post_commithook_properties=_APPEND_HOOKS)
                 return
             except CommitFailedError:
                 if attempt == attempts - 1:
@@ -130,3 +175,46 @@ def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str,
             f"could not append {len(images)} upload(s) to the ledger {uri}: {exc}. Check that the Lambda role may "
             "read and write that prefix (s3:GetObject, s3:PutObject, s3:ListBucket); the batch will be redelivered."
         ) from exc
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What ``maintain`` did: the days it sorted, the files it replaced and wrote, the files it deleted."""
+
+    days: tuple[dt.date, ...]
+    files_removed: int
+    files_added: int
+    vacuumed: int
+
+
+def maintain(uri: str, storage_options: Mapping[str, str] | None = None) -> Maintenance | None:
+    """Sort by ``key_hash`` (``optimize.z_order``) each day that has two or more small files, then
+    delete the files replaced, and the log entries written, more than ``RETENTION`` ago; ``None`` if
+    there is no ledger yet. Run by ``fruits maintain``; its commits change no data
+    (``dataChange=false``), so the stream's source skips them, and appends racing it go through.
+
+    Cost: the days that received uploads since the last run (today's, and a day a replay reached),
+    each rewritten whole: bounded by a day's uploads, never by the table. Finding them reads the
+    table's file list (metadata, from the log's checkpoint), not its data.
+
+    Example::
+
+        maintain("s3://my-bucket/tables/uploads")   # Maintenance(days=(date(2026, 12, 6),), ...)
+    """
+    options = dict(storage_options or {})
+    try:
+        table = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return None
+    files = table.get_add_actions(flatten=True)
+    small = Counter(day for day, size in zip(files.column(f"partition.{PARTITION}").to_pylist(),
+                                             files.column("size_bytes").to_pylist(), strict=True)
+                    if size < SMALL_FILE_BYTES)
+    days = tuple(sorted(day for day, count in small.items() if count > 1))
+    removed = added = 0
+    for day in days:
+        metrics = table.optimize.z_order(["key_hash"], partition_filters=[(PARTITION, "=", day.isoformat())])
+        removed, added = removed + metrics["numFilesRemoved"], added + metrics["numFilesAdded"]
+    vacuumed = table.vacuum(dry_run=False)  # the table's deletedFileRetentionDuration: RETENTION
+    table.cleanup_metadata()  # the log entries older than its logRetentionDuration: RETENTION
+    return Maintenance(days, removed, added, len(vacuumed))

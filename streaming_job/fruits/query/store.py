@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
+from fruits_ingest import ledger
 from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
 from ..config import Settings
@@ -270,8 +271,10 @@ class FeatureStore:
             return Status(key, "skipped", f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
                                           "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)")
         try:
+            # key_hash prunes the ledger's files: each maintained day is sorted by it.
             rows = _rows_with_key(self.dataset(LEDGER).dataset, key, ["image_id", "bucket", "key", "etag", "event_time",
-                                                                      "received_at", "message_id"], bucket)
+                                                                      "received_at", "message_id"], bucket,
+                                  pc.field("key_hash") == ledger.key_hash(key))
         except FileNotFoundError:
             return Status(key, "unknown", f"in no table, and there is no uploads ledger at {self.settings.uploads_table} "
                                           "yet (no upload has reached the ingest Lambda)")
@@ -284,11 +287,15 @@ class FeatureStore:
                                       "reached the ingest Lambda yet")
 
 
-def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None) -> list[dict[str, Any]]:
-    """The rows of ``key`` (in ``bucket`` only, when the caller named one)."""
+def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,
+                   also: pc.Expression | None = None) -> list[dict[str, Any]]:
+    """The rows of ``key`` (in ``bucket`` only, when the caller named one; matching ``also``, a
+    filter that prunes files by their statistics)."""
     wanted = pc.field("key") == key
     if bucket is not None:
         wanted &= pc.field("bucket") == bucket
+    if also is not None:
+        wanted &= also
     found = dataset.to_table(columns=columns, filter=wanted)
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
 

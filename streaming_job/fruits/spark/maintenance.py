@@ -5,7 +5,9 @@ every reader opens each of them. ``maintain`` runs Delta's OPTIMIZE (bin-packing
 and ``quarantine``. Its commits change no rows (``dataChange=false``), so the PCA's incremental
 statistics and the stream's exactly-once check skip them. Then VACUUM deletes, in all four tables,
 the data files that no version within the retention still needs: the files OPTIMIZE replaced, and
-the ``pca_stats`` files each refit replaces (13-18 MB each).
+the ``pca_stats`` files each refit replaces (13-18 MB each). Last, the uploads ledger's days that
+received uploads since the last run are sorted by key, with delta-rs (``fruits_ingest.ledger.maintain``:
+Spark must not write the Lambda's table).
 
 Example::
 
@@ -25,9 +27,11 @@ import logging
 from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
+from fruits_ingest import ledger
 from pyspark.sql import SparkSession
 
 from ..config import VACUUM_RETAIN_HOURS, Settings
+from ..io import lake
 from . import tables as table
 
 log = logging.getLogger(__name__)
@@ -35,14 +39,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Maintenance:
-    """Per table: files removed and added by OPTIMIZE, and files deleted by VACUUM."""
+    """Per table: files removed and added by OPTIMIZE, and files deleted by VACUUM; what was done to
+    the uploads ledger (``None``: there is none yet)."""
 
     compacted: dict[str, tuple[int, int]] = field(default_factory=dict)
     vacuumed: dict[str, int] = field(default_factory=dict)
+    ledger: ledger.Maintenance | None = None
 
 
 def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACUUM_RETAIN_HOURS) -> Maintenance:
-    """OPTIMIZE ``features`` and ``quarantine``, then VACUUM every table, keeping ``retain_hours``.
+    """OPTIMIZE ``features`` and ``quarantine``, then VACUUM every table, keeping ``retain_hours``;
+    then sort the uploads ledger's new days (its own retention: ``fruits_ingest.ledger.RETENTION``).
 
     Delta itself refuses a retention under 168 hours unless
     ``spark.databricks.delta.retentionDurationCheck.enabled`` is false. Keep it that way: the
@@ -63,5 +70,10 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
         deleted = table.newest_metric(delta, "operation = 'VACUUM END'", "numDeletedFiles")
         report.vacuumed[location] = deleted
         log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
+    report.ledger = ledger.maintain(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
+    if report.ledger:
+        log.info("uploads ledger: %d day(s) sorted by key, %d files into %d; %d files deleted",
+                 len(report.ledger.days), report.ledger.files_removed, report.ledger.files_added,
+                 report.ledger.vacuumed)
     return report
 
