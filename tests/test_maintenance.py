@@ -3,6 +3,7 @@ deletes the replaced files; log readers older than VACUUM's retention read every
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from fruits.pca.refit import refit
 from fruits.spark import tables as table
 from fruits.spark.maintenance import maintain
 from fruits.stream.known import KnownImages, as_ids
+from fruits_ingest import ledger
+from fruits_ingest.events import ImageEvent
 
 from helpers import append_rows, synthetic_features
 
@@ -35,6 +38,7 @@ def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) ->
     ids = image_ids(spark, settings.features_table)
 
     report = maintain(spark, settings)
+    assert report.ledger is None  # no upload yet: the Lambda creates the ledger
     assert report.compacted[settings.features_table] == (files, 1)
     assert report.compacted[settings.quarantine_table] == (0, 0)
     assert all(n == 0 for n in report.vacuumed.values())  # everything replaced is within the retention
@@ -113,3 +117,13 @@ def test_optimize_during_a_reprojection_both_finish(spark, tmp_path: Path, caplo
         model.version}
     conflicts = [r.getMessage() for r in caplog.records if "met a concurrent commit" in r.getMessage()]
     print(f"conflicts retried: {conflicts}")
+
+
+def test_the_uploads_ledger_is_maintained_with_the_tables(spark, tmp_path: Path) -> None:
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    day = dt.date(2026, 12, 1)
+    for n in range(2):  # two invocations on an earlier day: two small files to sort
+        ledger.append(lake.delta_uri(settings.uploads_table),
+                      [ImageEvent("b", f"uploads/Kiwi/{n}.jpg", 1, "e", None, None, f"{day}T10:00:00Z",
+                                  "ObjectCreated:Put", "m")])
+    assert maintain(spark, settings).ledger == ledger.Maintenance((day,), 2, 1, 0)

@@ -199,7 +199,9 @@ def test_the_stream_reads_on_across_the_ledgers_maintenance(spark, settings, wei
     assert done is not None and done.files_removed >= 2 and done.files_added == 1
     keys += put_samples(settings, "Tomato 1", 1)
     ingest.drain(settings, visibility_timeout=5)
-    run_stream(spark, settings, weights_blob)
+    query = stream.start(spark, settings, model=weights_blob)
+    query.awaitTermination()
+    assert sum(p["numInputRows"] for p in query.recentProgress) == 1  # the new row only, not the sorted ones
     assert_rows_exactly(spark, settings, sorted(keys))
 
 

@@ -30,3 +30,9 @@ class InvalidField(IngestError):
 class LedgerWriteError(IngestError):
     """The batch's rows could not be appended to the uploads ledger; the whole batch is reported
     failed and will be redelivered."""
+
+
+class LedgerLayoutError(LedgerWriteError):
+    """The table at the ledger's location is not laid out as this version writes it (its columns or
+    its partitioning differ: an older version created it). Nothing is appended (the batch fails as
+    for any ledger write error); the message says how to start a new ledger."""

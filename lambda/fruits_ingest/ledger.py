@@ -5,15 +5,17 @@ no lock table: delta-rs commits to S3 with conditional writes, so concurrent inv
 overwrite each other's commit, and it retries a commit that lost the race). The stream reads the
 table as a Delta streaming source; ``fruits status`` looks keys up in it.
 
-The table is partitioned by the event's UTC date (``event_date``). Maintenance (``maintain``) sorts
-each day that received uploads since it last ran by ``key_hash`` (a number from the key: delta-rs's
-z-order orders strings by a short prefix only, and keys share long ones), so a look-up by key reads
-at most one file of each day, the one whose ``key_hash`` range holds it.
+The table is partitioned by the event's UTC date (``event_date``). Maintenance (``maintain``)
+bin-packs today's small files and sorts each earlier day that received uploads since it last ran
+by ``key_hash`` (a number from the key: delta-rs's z-order orders strings by a short prefix only,
+and keys share long ones). A look-up by key then reads, of a sorted day, only the file whose
+``key_hash`` range holds it; of today, every file.
 
-Writers: the Lambda appends; ``fruits maintain`` sorts and compacts (``maintain``: delta-rs too,
+Writers: the Lambda appends; ``fruits maintain`` compacts and sorts (``maintain``: delta-rs too,
 commits that change no data, which the stream's Delta source skips); nobody else. Spark never
-writes it: its S3 log store and delta-rs's conditional puts do not see each other's commits. The ledger is at-least-once: a batch that SQS delivers again appends its rows again, and the
-stream's exactly-once check (by ``image_id``) keeps the tables exactly-once.
+writes it: its S3 log store and delta-rs's conditional puts do not see each other's commits. The
+ledger is at-least-once: a batch that SQS delivers again appends its rows again, and the stream's
+exactly-once check (by ``image_id``) keeps the tables exactly-once.
 
 Example::
 
@@ -21,10 +23,13 @@ Example::
     append("s3://my-bucket/tables/uploads", images)
 
 Limitations: one commit per invocation (a 100-event batch is one small file, or two across
-midnight) until ``maintain`` sorts the day; invocations racing to create the ledger may leave a second
-``CREATE TABLE`` commit of the same schema (delta-rs's; harmless, and appends racing it retry); the
-log and the files maintenance replaced are kept ``RETENTION`` (30 days), longer than any outage the
-stream is promised to survive: a stream stopped longer must start over from the table.
+midnight) until ``maintain`` compacts it; opening the table (each append, the stream's start) reads
+the add actions of every live file and, for ``RETENTION``, a removal record per file maintenance
+replaced, so the Lambda's batches should stay large (``BATCH_SIZE``) and maintenance frequent;
+invocations racing to create the ledger may leave a second ``CREATE TABLE`` commit of the same
+schema (delta-rs's; harmless, and appends racing it retry); the log and the files maintenance
+replaced are kept ``RETENTION`` (30 days), longer than any outage the stream is promised to
+survive: a stream stopped longer must start over from the table.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from deltalake import DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from .events import ImageEvent
-from .exceptions import LedgerWriteError
+from .exceptions import LedgerLayoutError, LedgerWriteError
 
 _TIME = ac.DataType.timestamp("us", tz="UTC")
 
@@ -59,7 +64,7 @@ SCHEMA = ac.Schema([
     ac.Field("message_id", ac.DataType.string(), nullable=False),
     ac.Field("received_at", _TIME, nullable=False),  # when the Lambda appended it
     # The partition: event_time's UTC date (received_at's if the event had none). A redelivered or
-    # replayed event repeats its event time, so it lands in its first delivery's day.
+    # replayed event repeats its event time, so it lands in its first delivery's day (if it has one).
     ac.Field("event_date", ac.DataType.date32(), nullable=False),
 ])
 PARTITION = "event_date"
@@ -67,13 +72,14 @@ PARTITION = "event_date"
 # Delta's own settings of the table. The log, and the small files maintenance replaced, are kept 30
 # days: a stream stopped for less resumes from its checkpoint's ledger version and still finds the
 # files those commits name (the README's promise). A checkpoint every 100 commits keeps opening the
-# log cheap, and each one deletes the log entries older than the retention.
+# log cheap; ``maintain`` deletes what the retention allows (appends delete nothing).
 RETENTION = "interval 30 days"
 CONFIGURATION = {"delta.logRetentionDuration": RETENTION, "delta.deletedFileRetentionDuration": RETENTION,
                  "delta.checkpointInterval": "100"}
-# A maintained day is its key-sorted files of about the writer's target size (100 MB) and at most one
-# smaller one; a day with two or more files under this size has had uploads since (or was never sorted).
-SMALL_FILE_BYTES = 32 * 1024 * 1024
+# Maintenance writes files of about this size (delta-rs's default). A sorted day is such files and at
+# most one smaller one; a day with two or more files under a third of it has had uploads since (or
+# was never sorted).
+TARGET_FILE_BYTES = 100 * 1024 * 1024
 
 
 def image_id(bucket: str, key: str, etag: str | None, version_id: str | None) -> str:
@@ -137,7 +143,7 @@ def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) ->
     the stream before it starts: either may come first; a creation that lost the race is fine)."""
     options = dict(storage_options or {})
     try:
-        return DeltaTable(uri, storage_options=options)
+        return _laid_out(DeltaTable(uri, storage_options=options), uri)
     except TableNotFoundError:
         pass
     try:
@@ -145,8 +151,20 @@ def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) ->
                                  configuration=CONFIGURATION,
                                  description="one row per accepted upload event (the ingest Lambda appends)",
                                  storage_options=options)
-    except DeltaError:
-        return DeltaTable(uri, storage_options=options)  # created by someone else meanwhile: it opens
+    except DeltaError:  # created by someone else meanwhile: it opens
+        return _laid_out(DeltaTable(uri, storage_options=options), uri)
+
+
+def _laid_out(table: DeltaTable, uri: str) -> DeltaTable:
+    """``table``, if its columns and partitioning are this version's; else ``LedgerLayoutError``."""
+    columns, partitions = [f.name for f in table.schema().fields], table.metadata().partition_columns
+    if columns != SCHEMA.names or partitions != [PARTITION]:
+        raise LedgerLayoutError(
+            f"the uploads ledger at {uri} has columns {columns} partitioned by {partitions}; this version writes "
+            f"{SCHEMA.names} partitioned by [{PARTITION!r}]. An older version created it: stop the Lambda's event "
+            "source mapping, let the stream featurize what the ledger holds, then delete the ledger and the "
+            "stream's checkpoint (the tables keep every image) and start both again.")
+    return table
 
 
 # An append writes the log's checkpoint when one is due but deletes nothing: the Lambda's role may not
@@ -179,7 +197,8 @@ def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str,
 
 @dataclass(frozen=True)
 class Maintenance:
-    """What ``maintain`` did: the days it sorted, the files it replaced and wrote, the files it deleted."""
+    """What ``maintain`` did: the days it sorted, the files it replaced and wrote (sorting and
+    compacting), the files it deleted."""
 
     days: tuple[dt.date, ...]
     files_removed: int
@@ -187,15 +206,20 @@ class Maintenance:
     vacuumed: int
 
 
-def maintain(uri: str, storage_options: Mapping[str, str] | None = None) -> Maintenance | None:
-    """Sort by ``key_hash`` (``optimize.z_order``) each day that has two or more small files, then
+def maintain(uri: str, storage_options: Mapping[str, str] | None = None,
+             today: dt.date | None = None) -> Maintenance | None:
+    """Bin-pack today's small files (``optimize.compact``: files under the 100 MB target), sort by
+    ``key_hash`` (``optimize.z_order``) each earlier day that has two or more small files, then
     delete the files replaced, and the log entries written, more than ``RETENTION`` ago; ``None`` if
     there is no ledger yet. Run by ``fruits maintain``; its commits change no data
     (``dataChange=false``), so the stream's source skips them, and appends racing it go through.
+    ``today`` is the UTC date (a later event date, a clock's skew, counts as today).
 
-    Cost: the days that received uploads since the last run (today's, and a day a replay reached),
-    each rewritten whole: bounded by a day's uploads, never by the table. Finding them reads the
-    table's file list (metadata, from the log's checkpoint), not its data.
+    Cost: today's files under the target (the uploads since the last run, and the compacted files
+    that have not reached it), and the earlier days that received uploads since (yesterday, once;
+    a day a replay reached), each rewritten whole: bounded by a day's uploads, never by the table.
+    Finding them reads the table's file list (metadata, from the log's checkpoint); the deletion
+    lists the table's folder.
 
     Example::
 
@@ -203,18 +227,22 @@ def maintain(uri: str, storage_options: Mapping[str, str] | None = None) -> Main
     """
     options = dict(storage_options or {})
     try:
-        table = DeltaTable(uri, storage_options=options)
+        table = _laid_out(DeltaTable(uri, storage_options=options), uri)
     except TableNotFoundError:
         return None
+    today = today or dt.datetime.now(dt.UTC).date()
     files = table.get_add_actions(flatten=True)
     small = Counter(day for day, size in zip(files.column(f"partition.{PARTITION}").to_pylist(),
                                              files.column("size_bytes").to_pylist(), strict=True)
-                    if size < SMALL_FILE_BYTES)
-    days = tuple(sorted(day for day, count in small.items() if count > 1))
-    removed = added = 0
-    for day in days:
-        metrics = table.optimize.z_order(["key_hash"], partition_filters=[(PARTITION, "=", day.isoformat())])
-        removed, added = removed + metrics["numFilesRemoved"], added + metrics["numFilesAdded"]
-    vacuumed = table.vacuum(dry_run=False)  # the table's deletedFileRetentionDuration: RETENTION
+                    if size < TARGET_FILE_BYTES // 3)
+    days = tuple(sorted(day for day, count in small.items() if count > 1 and day < today))
+    runs = [table.optimize.z_order(["key_hash"], partition_filters=[(PARTITION, "=", day.isoformat())],
+                                   target_size=TARGET_FILE_BYTES) for day in days]
+    runs.append(table.optimize.compact(partition_filters=[(PARTITION, ">=", today.isoformat())],
+                                       target_size=TARGET_FILE_BYTES))
+    # full: every unreferenced file past the retention, not only those whose removal records the
+    # newest checkpoint still holds (an append's checkpoint drops the expired ones first).
+    vacuumed = table.vacuum(dry_run=False, full=True)
     table.cleanup_metadata()  # the log entries older than its logRetentionDuration: RETENTION
-    return Maintenance(days, removed, added, len(vacuumed))
+    return Maintenance(days, sum(r["numFilesRemoved"] for r in runs), sum(r["numFilesAdded"] for r in runs),
+                       len(vacuumed))

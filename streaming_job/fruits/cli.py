@@ -208,8 +208,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         print(f"VACUUM {location}: {deleted} files deleted ({args.retain_hours:g} h retained)")
     if (done := report.ledger) is not None:
         days = ", ".join(d.isoformat() for d in done.days) or "none needed"
-        print(f"uploads ledger {settings.uploads_table}: days sorted by key: {days} ({done.files_removed} files into "
-              f"{done.files_added}); {done.vacuumed} replaced files deleted")
+        print(f"uploads ledger {settings.uploads_table}: earlier days sorted by key: {days}; {done.files_removed} "
+              f"files rewritten into {done.files_added} (today's compacted too); {done.vacuumed} replaced files deleted")
     return 0
 
 
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("maintain", parents=[common],
                        help="compact the stream's small files (OPTIMIZE), delete unneeded ones (VACUUM), "
-                            "sort the uploads ledger's new days by key")
+                            "compact and sort the uploads ledger")
     p.add_argument("--retain-hours", type=float, default=VACUUM_RETAIN_HOURS,
                    help=f"VACUUM keeps files no version needs for this long (default {VACUUM_RETAIN_HOURS})")
     p.set_defaults(func=cmd_maintain)

@@ -5,9 +5,9 @@ every reader opens each of them. ``maintain`` runs Delta's OPTIMIZE (bin-packing
 and ``quarantine``. Its commits change no rows (``dataChange=false``), so the PCA's incremental
 statistics and the stream's exactly-once check skip them. Then VACUUM deletes, in all four tables,
 the data files that no version within the retention still needs: the files OPTIMIZE replaced, and
-the ``pca_stats`` files each refit replaces (13-18 MB each). Last, the uploads ledger's days that
-received uploads since the last run are sorted by key, with delta-rs (``fruits_ingest.ledger.maintain``:
-Spark must not write the Lambda's table).
+the ``pca_stats`` files each refit replaces (13-18 MB each). Last, the uploads ledger: today's small
+files compacted and the earlier days that received uploads since the last run sorted by key, with
+delta-rs (``fruits_ingest.ledger.maintain``: Spark must not write the Lambda's table).
 
 Example::
 
@@ -49,7 +49,7 @@ class Maintenance:
 
 def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACUUM_RETAIN_HOURS) -> Maintenance:
     """OPTIMIZE ``features`` and ``quarantine``, then VACUUM every table, keeping ``retain_hours``;
-    then sort the uploads ledger's new days (its own retention: ``fruits_ingest.ledger.RETENTION``).
+    then compact and sort the uploads ledger (its own retention: ``fruits_ingest.ledger.RETENTION``).
 
     Delta itself refuses a retention under 168 hours unless
     ``spark.databricks.delta.retentionDurationCheck.enabled`` is false. Keep it that way: the
@@ -72,7 +72,7 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
         log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
     report.ledger = ledger.maintain(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
     if report.ledger:
-        log.info("uploads ledger: %d day(s) sorted by key, %d files into %d; %d files deleted",
+        log.info("uploads ledger: %d earlier day(s) sorted by key, today compacted: %d files into %d; %d deleted",
                  len(report.ledger.days), report.ledger.files_removed, report.ledger.files_added,
                  report.ledger.vacuumed)
     return report

@@ -54,9 +54,10 @@ REQUIRED = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # Delta's S3 log store lists a log from a version with S3's start-after, instead of listing the
-    # whole _delta_log/ and filtering: the uploads ledger gets a commit per Lambda invocation and
-    # keeps 30 days of them, which each trigger of the stream would otherwise list.
+    # Delta's S3 log store (S3SingleDriverLogStore, on S3A) lists a log from a version with S3's
+    # start-after instead of listing the whole _delta_log/: the uploads ledger gets a commit per
+    # Lambda invocation and keeps 30 days of them, which each trigger of the stream would otherwise
+    # list. (S3DynamoDBLogStore, infra/'s, ignores it.)
     "spark.hadoop.delta.enableFastS3AListFrom": "true",
 }
 
