@@ -22,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +45,13 @@ MAX_IMAGE_BYTES = 1_000_000  # the chaos run's limit: a "huge" upload is three t
 
 def both(*processes: subprocess.Popen) -> list[tuple[int, str]]:
     """Wait for processes started together; their exit codes and standard errors."""
-    return [(p.wait(timeout=600), p.stderr.read()) for p in processes]
+    return [(p.wait(timeout=600), stderr_of(p)) for p in processes]
+
+
+def stderr_of(process: subprocess.Popen) -> str:
+    """What a process started in the background (``fruits(background=True)``) wrote to standard error."""
+    process.log.seek(0)
+    return process.log.read()
 
 
 def feature_rows(settings) -> int:  # noqa: ANN001
@@ -65,8 +72,13 @@ def fruits(settings, *args: str, endpoint: str | None = None, background: bool =
                      FRUITS_MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES))
     command = [sys.executable, "-m", "fruits", *args]
     if background:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        # Standard error into a file, not a pipe: nobody reads a pipe while the process runs, and a
+        # stream that fills one (64 KB) blocks on its next line and never stops.
+        log = tempfile.TemporaryFile("w+")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                   start_new_session=True)
+        process.log = log
+        return process
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -149,7 +161,10 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
             elif action == "maintain during stream":
                 fruits(s, "maintain")
             os.killpg(stream.pid, signal.SIGKILL if action == "killed stream" else signal.SIGINT)
-            stream.wait(timeout=120)
+            try:
+                stream.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the stream did not stop within 120 s of {action}'s signal: {stderr_of(stream)[-3000:]}")
     print(f"schedule: {happened}")
 
     final = fruits(s, "stream", "--wait", "30")
