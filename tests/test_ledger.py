@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import arro3.core as ac
-
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
