@@ -91,7 +91,7 @@ def append(spark: SparkSession, location: str, rows: Rows, n: int, seed: int) ->
         m = min(CHUNK, n - start)
         frame = pd.DataFrame({
             "image_id": [uuid.uuid4().hex for _ in range(m)], "bucket": "b", "key": "k", "label": "l", "size": 1,
-            "etag": "e", "version_id": None, "event_time": now, "ingested_at": now, "features": list(rows(rng, m)),
+            "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now, "features": list(rows(rng, m)),
             "model_id": "synthetic", "pca_features": None, "pca_version": None,
         })
         spark.createDataFrame(frame, FEATURES).write.format("delta").mode("append").save(location)

@@ -7,11 +7,13 @@ it (``pca_models``, ``pca_stats``), as after a history of stream batches and ref
 synthetic 1280-d float32 vectors with a decaying spectrum (25 clusters in a 96-d subspace, plus
 noise: k = 60 at 95 % of the variance), each with a label, a key
 (``synthetic/class-<c>/<i>.jpg``), an etag and an id, carrying the real model's id so that the
-stream's new rows and the synthetic ones are one feature space. They are appended with delta-rs
+stream's new rows and the synthetic ones are one feature space. Their event times go back from the
+build at ``ROWS_PER_DAY`` a day, so a larger table is a longer history at the same daily volume
+(the partitions by ``event_date`` hold the same rows at every size). They are appended with delta-rs
 and Arrow, 50,000 rows a chunk, in one commit.
 
 The pipeline's record of those uploads as processed is the tables themselves: the stream knows an
-image by its id in ``features`` or ``quarantine`` (``stream/known.py`` reads them), so nothing else
+image by its id in ``features`` or ``quarantine`` (``stream/written.py`` looks there), so nothing else
 is written. The synthetic uploads have no ledger rows; ``scale.py`` measures the ledger's history
 separately (``discovery_s``).
 
@@ -48,7 +50,8 @@ CLUSTERS = 25
 LATENT = 96
 CHUNK = 50_000
 # Bump when the rows or the tables change: older caches are then built again.
-BUILDER_VERSION = 2  # 2: quarantine records the SQS message id (was: the manifest)
+BUILDER_VERSION = 3  # 3: partitioned by event_date; 2: quarantine records the SQS message id
+ROWS_PER_DAY = 10_000
 log = logging.getLogger("bench-scale")
 
 
@@ -87,12 +90,13 @@ def synthetic_chunk(start: int, n: int, model_id: str, schema: pa.Schema) -> pa.
     x += rng.normal(scale=0.02, size=(n, DIM)).astype(np.float32)
     ids = [hashlib.sha256(f"synthetic-{i}".encode()).hexdigest() for i in index]
     now = np.full(n, int(time.time() * 1e6))
+    event_time = pa.array(now - index * (86_400_000_000 // ROWS_PER_DAY), pa.timestamp("us", tz="UTC"))
     columns = {
         "image_id": pa.array(ids), "bucket": pa.array(["synthetic"] * n),
         "key": pa.array([synthetic_key(int(i)) for i in index]),
         "label": pa.array([f"class-{c}" for c in cluster]), "size": pa.array(np.full(n, 20_000, dtype=np.int64)),
         "etag": pa.array(ids), "version_id": pa.nulls(n, pa.string()),
-        "event_time": pa.array(now, pa.timestamp("us", tz="UTC")),
+        "event_time": event_time, "event_date": event_time.cast(pa.date32()),
         "ingested_at": pa.array(now, pa.timestamp("us", tz="UTC")),
         "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM).cast(pa.list_(pa.float32())),
         "model_id": pa.array([model_id] * n), "pca_features": pa.nulls(n, pa.list_(pa.float32())),

@@ -70,7 +70,7 @@ def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = 
     rows = pd.DataFrame({
         "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
         "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
-        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
+        "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
         "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
     })
     spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)

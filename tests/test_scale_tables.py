@@ -1,5 +1,5 @@
 """``make bench-scale``'s table builder: at a tiny size, the history it writes is one the real
-readers accept (Spark, the stream's known ids, the refit, the JVM-free store), and a cache is reused."""
+readers accept (Spark, the stream's exactly-once check, the refit, the JVM-free store), and a cache is reused."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from fruits.config import Settings
 from fruits.pca.refit import refit
 from fruits.query.store import FeatureStore
 from fruits.spark import tables as table
-from fruits.spark.schema import FEATURES
-from fruits.stream.known import KnownImages, as_ids
+from fruits.spark.schema import FEATURES, PARTITION
+from fruits.stream.written import WrittenImages
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import scale_tables  # noqa: E402
@@ -46,8 +46,7 @@ def test_the_builder_writes_a_history_the_pipeline_reads(spark, tmp_path: Path, 
     assert table.read(spark, settings.quarantine_table).count() == 0
 
     # The stream would take these uploads as processed.
-    ids = [r.image_id for r in rows.select("image_id").collect()]
-    assert KnownImages(settings, spark).contains(as_ids(ids)).all()
+    assert all(WrittenImages(settings, spark).among(rows.select("image_id", PARTITION, "event_time").toArrow()).to_pylist())
 
     # The JVM-free store: SQL, and neighbours from the same synthetic cluster.
     store = FeatureStore(settings)

@@ -57,7 +57,7 @@ def write_features(spark, settings: Settings, images: list[tuple[str, Path]], fe
     rows = pd.DataFrame({
         "image_id": [f"id-{i}" for i in range(len(images))], "bucket": settings.bucket,
         "key": [f"uploads/{label}/{p.name}" for label, p in images], "label": [label for label, _ in images],
-        "size": 1, "etag": "e", "version_id": None, "event_time": now, "ingested_at": now,
+        "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
         "features": list(features), "model_id": model_id, "pca_features": None, "pca_version": None,
     })
     spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
@@ -166,7 +166,7 @@ def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings,
     train, _, _ = sample_split
     now = dt.datetime.now(dt.timezone.utc)
     bad = pd.DataFrame([{"image_id": "q1", "bucket": "b", "key": "uploads/Kiwi/broken.jpg", "etag": "e",
-                         "version_id": None, "reason": "truncated_or_corrupt", "error": "cannot decode",
+                         "version_id": None, "event_date": now.date(), "reason": "truncated_or_corrupt", "error": "cannot decode",
                          "quarantined_at": now, "message_id": "m"}])
     spark.createDataFrame(bad, QUARANTINE).write.format("delta").mode("append").save(store_settings.quarantine_table)
     store = FeatureStore(store_settings)

@@ -222,7 +222,7 @@ def test_transforms_work_without_a_stream(spark) -> None:
 
 def test_a_micro_batch_replayed_after_its_commit_adds_no_rows(spark, settings, weights_blob) -> None:
     """A crash after the Delta commits but before Spark's checkpoint commit replays the micro-batch
-    (same id, same lines): its images are known by then, so nothing is featurized or written again."""
+    (same id, same lines): the tables hold its images by then, so nothing is featurized or written again."""
     keys = put_samples(settings, "Kiwi", 2) + [f"uploads/Kiwi/{name}" for name in ("a.jpg",)]
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key=keys[-1], Body=b"not an image")
     ingest.drain(settings, visibility_timeout=5)

@@ -50,8 +50,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "FRUITS_"
 
 # What VACUUM keeps of the files no table version needs any more (Delta's default retention).
-# Readers of the Delta log (the incremental PCA statistics, the stream's known ids) whose last
-# look is older than this read the whole table instead: the files the log names may be gone.
+# Readers of the Delta log (the incremental PCA statistics) whose last look is older than this
+# read the whole table instead: the files the log names may be gone.
 VACUUM_RETAIN_HOURS = 7 * 24
 
 

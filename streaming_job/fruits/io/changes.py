@@ -1,7 +1,6 @@
 """What changed in a Delta table between two versions, read through delta-rs (no hand-parsed log).
 
-The stream's known ids and the incremental PCA statistics both follow the ``features`` table from
-the version they last saw. delta-rs gives the commits (``history``: operation, time, metrics,
+The incremental PCA statistics follow the ``features`` table from the version they last saw. delta-rs gives the commits (``history``: operation, time, metrics,
 ``userMetadata``) and their rows (``load_cdf``: the change data feed, which delta-rs derives from a
 commit's added and removed files when the table writes no change files of its own). OPTIMIZE and
 VACUUM change no rows, so they bring nothing; a DELETE, UPDATE or MERGE brings ``delete`` rows.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -63,8 +63,12 @@ def dataset(settings: Settings, location: str, version: int | None = None) -> Sn
     return Snapshot(as_dataset(settings, location, table), table.version())
 
 
-def as_dataset(settings: Settings, location: str, table: DeltaTable) -> ds.Dataset:
-    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(path_in(location), filesystem(settings)))
+def as_dataset(settings: Settings, location: str, table: DeltaTable,
+               files: list[tuple[str, str, Any]] | None = None) -> ds.Dataset:
+    """``table`` as a pyarrow dataset; ``files``: delta-rs tuple filters that select the files (exactly
+    on partition columns, by their min/max statistics on others: a superset of the matching files)."""
+    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(path_in(location), filesystem(settings)),
+                                    file_pruning_predicate=files)
 
 
 def filesystem(settings: Settings) -> pa_fs.FileSystem:

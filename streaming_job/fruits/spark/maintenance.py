@@ -3,7 +3,7 @@
 The stream appends one or two small files per micro-batch, thousands a day on a busy stream, and
 every reader opens each of them. ``maintain`` runs Delta's OPTIMIZE (bin-packing) on ``features``
 and ``quarantine``. Its commits change no rows (``dataChange=false``), so the PCA's incremental
-statistics and the stream's exactly-once check skip them. Then VACUUM deletes, in all four tables,
+statistics skip them. Then VACUUM deletes, in all four tables,
 the data files that no version within the retention still needs: the files OPTIMIZE replaced, and
 the ``pca_stats`` files each refit replaces (13-18 MB each). Last, the uploads ledger: today's small
 files compacted and the earlier days that received uploads since the last run sorted by key, with
@@ -14,9 +14,9 @@ Example::
     report = maintain(spark, settings)   # fruits maintain [--retain-hours 168]
     print(report.compacted, report.vacuumed)
 
-Limitations: the incremental PCA statistics and the stream's known ids read the files the Delta log
-names since their last look. When that look is older than the retention (``VACUUM_RETAIN_HOURS``,
-168 h, Delta's default), they read the whole table instead, since VACUUM may have deleted those
+Limitations: the incremental PCA statistics read the files the Delta log names since their last
+look. When that look is older than the retention (``VACUUM_RETAIN_HOURS``, 168 h, Delta's
+default), they read the whole table instead, since VACUUM may have deleted those
 files. OPTIMIZE and a concurrent re-projection UPDATE may conflict; whichever commits second
 retries (``tables.retried``).
 """
@@ -53,8 +53,8 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
 
     Delta itself refuses a retention under 168 hours unless
     ``spark.databricks.delta.retentionDurationCheck.enabled`` is false. Keep it that way: the
-    log readers (the incremental PCA statistics, the stream's known ids) rely on the files of the
-    last ``VACUUM_RETAIN_HOURS`` being there.
+    log readers (the incremental PCA statistics) and any reader of a recent version rely on the
+    files of the last ``VACUUM_RETAIN_HOURS`` being there.
     """
     table.ensure_tables(spark, settings)
     report = Maintenance()

@@ -1,10 +1,17 @@
-"""The explicit schemas of the stream's Delta tables (the uploads ledger's is ``fruits_ingest.ledger.SCHEMA``)."""
+"""The explicit schemas of the stream's Delta tables (the uploads ledger's is ``fruits_ingest.ledger.SCHEMA``).
+
+``features`` and ``quarantine`` are partitioned by ``event_date``, the S3 event's UTC date as the
+ledger records it (``fruits_ingest.ledger.PARTITION``): a redelivered event repeats it, so the
+stream's exactly-once check reads only the partitions of a micro-batch's dates (``stream.written``).
+"""
 
 from __future__ import annotations
 
+from fruits_ingest.ledger import PARTITION  # FEATURES and QUARANTINE are partitioned as the ledger is
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
+    DateType,
     DoubleType,
     FloatType,
     IntegerType,
@@ -25,6 +32,7 @@ FEATURES = StructType(
         StructField("etag", StringType()),
         StructField("version_id", StringType()),
         StructField("event_time", TimestampType()),
+        StructField(PARTITION, DateType(), False),
         StructField("ingested_at", TimestampType(), False),
         StructField("features", ArrayType(FloatType(), False), False),
         StructField("model_id", StringType(), False),
@@ -40,6 +48,7 @@ QUARANTINE = StructType(
         StructField("key", StringType(), False),
         StructField("etag", StringType()),
         StructField("version_id", StringType()),
+        StructField(PARTITION, DateType(), False),
         StructField("reason", StringType(), False),
         StructField("error", StringType()),
         StructField("quarantined_at", TimestampType(), False),

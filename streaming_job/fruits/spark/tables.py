@@ -1,8 +1,9 @@
-"""The Delta tables: created with their explicit schemas, appended to blindly.
+"""The Delta tables: created with their explicit schemas (``features`` and ``quarantine``
+partitioned by ``event_date``), appended to blindly.
 
 The stream's appends are not tagged with Delta's idempotent-write options (``txnAppId`` /
 ``txnVersion``): the stream drops images the tables already hold before it writes
-(``known.py``), which covers a replayed micro-batch. The options would make Delta rebuild the
+(``stream.written``), which covers a replayed micro-batch. The options would make Delta rebuild the
 table's state in Spark jobs at every micro-batch, to look the marker up.
 """
 
@@ -24,21 +25,35 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from ..config import Settings
-from .schema import FEATURES, PCA_MODELS, PCA_STATS, QUARANTINE
+from ..io import lake
+from .schema import FEATURES, PARTITION, PCA_MODELS, PCA_STATS, QUARANTINE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def ensure_table(spark: SparkSession, location: str, schema: StructType) -> DeltaTable:
+class TableLayoutError(RuntimeError):
+    """A table an older version of the pipeline created, without the columns or partitions this one needs."""
+
+
+def ensure_table(spark: SparkSession, location: str, schema: StructType, partition_by: tuple[str, ...] = ()) -> DeltaTable:
     if not DeltaTable.isDeltaTable(spark, location):
-        spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(location)
+        spark.createDataFrame([], schema).write.format("delta").mode("ignore").partitionBy(*partition_by).save(location)
     return DeltaTable.forPath(spark, location)
 
 
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
-    ensure_table(spark, settings.features_table, FEATURES)
-    ensure_table(spark, settings.quarantine_table, QUARANTINE)
+    """Create the tables that do not exist yet; refuse ``features`` or ``quarantine`` laid out by an
+    older version (``TableLayoutError``)."""
+    for location, schema in ((settings.features_table, FEATURES), (settings.quarantine_table, QUARANTINE)):
+        ensure_table(spark, location, schema, (PARTITION,))
+        partitions = lake.delta_table(settings, location).metadata().partition_columns
+        if partitions != [PARTITION]:
+            raise TableLayoutError(
+                f"{location} is partitioned by {partitions}, not [{PARTITION!r}]: an older version created it, before "
+                "the stream's exactly-once check read partitions by event date. Stop the stream and rebuild the tables "
+                "from the uploads ledger (move the tables and the stream's checkpoint aside, then start the stream)."
+            )
     ensure_table(spark, settings.pca_models_table, PCA_MODELS)
     ensure_table(spark, settings.pca_stats_table, PCA_STATS)
 

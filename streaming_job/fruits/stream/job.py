@@ -1,7 +1,7 @@
 """Stage 3: the featurizer stream. Uploads ledger in, one Delta row per image out.
 
     source:    readStream over the uploads ledger (a Delta table the Lambda appends to)
-    transform: label -> dedupe -> drop already-known -> featurize (fetch, decode, MobileNetV2)
+    transform: label -> dedupe -> drop already written -> featurize (fetch, decode, MobileNetV2)
     sink:      append into `features`; failures into `quarantine` with a reason
 
 Each transform is a plain function on DataFrames, usable without a stream. Images are fetched on
@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from fruits_ingest.ledger import ensure_ledger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -43,7 +44,7 @@ from ..spark import tables as table
 from ..spark.session import submitted
 from ..spark.schema import FEATURES, FEATURIZE_RESULT, QUARANTINE
 from . import metrics, poison
-from .known import KnownImages, as_ids
+from .written import WrittenImages
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,15 @@ def dedupe(images: DataFrame) -> DataFrame:
     return images.dropDuplicates(["image_id"])
 
 
-def drop_known(images: DataFrame, known: KnownImages) -> DataFrame | None:
+def drop_written(images: DataFrame, written: WrittenImages) -> DataFrame | None:
     """The images that neither table holds yet, or None if there are none.
 
-    The micro-batch's ledger rows come to the driver (they are small) and are checked against
-    ``known`` there, brought up to date from the Delta log first; the rest goes back to Spark as a
-    local DataFrame.
+    The micro-batch's ledger rows come to the driver (they are small) and are looked up in the
+    tables' partitions of their dates (``WrittenImages``); the rest goes back to Spark as a local
+    DataFrame.
     """
     rows = images.toArrow()
-    known.refresh()
-    new = rows.filter(pa.array(~known.contains(as_ids(rows.column("image_id")))))
+    new = rows.filter(pc.invert(written.among(rows)))
     return images.sparkSession.createDataFrame(new, images.schema) if new.num_rows else None
 
 
@@ -197,9 +197,9 @@ class CurrentPca(NamedTuple):
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
-    Exactly once: images already in either table are dropped before featurizing (``KnownImages``).
+    Exactly once: images already in either table are dropped before featurizing (``WrittenImages``).
     That covers a redelivered event or ledger row, and a micro-batch replayed after a crash whose
-    rows had committed (its images are then known). This stream is the only writer of new rows.
+    rows had committed (the tables hold its images by then). This stream is the only writer of new rows.
 
     Never stuck on one upload: a micro-batch whose featurizing fails is scored again part by part,
     and an image that fails alone is quarantined as ``poison`` (``stream.poison``).
@@ -219,7 +219,7 @@ class BatchWriter:
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         table.ensure_tables(spark, settings)
         self._models_log = lake.delta_table(settings, settings.pca_models_table)
-        self.known = KnownImages(settings, spark)
+        self.written = WrittenImages(settings, spark)
         # On a cluster (spark-submit) a micro-batch's scored rows must survive losing an executor.
         self.reliable = submitted() if reliable is None else reliable
         self._cloudwatch = aws.client("cloudwatch", settings) if settings.metrics_namespace else None
@@ -240,8 +240,8 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         s = self.settings
-        images = drop_known(dedupe(labelled(batch, s.upload_prefix, s.label_rule)), self.known)
-        if images is None:  # every image already known: nothing to write
+        images = drop_written(dedupe(labelled(batch, s.upload_prefix, s.label_rule)), self.written)
+        if images is None:  # every image already written: nothing to write
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
             return
         started = time.perf_counter()
