@@ -1,22 +1,29 @@
-"""Table maintenance: OPTIMIZE keeps every row and every incremental reader incremental; VACUUM
-deletes the replaced files; log readers older than VACUUM's retention read everything instead."""
+"""Table maintenance by each table's only writer: the stream compacts and vacuums its own tables,
+``fruits maintain`` vacuums the refit's and maintains the ledger, and never commits to the stream's."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
+from fruits import stream
 from fruits.config import Settings
 from fruits.io import changes, lake
 from fruits.pca.refit import refit
+from fruits.spark import maintenance
 from fruits.spark import tables as table
 from fruits.spark.maintenance import maintain
 from fruits.spark.schema import PARTITION
 from fruits.stream.written import WrittenImages
 from fruits_ingest import ledger
 from fruits_ingest.events import ImageEvent
+from pyspark.sql import functions as F
 
+from conftest import SAMPLE
 from helpers import append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
@@ -26,30 +33,54 @@ def image_ids(spark, location: str) -> list[str]:
     return [r.image_id for r in table.read(spark, location).select("image_id").collect()]
 
 
-def test_compaction_keeps_rows_and_incremental_readers(spark, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def spark_conf(spark, **values: str) -> Iterator[None]:
+    """Session settings for one test (names with dots spelled with double underscores)."""
+    names = {name.replace("__", "."): value for name, value in values.items()}
+    for name, value in names.items():
+        spark.conf.set(name, value)
+    try:
+        yield
+    finally:
+        for name in names:
+            spark.conf.unset(name)
+
+
+# Delta refuses a retention under 168 h unless its check is off.
+NO_RETENTION_CHECK = {"spark__databricks__delta__retentionDurationCheck__enabled": "false"}
+
+
+def operations(spark, location: str) -> list[str]:
+    """The table's commits' operations, newest first."""
+    return [r.operation for r in DeltaTable.forPath(spark, location).history().select("operation").collect()]
+
+
+def data_files(location: str) -> list[Path]:
+    """The table's Parquet data files on disk (not the log's checkpoints)."""
+    return [p for p in Path(location).rglob("*.parquet") if "_delta_log" not in p.parts]
+
+
+def test_compaction_rewrites_the_crowded_days_and_changes_no_rows(spark, tmp_path: Path, monkeypatch) -> None:
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
-    for seed in range(4):  # four micro-batches' worth of small files
+    for seed in range(2):  # two micro-batches' worth of small files
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    assert refit(spark, settings, write_plots=False).mode == "full"
+    assert refit(spark, settings, write_plots=False, reproject_rows=False).mode == "full"
+    small = len(lake.table_files(settings, settings.features_table).files)
+    assert small >= 2
+    assert maintenance.compact(spark, settings, settings.features_table) == (0, 0)  # fewer than COMPACT_MIN_FILES
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(lake.table_files(settings, settings.features_table).files)
-    assert files >= 2
-    ids = image_ids(spark, settings.features_table)
+    monkeypatch.setattr(maintenance, "COMPACT_MIN_FILES", small + 1)
+    removed, added = maintenance.compact(spark, settings, settings.features_table)
+    files = lake.table_files(settings, settings.features_table).files
+    assert removed > small and added == len(files) == len({Path(f.uri).parent for f in files})  # one file a day
+    assert maintenance.compact(spark, settings, settings.quarantine_table) == (0, 0)  # an empty table
 
-    report = maintain(spark, settings)
-    assert report.ledger is None  # no upload yet: the Lambda creates the ledger
-    assert report.compacted[settings.features_table] == (files, 1)
-    assert report.compacted[settings.quarantine_table] == (0, 0)
-    assert all(n == 0 for n in report.vacuumed.values())  # everything replaced is within the retention
-    assert len(lake.table_files(settings, settings.features_table).files) == 1
-    assert sorted(image_ids(spark, settings.features_table)) == sorted(ids)
-
-    # OPTIMIZE changed no rows: the stream finds every image, and the PCA statistics stay incremental.
+    # Compaction changed no rows: the stream finds every image, and the PCA statistics stay incremental.
     written = table.read(spark, settings.features_table).select("image_id", PARTITION, "event_time").toArrow()
-    assert written.num_rows == 90 and all(WrittenImages(settings, spark).among(written).to_pylist())
-    fit = refit(spark, settings, write_plots=False)
-    assert (fit.mode, fit.rows_read, fit.model.row_count) == ("incremental", 10, 90)
+    assert written.num_rows == 50 and all(WrittenImages(settings, spark).among(written).to_pylist())
+    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    assert (fit.mode, fit.rows_read, fit.model.row_count) == ("incremental", 10, 50)
 
 
 def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark, tmp_path: Path, monkeypatch) -> None:
@@ -59,16 +90,14 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
     refit(spark, settings, write_plots=False, reproject_rows=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
-    files = len(lake.table_files(settings, settings.features_table).files)
+    monkeypatch.setattr(maintenance, "COMPACT_MIN_FILES", 2)
+    maintenance.compact(spark, settings, settings.features_table)
+    on_disk, kept = len(data_files(settings.features_table)), len(lake.table_files(settings, settings.features_table).files)
+    assert on_disk > kept
 
-    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")  # Delta refuses 0 h else
-    try:
-        report = maintain(spark, settings, retain_hours=0)
-    finally:
-        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
-    assert report.vacuumed[settings.features_table] >= files  # and any file no version names
-    parquet = list(Path(settings.features_table).glob("*.parquet"))
-    assert len(parquet) == 1 and len(image_ids(spark, settings.features_table)) == 70
+    with spark_conf(spark, **NO_RETENTION_CHECK):
+        assert maintenance.vacuum(spark, settings.features_table, retain_hours=0) == on_disk - kept
+    assert len(data_files(settings.features_table)) == kept and len(image_ids(spark, settings.features_table)) == 70
 
     # The files appended since the last fit are gone now; with a retention that old, the refit
     # knows not to look for them and reads the table.
@@ -77,46 +106,56 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     assert (fit.mode, fit.model.row_count) == ("full", 70)
 
 
-def test_optimize_during_a_reprojection_both_finish(spark, tmp_path: Path, caplog) -> None:
-    """OPTIMIZE (maintain) starts, then the refit's re-projection UPDATE reads the files OPTIMIZE is
-    about to replace: whichever commits second meets a conflict (ConcurrentDeleteReadException)
-    and retries; both finish, every row ends on the new PCA version and none is lost."""
-    import logging
-    import threading
-    import time
+def test_the_stream_compacts_and_vacuums_its_own_tables_and_goes_on_when_that_fails(
+        spark, tmp_path: Path, weights_blob, monkeypatch, caplog) -> None:
+    settings = Settings(table_root=str(tmp_path / "tables"), compact_every=2, vacuum_every=4)
+    writer = stream.BatchWriter(spark, settings, weights_blob)
+    for seed in range(2):
+        append_rows(spark, settings.features_table, synthetic_features(5, seed))
+    monkeypatch.setattr(maintenance, "COMPACT_MIN_FILES", 2)
+    ledger.ensure_ledger(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
+    nothing = spark.read.format("delta").load(settings.uploads_table)  # an empty micro-batch: nothing new
+    writer(nothing, 0)
+    assert "OPTIMIZE" not in operations(spark, settings.features_table)
+    writer(nothing, 1)
+    assert operations(spark, settings.features_table)[0] == "OPTIMIZE"
+    for batch_id in (2, 3):
+        writer(nothing, batch_id)
+    for location in (settings.features_table, settings.quarantine_table):
+        assert operations(spark, location)[:2] == ["VACUUM END", "VACUUM START"]  # after batch 3, newest first
 
-    from fruits.pca.refit import reproject
+    def broken(*_: object) -> None:
+        raise RuntimeError("S3 is throttling")
 
-    settings = Settings(table_root=str(tmp_path / "tables"))
+    monkeypatch.setattr(maintenance, "vacuum", broken)
+    writer(nothing, 7)  # due, fails, and the micro-batch still succeeds
+    assert "VACUUM" in caplog.text and "S3 is throttling" in caplog.text
+
+
+def test_maintenance_beside_a_working_stream_never_commits_to_the_streams_tables(spark, settings, weights_blob) -> None:
+    from fruits.local import ingest, upload
+
     table.ensure_tables(spark, settings)
-    for seed in range(12):
-        append_rows(spark, settings.features_table, synthetic_features(150, seed))
-    model = refit(spark, settings, write_plots=False, reproject_rows=False).model
-    ids = sorted(image_ids(spark, settings.features_table))
-    caplog.set_level(logging.INFO, logger="fruits.spark.tables")
-
-    errors: list[BaseException] = []
-
-    def optimize() -> None:
-        try:
-            maintain(spark, settings)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    tracker = spark.sparkContext.statusTracker()
-    helper = threading.Thread(target=optimize)
-    helper.start()
-    deadline = time.monotonic() + 60
-    while not tracker.getActiveJobsIds() and time.monotonic() < deadline:  # OPTIMIZE's first job runs
-        time.sleep(0.01)
-    assert reproject(spark, settings, model) == len(ids)
-    helper.join(timeout=300)
-    assert errors == []
-    assert sorted(image_ids(spark, settings.features_table)) == ids
-    assert {r.pca_version for r in table.read(spark, settings.features_table).select("pca_version").collect()} == {
-        model.version}
-    conflicts = [r.getMessage() for r in caplog.records if "met a concurrent commit" in r.getMessage()]
-    print(f"conflicts retried: {conflicts}")
+    for seed in range(2):
+        append_rows(spark, settings.features_table, synthetic_features(20, seed))
+    refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False, reproject_rows=False, full=True)  # replaces pca_stats' file
+    before = {loc: table.current_version(spark, loc) for loc in (settings.features_table, settings.quarantine_table)}
+    keys = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=1)[:3])
+    ingest.drain(settings)
+    running = stream.start(spark, settings, trigger={"processingTime": "1 second"}, model=weights_blob)
+    try:
+        with spark_conf(spark, **NO_RETENTION_CHECK):
+            report = maintain(spark, settings, retain_hours=0)  # while the stream featurizes the three
+        running.processAllAvailable()
+    finally:
+        running.stop()
+    assert table.read(spark, settings.features_table).where(F.col("key").isin(keys)).count() == 3
+    for location, version in before.items():
+        commits = DeltaTable.forPath(spark, location).history().where(f"version > {version}").collect()
+        assert {c.operation for c in commits} <= {"WRITE"}, [c.operation for c in commits]  # the stream's appends
+    assert set(report.vacuumed) == {settings.pca_models_table, settings.pca_stats_table}
+    assert report.vacuumed[settings.pca_stats_table] >= 1
 
 
 def test_the_uploads_ledger_is_maintained_with_the_tables(spark, tmp_path: Path) -> None:

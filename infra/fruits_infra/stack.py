@@ -60,8 +60,10 @@ UPLOADS, TABLES = UPLOAD_PREFIX, "tables/"
 # third jar is Delta's DynamoDB commit coordinator (S3DynamoDBLogStore), for concurrent writers.
 EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar"
                           for jar in ("delta-spark", "delta-storage", "delta-storage-s3-dynamodb"))
-# Three job runs (stream, refit, maintain) commit to the same tables from separate drivers: S3 has
-# no put-if-absent that Delta's default S3 log store uses, so every commit goes through DynamoDB.
+# One writer per table (README, Table maintenance), with one exception left: the refit's
+# re-projection UPDATE commits to `features` beside the stream. Two drivers committing to one table
+# need a commit service on S3 (Delta's default S3 log store assumes a single driver), so every
+# commit goes through DynamoDB until the re-projection goes; then the single-driver store suffices.
 LOG_STORE = "io.delta.storage.S3DynamoDBLogStore"
 # Dynamic allocation, stated: on (EMR Serverless's default), 1 to 3 executors of 4 vCPU, so the
 # driver's 4 vCPU and the executors fit the application's 16 vCPU; a lost executor's micro-batch
@@ -132,7 +134,7 @@ class StageConfig:
     # The release the local stack is pinned to (fruits.spark.release, checked by tests/test_release.py).
     emr_release: str = EMR_RELEASE
     refit_schedule: str = "rate(1 hour)"
-    maintain_schedule: str = "rate(1 day)"  # OPTIMIZE + VACUUM (fruits maintain)
+    maintain_schedule: str = "rate(1 day)"  # the PCA tables' VACUUM, the ledger's sort (fruits maintain)
     start_stream: bool = False
     alarm_email: str | None = None
 

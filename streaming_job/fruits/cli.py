@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -201,9 +202,10 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     from .spark.session import get_spark
 
     settings = _settings(args)
-    report = maintain(get_spark(settings), settings, retain_hours=args.retain_hours)
-    for location, (removed, added) in report.compacted.items():
-        print(f"OPTIMIZE {location}: {removed} files compacted into {added}")
+    # The refit's tables have one writer: they are vacuumed while no refit runs (the ledger regardless).
+    lease = _take_lease(settings, "refit", args.wait, "the PCA tables are not vacuumed this time")
+    with lease or contextlib.nullcontext():
+        report = maintain(get_spark(settings), settings, retain_hours=args.retain_hours, pca_tables=lease is not None)
     for location, deleted in report.vacuumed.items():
         print(f"VACUUM {location}: {deleted} files deleted ({args.retain_hours:g} h retained)")
     if (done := report.ledger) is not None:
@@ -413,10 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pca_reproject)
 
     p = sub.add_parser("maintain", parents=[common],
-                       help="compact the stream's small files (OPTIMIZE), delete unneeded ones (VACUUM), "
-                            "compact and sort the uploads ledger")
+                       help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
+                            "(the stream maintains its own tables)")
     p.add_argument("--retain-hours", type=float, default=VACUUM_RETAIN_HOURS,
                    help=f"VACUUM keeps files no version needs for this long (default {VACUUM_RETAIN_HOURS})")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run")
     p.set_defaults(func=cmd_maintain)
 
     p = sub.add_parser("query", parents=[common], help="SQL over the tables features, quarantine, pca_models")

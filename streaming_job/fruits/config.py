@@ -32,6 +32,8 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_QUERY_MEMORY_LIMIT`` | the memory a DuckDB query may use (DuckDB's ``memory_limit``: ``512MB``, ``2GB``...) | ``2GB`` |
 | ``FRUITS_POISON_ATTEMPTS`` | a micro-batch that failed on each of its images alone this many times (across restarts) quarantines them as ``poison`` | ``3`` |
 | ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
+| ``FRUITS_COMPACT_EVERY`` | the stream compacts its own tables' days that hold 10 small files or more after every this many micro-batches | ``50`` |
+| ``FRUITS_VACUUM_EVERY`` | the stream VACUUMs its own tables (LITE, 168 h retained) after every this many micro-batches | ``1000`` |
 
 Example::
 
@@ -86,6 +88,8 @@ class Settings(BaseSettings):
     metrics_namespace: str | None = None
     lease_seconds: float = Field(120.0, ge=3)
     poison_attempts: int = Field(3, ge=1)
+    compact_every: int = Field(50, ge=1)
+    vacuum_every: int = Field(1000, ge=1)
     query_timeout_seconds: float = Field(60.0, gt=0)
     query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 

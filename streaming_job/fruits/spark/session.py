@@ -59,6 +59,9 @@ REQUIRED = {
     # Lambda invocation and keeps 30 days of them, which each trigger of the stream would otherwise
     # list. (S3DynamoDBLogStore, infra/'s, ignores it.)
     "spark.hadoop.delta.enableFastS3AListFrom": "true",
+    # VACUUM records VACUUM START / END commits (with the files it deleted) on every file system;
+    # left unset, Delta records them on some (file:, hdfs:, gs:, abfs:) but not on s3a:.
+    "spark.databricks.delta.vacuum.logging.enabled": "true",
 }
 
 

@@ -37,8 +37,9 @@ class TableLayoutError(RuntimeError):
 
 
 def ensure_table(spark: SparkSession, location: str, schema: StructType, partition_by: tuple[str, ...] = ()) -> DeltaTable:
+    """The table at ``location``, created with ``schema`` (its non-null columns enforced) if there is none."""
     if not DeltaTable.isDeltaTable(spark, location):
-        spark.createDataFrame([], schema).write.format("delta").mode("ignore").partitionBy(*partition_by).save(location)
+        DeltaTable.createIfNotExists(spark).location(location).addColumns(schema).partitionedBy(*partition_by).execute()
     return DeltaTable.forPath(spark, location)
 
 
@@ -59,8 +60,9 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 
 # Conflicts that mean only "someone committed first": the operation is still valid on the new
-# snapshot and is retried. OPTIMIZE (maintain) and a re-projection UPDATE (refit) meet these when
-# they overlap, and a blind append from the stream makes an UPDATE over matching rows meet the first.
+# snapshot and is retried. The stream's compaction (OPTIMIZE) and a re-projection UPDATE (refit)
+# meet these when they overlap, and a blind append from the stream makes an UPDATE over matching
+# rows meet the first.
 BENIGN_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteReadException, ConcurrentDeleteDeleteException)
 
 

@@ -2,7 +2,8 @@
 
     source:    readStream over the uploads ledger (a Delta table the Lambda appends to)
     transform: label -> dedupe -> drop already written -> featurize (fetch, decode, MobileNetV2)
-    sink:      append into `features`; failures into `quarantine` with a reason
+    sink:      append into `features`; failures into `quarantine` with a reason; the stream alone
+               writes both, and compacts and vacuums them itself
 
 Each transform is a plain function on DataFrames, usable without a stream. Images are fetched on
 the executors (boto3 inside the pandas UDF); the driver only sees ledger rows.
@@ -40,6 +41,7 @@ from ..featurize.model import COMPILED_SUFFIX, CompiledModel
 from ..io import aws, lake
 from ..pca.model import PcaModel
 from ..pca.refit import latest_model, project_column
+from ..spark import maintenance
 from ..spark import tables as table
 from ..spark.session import submitted
 from ..spark.schema import FEATURES, FEATURIZE_RESULT, QUARANTINE
@@ -203,6 +205,9 @@ class BatchWriter:
 
     Never stuck on one upload: a micro-batch whose featurizing fails is scored again part by part,
     and an image that fails alone is quarantined as ``poison`` (``stream.poison``).
+
+    Maintains its own tables, their only writer: OPTIMIZE of the days with many small files after
+    every ``compact_every`` micro-batches, VACUUM LITE after every ``vacuum_every`` (``maintain``).
     """
 
     def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
@@ -239,6 +244,30 @@ class BatchWriter:
         return self._pca
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        self.write(batch, batch_id)
+        self.maintain(batch_id)
+
+    def maintain(self, batch_id: int) -> None:
+        """Compact and vacuum the stream's tables, by their only writer, every ``compact_every`` and
+        ``vacuum_every`` micro-batches (``spark.maintenance``; counted by batch id, which the
+        checkpoint keeps across restarts). A failure is logged and left for the next time: upkeep
+        never stops the stream."""
+        s, tables = self.settings, (self.settings.features_table, self.settings.quarantine_table)
+        jobs: list[tuple[str, Callable[[], object]]] = []
+        if (batch_id + 1) % s.compact_every == 0:
+            jobs += [(f"OPTIMIZE {t}", functools.partial(maintenance.compact, self.spark, s, t)) for t in tables]
+        if (batch_id + 1) % s.vacuum_every == 0:
+            jobs += [(f"VACUUM {t}", functools.partial(maintenance.vacuum, self.spark, t)) for t in tables]
+        for what, job in jobs:
+            self.guard()
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - the next run tries again
+                log.warning("%s failed after micro-batch %d (left for the next run): %s", what, batch_id,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def write(self, batch: DataFrame, batch_id: int) -> None:
+        """Featurize the micro-batch's new images and append them to ``features`` or ``quarantine``."""
         s = self.settings
         images = drop_written(dedupe(labelled(batch, s.upload_prefix, s.label_rule)), self.written)
         if images is None:  # every image already written: nothing to write
