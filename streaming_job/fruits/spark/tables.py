@@ -37,9 +37,11 @@ class TableLayoutError(RuntimeError):
 
 
 def ensure_table(spark: SparkSession, location: str, schema: StructType, partition_by: tuple[str, ...] = ()) -> DeltaTable:
-    """The table at ``location``, created with ``schema`` (its non-null columns enforced) if there is none."""
+    """The table at ``location``, created with ``schema`` if there is none. (Delta stores a schema
+    written this way as nullable throughout, as it does every DataFrame write's: delta-rs reads the
+    files' nullable lists only into a schema that allows them.)"""
     if not DeltaTable.isDeltaTable(spark, location):
-        DeltaTable.createIfNotExists(spark).location(location).addColumns(schema).partitionedBy(*partition_by).execute()
+        spark.createDataFrame([], schema).write.format("delta").mode("ignore").partitionBy(*partition_by).save(location)
     return DeltaTable.forPath(spark, location)
 
 
