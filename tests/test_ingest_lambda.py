@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
 from deltalake import DeltaTable
@@ -140,6 +141,26 @@ def test_concurrent_invocations_append_every_row_once(settings) -> None:
     table = DeltaTable(lake.delta_uri(on_s3.uploads_table), storage_options=lake.storage_options(on_s3))
     appends = [c for c in table.history() if c["operation"] == "WRITE"]
     assert len(appends) == 6  # one commit per invocation
+
+
+def test_every_nth_commit_compacts_the_days_it_appended_to(lambda_env, monkeypatch) -> None:
+    """The invocation whose commit is a multiple of COMPACT_EVERY bin-packs its days' small files
+    (a commit that changes no data); another day's files stay; every row stays, once."""
+    from fruits_ingest import handler as module
+
+    monkeypatch.setattr(module, "COMPACT_EVERY", 4)
+    keys = ["uploads/Kiwi/old-0.jpg", "uploads/Kiwi/old-1.jpg", "uploads/Kiwi/0.jpg", "uploads/Kiwi/1.jpg"]
+    for key in keys:  # versions 1 to 4 (0 created the table): two on another day, two on the fixture's
+        event = json.loads(s3_event(key))
+        if "old" in key:
+            event["Records"][0]["eventTime"] = "2026-11-01T08:00:00.000Z"
+        assert module.handler(sqs_event(json.dumps(event)), LocalContext()) == {"batchItemFailures": []}
+    table = DeltaTable(lake.delta_uri(lambda_env.uploads_table), storage_options=lake.storage_options(lambda_env))
+    compactions = [c for c in table.history() if c["operation"] == "OPTIMIZE"]
+    assert [c["version"] for c in compactions] == [5]  # right after the fourth append
+    days = [d.isoformat() for d in pa.table(table.get_add_actions(flatten=True))["partition.event_date"].to_pylist()]
+    assert sorted(days) == ["2026-11-01", "2026-11-01", "2026-11-21"]
+    assert sorted(r["key"] for r in ledger(lambda_env)) == sorted(keys)
 
 
 def test_batch_of_only_skips_appends_nothing(lambda_env) -> None:

@@ -3,7 +3,9 @@
 Invoked by an SQS event source mapping with ``ReportBatchItemFailures``. Each record is parsed on
 its own (a malformed message fails only itself); the accepted images of the whole batch are then
 appended to the uploads ledger as one Delta commit (``ledger``). If that fails, every record is
-reported failed, so nothing is acknowledged that was not recorded.
+reported failed, so nothing is acknowledged that was not recorded. The invocation whose commit is
+a multiple of ``COMPACT_EVERY`` then bin-packs the small files of its days (``ledger.compact``), so
+that an append's cost stays flat through the day.
 
 ``handler`` configures itself from its environment (``IngestConfig.from_env``) on each call; a
 local runner passes its configuration instead (with delta-rs's options for the emulator), through
@@ -30,11 +32,12 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from deltalake.exceptions import DeltaError
 
 from .config import METRICS_NAMESPACE, IngestConfig
 from .events import ImageEvent, parse_message
 from .exceptions import LedgerWriteError
-from .ledger import append
+from .ledger import COMPACT_EVERY, append, compact
 
 SERVICE = "fruits-ingest"
 NAMESPACE = METRICS_NAMESPACE
@@ -58,6 +61,18 @@ def _record_skips(skipped: Counter[str]) -> None:
             name="RecordsSkipped", unit=MetricUnit.Count, value=count, namespace=NAMESPACE
         ) as metric:
             metric.add_dimension(name="reason", value=reason)
+
+
+def _compact(config: IngestConfig, images: list[ImageEvent]) -> None:
+    """The ledger's small files, bin-packed by the invocation whose commit's turn it is. The batch is
+    recorded already: a failure (a conflict with ``fruits maintain``, a timeout) is only logged, and
+    the next turn compacts what this one left."""
+    try:
+        replaced = compact(config.ledger_uri, images, config.storage_options)
+    except (DeltaError, OSError) as exc:
+        logger.warning("the ledger compaction failed; the next one will do it", extra={"error": str(exc)})
+        return
+    logger.info("ledger compacted", extra={"files_replaced": replaced})
 
 
 def handle(event: dict[str, Any], context: Any, config: IngestConfig) -> PartialItemFailureResponse:
@@ -89,12 +104,14 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig) -> Partial
 
     if images:
         try:
-            append(config.ledger_uri, images, config.storage_options)
+            version = append(config.ledger_uri, images, config.storage_options)
         except LedgerWriteError:
             logger.exception("the ledger append failed; reporting the whole batch failed")
             metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event["Records"]))
             return _all_failed(event)
-        logger.info("batch recorded", extra={"ledger": config.ledger_uri, "images": len(images)})
+        logger.info("batch recorded", extra={"ledger": config.ledger_uri, "images": len(images), "version": version})
+        if version % COMPACT_EVERY == 0:
+            _compact(config, images)
 
     metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(images))
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
