@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from deltalake.exceptions import DeltaError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -320,17 +321,23 @@ def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
 
 # --- discovery -----------------------------------------------------------------------------
 
-def append_commit(settings: Settings, key: str, etag: str) -> tuple[int, float, float]:
+def append_commit(settings: Settings, key: str, etag: str) -> tuple[int, float, float, bool | None]:
     """Append one row to the uploads ledger as a Lambda invocation does (compacting when it is its
-    turn); returns the new version, when the commit completed and how long the append took."""
+    turn); returns the new version, when the commit completed, how long the append took and whether
+    a compaction due failed (``None``: none was due). The Lambda logs a failed one and goes on."""
     event = ImageEvent(settings.bucket, key, 1, etag, None, None, "2026-12-03T00:00:00Z", "ObjectCreated:Put", "bench")
     uri, options = lake.delta_uri(settings.uploads_table), lake.storage_options(settings)
     started = time.perf_counter()
     version = ledger.append(uri, [event], options)
-    took = time.perf_counter() - started
+    took, committed, failed = time.perf_counter() - started, time.time(), None
     if version % ledger.COMPACT_EVERY == 0:
-        ledger.compact(uri, [event], options)
-    return version, time.time(), took
+        try:
+            ledger.compact(uri, [event], options)
+            failed = False
+        except DeltaError as exc:
+            log.warning("compaction after version %d failed: %s", version, exc)
+            failed = True
+    return version, committed, took, failed
 
 
 def measure_discovery(base: Settings, counts: list[int], images, repeat: int, work: Path) -> dict[str, Any]:  # noqa: ANN001
@@ -348,7 +355,8 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
     known = upload.upload_copies(settings, images[:1], 1, "d-")[0]
     known_etag = s3.head_object(Bucket=settings.bucket, Key=known)["ETag"].strip('"')
     out: dict[str, Any] = {"discovery_s": {}, "discovery_all_s": {}, "status_unknown_ms": {}, "prime_s": {},
-                           "status_unknown_sorted_ms": {}, "ledger_maintain_s": {}, "append_ms": {}}
+                           "status_unknown_sorted_ms": {}, "ledger_maintain_s": {}, "append_ms": {},
+                           "compactions": {}, "compactions_failed": {}}
     processed = 0
     for count in counts:
         # Started first, the stream reads the primed commits as they come (a stream started on an
@@ -358,8 +366,10 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
         with ThreadPoolExecutor(8) as pool:  # concurrent appends, as concurrent invocations make them
             appends = list(pool.map(lambda _: append_commit(settings, known, known_etag), range(processed, count)))
         out["prime_s"][str(count)] = time.perf_counter() - started
-        out["append_ms"][str(count)] = 1000 * statistics.median(took for _, _, took in appends[-500:])
-        stream.wait_committed({max(version for version, _, _ in appends)}, 3600)  # not a compaction's
+        out["append_ms"][str(count)] = 1000 * statistics.median(took for _, _, took, _ in appends[-500:])
+        out["compactions_failed"][str(count)] = sum(failed is True for *_, failed in appends)
+        out["compactions"][str(count)] = sum(failed is not None for *_, failed in appends)
+        stream.wait_committed({max(version for version, *_ in appends)}, 3600)  # not a compaction's
         log.info("%d ledger commits processed (%d new, appended in %.0f s, the last 500 appends %.0f ms each "
                  "with 8 at once) in %.0f s", count, count - processed, out["prime_s"][str(count)],
                  out["append_ms"][str(count)], time.perf_counter() - started)
@@ -368,7 +378,7 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
         for i in range(repeat + 1):
             key = upload.upload_copies(settings, images, 1, f"d{count}-{i}-")[0]
             etag = s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')
-            version, committed_at, _ = append_commit(settings, key, etag)
+            version, committed_at, *_ = append_commit(settings, key, etag)
             batch = stream.wait_committed({version}, 600)
             if i:
                 delays.append(checkpoint_times(settings, "offsets")[batch] - committed_at)
