@@ -163,6 +163,29 @@ def test_every_nth_commit_compacts_the_days_it_appended_to(lambda_env, monkeypat
     assert sorted(r["key"] for r in ledger(lambda_env)) == sorted(keys)
 
 
+def test_a_failed_compaction_is_logged_and_the_batch_stands(lambda_env, monkeypatch) -> None:
+    """delta-rs gives a compaction up when appends keep committing first: the batch is recorded."""
+    from deltalake.exceptions import CommitFailedError
+    from fruits_ingest import handler as module
+
+    def racing(*_: object) -> int:
+        raise CommitFailedError("Failed to commit transaction: 15")
+
+    monkeypatch.setattr(module, "COMPACT_EVERY", 1)
+    monkeypatch.setattr(module, "compact", racing)
+    buffer = io.StringIO()
+    previous = module.logger.registered_handler.setStream(buffer)
+    try:
+        response = module.handler(sqs_event(s3_event("uploads/Kiwi/a.jpg")), LocalContext())
+    finally:
+        module.logger.registered_handler.setStream(previous)
+    assert response == {"batchItemFailures": []}
+    assert [r["key"] for r in ledger(lambda_env)] == ["uploads/Kiwi/a.jpg"]
+    warnings = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [(w["message"], w["error"]) for w in warnings if w["level"] == "WARNING"] == [
+        ("the ledger compaction failed; the next one will do it", "Failed to commit transaction: 15")]
+
+
 def test_batch_of_only_skips_appends_nothing(lambda_env) -> None:
     from fruits_ingest.handler import handler
 

@@ -86,25 +86,30 @@ def test_todays_files_are_compacted_not_sorted(tmp_path: Path) -> None:
 
 
 def test_replaced_files_and_old_log_entries_go_after_the_retention_and_only_then(tmp_path: Path) -> None:
+    """Files go by their age (30 days), not by their removal records, which expire after
+    REMOVAL_RECORDS (here 1 second): a file replaced a moment ago stays as long as a log entry
+    that names it can still be read."""
     uri = str(tmp_path / "uploads")
     ledger.ensure_ledger(uri).alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 1 second"})
     interleaved(uri, [f"{n}.jpg" for n in range(8)], invocations=2)
     assert ledger.maintain(uri) == ledger.Maintenance((DAY,), 2, 1, 0)  # within the retention: nothing deleted
     time.sleep(1.5)
-    log = tmp_path / "uploads" / "_delta_log"
     for n in range(100):  # past a checkpoint, which drops the expired removal records
         ledger.append(uri, [event(f"later-{n}.jpg", None)])
-    old = time.time() - 40 * 86400  # the log's entries and its checkpoint, 40 days on
-    for entry in log.iterdir():
+    assert ledger.maintain(uri).vacuumed == 0  # the replaced files are young: kept
+    old = time.time() - 40 * 86400  # the log's entries, its checkpoint and every data file, 40 days on
+    for entry in (tmp_path / "uploads").rglob("*"):
         os.utime(entry, (old, old))
+    log = tmp_path / "uploads" / "_delta_log"
     for n in range(100):  # past the next checkpoint: an append deletes nothing
         ledger.append(uri, [event(f"latest-{n}.jpg", None)])
     assert (log / f"{0:020d}.json").exists()
 
     done = ledger.maintain(uri)
 
-    assert done is not None and done.vacuumed == 2  # the two files the sort replaced
+    assert done is not None and done.vacuumed == 3  # the two files the sort replaced, and today's compacted
     assert not (log / f"{0:020d}.json").exists()  # the log entries older than 30 days
+    assert len(DeltaTable(uri).to_pyarrow_table()) == 8 + 200  # every row still readable
 
 
 def test_a_ledger_of_an_older_layout_is_refused_with_what_to_do(tmp_path: Path) -> None:
@@ -120,9 +125,9 @@ def test_maintenance_of_a_ledger_that_does_not_exist_yet(tmp_path: Path) -> None
     assert ledger.maintain(str(tmp_path / "nothing")) is None
 
 
-@pytest.mark.parametrize("setting", ["delta.logRetentionDuration", "delta.deletedFileRetentionDuration"])
-def test_the_ledger_keeps_thirty_days(tmp_path: Path, setting: str) -> None:
-    table = ledger.ensure_ledger(str(tmp_path / "uploads"))
-    assert table.metadata().configuration[setting] == "interval 30 days"
+def test_the_ledger_keeps_thirty_days_of_log_and_ten_minutes_of_removal_records(tmp_path: Path) -> None:
+    configuration = ledger.ensure_ledger(str(tmp_path / "uploads")).metadata().configuration
+    assert configuration["delta.logRetentionDuration"] == "interval 30 days"
+    assert configuration["delta.deletedFileRetentionDuration"] == "interval 10 minutes"
 
 
