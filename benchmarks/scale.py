@@ -24,6 +24,7 @@ Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--ledger-commi
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -65,7 +66,8 @@ log = logging.getLogger("bench-scale")
 # --- the stream as a process ---------------------------------------------------------------
 
 class Stream:
-    """``fruits stream --trigger "0 seconds"`` on ``settings``, in a process of its own."""
+    """``fruits stream --trigger "0 seconds"`` on ``settings``, in a process of its own; stopped at
+    the latest when the benchmark exits (a failed run once left one polling through the next run)."""
 
     def __init__(self, settings: Settings, log_file: Path, **env: str) -> None:
         variables = {**os.environ, **{f"FRUITS_{k.upper()}": str(v) for k, v in settings.model_dump().items()
@@ -75,6 +77,7 @@ class Stream:
         self.log = log_file.open("ab")
         self.process = subprocess.Popen([FRUITS, "stream", "--trigger", "0 seconds"], env=variables,
                                         stdout=self.log, stderr=subprocess.STDOUT)
+        _RUNNING.add(self)
 
     def peak_rss_mb(self) -> float:
         """VmHWM of the driver: this process and its JVM child, in MB."""
@@ -94,15 +97,21 @@ class Stream:
         return max(found[v] for v in versions)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _RUNNING.discard(self)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self.log.close()
         if self.process.returncode not in (0, 143):
             raise RuntimeError(f"the stream exited with {self.process.returncode}; see {self.log.name}")
+
+
+_RUNNING: set[Stream] = set()
+atexit.register(lambda: [stream.stop() for stream in list(_RUNNING)])
 
 
 def _cmdline(pid: int) -> bytes:
