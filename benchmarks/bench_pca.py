@@ -12,9 +12,8 @@ Times are the fit only on both sides: the statistics pass plus the solve (``Refi
 "stats" + "solve"), the median of five fits each (full: five from scratch; incremental: five
 successive +1 % appends and refits). Each side is warmed up first on the same session: ours by a
 statistics pass over two files in Spark tasks and a solve, Spark ML by a fit of 2,000 rows. The
-first full and first incremental refit of the synthetic tables also store the model and re-project
-every row; those whole refits are timed too and reported apart, as is the whole refit less its
-re-projection (what ``--no-reproject`` costs).
+first full and first incremental refit of the synthetic tables are also timed whole (statistics,
+solve, storing the model and the statistics; no plots), as ``fruits pca refit`` runs them.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ def fit_seconds(r: pca.Refit) -> float:
 
 
 def timed_refit(spark: SparkSession, settings: Settings, **args: Any) -> tuple[pca.Refit, float]:
-    """A refit and its wall time (the whole refit: fit, store, re-projection if asked)."""
+    """A refit and its wall time (the whole refit: fit and store, no plots)."""
     started = time.perf_counter()
     fit = pca.refit(spark, settings, write_plots=False, **args)
     return fit, time.perf_counter() - started
@@ -110,7 +109,7 @@ def timed_refit(spark: SparkSession, settings: Settings, **args: Any) -> tuple[p
 
 def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: str = "synthetic",
         whole: bool = True) -> dict[str, Any]:
-    """Fit times at ``n`` rows; ``whole``: also Spark ML and the whole refits with re-projection."""
+    """Fit times at ``n`` rows; ``whole``: also Spark ML."""
     settings = Settings(table_root=str(root / f"pca-{name}-{n}"))
     table.ensure_tables(spark, settings)
     append(spark, settings.features_table, rows, n, seed=1)
@@ -118,8 +117,8 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
     files, _ = lake.table_files(settings, settings.features_table)
     warm = stats.file_stats(spark, settings, files[:2], driver_bytes=0)[0]  # as Spark tasks, like the full pass
     solve(warm)
-    full, full_wall = timed_refit(spark, settings, full=True, reproject_rows=whole)
-    fulls = [full] + [timed_refit(spark, settings, full=True, reproject_rows=False)[0] for _ in range(ROUNDS - 1)]
+    full, full_wall = timed_refit(spark, settings, full=True)
+    fulls = [full] + [timed_refit(spark, settings, full=True)[0] for _ in range(ROUNDS - 1)]
     result: dict[str, Any] = {"rows": n, "k": full.model.k, "ours_full_s": statistics.median(map(fit_seconds, fulls)),
                               "ours_full_solve_s": statistics.median(r.seconds["solve"] for r in fulls)}
     if whole:
@@ -129,14 +128,14 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
         PCA(k=full.model.k, inputCol="v").fit(vectors)
         result["spark_ml_s"] = time.perf_counter() - started
 
-    def after_one_percent(seed: int, reproject: bool) -> tuple[pca.Refit, float]:
+    def after_one_percent(seed: int) -> tuple[pca.Refit, float]:
         append(spark, settings.features_table, rows, max(1, n // 100), seed=seed)
-        fit, wall = timed_refit(spark, settings, reproject_rows=reproject)
+        fit, wall = timed_refit(spark, settings)
         assert fit.mode == "incremental" and fit.rows_read == max(1, n // 100)
         return fit, wall
 
-    incremental, incremental_wall = after_one_percent(2, reproject=whole)
-    incrementals = [incremental] + [after_one_percent(2 + i, reproject=False)[0] for i in range(1, ROUNDS)]
+    incremental, incremental_wall = after_one_percent(2)
+    incrementals = [incremental] + [after_one_percent(2 + i)[0] for i in range(1, ROUNDS)]
     result |= {
         "ours_incremental_s": statistics.median(map(fit_seconds, incrementals)),
         "ours_incremental_stats_s": statistics.median(r.seconds["stats"] for r in incrementals),
@@ -146,11 +145,5 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
         "fits_s": {"full": [fit_seconds(r) for r in fulls], "incremental": [fit_seconds(r) for r in incrementals]},
     }
     if whole:
-        result |= {
-            "reproject_full_s": full.seconds["reproject"],
-            "refit_full_wall_s": full_wall, "refit_incremental_wall_s": incremental_wall,
-            # What `fruits pca refit --no-reproject` costs: the same refit less its re-projection.
-            "refit_full_no_reproject_s": full_wall - full.seconds["reproject"],
-            "refit_incremental_no_reproject_s": incremental_wall - incremental.seconds["reproject"],
-        }
+        result |= {"refit_full_wall_s": full_wall, "refit_incremental_wall_s": incremental_wall}
     return result

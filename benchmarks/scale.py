@@ -253,7 +253,7 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
         append_synthetic(settings, n + rows_added, n // 100, model_id)
         rows_added += n // 100
         started = time.perf_counter()
-        fit = refit(spark, settings)  # what `fruits pca refit` does: fit, store, re-project, plots
+        fit = refit(spark, settings)  # what `fruits pca refit` does: fit, store, plots
         refits.append(time.perf_counter() - started)
         log.info("%d rows: refit (%s, %d rows read, %s) took %.1f s", n, fit.mode, fit.rows_read, fit.solver, refits[-1])
     out["refit_s"], out["refit_all_s"] = statistics.median(refits), refits
@@ -303,20 +303,19 @@ def measure_queries(store, keys: list[str], status_keys: dict[str, list[str]]) -
 
 def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
     """Share of each answer within the exact 10 nearest (cosine, over every row's vector in the
-    newest PCA space, read from the table here, not from the store), ties counted as found."""
+    newest PCA space, projected here from the table, not taken from the store), ties counted as found."""
     import pyarrow.compute as pc
 
     model = store.pca_model()
-    dataset = store.dataset("features").dataset
-    on_model = pc.field("pca_version") == model.version
-    current = dataset.to_table(columns=["key", "pca_features"], filter=on_model)
-    # The 1280-d features only of rows not on the model (none after a refit's re-projection).
-    stale = dataset.to_table(columns=["key", "features"], filter=~on_model | pc.field("pca_version").is_null())
-    keys = np.concatenate([t["key"].to_numpy(zero_copy_only=False) for t in (current, stale)])
-    vectors = np.concatenate(
-        ([np.stack(current["pca_features"].to_numpy(zero_copy_only=False))] if current.num_rows else [])
-        + ([model.project(np.stack(stale["features"].to_numpy(zero_copy_only=False)))] if stale.num_rows else []))
-    del current, stale
+    keys, parts = [], []
+    # Every row projected here from its 1280-d features, a batch at a time (memory: the k-d vectors).
+    for batch in store.dataset("features").dataset.to_batches(columns=["key", "features"], batch_size=8192):
+        if batch.num_rows:
+            keys.append(batch.column("key").to_numpy(zero_copy_only=False))
+            flat = pc.list_flatten(batch.column("features")).to_numpy(zero_copy_only=False)
+            parts.append(model.project(flat.reshape(batch.num_rows, -1)))
+    keys, vectors = np.concatenate(keys), np.concatenate(parts)
+    del parts
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     found = []
     for key, neighbours in answers.items():
@@ -420,7 +419,8 @@ def timed(call: Callable[[], Any]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--ledger-commits", default="1000,20000")
+    parser.add_argument("--ledger-commits", default="1000,20000",
+                        help='"" skips discovery: the last run\'s figures stand in scale.json, dated in scale-extra.json')
     parser.add_argument("--repeat", type=int, default=5, help="micro-batches, refits (within a budget), discovery")
     parser.add_argument("--restarts", type=int, default=3, help="restarts per size (each starts Spark: ~40 s)")
     parser.add_argument("--cache", default=str(ROOT / "work" / "scale-cache"))
@@ -432,7 +432,7 @@ def main() -> None:
     for quiet in ("py4j", "botocore", "fruits", "fruits_ingest"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection pool is full" while priming
-    sizes, counts = [int(s) for s in args.sizes.split(",")], [int(c) for c in args.ledger_commits.split(",")]
+    sizes, counts = [int(s) for s in args.sizes.split(",")], [int(c) for c in args.ledger_commits.split(",") if c]
 
     from fruits.featurize.build import load_model
     from fruits.spark.session import get_spark
@@ -451,23 +451,29 @@ def main() -> None:
         base = Settings(endpoint_url=endpoint, weights=str(compiled), spark_log_level="ERROR")
         spark = get_spark(base)
         results = {str(n): measure_size(spark, base, n, model_id, images, args, work) for n in sizes}
-        discovery = measure_discovery(base, counts, images, args.repeat, work)
+        discovery = measure_discovery(base, counts, images, args.repeat, work) if counts else None
         for name in ("stream", "restart", "discovery"):  # keep the streams' logs for a look afterwards
             for found in work.glob(f"{name}*.log"):
                 shutil.copy(found, ROOT / "work" / f"scale-{found.name}")
 
     keys = ("micro_batch_s", "driver_peak_rss_mb", "restart_s", "refit_s", "similar_p50_ms", "similar_recall_at_10",
             "status_p50_ms")
+    extra_json = Path(args.json).with_name(Path(args.json).stem + "-extra.json")
+    if discovery is None:  # --ledger-commits "": the last run's discovery figures stand, with their date
+        last = json.loads(extra_json.read_text())
+        discovery = last["discovery"]
+        discovery.setdefault("measured_at", last["measured_at"])
+        counts = json.loads(Path(args.json).read_text())["ledger_commits"]
     scale = {"rows": sizes, **{k: {str(n): round(results[str(n)][k], 4) for n in sizes} for k in keys},
              "ledger_commits": counts,
-             "discovery_s": {c: round(v, 4) for c, v in discovery["discovery_s"].items()}}
+             "discovery_s": {str(c): round(v, 4) for c, v in discovery["discovery_s"].items()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(scale, indent=1) + "\n")
     load = os.getloadavg()
     extra = {"machine": f"{os.cpu_count()} cores", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "minutes": round((time.time() - began) / 60, 1), "load_average_at_end": [round(x, 2) for x in load],
              "discovery": discovery, **results}
-    Path(args.json).with_name(Path(args.json).stem + "-extra.json").write_text(json.dumps(extra, indent=1) + "\n")
+    extra_json.write_text(json.dumps(extra, indent=1) + "\n")
     print_table(scale)
 
 

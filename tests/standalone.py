@@ -14,8 +14,6 @@ driver's working directory with ``./environment``      a folder with the environ
 ``python3.11``, the release's interpreter              a bare ``venv`` of this Python: no packages
 ``/usr/share/aws/delta/lib/delta-{spark,storage}.jar``  the same Delta's jars from Maven (``fruits jars``),
   and the release's S3 connector                         with hadoop-aws and the AWS SDK
-``delta-storage-s3-dynamodb.jar`` and the                dropped: Maven Central as this machine reaches it
-  ``S3DynamoDBLogStore`` settings                        does not serve the jar (Delta's default log store)
 ``spark.executor.cores``                               the workers' cores
 ``spark.dynamicAllocation.maxExecutors``               the number of workers
 =====================================================  ==============================================
@@ -47,8 +45,6 @@ from fruits.spark.release import PYTHON_EXECUTABLE
 
 SPARK_HOME = Path(pyspark.__file__).parent
 EMR_DELTA_DIR = "/usr/share/aws/delta/lib/"
-# The commit coordinator's settings (its jar goes with spark.jars).
-COORDINATOR = ("spark.delta.logStore.", "spark.io.delta.storage.S3DynamoDBLogStore.")
 
 
 def _free_port() -> int:
@@ -222,8 +218,6 @@ def submit_command(request: dict, *, cluster: Cluster, bundle: Path, workdir: Pa
         key, value = setting.split("=", 1)
         if key.startswith("spark.emr-serverless.driverEnv."):
             driver_env[key.removeprefix("spark.emr-serverless.driverEnv.")] = local(value)
-        elif key.startswith(COORDINATOR):
-            continue
         elif key == "spark.jars":
             emr = value.split(",")
             assert all(j.startswith(EMR_DELTA_DIR) for j in emr), emr

@@ -6,8 +6,8 @@ Each check runs in a fresh interpreter and lists what ended up in ``sys.modules`
   TensorFlow or moto;
 - what Spark's Python workers import to featurize (``fruits.featurize.batch``) and to project onto a
   PCA model (``fruits.pca.model``): no pyspark.sql driver modules, TensorFlow, matplotlib or deltalake;
-  nor does unpickling the stream's pandas UDF as Spark ships it (not ``fruits.stream``, which
-  imports the PCA job);
+  nor does unpickling the stream's pandas UDF as Spark ships it (not ``fruits.stream``);
+- the stream's driver: the PCA registry, not the refit job;
 - ``fruits --help`` and ``fruits status``: neither moto nor pyspark.
 """
 
@@ -80,6 +80,12 @@ def test_the_stream_udf_as_shipped_to_a_worker_loads_only_the_worker_side(tmp_pa
     assert "fruits.featurize.batch" in modules
     assert forbidden(modules - baseline, ("fruits.stream", "fruits.pca", "fruits.spark", "fruits.query",
                                           *WORKER_FORBIDS)) == []
+
+
+def test_the_stream_reads_pca_models_through_the_registry_not_the_refit_job() -> None:
+    modules = loaded_after("import fruits.stream.job")
+    assert "fruits.pca.registry" in modules
+    assert forbidden(modules, ("fruits.pca.refit", "fruits.pca.stats", "fruits.pca.plots", "matplotlib")) == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"]])

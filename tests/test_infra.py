@@ -174,7 +174,7 @@ def test_ingest_role_reads_its_queue_and_writes_the_ledger_only(template: Templa
 
 def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> None:
     statements = {s["Sid"]: s for s in policy_statements(template, "JobRole")}
-    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes", "PublishMetrics", "CommitCoordinator"}
+    assert set(statements) == {"ReadInputs", "ReadWriteTables", "ListOwnPrefixes", "PublishMetrics"}
 
     def prefixes(statement: dict) -> set[str]:
         return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
@@ -217,31 +217,23 @@ def test_job_definitions_leave_master_and_jars_to_the_release(template: Template
         for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages",
                            "repo1.maven", "spark.jars.ivy"):
             assert local_only not in text, (local_only, text[:300])
-        # Delta from the release's own jars, its DynamoDB commit coordinator, the local session's
+        # Delta from the release's own jars, its single-driver S3 log store, the local session's
         # tuning as --conf, and the packed environment on the release's interpreter.
-        assert ("spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar,"
-                "/usr/share/aws/delta/lib/delta-storage-s3-dynamodb.jar") in text
-        assert "spark.delta.logStore.s3a.impl=io.delta.storage.S3DynamoDBLogStore" in text
-        assert "spark.io.delta.storage.S3DynamoDBLogStore.ddb.tableName=" in text
+        assert "spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar " in text
+        assert "spark.delta.logStore.s3a.impl=io.delta.storage.S3SingleDriverLogStore" in text
+        assert "DynamoDB" not in text
         assert "spark.databricks.delta.snapshotPartitions=" in text
         assert "artifacts/pyenv.tar.gz#environment" in text and "spark.executorEnv.PYTHONPATH=./environment" in text
         assert f"spark.executorEnv.PYSPARK_PYTHON={PYTHON_EXECUTABLE}" in text
         assert "spark.dynamicAllocation.enabled=true" in text and "spark.dynamicAllocation.maxExecutors=3" in text
 
 
-def test_every_writer_commits_through_the_dynamodb_coordinator(template: Template) -> None:
-    """Delta's S3DynamoDBLogStore table: the key schema it expects, TTL on expireTime, and the job role
-    may read and write its items only (no CreateTable, no Scan, no other table)."""
-    table = one(template, "AWS::DynamoDB::Table")
-    assert table["TableName"] == "fruits-qa-delta-log"
-    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"tablePath": "HASH", "fileName": "RANGE"}
-    assert table["TimeToLiveSpecification"] == {"AttributeName": "expireTime", "Enabled": True}
-    statements = {s.get("Sid"): s for s in policy_statements(template, "JobRole")}
-    coordinator = statements["CommitCoordinator"]
-    assert set(coordinator["Action"]) == {"dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem",
-                                          "dynamodb:UpdateItem", "dynamodb:Query"}
-    assert list(listify(coordinator["Resource"])[0]["Fn::GetAtt"]) == [
-        next(iter(resources(template, "AWS::DynamoDB::Table"))), "Arn"]
+def test_no_commit_service_one_driver_per_table(template: Template) -> None:
+    """Each table has one committing driver at a time, so the jobs use Delta's single-driver S3 log
+    store and the stack has no DynamoDB table, and the job role no DynamoDB access."""
+    assert not resources(template, "AWS::DynamoDB::Table")
+    actions = [a for s in policy_statements(template, "JobRole") for a in listify(s["Action"])]
+    assert not [a for a in actions if a.startswith("dynamodb:")]
 
 
 def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:
@@ -324,4 +316,4 @@ def test_checkov_skips_are_per_resource_and_give_reasons(template: Template) -> 
             skipped.setdefault(name, []).append(skip["id"])
     owners = {name.rstrip("*") for name in CHECKOV_SKIPS}
     assert all(any(logical.startswith(owner) for owner in owners) for logical in skipped), skipped
-    assert sum(map(len, skipped.values())) == sum(map(len, CHECKOV_SKIPS.values())) == 14
+    assert sum(map(len, skipped.values())) == sum(map(len, CHECKOV_SKIPS.values())) == 13

@@ -65,7 +65,7 @@ def test_compaction_rewrites_the_crowded_days_and_changes_no_rows(spark, tmp_pat
     table.ensure_tables(spark, settings)
     for seed in range(2):  # two micro-batches' worth of small files
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    assert refit(spark, settings, write_plots=False, reproject_rows=False).mode == "full"
+    assert refit(spark, settings, write_plots=False).mode == "full"
     small = len(lake.table_files(settings, settings.features_table).files)
     assert small >= 2
     assert maintenance.compact(spark, settings, settings.features_table) == (0, 0)  # fewer than COMPACT_MIN_FILES
@@ -79,7 +79,7 @@ def test_compaction_rewrites_the_crowded_days_and_changes_no_rows(spark, tmp_pat
     # Compaction changed no rows: the stream finds every image, and the PCA statistics stay incremental.
     written = table.read(spark, settings.features_table).select("image_id", PARTITION, "event_time").toArrow()
     assert written.num_rows == 50 and all(WrittenImages(settings, spark).among(written).to_pylist())
-    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    fit = refit(spark, settings, write_plots=False)
     assert (fit.mode, fit.rows_read, fit.model.row_count) == ("incremental", 10, 50)
 
 
@@ -88,7 +88,7 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     table.ensure_tables(spark, settings)
     for seed in range(3):
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
     monkeypatch.setattr(maintenance, "COMPACT_MIN_FILES", 2)
     maintenance.compact(spark, settings, settings.features_table)
@@ -102,7 +102,7 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     # The files appended since the last fit are gone now; with a retention that old, the refit
     # knows not to look for them and reads the table.
     monkeypatch.setattr(changes, "VACUUM_RETAIN_HOURS", 0)
-    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    fit = refit(spark, settings, write_plots=False)
     assert (fit.mode, fit.model.row_count) == ("full", 70)
 
 
@@ -138,8 +138,8 @@ def test_maintenance_beside_a_working_stream_never_commits_to_the_streams_tables
     table.ensure_tables(spark, settings)
     for seed in range(2):
         append_rows(spark, settings.features_table, synthetic_features(20, seed))
-    refit(spark, settings, write_plots=False, reproject_rows=False)
-    refit(spark, settings, write_plots=False, reproject_rows=False, full=True)  # replaces pca_stats' file
+    refit(spark, settings, write_plots=False)
+    refit(spark, settings, write_plots=False, full=True)  # replaces pca_stats' file
     before = {loc: table.current_version(spark, loc) for loc in (settings.features_table, settings.quarantine_table)}
     keys = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=1)[:3])
     ingest.drain(settings)

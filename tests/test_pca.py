@@ -11,13 +11,15 @@ from delta.tables import DeltaTable
 from fruits.io import lake
 from fruits.pca import stats
 from fruits.pca.model import solve
-from fruits.pca.refit import refit, reproject, run_periodically
+from fruits.pca import registry
+from fruits.pca.refit import refit, run_periodically
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
 
 from helpers import MODEL_ID, append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
+
 
 def table_versions(spark, location: str) -> list[int | None]:
     return [r.pca_version for r in table.read(spark, location).select("pca_version").collect()]
@@ -53,19 +55,16 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     fit1 = refit(spark, settings, threshold=0.95)
     assert fit1.mode == "full" and fit1.rows_read == 300 and fit1.model.version == 1
     assert 1 <= fit1.model.k <= 8  # the data has 8 strong directions
-    assert set(table_versions(spark, settings.features_table)) == {1}
 
-    # New rows, appended after the re-projection MERGE: only they are read, and the fit equals a
-    # fit from scratch.
+    # New rows: only they are read, and the fit equals a fit from scratch.
     append_rows(spark, settings.features_table, later)
+    appended = lake.delta_table(settings, settings.features_table).version()
     assert stats.pending_rows(settings) == 30
-    assert reproject(spark, settings, fit1.model) == 30  # the new rows only
-    assert reproject(spark, settings, fit1.model) == 0
     fit2 = refit(spark, settings, threshold=0.95)
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
     assert (fit1.solver, fit2.solver) == ("eigh", "rayleigh-ritz")
     assert stats.pending_rows(settings) == 0
-    same = refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands, no rewrite
+    same = refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands
     assert same.mode == "unchanged" and same.model.version == 2 and same.rows_read == 0
     fit3 = refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
@@ -77,16 +76,16 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     assert fit2.model.k == fit3.model.k
     assert np.allclose(np.abs(np.sum(fit2.model.components * fit3.model.components, axis=1)), 1.0, atol=1e-6)
 
-    # Every row is on the newest version, projected with it.
-    rows = table.read(spark, settings.features_table).select("features", "pca_features", "pca_version").collect()
-    assert {r.pca_version for r in rows} == {3} and len(rows) == 330
-    np.testing.assert_allclose(
-        np.array([r.pca_features for r in rows]), fit3.model.project(np.array([r.features for r in rows])),
-        rtol=1e-4, atol=1e-4,
-    )
-    models = table.read(spark, settings.pca_models_table).orderBy("version").collect()
-    assert [(m.version, m.row_count) for m in models] == [(1, 300), (2, 330), (3, 330)]
-    assert all(len(m.components) == m.k * 1280 for m in models)
+    # No refit committed to the features table: its newest commit is the second append.
+    assert lake.delta_table(settings, settings.features_table).version() == appended
+    assert set(table_versions(spark, settings.features_table)) == {None}
+    # Every version is kept and read by version from the registry.
+    assert [(v["version"], v["row_count"]) for v in registry.versions(settings)] == [(1, 300), (2, 330), (3, 330)]
+    assert registry.newest_version(settings) == 3
+    for fit in (fit1, fit2, fit3):
+        kept = registry.model(settings, fit.model.version)
+        assert kept.k == fit.model.k and kept.components.shape == (kept.k, 1280)
+        np.testing.assert_allclose(kept.components, fit.model.components, rtol=1e-6, atol=1e-7)
 
     # The plots are real PNGs next to each version.
     for version in (1, 2, 3):
@@ -132,21 +131,54 @@ def test_file_stats_on_the_driver_and_in_spark_tasks_equal_a_dataframe_pass(spar
         np.testing.assert_allclose(got.outer, reference.outer, rtol=0, atol=1e-12 * np.abs(reference.outer).max())
 
 
-def test_a_refit_without_reprojection_leaves_the_rows_alone(spark, tmp_path: Path) -> None:
+def test_the_registry_reads_one_version_and_refuses_one_never_fitted(spark, tmp_path: Path) -> None:
+    """Each version is one file: asking for one reads that file only (the others' statistics
+    exclude it), whatever became of the rest."""
     from fruits.config import Settings
 
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
+    assert registry.model(settings) is None and registry.newest_version(settings) is None
     append_rows(spark, settings.features_table, synthetic_features(40, seed=10))
     refit(spark, settings, write_plots=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=11))
-    before = table.current_version(spark, settings.features_table)
-    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
-    assert fit.mode == "incremental" and fit.model.version == 2 and "reproject" not in fit.seconds
-    assert table.current_version(spark, settings.features_table) == before  # no rewrite
-    assert sorted(set(table_versions(spark, settings.features_table)), key=str) == [1, None]
-    assert reproject(spark, settings, fit.model) == 50
-    assert set(table_versions(spark, settings.features_table)) == {2}
+    refit(spark, settings, write_plots=False)
+    assert registry.model(settings).version == 2 and registry.model(settings, 1).row_count == 40
+    # Version 2's file gone from under the table: version 1 still reads, so it never opened that file.
+    files = [Path(u.removeprefix("file://")) for u in lake.delta_table(settings, settings.pca_models_table).file_uris()]
+    assert len(files) == 2
+    next(f for f in files if _holds_version(f, 2)).unlink()
+    assert registry.model(settings, 1).row_count == 40
+    with pytest.raises(LookupError, match="no PCA version 9"):
+        registry.model(settings, 9)
+
+
+def test_fruits_pca_list_shows_every_version(spark, tmp_path: Path, capsys) -> None:
+    import json
+
+    from fruits.cli import main
+    from fruits.config import Settings
+
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    with pytest.raises(SystemExit) as done:
+        main(["pca", "list", "--table-root", settings.table_root])
+    assert done.value.code == 0 and "no PCA version yet" in capsys.readouterr().out
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=14))
+    refit(spark, settings, write_plots=False, k=3)
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=15))
+    refit(spark, settings, write_plots=False, k=4)
+    with pytest.raises(SystemExit):
+        main(["pca", "list", "--json", "--table-root", settings.table_root])
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["k"], v["row_count"]) for v in listed] == [(1, 3, 40), (2, 4, 50)]
+    assert all(0 < v["explained_variance"] <= 1 for v in listed)
+
+
+def _holds_version(path: Path, version: int) -> bool:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["version"]).column(0).to_pylist() == [version]
 
 
 def test_a_running_stream_projects_with_each_new_model_as_it_appears(spark, settings, weights_blob) -> None:
@@ -159,7 +191,7 @@ def test_a_running_stream_projects_with_each_new_model_as_it_appears(spark, sett
     first = refit(spark, settings, write_plots=False).model
     assert writer.current_pca()[0].version == first.version == 1
     append_rows(spark, settings.features_table, synthetic_features(10, seed=13), model_id=weights_blob.model_id)
-    refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False)
     assert writer.current_pca()[0].version == 2
 
 
@@ -197,7 +229,7 @@ def test_rows_are_pending_when_the_log_no_longer_has_the_commits_since_the_fit(s
     table.ensure_tables(spark, settings)
     spark.sql(f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
     append_rows(spark, settings.features_table, synthetic_features(20, seed=20))
-    refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False)
     for seed in (21, 22, 23):
         append_rows(spark, settings.features_table, synthetic_features(5, seed=seed))
     assert stats.pending_rows(settings) == 15
@@ -207,7 +239,7 @@ def test_rows_are_pending_when_the_log_no_longer_has_the_commits_since_the_fit(s
         if int(commit.name.split(".")[0]) < checkpoints[-1]:
             commit.unlink()
     assert stats.pending_rows(settings) == 35
-    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
+    fit = refit(spark, settings, write_plots=False)
     assert (fit.mode, fit.model.row_count) == ("full", 35) and stats.pending_rows(settings) == 0
 
 
@@ -221,11 +253,11 @@ def test_a_pca_version_is_committed_at_most_once(spark, tmp_path: Path, monkeypa
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(40, seed=20))
-    refit(spark, settings, write_plots=False, reproject_rows=False)
+    refit(spark, settings, write_plots=False)
     append_rows(spark, settings.features_table, synthetic_features(10, seed=21))
-    monkeypatch.setattr(refit_module, "latest_model", lambda spark, settings: None)  # it does not see v1
+    monkeypatch.setattr(refit_module.registry, "newest_version", lambda settings, table=None: None)  # it misses v1
     with pytest.raises(RuntimeError, match="PCA version 1 was committed by another refit"):
-        refit(spark, settings, full=True, write_plots=False, reproject_rows=False)
+        refit(spark, settings, full=True, write_plots=False)
     versions = [r.version for r in table.read(spark, settings.pca_models_table).select("version").collect()]
     assert versions == [1]
 
@@ -240,21 +272,18 @@ def test_a_scheduled_refit_skips_while_another_runs(settings, capsys) -> None:
     assert done.value.code == 0 and "refit skipped: another refit holds the tables" in capsys.readouterr().err
 
 
-def test_a_reprojection_checks_its_lease_right_before_it_commits(spark, tmp_path: Path) -> None:
-    """A refit or `fruits pca reproject` whose lease was taken over commits no rewrite."""
+def test_a_refit_checks_its_lease_right_before_it_commits(spark, tmp_path: Path) -> None:
+    """A refit whose lease was taken over commits no version."""
     from fruits.config import Settings
     from fruits.io.lease import LeaseLost
 
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(20, seed=12))
-    fit = refit(spark, settings, write_plots=False, reproject_rows=False)
-    before = table.current_version(spark, settings.features_table)
 
     def taken_over() -> None:
         raise LeaseLost("the refit lease was taken over")
 
     with pytest.raises(LeaseLost):
-        reproject(spark, settings, fit.model, guard=taken_over)
-    assert table.current_version(spark, settings.features_table) == before
-    assert set(table_versions(spark, settings.features_table)) == {None}
+        refit(spark, settings, write_plots=False, guard=taken_over)
+    assert registry.newest_version(settings) is None

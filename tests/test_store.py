@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from fruits import FeatureStore
+from fruits.cli import main
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
 from fruits.featurize.images import decode
 from fruits.featurize.model import Featurizer
 from fruits.local.upload import sample_images
+from fruits.pca.model import PcaModel
 from fruits.pca.refit import refit
+from fruits.query.sql import sql
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES, QUARANTINE
 
@@ -52,13 +56,16 @@ def sample_split(weights_blob):
 
 
 def write_features(spark, settings: Settings, images: list[tuple[str, Path]], features: np.ndarray,
-                   model_id: str) -> None:
+                   model_id: str, pca: PcaModel | None = None) -> None:
+    """Append rows as the stream does: projected with ``pca`` if given (the newest model at ingest)."""
     now = dt.datetime.now(dt.timezone.utc)
     rows = pd.DataFrame({
         "image_id": [f"id-{i}" for i in range(len(images))], "bucket": settings.bucket,
         "key": [f"uploads/{label}/{p.name}" for label, p in images], "label": [label for label, _ in images],
         "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
-        "features": list(features), "model_id": model_id, "pca_features": None, "pca_version": None,
+        "features": list(features), "model_id": model_id,
+        "pca_features": None if pca is None else list(pca.project(features)),
+        "pca_version": None if pca is None else pca.version,
     })
     spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
 
@@ -104,9 +111,9 @@ def test_similar_by_key_finds_its_class_and_leaves_itself_out(store_settings, sa
         store.similar("uploads/nope.jpg")
 
 
-def test_rows_not_yet_reprojected_are_projected_at_query_time(spark, store_settings, sample_split,
-                                                              weights_blob) -> None:
-    """A stream batch that landed on an older PCA version is still comparable."""
+def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_settings, sample_split,
+                                                                weights_blob) -> None:
+    """A stream batch written before the newest PCA version is still comparable."""
     train, features, _ = sample_split
     settings = store_settings.with_(table_root=store_settings.table_root + "-stale")
     table.ensure_tables(spark, settings)
@@ -120,11 +127,41 @@ def test_rows_not_yet_reprojected_are_projected_at_query_time(spark, store_setti
     assert all(n.distance < 1e-4 for n in nearest)
 
 
+def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, store_settings, sample_split,
+                                                                       weights_blob, capsys) -> None:
+    """``features_pca`` has every row in one chosen PCA space, whatever the stream projected it with
+    at ingest: (x - mean) @ components.T of that version, in Spark SQL and in the JVM-free store."""
+    train, features, _ = sample_split
+    settings = store_settings.with_(table_root=store_settings.table_root + "-views")
+    table.ensure_tables(spark, settings)
+    write_features(spark, settings, train[:100], features[:100], weights_blob.model_id)
+    v1 = refit(spark, settings, write_plots=False, k=5).model
+    write_features(spark, settings, train[100:], features[100:], weights_blob.model_id, pca=v1)  # on v1
+    v2 = refit(spark, settings, write_plots=False, k=7).model
+    by_key = {f"uploads/{label}/{p.name}": x for (label, p), x in zip(train, features)}
+    statement = "SELECT key, pca_features, pca_version FROM features_pca"
+    store = FeatureStore(settings)
+    for model, asked in ((v2, None), (v1, 1)):
+        for engine, rows in (("spark", sql(spark, settings, statement, pca_version=asked).rows),
+                             ("duckdb", store.sql(statement, pca_version=asked).rows)):
+            assert len(rows) == len(train) and {r[2] for r in rows} == {model.version}, engine
+            got = np.array([r[1] for r in rows])
+            expected = model.project(np.stack([by_key[r[0]] for r in rows]))
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=engine)
+    with pytest.raises(LookupError, match="no PCA version 3"):
+        store.sql(statement, pca_version=3)
+    # The command line passes the version through.
+    with pytest.raises(SystemExit):
+        main(["query", "--engine", "duckdb", "--pca-version", "1", "--json", "--table-root", settings.table_root,
+              "SELECT DISTINCT pca_version, len(pca_features) AS k FROM features_pca"])
+    assert json.loads(capsys.readouterr().out)["rows"] == [{"pca_version": 1, "k": v1.k}]
+
+
 def test_duckdb_sql_reads_the_versions_and_time_travels(store_settings) -> None:
     store = FeatureStore(store_settings)
     result = store.sql("SELECT count(*) AS n, count(DISTINCT label) AS labels FROM features")
     assert result.rows == [(200, 25)]
-    assert result.versions["features"] >= 2 and result.versions["pca_models"] == 1
+    assert result.versions["features"] == 1 and result.versions["pca_models"] == 1  # the refit wrote no features
     assert store.sql("SELECT count(*) FROM features", as_of_version=0).rows == [(0,)]
 
 

@@ -29,7 +29,6 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -56,15 +55,15 @@ ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
 UPLOADS, TABLES = UPLOAD_PREFIX, "tables/"
-# Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven. The
-# third jar is Delta's DynamoDB commit coordinator (S3DynamoDBLogStore), for concurrent writers.
-EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar"
-                          for jar in ("delta-spark", "delta-storage", "delta-storage-s3-dynamodb"))
-# One writer per table (README, Table maintenance), with one exception left: the refit's
-# re-projection UPDATE commits to `features` beside the stream. Two drivers committing to one table
-# need a commit service on S3 (Delta's default S3 log store assumes a single driver), so every
-# commit goes through DynamoDB until the re-projection goes; then the single-driver store suffices.
-LOG_STORE = "io.delta.storage.S3DynamoDBLogStore"
+# Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven.
+EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar" for jar in ("delta-spark", "delta-storage"))
+# Delta's single-driver S3 log store, named rather than left to the release's default: each table
+# has one committing driver at a time (README, Table maintenance): the stream commits `features`
+# and `quarantine` under its lease, the refit and `fruits maintain` the PCA tables under the refit's
+# lease, and Spark only reads the uploads ledger (delta-rs writes it, with S3's conditional put). So
+# no commit service (S3DynamoDBLogStore and its DynamoDB table) is needed, and the stream's reads of
+# the ledger list its log from a version (delta.enableFastS3AListFrom), not whole.
+LOG_STORE = "io.delta.storage.S3SingleDriverLogStore"
 # Dynamic allocation, stated: on (EMR Serverless's default), 1 to 3 executors of 4 vCPU, so the
 # driver's 4 vCPU and the executors fit the application's 16 vCPU; a lost executor's micro-batch
 # is recomputed from its reliable checkpoint (fruits.stream.job), never from executor-local state.
@@ -91,7 +90,6 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
     },
     "IngestLogs": {"CKV_AWS_158": "log lines hold object keys and counts, no photo or secret; encrypted by CloudWatch"},
     "NotificationHandlerLogs": {"CKV_AWS_158": "CDK's handler logs the notification it configures, no data"},
-    "DeltaLog": {"CKV_AWS_119": "holds commit file names only; encrypted at rest with an AWS-owned key"},
     "BucketNotificationsHandler*": {
         "CKV_AWS_116": "CDK's handler, invoked synchronously by CloudFormation at deployment",
         "CKV_AWS_117": "CDK's handler, calls the S3 API only, at deployment",
@@ -176,7 +174,6 @@ class FruitsStack(cdk.Stack):
             s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=UPLOADS),
         )
         self.ingest = self._ingest_lambda()
-        self.log_table = self._log_table()
         self.application, self.job_role = self._spark()
         self._jobs()
         self._alarms()
@@ -308,19 +305,6 @@ class FruitsStack(cdk.Stack):
 
     # --- stages 3 and 4: Spark on EMR Serverless ----------------------------------------------
 
-    def _log_table(self) -> dynamodb.Table:
-        """Delta's commit coordinator on S3: one item per commit, keyed as S3DynamoDBLogStore expects;
-        entries expire a day after they are complete (TTL on ``expireTime``, Delta's advice)."""
-        return dynamodb.Table(
-            self, "DeltaLog", table_name=self.config.name("delta-log"),
-            partition_key=dynamodb.Attribute(name="tablePath", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="fileName", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST, time_to_live_attribute="expireTime",
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True),
-            removal_policy=cdk.RemovalPolicy.RETAIN,  # the tables' newest commits may be only here
-        )
-
     def _spark(self) -> tuple[emrs.CfnApplication, iam.Role]:
         application = emrs.CfnApplication(
             self, "Spark", name=self.config.name("spark"), release_label=self.config.emr_release, type="SPARK",
@@ -350,12 +334,6 @@ class FruitsStack(cdk.Stack):
             sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, TABLES, ARTIFACTS)]}},
         ))
-        # Delta's commits: read, write and find the newest entry of the coordinator table; nothing else.
-        role.add_to_policy(iam.PolicyStatement(
-            sid="CommitCoordinator", resources=[self.log_table.table_arn],
-            actions=["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-                     "dynamodb:Query"],
-        ))
         # The stream's per-micro-batch metrics (fruits.stream.metrics), in the pipeline's namespace only.
         role.add_to_policy(iam.PolicyStatement(
             sid="PublishMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
@@ -366,7 +344,7 @@ class FruitsStack(cdk.Stack):
     def _job_run(self, name: str, arguments: list[str]) -> dict[str, object]:
         """The StartJobRun request of ``fruits_job.py <arguments>`` (the ``fruits`` command) on this
         application: the release's Spark and Delta jars, the packed environment run by the release's
-        Python, the compiled model, the commit coordinator, and the tuning the local default sets in
+        Python, the compiled model, the log store, and the tuning the local default sets in
         code (``fruits.spark.session``) as ``--conf``. ``make test-cluster`` runs these requests."""
         b = f"s3://{self.bucket.bucket_name}"
         # The compiled model (make emr-artifacts) lands in the driver's working directory (spark.files):
@@ -382,9 +360,7 @@ class FruitsStack(cdk.Stack):
         conf = [f"spark.archives={b}/{ARTIFACTS}{ENVIRONMENT}#environment",
                 f"spark.jars={EMR_DELTA_JARS}",
                 f"spark.files={model},{model.removesuffix('.tflite')}.json",
-                f"spark.delta.logStore.s3a.impl={LOG_STORE}", f"spark.delta.logStore.s3.impl={LOG_STORE}",
-                f"spark.io.delta.storage.S3DynamoDBLogStore.ddb.tableName={self.log_table.table_name}",
-                f"spark.io.delta.storage.S3DynamoDBLogStore.ddb.region={self.config.region}",
+                f"spark.delta.logStore.s3a.impl={LOG_STORE}",
                 *(f"{key}={value}" for key, value in (CLUSTER_TUNING | DYNAMIC_ALLOCATION).items()),
                 f"spark.executorEnv.PYSPARK_PYTHON={PYTHON_EXECUTABLE}", "spark.executorEnv.PYTHONPATH=./environment"]
         conf += [f"spark.emr-serverless.driverEnv.{k}={v}" for k, v in env.items()]

@@ -151,8 +151,7 @@ def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], Non
     from .spark.session import get_spark
 
     spark = get_spark(settings)
-    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full,
-                                "reproject_rows": not args.no_reproject, "guard": guard}
+    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full, "guard": guard}
     if args.every is None and args.min_new_rows is None:
         _print_refit(refit.refit(spark, settings, **fit_args))
         return 0
@@ -176,24 +175,19 @@ def _print_refit(fit: Any) -> None:
         print(f"  plot: {uri}", flush=True)
 
 
-def cmd_pca_reproject(args: argparse.Namespace) -> int:
-    from .pca import refit
-    from .spark.session import get_spark
+def cmd_pca_list(args: argparse.Namespace) -> int:
+    from .pca import registry
+    from .query.result import QueryResult, format_table
 
-    settings = _settings(args)
-    # The refit's lease: a re-projection never runs beside a refit's own (the stream's appends are
-    # retried around; issue "PCA refits that never rewrite the features table" removes the rewrite).
-    lease = _take_lease(settings, "refit", args.wait, "not re-projected")
-    if lease is None:
-        return 1
-    with lease:
-        spark = get_spark(settings)
-        model = refit.latest_model(spark, settings)
-        if model is None:
-            print("no PCA model yet: run `fruits pca refit` first", file=sys.stderr)
-            return 1
-        updated = refit.reproject(spark, settings, model, guard=lease.check)
-    print(f"{updated} rows re-projected onto PCA version {model.version}")
+    versions = registry.versions(_settings(args))
+    if args.json:
+        print(json.dumps(versions, default=str))
+    elif not versions:
+        print("no PCA version yet: run `fruits pca refit` once the table has rows")
+    else:
+        columns = ["version", "k", "explained_variance", "row_count", "source_table_version", "fitted_at",
+                   "feature_model_id"]
+        print(format_table(QueryResult(columns, [tuple(v[c] for c in columns) for v in versions], {})))
     return 0
 
 
@@ -222,12 +216,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.engine == "duckdb":
         from .query.store import FeatureStore
 
-        result = FeatureStore(settings).sql(args.sql, as_of_version=args.as_of_version)
+        result = FeatureStore(settings).sql(args.sql, as_of_version=args.as_of_version, pca_version=args.pca_version)
     else:
         from .query.sql import sql
         from .spark.session import get_spark
 
-        result = sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version)
+        result = sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version,
+                     pca_version=args.pca_version)
     if args.json:
         print(json.dumps({"versions": result.versions,
                           "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str))
@@ -396,23 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pca_parser = sub.add_parser("pca", help="PCA over the features table")
     pca_sub = pca_parser.add_subparsers(dest="pca_command", required=True)
-    p = pca_sub.add_parser("refit", parents=[common], help="fit a new PCA version and re-project the rows")
+    p = pca_sub.add_parser("refit", parents=[common], help="fit a new PCA version from the rows added since the last")
     p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
-    p.add_argument("--no-reproject", action="store_true",
-                   help="leave rows on their PCA version (the store projects them at query time); "
-                        "`fruits pca reproject` later")
     p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
     p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another refit is running, wait this long for it instead of skipping")
     p.set_defaults(func=cmd_pca_refit)
-    p = pca_sub.add_parser("reproject", parents=[common], help="put every row on the newest PCA version")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="if a refit is running, wait this long for it instead of refusing")
-    p.set_defaults(func=cmd_pca_reproject)
+    p = pca_sub.add_parser("list", parents=[common], help="the PCA versions kept: k, variance, rows, when")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pca_list)
 
     p = sub.add_parser("maintain", parents=[common],
                        help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
@@ -423,12 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run")
     p.set_defaults(func=cmd_maintain)
 
-    p = sub.add_parser("query", parents=[common], help="SQL over the tables features, quarantine, pca_models")
+    p = sub.add_parser("query", parents=[common],
+                       help="SQL over the tables features, quarantine, pca_models and the view features_pca")
     p.add_argument("sql")
     p.add_argument("--engine", choices=("spark", "duckdb"), default="spark",
                    help="spark: Spark SQL (default); duckdb: JVM-free, delta-rs + DuckDB, for interactive use")
     p.add_argument("--json", action="store_true")
     p.add_argument("--as-of-version", type=int, help="read the features table at this Delta version")
+    p.add_argument("--pca-version", type=int, help="the PCA version features_pca projects onto (default: the newest)")
     p.set_defaults(func=cmd_query)
 
     lookup = argparse.ArgumentParser(add_help=False, parents=[common])

@@ -1,8 +1,9 @@
 """What changed in a Delta table between two versions, read through delta-rs (no hand-parsed log).
 
-The incremental PCA statistics follow the ``features`` table from the version they last saw. delta-rs gives the commits (``history``: operation, time, metrics,
-``userMetadata``) and their rows (``load_cdf``: the change data feed, which delta-rs derives from a
-commit's added and removed files when the table writes no change files of its own). OPTIMIZE and
+The incremental PCA statistics follow the ``features`` table from the version they last saw.
+delta-rs gives the commits (``history``: operation, time, metrics) and their rows (``load_cdf``: the
+change data feed, which delta-rs derives from a commit's added and removed files when the table
+writes no change files of its own). OPTIMIZE and
 VACUUM change no rows, so they bring nothing; a DELETE, UPDATE or MERGE brings ``delete`` rows.
 
 Example::
@@ -12,7 +13,7 @@ Example::
         ...
 
 Limitations: the answer is None, and the caller reads the whole table, when a commit in the range
-changed or deleted rows (other than commits tagged ``skip_tag``, our re-projection), when a commit is
+changed or deleted rows, when a commit is
 older than ``VACUUM_RETAIN_HOURS`` (VACUUM may have deleted files the log names), when log
 retention removed a commit, or when delta-rs cannot give a commit's changes (a range that starts
 on a metadata-only commit, such as ALTER TABLE SET TBLPROPERTIES, in deltalake 1.6).
@@ -35,9 +36,6 @@ from . import lake
 log = logging.getLogger(__name__)
 
 CHANGE_TYPE = "_change_type"
-# userMetadata on the PCA re-projection's commits: they rewrite rows without changing them, so the
-# readers of changes pass them over.
-REPROJECT_TAG = "fruits:pca-reproject"
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,6 @@ class Commit:
     timestamp_ms: int
     operation: str
     blind_append: bool
-    user_metadata: str | None
     metrics: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -63,7 +60,7 @@ def commits(table: DeltaTable, after: int, upto: int) -> list[Commit] | None:
         return []
     found = [
         Commit(int(h["version"]), int(h.get("timestamp", 0)), str(h.get("operation", "")),
-               bool(h.get("isBlindAppend", False)), h.get("userMetadata"), dict(h.get("operationMetrics") or {}))
+               bool(h.get("isBlindAppend", False)), dict(h.get("operationMetrics") or {}))
         for h in table.history(limit=table.version() - after)
         if after < int(h["version"]) <= upto
     ]
@@ -88,23 +85,22 @@ def followable(found: list[Commit] | None) -> bool:
 
 def appended_rows(
     settings: Settings, location: str, after: int, upto: int, columns: list[str],
-    skip_tag: str | None = None, table: DeltaTable | None = None,
+    table: DeltaTable | None = None,
 ) -> pa.Table | None:
     """The ``columns`` of the rows that commits ``after + 1 .. upto`` added; None when those
-    commits did more than add rows (see the module's limitations). Commits whose ``userMetadata``
-    is ``skip_tag`` are passed over: they rewrite rows without changing them."""
+    commits did more than add rows (see the module's limitations)."""
     if upto < after:
         return None  # the table went back in time
     table = table or lake.delta_table(settings, location)
     found = commits(table, after, upto)
-    return rows_of(table, found, columns, skip_tag) if followable(found) else None
+    return rows_of(table, found, columns) if followable(found) else None
 
 
-def rows_of(table: DeltaTable, found: list[Commit], columns: list[str], skip_tag: str | None = None) -> pa.Table | None:
+def rows_of(table: DeltaTable, found: list[Commit], columns: list[str]) -> pa.Table | None:
     """The ``columns`` of the rows that the ``found`` commits (``followable`` ones) added; None when
     they did more than add rows. For a caller that already has the commits."""
     parts = []
-    for start, end in _ranges([c.version for c in found if skip_tag is None or c.user_metadata != skip_tag]):
+    for start, end in _ranges([c.version for c in found]):
         try:
             changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
                                               columns=[*columns, CHANGE_TYPE]))

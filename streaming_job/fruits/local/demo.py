@@ -86,7 +86,8 @@ def run(
         print("\n" + format_table(counts))
         sample = sql.sql(
             spark, settings,
-            "SELECT key, label, features, pca_features, pca_version FROM features ORDER BY key LIMIT 5",
+            # features_pca: every row projected onto the newest PCA version as it is read
+            "SELECT key, label, features, pca_features, pca_version FROM features_pca ORDER BY key LIMIT 5",
         )
         print("\n" + format_table(sample))
         totals = sql.sql(

@@ -1,11 +1,12 @@
 """The PCA plots of the original notebooks, written as PNG next to each model version.
 
 - ``scree.png``: per-component and cumulative explained variance, the threshold and k marked;
-- ``pc1_pc2.png``: a sample of rows (at most 5,000) on the first two components, coloured by label.
+- ``pc1_pc2.png``: a sample of rows (at most 5,000, from whole files picked at random) projected on
+  the first two components, coloured by label.
 
 Example::
 
-    paths = write_pca_plots(spark, settings, model, threshold=0.95)
+    paths = write_pca_plots(settings, model, threshold=0.95)
     # ['<table root>/pca_plots/v3/scree.png', '<table root>/pca_plots/v3/pc1_pc2.png']
 """
 
@@ -15,14 +16,13 @@ import io
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from ..config import Settings
-from ..io import aws
-from ..spark import tables as table
+from ..io import aws, lake
 
 if TYPE_CHECKING:
     from .model import PcaModel
@@ -80,22 +80,49 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def write_pca_plots(
-    spark: SparkSession, settings: Settings, model: PcaModel, threshold: float | None
-) -> list[str]:
-    """Draw both plots for ``model`` (its rows must be re-projected) and write them; returns their URIs."""
+def sample_rows(settings: Settings, seed: int, size: int = SCATTER_SAMPLE) -> tuple[pa.Table, int]:
+    """Up to ``size`` rows (``label``, ``features``) of the features table, and how many rows it has.
+
+    Files are picked at random and read from their start, at most an eighth of the sample from each
+    (more when there are fewer files), until the sample is full: the cost is bounded by the sample,
+    not by the table, however large its compacted files (the count comes from the log)."""
+    table = lake.delta_table(settings, settings.features_table)
+    total = int(pc.sum(pa.table(table.get_add_actions(flatten=True)).column("num_records")).as_py() or 0)
+    fragments = list(lake.as_dataset(settings, settings.features_table, table).get_fragments())
+    rng = np.random.default_rng(seed)
+    per_file = max(size // 8, -(-size // max(len(fragments), 1)))
+    parts: list[pa.RecordBatch] = []
+    held = 0
+    for i in rng.permutation(len(fragments)):
+        taken = 0
+        for batch in fragments[i].to_batches(columns=["label", "features"], batch_size=1024):
+            batch = batch.slice(0, min(per_file - taken, size - held))
+            parts.append(batch)
+            taken, held = taken + batch.num_rows, held + batch.num_rows
+            if taken >= per_file or held >= size:
+                break
+        if held >= size:
+            break
+    schema = pa.schema([("label", pa.string()), ("features", pa.list_(pa.float32()))])
+    return pa.Table.from_batches(parts) if parts else schema.empty_table(), total
+
+
+def write_pca_plots(settings: Settings, model: PcaModel, threshold: float | None) -> list[str]:
+    """Draw both plots for ``model`` (the scatter from ``sample_rows``, projected here) and write
+    them; returns their URIs."""
     folder = f"{settings.pca_plots}/v{model.version}"
-    rows = table.read(spark, settings.features_table).where(F.col("pca_version") == model.version)
-    total = rows.count()
-    if total > SCATTER_SAMPLE:
-        rows = rows.sample(fraction=min(1.0, 1.2 * SCATTER_SAMPLE / total), seed=model.version).limit(SCATTER_SAMPLE)
-    sample = rows.select(F.coalesce("label", F.lit("(no label)")).alias("label"),
-                         F.slice("pca_features", 1, 2).alias("pc")).collect()
-    points = np.array([r.pc + [0.0] * (2 - len(r.pc)) for r in sample], dtype=np.float64).reshape(-1, 2)
+    sample, total = sample_rows(settings, seed=model.version)
+    labels = ["(no label)" if label is None else label for label in sample.column("label").to_pylist()]
+    if sample.num_rows:
+        features = np.stack(sample.column("features").to_numpy(zero_copy_only=False))
+        points = ((features - model.mean) @ model.components[:2].T).reshape(-1, min(2, model.k))
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))  # k = 1: PC2 drawn as 0
+    else:
+        points = np.zeros((0, 2))
     written = []
     for name, png in (
         ("scree.png", scree(model.explained_variance_ratio, model.k, threshold, model.version)),
-        ("pc1_pc2.png", pc_scatter(points, [r.label for r in sample], model.version, total)),
+        ("pc1_pc2.png", pc_scatter(points, labels, model.version, total)),
     ):
         uri = f"{folder}/{name}"
         aws.write_bytes(settings, uri, png, content_type="image/png")

@@ -8,31 +8,31 @@ threshold (default 0.95), or fixed.
 Incremental: the statistics are stored (``pca_stats``) with the features-table version they
 cover, and with the fit's leading vectors. A refit reads only the rows that blind appends added
 since that version (delta-rs's change data feed, ``stats.added_since``) and adds their statistics; ``full=True``
-recomputes from scratch. A commit that changed existing rows (other than our own re-projection),
-a log that retention has already cleaned, or commits older than VACUUM's retention (``fruits
-maintain``; their files may be gone) fall back to a full pass, and the result says so. An
-incremental refit then solves by ``update``: one Rayleigh-Ritz step over the stored leading vectors
-and the range of the added rows, a small eigenproblem instead of the d x d one, kept only when every
-component's residual passes a check (else ``solve`` runs, and ``Refit.solver`` says ``eigh``).
+recomputes from scratch. A commit that changed existing rows, a log that retention has already
+cleaned, or commits older than VACUUM's retention (their files may be gone) fall back to a full
+pass, and the result says so. An incremental refit then solves by ``update``: one Rayleigh-Ritz step
+over the stored leading vectors and the range of the added rows, a small eigenproblem instead of
+the d x d one, kept only when every component's residual passes a check (else ``solve`` runs, and
+``Refit.solver`` says ``eigh``).
 
-Each fit is a new version in the ``pca_models`` Delta table. Then every row not on it is
-re-projected (``pca_features``, ``pca_version``) with one UPDATE, so a query sees one model version;
-the stream projects new rows with the newest model as it writes them. Two plots are written next
-to each version: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``.
+Each fit is a new version in ``pca_models`` (``registry.commit``). The refit writes the PCA tables
+only: it never rewrites ``features``, so its cost follows the rows added since the last fit, not the
+table. Rows keep the projection the stream gave them at ingest (``pca_version``: the newest model
+then); a reader that wants every row in one space projects where it reads (``registry``, the
+``features_pca`` view, the store). Two plots are written next to each version, from a bounded
+sample of rows: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``.
 
 Example::
 
     fit = refit(spark, settings, threshold=0.95)
     print(fit.model.version, fit.model.k, fit.mode, fit.rows_read)
 
-Limitations: run one refit at a time (the periodic mode is one loop); two concurrent refits
-would both write version N+1. Re-projection rewrites the table's files, so its cost grows with the
-table even when the fit itself is incremental.
+Limitations: run one refit at a time (the periodic mode is one loop; ``fruits pca refit`` takes a
+lease); a second refit that computed the same version commits nothing and fails.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import time
@@ -40,23 +40,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, FloatType
 
 from ..config import Settings
 from ..io import lake
-from ..io.changes import REPROJECT_TAG
 from ..spark import tables as table
-from ..spark.schema import PCA_MODELS
+from . import registry
 from .model import PcaModel, basis_size, solve, update
 from .stats import StoredStats, added_since, collect_stats, file_stats, latest_stats, pending_rows, store_stats
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Refit:
@@ -72,68 +66,6 @@ class Refit:
     plots: list[str] = field(default_factory=list)
 
 
-# --- storing, projecting --------------------------------------------------------------------
-
-def latest_model(spark: SparkSession, settings: Settings) -> PcaModel | None:
-    rows = table.read(spark, settings.pca_models_table).orderBy(F.desc("version")).limit(1).collect()
-    return PcaModel.from_record(rows[0].asDict()) if rows else None
-
-
-def project_column(spark: SparkSession, model: PcaModel) -> F.Column:
-    """A column expression projecting ``features`` with ``model`` (parameters broadcast once)."""
-    params = spark.sparkContext.broadcast((model.mean, model.components))
-
-    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def project(features: pd.Series) -> pd.Series:
-        mean, components = params.value
-        x = np.stack(features.to_numpy()).astype(np.float64)
-        return pd.Series(list(((x - mean) @ components.T).astype(np.float32)))
-
-    return project(F.col("features"))
-
-
-def _stale(model: PcaModel) -> F.Column:
-    return F.col("pca_version").isNull() | (F.col("pca_version") != model.version)
-
-
-def reproject(spark: SparkSession, settings: Settings, model: PcaModel, attempts: int = 5,
-              guard: Callable[[], None] | None = None) -> int:
-    """Give every row not yet on ``model`` its projection; returns the rows updated.
-
-    One UPDATE (a scan and a rewrite; a MERGE joining the projections back took 1.6x as long). The
-    stream may append while this runs: a blind append of rows that match the UPDATE's condition
-    makes it fail with ConcurrentAppendException, an OPTIMIZE committing first with
-    ConcurrentDeleteReadException (both retried, ``tables.retried``), and a micro-batch that
-    started before the new model was committed lands on the previous version (so we look again
-    until no row is stale).
-    """
-    # A session of its own, so that the commit tag marks this UPDATE only, never a concurrent append.
-    session = spark.newSession()
-    session.conf.set("spark.databricks.delta.commitInfo.userMetadata", REPROJECT_TAG)
-
-    def update_stale() -> int:
-        if guard is not None:
-            guard()  # right before each commit (a retry too): the caller's lease is still its own
-        features = DeltaTable.forPath(session, settings.features_table)
-        features.update(
-            condition=_stale(model),
-            set={"pca_features": project_column(session, model), "pca_version": F.lit(model.version).cast("long")},
-        )
-        # numUpdatedRows of our newest UPDATE (appends may follow it)
-        return table.newest_metric(features, (F.col("operation") == "UPDATE")
-                                   & (F.col("userMetadata") == REPROJECT_TAG), "numUpdatedRows")
-
-    updated = 0
-    for _ in range(attempts):
-        if DeltaTable.forPath(session, settings.features_table).toDF().where(_stale(model)).isEmpty():
-            return updated
-        updated += table.retried(update_stale, f"re-projection onto PCA version {model.version}", attempts)
-    raise RuntimeError(
-        f"rows were still not on PCA version {model.version} after {attempts} attempts; "
-        "run `fruits pca reproject` again when the stream is quieter"
-    )
-
-
 def refit(
     spark: SparkSession,
     settings: Settings,
@@ -142,15 +74,11 @@ def refit(
     k: int | None = None,
     full: bool = False,
     write_plots: bool = True,
-    reproject_rows: bool = True,
     guard: Callable[[], None] | None = None,
 ) -> Refit:
-    """Fit a new PCA version, store it and its statistics, re-project the rows, draw the plots.
-
-    ``reproject_rows=False`` leaves the rows on their PCA version: the refit then costs what the
-    new rows cost, not a rewrite of the table. The JVM-free store projects such rows at query
-    time; Spark SQL readers see mixed ``pca_version`` values until ``reproject`` runs.
-    """
+    """Fit a new PCA version, store it and its statistics, draw the plots. Writes the PCA tables
+    only: ``features`` is read, never rewritten. ``guard`` is called right before each commit
+    (``fruits pca refit``: its lease is still its own)."""
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -182,15 +110,10 @@ def refit(
     solver = "rayleigh-ritz" if fit is not None else "eigh"
     fit = fit or solve(stats, threshold, k)
     seconds["solve"] = time.perf_counter() - started
-    last = latest_model(spark, settings)
+    last = registry.model(settings)
     if mode == "incremental" and rows_read == 0 and last is not None and last.k == fit.k \
             and last.row_count == stats.n:
-        # The same statistics and k give the same model: no new version, no rewrite of the table
-        # (only rows a failed re-projection left behind are put on it).
-        if reproject_rows:
-            started = time.perf_counter()
-            reproject(spark, settings, last, guard=guard)
-            seconds["reproject"] = time.perf_counter() - started
+        # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
         return Refit(last, "unchanged", 0, solver, seconds)
     model = PcaModel(
@@ -198,46 +121,23 @@ def refit(
         explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
         feature_model_id=model_ids.pop(),
     )
-    # One row through pandas and Arrow: as Python lists, k x 1280 floats took seconds at k = 340.
-    row = pd.DataFrame({
-        "version": [model.version], "k": [model.k], "mean": [fit.mean], "components": [model.components.ravel()],
-        "explained_variance_ratio": [fit.ratios], "row_count": [model.row_count],
-        "source_table_version": [source_version], "fitted_at": [dt.datetime.now(dt.timezone.utc)],
-        "feature_model_id": [model.feature_model_id],
-    })
     started = time.perf_counter()
-    # A version is committed at most once, whatever happens: Delta skips an append whose txnVersion
-    # is not above the highest it has committed for this txnAppId, so a second refit that computed
-    # the same version (one that lost its lease while paused, say) writes nothing and fails below.
     if guard is not None:
-        guard()  # ``fruits pca refit``: its lease is still ours
-    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append") \
-        .option("txnAppId", "fruits-pca-models").option("txnVersion", model.version).save(settings.pca_models_table)
-    # Ours if it holds our components (read back as float32: compared within float32's precision).
-    committed = table.read(spark, settings.pca_models_table).where(F.col("version") == model.version) \
-        .select("components").collect()
-    if len(committed) != 1 or not np.allclose(np.asarray(committed[0].components, dtype=np.float64),
-                                              model.components.ravel(), rtol=1e-5, atol=1e-6):
-        raise RuntimeError(f"PCA version {model.version} was committed by another refit meanwhile; this one wrote "
-                           "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
+        guard()
+    registry.commit(spark, settings, model)
     store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
                                              fit.components[:basis_size(fit.k, len(fit.mean))]))
     seconds["store"] = time.perf_counter() - started
 
-    updated = 0
-    if reproject_rows:
-        started = time.perf_counter()
-        updated = reproject(spark, settings, model, guard=guard)
-        seconds["reproject"] = time.perf_counter() - started
     written = []
     if write_plots:
         started = time.perf_counter()
         from .plots import write_pca_plots  # matplotlib: loaded by the refit that draws, not by the stream
 
-        written = write_pca_plots(spark, settings, model, threshold if k is None else None)
+        written = write_pca_plots(settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
-    log.info("PCA v%d (%s over %d new rows, %s): k=%d; %d rows re-projected; %s", model.version, mode, rows_read,
-             solver, model.k, updated, ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
+    log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
+             ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
     return Refit(model, mode, rows_read, solver, seconds, written)
 
 

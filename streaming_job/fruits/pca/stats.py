@@ -212,8 +212,7 @@ def added_since(
     driver_bytes: int = DRIVER_BYTES,
 ) -> Increment | None:
     """The rows that blind appends added to ``features`` in commits ``after + 1 .. upto``, through
-    delta-rs's change data feed; None when a commit changed existing rows (other than a
-    re-projection) or the log cannot say (``changes.appended_rows``).
+    delta-rs's change data feed; None when a commit changed existing rows or the log cannot say (``changes.appended_rows``).
 
     Up to ``driver_bytes`` of feature values are read on the driver; more by Spark tasks, each
     reading a run of commits, balanced by the rows the commits added.
@@ -225,7 +224,7 @@ def added_since(
         return None
     assert found is not None
     if sum(c.rows_added for c in found) * d * 4 <= driver_bytes:
-        added = changes.rows_of(table, found, ["features", "model_id"], skip_tag=changes.REPROJECT_TAG)
+        added = changes.rows_of(table, found, ["features", "model_id"])
         if added is None:
             return None
         rows, ids = _rows_stats(added, d)
@@ -234,8 +233,7 @@ def added_since(
 
     def task(parts: Iterator[tuple[int, int]]) -> Iterator[Collected | None]:
         for first, last in parts:
-            part = changes.appended_rows(settings, location, first - 1, last, ["features", "model_id"],
-                                         skip_tag=changes.REPROJECT_TAG)
+            part = changes.appended_rows(settings, location, first - 1, last, ["features", "model_id"])
             if part is None:
                 yield None
                 continue

@@ -1,9 +1,10 @@
 """Stage 5: query the tables with Spark SQL, reads only.
 
-The tables are registered as the views ``features``, ``quarantine`` and ``pca_models``. A
+The tables are registered as the views ``features``, ``quarantine`` and ``pca_models``, and
+``features_pca`` is ``features`` with every row's ``pca_features`` projected onto one PCA version. A
 statement runs only if it is a query over those views: it is parsed first (``read_only``) and
 refused, before anything runs, if any part of it is not a read (``DELETE``, ``INSERT``, ``ADD JAR``,
-``SET``, ``CREATE``, ``CACHE``...), reads anything but the three views (a path such as
+``SET``, ``CREATE``, ``CACHE``...), reads anything but these views (a path such as
 ``parquet.`/etc` `` or ``delta.`s3a://...` ``, a table function such as ``read_files``), or calls a
 JVM method (``reflect``, ``java_method``, also behind ``IDENTIFIER(...)``). Variable substitution
 (``${env:...}``, ``${spark.hadoop...}``) is off, so a query cannot read the process's secrets.
@@ -22,12 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from ..config import Settings
+from ..pca import registry
 from ..spark import tables as table
 from .result import QueryResult, ReadOnlyError
 
-VIEWS = ("features", "quarantine", "pca_models")
+VIEWS = ("features", "quarantine", "pca_models", "features_pca")
 
 # The parser's nodes of a query (Spark 4.1's unresolved logical plans). Anything else is refused.
 QUERY_NODES = frozenset({
@@ -98,7 +101,11 @@ def _what(kind: str) -> str:
     return known.get(kind, kind)
 
 
-def register_views(spark: SparkSession, settings: Settings, as_of_version: int | None = None) -> dict[str, int]:
+def register_views(spark: SparkSession, settings: Settings, as_of_version: int | None = None,
+                   pca_version: int | None = None) -> dict[str, int]:
+    """The views: the tables at their newest versions (``features`` at ``as_of_version``), and
+    ``features_pca``, ``features`` with every row projected onto PCA version ``pca_version`` (the
+    newest when None; null vectors before the first refit). Returns the versions read."""
     table.ensure_tables(spark, settings)
     versions = {}
     for name, location in (
@@ -111,13 +118,21 @@ def register_views(spark: SparkSession, settings: Settings, as_of_version: int |
             version = as_of_version
         table.read(spark, location, version=version).createOrReplaceTempView(name)
         versions[name] = version
+    model = registry.model(settings, pca_version)
+    features = spark.table("features")
+    vectors = registry.project_column(spark, model) if model is not None else F.lit(None)
+    features.withColumns({"pca_features": vectors.cast("array<float>"),
+                          "pca_version": F.lit(None if model is None else model.version).cast("long")}) \
+        .createOrReplaceTempView("features_pca")
     return versions
 
 
-def sql(spark: SparkSession, settings: Settings, statement: str, as_of_version: int | None = None) -> QueryResult:
-    """Run one read-only SQL statement; ``as_of_version`` time-travels the ``features`` table.
-    Raises ``ReadOnlyError`` (nothing run) for anything else."""
+def sql(spark: SparkSession, settings: Settings, statement: str, as_of_version: int | None = None,
+        pca_version: int | None = None) -> QueryResult:
+    """Run one read-only SQL statement; ``as_of_version`` time-travels the ``features`` table,
+    ``pca_version`` chooses the PCA space of ``features_pca``. Raises ``ReadOnlyError`` (nothing
+    run) for anything else."""
     read_only(spark, statement)
-    versions = register_views(spark, settings, as_of_version)
+    versions = register_views(spark, settings, as_of_version, pca_version)
     df = spark.sql(statement)
     return QueryResult(columns=df.columns, rows=[tuple(r) for r in df.collect()], versions=versions)

@@ -13,8 +13,9 @@ Example::
 
 ``similar`` and ``classify`` work in the newest PCA space with cosine distance; a local file is
 featurized with the pipeline's own decoding and weights (``settings.weights``, which must be the
-weights the table was featurized with). Rows not yet re-projected onto the newest PCA version are
-projected here, so every answer uses one model version.
+weights the table was featurized with). Rows the stream projected with an older PCA version (or
+with none) are projected here, so every answer uses one model version. ``sql`` offers the view
+``features_pca``: every row in one chosen PCA space.
 
 Limitations: the search is brute force over every row's PCA vector, held in memory and reused
 while the table version stays the same: about 400 bytes a row at k=92, so comfortable up to a few
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
@@ -41,13 +44,14 @@ from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
 from ..config import Settings
 from ..io import aws, lake
+from ..pca import registry
 from ..pca.model import PcaModel
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
     from ..featurize.model import Featurizer
 
-TABLES = ("features", "quarantine", "pca_models")  # what SQL sees
+TABLES = ("features", "quarantine", "pca_models")  # what SQL sees, and the view ``features_pca``
 LEDGER = "uploads"  # the uploads ledger (the Lambda's), for status
 
 
@@ -93,6 +97,7 @@ class FeatureStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._index: _Index | None = None
+        self._model: PcaModel | None = None  # the newest PCA version, as last read
         self._featurizer: Featurizer | None = None
 
     # --- tables -----------------------------------------------------------------------------
@@ -117,9 +122,11 @@ class FeatureStore:
             raise ValueError(f"no table {name!r}; the tables are {', '.join(TABLES)}")
         return getattr(self.settings, "pca_models_table" if name == "pca_models" else f"{name}_table")
 
-    def sql(self, statement: str, as_of_version: int | None = None) -> QueryResult:
-        """Run one DuckDB SQL statement over ``features``, ``quarantine`` and ``pca_models``;
-        ``as_of_version`` time-travels the ``features`` table. The statement sees those tables and
+    def sql(self, statement: str, as_of_version: int | None = None, pca_version: int | None = None) -> QueryResult:
+        """Run one DuckDB SQL statement over ``features``, ``quarantine``, ``pca_models`` and
+        ``features_pca``; ``as_of_version`` time-travels the ``features`` table. ``features_pca`` is
+        ``features`` with every row's ``pca_features`` in one PCA space, ``pca_version`` (the newest
+        when None), projected as the statement reads it. The statement sees those tables and
         nothing else: DuckDB's file and network access is off and its configuration locked, so a
         service may pass a user's SQL through. One SELECT at a time (``ReadOnlyError`` otherwise);
         it is stopped past ``FRUITS_QUERY_TIMEOUT_SECONDS`` and refused more working memory than
@@ -136,6 +143,8 @@ class FeatureStore:
             for name in TABLES:
                 dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
                 con.register(name, dataset)
+            if "features_pca" in statement.lower():  # the model is read only for a statement that may use it
+                self._register_features_pca(con, pca_version)
             # Read-only over the tables: no file or network access of its own (read_text, COPY ... TO,
             # ATTACH, extensions), and the statement may not turn it back on.
             con.execute("SET enable_external_access = false")
@@ -162,24 +171,42 @@ class FeatureStore:
             finally:
                 timer.cancel()
 
-    def pca_model(self) -> PcaModel | None:
-        """The newest PCA model, or None before the first refit."""
-        models = self.dataset("pca_models").dataset.to_table()
-        if models.num_rows == 0:
-            return None
-        return PcaModel.from_record(models.slice(int(np.argmax(models["version"].to_numpy())), 1).to_pylist()[0])
+    def _register_features_pca(self, con: Any, pca_version: int | None) -> None:
+        """The view ``features_pca`` on ``con``: ``features`` in PCA space ``pca_version`` (null
+        vectors before the first refit)."""
+        import duckdb
+
+        model = self.pca_model(pca_version)
+        if model is None:
+            con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (CAST(NULL AS FLOAT[]) AS pca_features, "
+                        "CAST(NULL AS BIGINT) AS pca_version) FROM features")
+            return
+        floats = duckdb.list_type("FLOAT")
+        con.create_function("fruits_pca_project", _projection(model), [floats], floats, type="arrow")
+        con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features) AS pca_features, "
+                    f"CAST({int(model.version)} AS BIGINT) AS pca_version) FROM features")
+
+    def pca_model(self, version: int | None = None) -> PcaModel | None:
+        """PCA ``version`` (the newest when None; ``LookupError`` for one never fitted), or None
+        before the first refit. Reads that one version, not the table."""
+        return registry.model(self.settings, version)
 
     # --- similar images and labels ----------------------------------------------------------
 
     def _current_index(self) -> tuple[_Index, PcaModel]:
-        model = self.pca_model()
-        if model is None:
+        """The index of the newest table and PCA versions. The model is read again only when a new
+        version appears (the newest version number comes from the log's statistics alone)."""
+        newest = registry.newest_version(self.settings)
+        if newest is None:
             raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
+        if self._model is None or self._model.version != newest:
+            self._model = registry.model(self.settings, newest)
+        assert self._model is not None
         features, version = self.dataset("features")
-        versions = (version, model.version)
+        versions = (version, newest)
         if self._index is None or self._index.versions != versions:
-            self._index = _build_index(features, model, versions)
-        return self._index, model
+            self._index = _build_index(features, self._model, versions)
+        return self._index, self._model
 
     def _vector(self, target: str | Path, index: _Index, model: PcaModel) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in ``model``'s space and its image id if it is in the table. ``target``
@@ -301,21 +328,49 @@ def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: st
 
 
 def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int]) -> _Index:
-    current = pc.field("pca_version") == model.version
-    on_model = dataset.to_table(columns=["image_id", "key", "label", "pca_features"], filter=current)
-    stale = dataset.to_table(columns=["image_id", "key", "label", "features"], filter=~current | pc.field("pca_version").is_null())
-    parts = []
-    if on_model.num_rows:
-        parts.append(np.stack(on_model["pca_features"].to_numpy(zero_copy_only=False)).astype(np.float32))
-    if stale.num_rows:
-        parts.append(model.project(np.stack(stale["features"].to_numpy(zero_copy_only=False))))
-    if not parts:
+    """Every row's unit vector in ``model``'s space: the stream's projection where it used this
+    model, else projected here a batch at a time (memory: the k-dimensional vectors, not the rows)."""
+    ids, keys, labels, vectors = [], [], [], []
+    for batch in dataset.to_batches(columns=["image_id", "key", "label", "pca_version", "pca_features", "features"],
+                                    batch_size=8192):
+        if not batch.num_rows:
+            continue
+        ids.append(batch.column("image_id").to_numpy(zero_copy_only=False))
+        keys.append(batch.column("key").to_numpy(zero_copy_only=False))
+        labels.append(batch.column("label").to_numpy(zero_copy_only=False))
+        vectors.append(_in_space(batch, model))
+    if not vectors:
         raise LookupError("the features table is empty")
-    vectors = np.concatenate(parts)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    column = lambda name: np.concatenate(  # noqa: E731
-        [t[name].to_numpy(zero_copy_only=False) for t in (on_model, stale) if t.num_rows]
-    )
-    return _Index(versions, column("image_id"), column("key"), column("label"),
-                  (vectors / np.where(norms == 0, 1, norms)).astype(np.float32))
+    unit = np.concatenate(vectors)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    unit /= np.where(norms == 0, 1, norms)
+    return _Index(versions, np.concatenate(ids), np.concatenate(keys), np.concatenate(labels), unit)
 
+
+def _in_space(batch: pa.RecordBatch, model: PcaModel) -> np.ndarray:
+    """The batch's vectors in ``model``'s space (float32)."""
+    on_model = pc.fill_null(pc.equal(batch.column("pca_version"), model.version), False).to_numpy(zero_copy_only=False)
+    out = np.empty((batch.num_rows, model.k), dtype=np.float32)
+    if on_model.any():
+        out[on_model] = _matrix(batch.column("pca_features").filter(pa.array(on_model)), model.k)
+    if not on_model.all():
+        out[~on_model] = model.project(_matrix(batch.column("features").filter(pa.array(~on_model)),
+                                               len(model.mean)))
+    return out
+
+
+def _matrix(column: pa.Array, width: int) -> np.ndarray:
+    """A list<float> column of ``width``-long lists as an (n, width) array."""
+    return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), width)
+
+
+def _projection(model: PcaModel) -> Callable[[pa.ChunkedArray], pa.Array]:
+    """A DuckDB vectorised function: a chunk of ``features`` lists to their vectors in ``model``'s space."""
+
+    def project(features: pa.ChunkedArray) -> pa.Array:
+        column = features.combine_chunks()
+        vectors = model.project(_matrix(column, len(model.mean)))
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, vectors.size + 1, model.k, dtype=np.int32)),
+                                        pa.array(vectors.ravel()))
+
+    return project

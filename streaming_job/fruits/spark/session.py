@@ -57,7 +57,7 @@ REQUIRED = {
     # Delta's S3 log store (S3SingleDriverLogStore, on S3A) lists a log from a version with S3's
     # start-after instead of listing the whole _delta_log/: the uploads ledger gets a commit per
     # Lambda invocation and keeps 30 days of them, which each trigger of the stream would otherwise
-    # list. (S3DynamoDBLogStore, infra/'s, ignores it.)
+    # list. (infra/ names this log store for the jobs on EMR.)
     "spark.hadoop.delta.enableFastS3AListFrom": "true",
     # VACUUM records VACUUM START / END commits (with the files it deleted) on every file system;
     # left unset, Delta records them on some (file:, hdfs:, gs:, abfs:) but not on s3a:.

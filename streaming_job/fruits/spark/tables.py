@@ -62,9 +62,8 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 
 # Conflicts that mean only "someone committed first": the operation is still valid on the new
-# snapshot and is retried. The stream's compaction (OPTIMIZE) and a re-projection UPDATE (refit)
-# meet these when they overlap, and a blind append from the stream makes an UPDATE over matching
-# rows meet the first.
+# snapshot and is retried. The stream's compaction (OPTIMIZE) is the one user: nothing else commits
+# to its tables, but a stream whose lease lapsed may still append once before it stops.
 BENIGN_CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteReadException, ConcurrentDeleteDeleteException)
 
 

@@ -39,8 +39,8 @@ from ..featurize.build import WeightsBlob, as_compiled, load_model
 from ..featurize.images import Reason
 from ..featurize.model import COMPILED_SUFFIX, CompiledModel
 from ..io import aws, lake
+from ..pca import registry
 from ..pca.model import PcaModel
-from ..pca.refit import latest_model, project_column
 from ..spark import maintenance
 from ..spark import tables as table
 from ..spark.session import submitted
@@ -237,9 +237,10 @@ class BatchWriter:
         self._models_log.update_incremental()
         models_version = self._models_log.version()
         if self._pca_checked != models_version:
-            model = latest_model(self.spark, self.settings)
+            model = registry.model(self.settings)
             usable = model is not None and model.feature_model_id == self.model_id
-            self._pca = CurrentPca(model, project_column(self.spark, model)) if usable else CurrentPca(None, None)
+            self._pca = CurrentPca(model, registry.project_column(self.spark, model)) if usable \
+                else CurrentPca(None, None)
             self._pca_checked = models_version
         return self._pca
 

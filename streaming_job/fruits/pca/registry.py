@@ -1,0 +1,119 @@
+"""The PCA registry: the one module that reads and writes ``pca_models`` and projects onto a version.
+
+Each refit appends one version, one row in one file of its own; nothing rewrites or deletes a
+version, so every version stays readable (reproducible results, time travel). Readers take one
+version, never the table: ``newest_version`` reads the log's file statistics only, ``model`` the
+file whose statistics can hold the version asked for (delta-rs, no Spark job).
+
+Vectors in a PCA space are made where they are used, never stored by rewriting ``features``:
+``project_column`` in Spark (the stream's new rows, the ``features_pca`` view), ``PcaModel.project``
+with numpy (the JVM-free store, the plots).
+
+Example::
+
+    model = registry.model(settings)               # the newest version, or None before the first refit
+    v3 = registry.model(settings, version=3)       # any version kept
+    df.withColumn("pca", registry.project_column(spark, v3))
+
+Limitations: one refit commits at a time (``fruits pca refit`` takes a lease); a second one that
+computed the same version commits nothing and fails (``commit``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd  # module-level: Spark resolves the pandas UDF's type hints in this module
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from ..config import Settings
+from ..io import lake
+from .model import PcaModel
+
+if TYPE_CHECKING:  # the Spark side only: the JVM-free store reads models without pyspark
+    from pyspark.sql import Column, SparkSession
+
+# Each commit of a version is tagged with it: Delta skips an append whose txnVersion is not above
+# the highest committed for this txnAppId, so a version is committed at most once.
+TXN_APP_ID = "fruits-pca-models"
+
+
+def newest_version(settings: Settings, table: DeltaTable | None = None) -> int | None:
+    """The newest version in ``pca_models`` (None when empty), from the files' statistics alone."""
+    table = table or lake.delta_table(settings, settings.pca_models_table)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return None
+    if "max.version" in actions.column_names and actions.column("max.version").null_count == 0:
+        return int(pc.max(actions.column("max.version")).as_py())
+    # A writer that kept no statistics: read the one column.
+    versions = lake.as_dataset(settings, settings.pca_models_table, table).to_table(columns=["version"])
+    return int(pc.max(versions.column(0)).as_py()) if versions.num_rows else None
+
+
+def model(settings: Settings, version: int | None = None) -> PcaModel | None:
+    """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
+    file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
+    location = settings.pca_models_table
+    table = lake.delta_table(settings, location)
+    wanted = newest_version(settings, table) if version is None else version
+    if wanted is None:
+        return None
+    rows = lake.as_dataset(settings, location, table, files=[("version", "=", wanted)]) \
+        .to_table(filter=pc.field("version") == wanted).to_pylist()
+    if not rows:
+        raise LookupError(f"there is no PCA version {wanted}; `fruits pca list` shows the versions kept")
+    return PcaModel.from_record(rows[0])
+
+
+def versions(settings: Settings) -> list[dict[str, Any]]:
+    """One line per version kept, oldest first: version, k, the variance its k components explain,
+    rows and table version fitted on, when, the feature model (the vectors are not read)."""
+    columns = ["version", "k", "explained_variance_ratio", "row_count", "source_table_version", "fitted_at",
+               "feature_model_id"]
+    rows = lake.dataset(settings, settings.pca_models_table).dataset.to_table(columns=columns).to_pylist()
+    for r in rows:
+        r["explained_variance"] = round(float(sum(r.pop("explained_variance_ratio")[: r["k"]])), 4)
+    return sorted(rows, key=lambda r: r["version"])
+
+
+def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
+    """Append ``new`` as its version: at most once, whatever happens. ``RuntimeError`` when another
+    refit committed that version meanwhile (this one then wrote nothing)."""
+    from ..spark.schema import PCA_MODELS
+
+    # One row through pandas and Arrow: as Python lists, k x 1280 floats took seconds at k = 340.
+    row = pd.DataFrame({
+        "version": [new.version], "k": [new.k], "mean": [new.mean], "components": [new.components.ravel()],
+        "explained_variance_ratio": [new.explained_variance_ratio], "row_count": [new.row_count],
+        "source_table_version": [new.source_table_version], "fitted_at": [dt.datetime.now(dt.timezone.utc)],
+        "feature_model_id": [new.feature_model_id],
+    })
+    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append") \
+        .option("txnAppId", TXN_APP_ID).option("txnVersion", new.version).save(settings.pca_models_table)
+    # Ours if it holds our components (read back as float32: compared within float32's precision).
+    committed = model(settings, new.version)
+    if committed is None or not np.allclose(committed.components, new.components, rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"PCA version {new.version} was committed by another refit meanwhile; this one wrote "
+                           "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
+
+
+def project_column(spark: SparkSession, pca: PcaModel, column: str = "features") -> Column:
+    """A column expression projecting ``column`` (1280 floats) with ``pca`` (parameters broadcast once)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import ArrayType, FloatType
+
+    params = spark.sparkContext.broadcast((pca.mean, pca.components))
+
+    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
+    def project(features: pd.Series) -> pd.Series:
+        mean, components = params.value
+        x = np.stack(features.to_numpy()).astype(np.float64)
+        return pd.Series(list(((x - mean) @ components.T).astype(np.float32)))
+
+    return project(F.col(column))
