@@ -14,8 +14,11 @@ Timings come from the stream's own checkpoint: ``offsets/<n>`` is written when b
 ``commits/<n>`` when it has committed, and the offset itself says up to which ledger version batch
 n read (the Delta source's ``reservoirVersion``). So ``micro_batch_s`` = commit - offset of the
 batch that read the round's ledger commit, ``discovery_s`` = its offset - the ledger commit's time,
-``restart_s`` = the first commit - the process's start. ``driver_peak_rss_mb`` is the VmHWM of the stream's Python driver plus its JVM
-(whose local executor is in the same process).
+``restart_s`` = the first commit - the process's start. ``driver_peak_rss_mb`` is the VmHWM of the
+stream's Python driver plus its JVM (whose local executor is in the same process): how far the JVM's
+heap grew, which its collector decides as much as what it holds (4 GB allowed). So the extra file
+also records ``driver_held_mb`` after the micro-batches: the JVM's heap in use right after a full
+collection, and the Python driver's resident set.
 
 Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--ledger-commits 1000,20000]
                                   [--repeat 5] [--restarts 3] [--cache work/scale-cache]
@@ -28,6 +31,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -79,10 +83,26 @@ class Stream:
                                         stdout=self.log, stderr=subprocess.STDOUT)
         _RUNNING.add(self)
 
+    def _jvm(self) -> list[int]:
+        return [pid for pid in _children(self.process.pid) if b"java" in _cmdline(pid)]
+
     def peak_rss_mb(self) -> float:
         """VmHWM of the driver: this process and its JVM child, in MB."""
-        jvm = [pid for pid in _children(self.process.pid) if b"java" in _cmdline(pid)]
-        return sum(vmhwm_mb(pid) for pid in [self.process.pid, *jvm])
+        return sum(vmhwm_mb(pid) for pid in [self.process.pid, *self._jvm()])
+
+    def held_mb(self) -> dict[str, float]:
+        """What the driver holds now, not how far its heap grew: the JVM's heap in use right after a
+        full collection (``jcmd GC.run``, then ``GC.heap_info``) and the Python driver's resident set."""
+        live = 0.0
+        for pid in self._jvm():
+            subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=60, check=True)
+            info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=60,
+                                  check=True).stdout
+            used = re.search(r"heap\s+total \d+K, used (\d+)K", info)
+            live += int(used.group(1)) / 1024 if used else float("nan")
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        python = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+        return {"jvm_live_heap_mb": live, "python_rss_mb": python}
 
     def wait_committed(self, versions: set[int], timeout: float) -> int:
         """The last batch that read any of the ledger's ``versions``, once all of them have committed."""
@@ -224,11 +244,12 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
         log.info("%d rows: micro-batch %d took %.2f s (batches %d-%d)", n, i, commits[last] - offsets[first], first,
                  last)
     out["driver_peak_rss_mb"] = stream.peak_rss_mb()
+    out["driver_held_mb"] = stream.held_mb()
     stream.stop()
     out["micro_batch_s"] = statistics.median(batches)
     out["micro_batch_all_s"] = batches
-    log.info("%d rows: micro-batch %.2f s (median of %d), driver peak %.0f MB", n, out["micro_batch_s"], len(batches),
-             out["driver_peak_rss_mb"])
+    log.info("%d rows: micro-batch %.2f s (median of %d), driver peak %.0f MB, held %s", n, out["micro_batch_s"],
+             len(batches), out["driver_peak_rss_mb"], {k: round(v) for k, v in out["driver_held_mb"].items()})
 
     restarts = []
     for i in range(args.restarts):

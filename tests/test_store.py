@@ -56,15 +56,16 @@ def sample_split(weights_blob):
 
 
 def write_features(spark, settings: Settings, images: list[tuple[str, Path]], features: np.ndarray,
-                   model_id: str, pca: PcaModel | None = None) -> None:
-    """Append rows as the stream does: projected with ``pca`` if given (the newest model at ingest)."""
+                   model_id: str, pca: PcaModel | None = None, vectors: np.ndarray | None = None) -> None:
+    """Append rows as the stream does: projected with ``pca`` if given (the newest model at ingest),
+    or carrying ``vectors`` as their projection onto it."""
     now = dt.datetime.now(dt.timezone.utc)
     rows = pd.DataFrame({
         "image_id": [f"id-{i}" for i in range(len(images))], "bucket": settings.bucket,
         "key": [f"uploads/{label}/{p.name}" for label, p in images], "label": [label for label, _ in images],
         "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
         "features": list(features), "model_id": model_id,
-        "pca_features": None if pca is None else list(pca.project(features)),
+        "pca_features": None if pca is None else list(pca.project(features) if vectors is None else vectors),
         "pca_version": None if pca is None else pca.version,
     })
     spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
@@ -112,19 +113,35 @@ def test_similar_by_key_finds_its_class_and_leaves_itself_out(store_settings, sa
 
 
 def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_settings, sample_split,
-                                                                weights_blob) -> None:
+                                                                weights_blob, monkeypatch) -> None:
     """A stream batch written before the newest PCA version is still comparable."""
     train, features, _ = sample_split
     settings = store_settings.with_(table_root=store_settings.table_root + "-stale")
     table.ensure_tables(spark, settings)
     write_features(spark, settings, train, features, weights_blob.model_id)
     refit(spark, settings, write_plots=False)
-    write_features(spark, settings, train[:1], features[:1] * 1.0, weights_blob.model_id)  # pca_version null
     store = FeatureStore(settings)
+    newest = store.pca_model()
     label, path = train[0]
-    nearest = store.similar(path, k=2)
-    assert {n.key for n in nearest} == {f"uploads/{label}/{path.name}"}
+    # The first image again with no vector (projected here, as the original rows are), and a row on
+    # the newest version whose stored vector is the first image's over another image's features:
+    # the store takes a stored vector as it is.
+    write_features(spark, settings, train[:1], features[:1] * 1.0, weights_blob.model_id)
+    write_features(spark, settings, [("Stored", path)], features[1:2], weights_blob.model_id, pca=newest,
+                   vectors=newest.project(features[:1]))
+    nearest = store.similar(path, k=3)
+    assert sorted(n.key for n in nearest) == sorted([f"uploads/{label}/{path.name}"] * 2 + [f"uploads/Stored/{path.name}"])
     assert all(n.distance < 1e-4 for n in nearest)
+
+    # Another append: the next look reads its new files only, and finds its row.
+    import fruits.query.store as store_module
+
+    before, read = set(store._index.files), []
+    original = store_module._file_part
+    monkeypatch.setattr(store_module, "_file_part", lambda f, schema, m: read.append(f.path) or original(f, schema, m))
+    write_features(spark, settings, [("Again", path)], features[:1], weights_blob.model_id)
+    assert f"uploads/Again/{path.name}" in {n.key for n in store.similar(path, k=4)}
+    assert read and not set(read) & before and set(store._index.files) == before | set(read)
 
 
 def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, store_settings, sample_split,
@@ -150,10 +167,15 @@ def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, sto
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=engine)
     with pytest.raises(LookupError, match="no PCA version 3"):
         store.sql(statement, pca_version=3)
+    # A row of another feature model has no vector in this space.
+    write_features(spark, settings, [("Other", train[0][1])], features[:1], "another-feature-model")
+    other = "SELECT pca_features FROM features_pca WHERE model_id = 'another-feature-model'"
+    assert sql(spark, settings, other).rows == store.sql(other).rows == [(None,)]
     # The command line passes the version through.
     with pytest.raises(SystemExit):
         main(["query", "--engine", "duckdb", "--pca-version", "1", "--json", "--table-root", settings.table_root,
-              "SELECT DISTINCT pca_version, len(pca_features) AS k FROM features_pca"])
+              "SELECT DISTINCT pca_version, len(pca_features) AS k FROM features_pca "
+              "WHERE pca_features IS NOT NULL"])
     assert json.loads(capsys.readouterr().out)["rows"] == [{"pca_version": 1, "k": v1.k}]
 
 

@@ -360,7 +360,7 @@ class FruitsStack(cdk.Stack):
         conf = [f"spark.archives={b}/{ARTIFACTS}{ENVIRONMENT}#environment",
                 f"spark.jars={EMR_DELTA_JARS}",
                 f"spark.files={model},{model.removesuffix('.tflite')}.json",
-                f"spark.delta.logStore.s3a.impl={LOG_STORE}",
+                f"spark.delta.logStore.s3a.impl={LOG_STORE}", f"spark.delta.logStore.s3.impl={LOG_STORE}",
                 *(f"{key}={value}" for key, value in (CLUSTER_TUNING | DYNAMIC_ALLOCATION).items()),
                 f"spark.executorEnv.PYSPARK_PYTHON={PYTHON_EXECUTABLE}", "spark.executorEnv.PYTHONPATH=./environment"]
         conf += [f"spark.emr-serverless.driverEnv.{k}={v}" for k, v in env.items()]

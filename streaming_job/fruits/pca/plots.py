@@ -6,7 +6,7 @@
 
 Example::
 
-    paths = write_pca_plots(settings, model, threshold=0.95)
+    paths = write_pca_plots(spark, settings, model, threshold=0.95)
     # ['<table root>/pca_plots/v3/scree.png', '<table root>/pca_plots/v3/pc1_pc2.png']
 """
 
@@ -25,6 +25,8 @@ from ..config import Settings
 from ..io import aws, lake
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from .model import PcaModel
 
 SCATTER_SAMPLE = 5000
@@ -80,22 +82,31 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def sample_rows(settings: Settings, seed: int, size: int = SCATTER_SAMPLE) -> tuple[pa.Table, int]:
+def sample_rows(spark: SparkSession, settings: Settings, seed: int,
+                size: int = SCATTER_SAMPLE) -> tuple[pa.Table, int]:
     """Up to ``size`` rows (``label``, ``features``) of the features table, and how many rows it has.
 
     Files are picked at random and read from their start, at most an eighth of the sample from each
-    (more when there are fewer files), until the sample is full: the cost is bounded by the sample,
-    not by the table, however large its compacted files (the count comes from the log)."""
+    (more when there are fewer files), until the sample is full: a row group or so per file read,
+    whatever the table holds (the count comes from the log). A table with deletion vectors or
+    column mapping is sampled through Spark instead (its first ``size`` rows; the count then
+    includes deleted rows)."""
     table = lake.delta_table(settings, settings.features_table)
     total = int(pc.sum(pa.table(table.get_add_actions(flatten=True)).column("num_records")).as_py() or 0)
-    fragments = list(lake.as_dataset(settings, settings.features_table, table).get_fragments())
+    if not lake.plain_files(table):
+        from ..spark import tables
+
+        return tables.read(spark, settings.features_table).select("label", "features").limit(size).toArrow(), total
+    dataset = lake.as_dataset(settings, settings.features_table, table)
+    fragments = list(dataset.get_fragments())
     rng = np.random.default_rng(seed)
     per_file = max(size // 8, -(-size // max(len(fragments), 1)))
     parts: list[pa.RecordBatch] = []
     held = 0
     for i in rng.permutation(len(fragments)):
         taken = 0
-        for batch in fragments[i].to_batches(columns=["label", "features"], batch_size=1024):
+        # The dataset's schema: files written by other writers may type strings otherwise (string_view).
+        for batch in fragments[i].to_batches(schema=dataset.schema, columns=["label", "features"], batch_size=1024):
             batch = batch.slice(0, min(per_file - taken, size - held))
             parts.append(batch)
             taken, held = taken + batch.num_rows, held + batch.num_rows
@@ -103,15 +114,15 @@ def sample_rows(settings: Settings, seed: int, size: int = SCATTER_SAMPLE) -> tu
                 break
         if held >= size:
             break
-    schema = pa.schema([("label", pa.string()), ("features", pa.list_(pa.float32()))])
-    return pa.Table.from_batches(parts) if parts else schema.empty_table(), total
+    empty = dataset.schema.empty_table().select(["label", "features"])
+    return pa.Table.from_batches(parts) if parts else empty, total
 
 
-def write_pca_plots(settings: Settings, model: PcaModel, threshold: float | None) -> list[str]:
+def write_pca_plots(spark: SparkSession, settings: Settings, model: PcaModel, threshold: float | None) -> list[str]:
     """Draw both plots for ``model`` (the scatter from ``sample_rows``, projected here) and write
     them; returns their URIs."""
     folder = f"{settings.pca_plots}/v{model.version}"
-    sample, total = sample_rows(settings, seed=model.version)
+    sample, total = sample_rows(spark, settings, seed=model.version)
     labels = ["(no label)" if label is None else label for label in sample.column("label").to_pylist()]
     if sample.num_rows:
         features = np.stack(sample.column("features").to_numpy(zero_copy_only=False))

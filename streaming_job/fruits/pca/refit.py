@@ -134,7 +134,7 @@ def refit(
         started = time.perf_counter()
         from .plots import write_pca_plots  # matplotlib: loaded by the refit that draws, not by the stream
 
-        written = write_pca_plots(settings, model, threshold if k is None else None)
+        written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
              ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))

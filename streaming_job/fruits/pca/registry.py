@@ -3,7 +3,9 @@
 Each refit appends one version, one row in one file of its own; nothing rewrites or deletes a
 version, so every version stays readable (reproducible results, time travel). Readers take one
 version, never the table: ``newest_version`` reads the log's file statistics only, ``model`` the
-file whose statistics can hold the version asked for (delta-rs, no Spark job).
+file whose statistics can hold the version asked for (delta-rs, no Spark job). (``versions``, for
+``fruits pca list``, reads the small columns of every version.) A table root with no ``pca_models``
+table yet reads as no version.
 
 Vectors in a PCA space are made where they are used, never stored by rewriting ``features``:
 ``project_column`` in Spark (the stream's new rows, the ``features_pca`` view), ``PcaModel.project``
@@ -29,6 +31,7 @@ import pandas as pd  # module-level: Spark resolves the pandas UDF's type hints 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from ..config import Settings
 from ..io import lake
@@ -42,9 +45,19 @@ if TYPE_CHECKING:  # the Spark side only: the JVM-free store reads models withou
 TXN_APP_ID = "fruits-pca-models"
 
 
+def _table(settings: Settings) -> DeltaTable | None:
+    """``pca_models``, or None when no refit or stream has created it yet."""
+    try:
+        return lake.delta_table(settings, settings.pca_models_table)
+    except TableNotFoundError:
+        return None
+
+
 def newest_version(settings: Settings, table: DeltaTable | None = None) -> int | None:
-    """The newest version in ``pca_models`` (None when empty), from the files' statistics alone."""
-    table = table or lake.delta_table(settings, settings.pca_models_table)
+    """The newest version in ``pca_models`` (None when there is none), from the files' statistics alone."""
+    table = table or _table(settings)
+    if table is None:
+        return None
     actions = pa.table(table.get_add_actions(flatten=True))
     if actions.num_rows == 0:
         return None
@@ -59,10 +72,12 @@ def model(settings: Settings, version: int | None = None) -> PcaModel | None:
     """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
     file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
     location = settings.pca_models_table
-    table = lake.delta_table(settings, location)
+    table = _table(settings)
     wanted = newest_version(settings, table) if version is None else version
     if wanted is None:
         return None
+    if table is None:
+        raise LookupError(f"there is no PCA version {wanted}: no refit has run yet")
     rows = lake.as_dataset(settings, location, table, files=[("version", "=", wanted)]) \
         .to_table(filter=pc.field("version") == wanted).to_pylist()
     if not rows:
@@ -75,7 +90,10 @@ def versions(settings: Settings) -> list[dict[str, Any]]:
     rows and table version fitted on, when, the feature model (the vectors are not read)."""
     columns = ["version", "k", "explained_variance_ratio", "row_count", "source_table_version", "fitted_at",
                "feature_model_id"]
-    rows = lake.dataset(settings, settings.pca_models_table).dataset.to_table(columns=columns).to_pylist()
+    table = _table(settings)
+    if table is None:
+        return []
+    rows = lake.as_dataset(settings, settings.pca_models_table, table).to_table(columns=columns).to_pylist()
     for r in rows:
         r["explained_variance"] = round(float(sum(r.pop("explained_variance_ratio")[: r["k"]])), 4)
     return sorted(rows, key=lambda r: r["version"])
@@ -97,23 +115,29 @@ def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
         .option("txnAppId", TXN_APP_ID).option("txnVersion", new.version).save(settings.pca_models_table)
     # Ours if it holds our components (read back as float32: compared within float32's precision).
     committed = model(settings, new.version)
-    if committed is None or not np.allclose(committed.components, new.components, rtol=1e-5, atol=1e-6):
+    if committed is None or committed.components.shape != new.components.shape \
+            or not np.allclose(committed.components, new.components, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"PCA version {new.version} was committed by another refit meanwhile; this one wrote "
                            "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
 
 
-def project_column(spark: SparkSession, pca: PcaModel, column: str = "features") -> Column:
-    """A column expression projecting ``column`` (1280 floats) with ``pca`` (parameters broadcast once)."""
+def project_column(spark: SparkSession, pca: PcaModel) -> Column:
+    """A column expression projecting ``features`` (1280 floats) with ``pca`` (parameters broadcast
+    once); null for a row of another feature model (``model_id``), whose features are another space."""
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import ArrayType, FloatType
 
-    params = spark.sparkContext.broadcast((pca.mean, pca.components))
+    params = spark.sparkContext.broadcast((pca.mean, pca.components, pca.feature_model_id))
 
     @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def project(features: pd.Series) -> pd.Series:
-        mean, components = params.value
-        x = np.stack(features.to_numpy()).astype(np.float64)
-        return pd.Series(list(((x - mean) @ components.T).astype(np.float32)))
+    def project(features: pd.Series, model_ids: pd.Series) -> pd.Series:
+        mean, components, model_id = params.value
+        mine = (model_ids == model_id).to_numpy()
+        if not mine.any():
+            return pd.Series([None] * len(features), dtype=object)
+        x = np.stack(features[mine].to_numpy()).astype(np.float64)
+        projected = iter(((x - mean) @ components.T).astype(np.float32))
+        return pd.Series([next(projected) if m else None for m in mine], dtype=object)
 
-    return project(F.col(column))
+    return project(F.col("features"), F.col("model_id"))

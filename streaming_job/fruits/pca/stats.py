@@ -212,7 +212,8 @@ def added_since(
     driver_bytes: int = DRIVER_BYTES,
 ) -> Increment | None:
     """The rows that blind appends added to ``features`` in commits ``after + 1 .. upto``, through
-    delta-rs's change data feed; None when a commit changed existing rows or the log cannot say (``changes.appended_rows``).
+    delta-rs's change data feed; None when a commit changed existing rows or the log cannot say
+    (``changes.appended_rows``).
 
     Up to ``driver_bytes`` of feature values are read on the driver; more by Spark tasks, each
     reading a run of commits, balanced by the rows the commits added.

@@ -44,8 +44,9 @@ QUERY_NODES = frozenset({
 JVM_FUNCTIONS = frozenset({"reflect", "java_method", "try_reflect"})
 
 
-def read_only(spark: SparkSession, statement: str) -> None:
-    """Raise ``ReadOnlyError`` unless ``statement`` only reads the views; runs nothing."""
+def read_only(spark: SparkSession, statement: str) -> set[str]:
+    """Raise ``ReadOnlyError`` unless ``statement`` only reads the views; runs nothing. Returns the
+    names it reads (lower case)."""
     from pyspark.errors import ParseException
 
     spark.conf.set("spark.sql.variable.substitute", "false")
@@ -55,7 +56,7 @@ def read_only(spark: SparkSession, statement: str) -> None:
         if isinstance(exc, ParseException) or "ParseException" in str(exc):
             raise ReadOnlyError(f"not valid SQL: {str(exc).strip().splitlines()[0]}") from None
         raise
-    pending, readable = [plan], set(VIEWS)
+    pending, readable, read = [plan], set(VIEWS), set()
     while pending:  # a node is always seen before its descendants
         node = pending.pop()
         kind = node.getClass().getSimpleName()
@@ -68,10 +69,12 @@ def read_only(spark: SparkSession, statement: str) -> None:
             name = [str(part) for part in _items(node.multipartIdentifier())]
             if len(name) != 1 or name[0].lower() not in readable:
                 raise ReadOnlyError(f"fruits query reads the views {', '.join(VIEWS)} only, not {'.'.join(name)}")
+            read.add(name[0].lower())
         for expression in _items(node.expressions()):
             _check_functions(expression)
         # innerChildren: the subqueries in its expressions, and a WITH's definitions.
         pending += _items(node.children()) + _items(node.innerChildren())
+    return read
 
 
 def _check_functions(expression: Any) -> None:
@@ -102,10 +105,12 @@ def _what(kind: str) -> str:
 
 
 def register_views(spark: SparkSession, settings: Settings, as_of_version: int | None = None,
-                   pca_version: int | None = None) -> dict[str, int]:
-    """The views: the tables at their newest versions (``features`` at ``as_of_version``), and
-    ``features_pca``, ``features`` with every row projected onto PCA version ``pca_version`` (the
-    newest when None; null vectors before the first refit). Returns the versions read."""
+                   pca_version: int | None = None, with_pca: bool = True) -> dict[str, int]:
+    """The views: the tables at their newest versions (``features`` at ``as_of_version``), and, if
+    ``with_pca``, ``features_pca``: ``features`` with each row of the model's feature model
+    projected onto PCA version ``pca_version`` (the newest when None; null vectors before the first
+    refit, and for rows of another feature model). Returns the versions read (``pca``: the PCA
+    version of ``features_pca``)."""
     table.ensure_tables(spark, settings)
     versions = {}
     for name, location in (
@@ -118,12 +123,16 @@ def register_views(spark: SparkSession, settings: Settings, as_of_version: int |
             version = as_of_version
         table.read(spark, location, version=version).createOrReplaceTempView(name)
         versions[name] = version
+    if not with_pca:
+        return versions
     model = registry.model(settings, pca_version)
-    features = spark.table("features")
-    vectors = registry.project_column(spark, model) if model is not None else F.lit(None)
-    features.withColumns({"pca_features": vectors.cast("array<float>"),
-                          "pca_version": F.lit(None if model is None else model.version).cast("long")}) \
-        .createOrReplaceTempView("features_pca")
+    vectors = F.lit(None) if model is None else registry.project_column(spark, model)
+    spark.table("features").withColumns({
+        "pca_features": vectors.cast("array<float>"),
+        "pca_version": F.lit(None if model is None else model.version).cast("long"),
+    }).createOrReplaceTempView("features_pca")
+    if model is not None:
+        versions["pca"] = model.version
     return versions
 
 
@@ -132,7 +141,7 @@ def sql(spark: SparkSession, settings: Settings, statement: str, as_of_version: 
     """Run one read-only SQL statement; ``as_of_version`` time-travels the ``features`` table,
     ``pca_version`` chooses the PCA space of ``features_pca``. Raises ``ReadOnlyError`` (nothing
     run) for anything else."""
-    read_only(spark, statement)
-    versions = register_views(spark, settings, as_of_version, pca_version)
+    read = read_only(spark, statement)
+    versions = register_views(spark, settings, as_of_version, pca_version, with_pca="features_pca" in read)
     df = spark.sql(statement)
     return QueryResult(columns=df.columns, rows=[tuple(r) for r in df.collect()], versions=versions)

@@ -17,9 +17,10 @@ weights the table was featurized with). Rows the stream projected with an older 
 with none) are projected here, so every answer uses one model version. ``sql`` offers the view
 ``features_pca``: every row in one chosen PCA space.
 
-Limitations: the search is brute force over every row's PCA vector, held in memory and reused
-while the table version stays the same: about 400 bytes a row at k=92, so comfortable up to a few
-million rows; beyond that, put an ANN index behind the same API. ``status`` looks a key up in
+Limitations: the search is brute force over every row's PCA vector, held in memory: about 400
+bytes a row at k=92, so comfortable up to a few million rows; beyond that, put an ANN index behind
+the same API. A new table version reads only its new data files (the others' vectors are kept, per
+file); a new PCA version reads and projects every row again. ``status`` looks a key up in
 ``features``, ``quarantine`` and the uploads ledger, reading only the files whose key statistics
 (delta-rs's min/max per file) can hold it.
 """
@@ -89,6 +90,7 @@ class _Index:
     keys: np.ndarray
     labels: np.ndarray
     unit: np.ndarray  # (n, k) float32, rows normalised
+    files: dict[str, _Index]  # per data file, for the next build (empty on the parts themselves)
 
 
 class FeatureStore:
@@ -143,8 +145,9 @@ class FeatureStore:
             for name in TABLES:
                 dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
                 con.register(name, dataset)
-            if "features_pca" in statement.lower():  # the model is read only for a statement that may use it
-                self._register_features_pca(con, pca_version)
+            pca = self._register_features_pca(con, pca_version)
+            if pca is not None:
+                versions["pca"] = pca
             # Read-only over the tables: no file or network access of its own (read_text, COPY ... TO,
             # ATTACH, extensions), and the statement may not turn it back on.
             con.execute("SET enable_external_access = false")
@@ -171,20 +174,36 @@ class FeatureStore:
             finally:
                 timer.cancel()
 
-    def _register_features_pca(self, con: Any, pca_version: int | None) -> None:
-        """The view ``features_pca`` on ``con``: ``features`` in PCA space ``pca_version`` (null
-        vectors before the first refit)."""
-        import duckdb
+    def _register_features_pca(self, con: Any, pca_version: int | None) -> int | None:
+        """The view ``features_pca`` on ``con``: ``features`` in PCA space ``pca_version`` (the
+        newest when None), and that version. Rows of another feature model, and every row before the
+        first refit, get null vectors. The model itself is read only if a statement projects a row."""
+        from duckdb.sqltypes import FLOAT, VARCHAR
 
-        model = self.pca_model(pca_version)
-        if model is None:
+        newest = registry.newest_version(self.settings)
+        version = newest if pca_version is None else pca_version
+        if version is not None and not 1 <= version <= (newest or 0):  # versions are 1..newest, none deleted
+            raise LookupError(f"there is no PCA version {version}; `fruits pca list` shows the versions kept")
+        if version is None:
             con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (CAST(NULL AS FLOAT[]) AS pca_features, "
                         "CAST(NULL AS BIGINT) AS pca_version) FROM features")
-            return
-        floats = duckdb.list_type("FLOAT")
-        con.create_function("fruits_pca_project", _projection(model), [floats], floats, type="arrow")
-        con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features) AS pca_features, "
-                    f"CAST({int(model.version)} AS BIGINT) AS pca_version) FROM features")
+            return None
+        floats = con.list_type(FLOAT)
+        # null_handling "special": the function returns nulls itself (rows of another feature model).
+        con.create_function("fruits_pca_project", _projection(lambda: self._pca(version)), [floats, VARCHAR], floats,
+                            type="arrow", null_handling="special")
+        con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features, model_id) "
+                    f"AS pca_features, CAST({int(version)} AS BIGINT) AS pca_version) FROM features")
+        return version
+
+    def _pca(self, version: int) -> PcaModel:
+        """PCA ``version``, read once and kept until another version is asked for."""
+        if self._model is None or self._model.version != version:
+            found = registry.model(self.settings, version)
+            if found is None:
+                raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
+            self._model = found
+        return self._model
 
     def pca_model(self, version: int | None = None) -> PcaModel | None:
         """PCA ``version`` (the newest when None; ``LookupError`` for one never fitted), or None
@@ -199,14 +218,13 @@ class FeatureStore:
         newest = registry.newest_version(self.settings)
         if newest is None:
             raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
-        if self._model is None or self._model.version != newest:
-            self._model = registry.model(self.settings, newest)
-        assert self._model is not None
+        model = self._pca(newest)
         features, version = self.dataset("features")
         versions = (version, newest)
         if self._index is None or self._index.versions != versions:
-            self._index = _build_index(features, self._model, versions)
-        return self._index, self._model
+            known = self._index.files if self._index is not None and self._index.versions[1] == newest else {}
+            self._index = _build_index(features, model, versions, known)
+        return self._index, model
 
     def _vector(self, target: str | Path, index: _Index, model: PcaModel) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in ``model``'s space and its image id if it is in the table. ``target``
@@ -327,24 +345,37 @@ def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: st
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
 
 
-def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int]) -> _Index:
-    """Every row's unit vector in ``model``'s space: the stream's projection where it used this
+def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int],
+                 known: dict[str, _Index]) -> _Index:
+    """Every row's unit vector in ``model``'s space. Data files already in ``known`` (the previous
+    build's, on the same model) are taken from it, the others read: after a micro-batch, a rebuild
+    reads just the batch's new files. A row's vector is the stream's projection where it used this
     model, else projected here a batch at a time (memory: the k-dimensional vectors, not the rows)."""
-    ids, keys, labels, vectors = [], [], [], []
-    for batch in dataset.to_batches(columns=["image_id", "key", "label", "pca_version", "pca_features", "features"],
-                                    batch_size=8192):
-        if not batch.num_rows:
-            continue
+    files = {}
+    for fragment in dataset.get_fragments():
+        files[fragment.path] = known.get(fragment.path) or _file_part(fragment, dataset.schema, model)
+    parts = [p for p in files.values() if len(p.keys)]
+    if not parts:
+        raise LookupError("the features table is empty")
+    return _Index(versions, *(np.concatenate([getattr(p, name) for p in parts])
+                              for name in ("image_ids", "keys", "labels", "unit")), files)
+
+
+def _file_part(fragment: ds.Fragment, schema: pa.Schema, model: PcaModel) -> _Index:
+    """One data file's rows in ``model``'s space."""
+    columns = ["image_id", "key", "label", "pca_version", "pca_features", "features"]
+    ids, keys, labels, vectors = [], [], [], [np.empty((0, model.k), dtype=np.float32)]
+    for batch in fragment.to_batches(schema=schema, columns=columns, batch_size=8192):
         ids.append(batch.column("image_id").to_numpy(zero_copy_only=False))
         keys.append(batch.column("key").to_numpy(zero_copy_only=False))
         labels.append(batch.column("label").to_numpy(zero_copy_only=False))
         vectors.append(_in_space(batch, model))
-    if not vectors:
-        raise LookupError("the features table is empty")
     unit = np.concatenate(vectors)
     norms = np.linalg.norm(unit, axis=1, keepdims=True)
     unit /= np.where(norms == 0, 1, norms)
-    return _Index(versions, np.concatenate(ids), np.concatenate(keys), np.concatenate(labels), unit)
+    empty = np.array([], dtype=object)
+    return _Index((-1, model.version), np.concatenate(ids or [empty]), np.concatenate(keys or [empty]),
+                  np.concatenate(labels or [empty]), unit, {})
 
 
 def _in_space(batch: pa.RecordBatch, model: PcaModel) -> np.ndarray:
@@ -364,13 +395,20 @@ def _matrix(column: pa.Array, width: int) -> np.ndarray:
     return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), width)
 
 
-def _projection(model: PcaModel) -> Callable[[pa.ChunkedArray], pa.Array]:
-    """A DuckDB vectorised function: a chunk of ``features`` lists to their vectors in ``model``'s space."""
+def _projection(model: Callable[[], PcaModel]) -> Callable[[pa.ChunkedArray, pa.ChunkedArray], pa.Array]:
+    """A DuckDB vectorised function: a chunk of ``features`` lists and their ``model_id`` to their
+    vectors in ``model()``'s space (called on the first chunk: a statement that projects no row reads
+    no model); null for rows of another feature model."""
 
-    def project(features: pa.ChunkedArray) -> pa.Array:
+    def project(features: pa.ChunkedArray, model_ids: pa.ChunkedArray) -> pa.Array:
+        pca = model()
         column = features.combine_chunks()
-        vectors = model.project(_matrix(column, len(model.mean)))
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, vectors.size + 1, model.k, dtype=np.int32)),
-                                        pa.array(vectors.ravel()))
+        same_model = pc.fill_null(pc.equal(model_ids.combine_chunks(), pca.feature_model_id), False)
+        mine = pc.and_(same_model, pc.is_valid(column)).to_numpy(zero_copy_only=False)
+        vectors = np.zeros((len(column), pca.k), dtype=np.float32)
+        if mine.any():
+            vectors[mine] = pca.project(_matrix(column.filter(pa.array(mine)), len(pca.mean)))
+        offsets = pa.array(np.arange(0, vectors.size + 1, pca.k, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()), mask=pa.array(~mine))
 
     return project
