@@ -37,12 +37,15 @@ def s3_event(key_encoded: str, **object_fields: object) -> str:
 
 def aws_event(s3, bucket: str, key: str, version: dict | None = None, **object_fields: object) -> dict:  # noqa: ANN001
     """The event AWS sends for the PUT of ``key``'s current object, or of one of its ``version``s
-    (from ListObjectVersions), with its version id: the emulator's own events carry none."""
+    (from ListObjectVersions), with its version id (the emulator's own events carry none) and the
+    PUT's time, as a redelivery of that event repeats it."""
     from urllib.parse import quote_plus
 
     head = version or s3.head_object(Bucket=bucket, Key=key)
     event = json.loads(s3_event(quote_plus(key, safe="/"), eTag=(head.get("ETag") or "").strip('"'),
                                 size=head.get("ContentLength", head.get("Size")), versionId=head["VersionId"]))
+    put_at = head["LastModified"].astimezone(dt.timezone.utc)
+    event["Records"][0]["eventTime"] = put_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event["Records"][0]["s3"]["bucket"]["name"] = bucket
     event["Records"][0]["s3"]["object"].update(object_fields)
     return event

@@ -30,6 +30,7 @@ READS = [
     "SELECT DISTINCT label FROM features f LATERAL VIEW explode(slice(features, 1, 2)) t AS x",
     "SELECT * FROM VALUES (1, 'a') AS t(n, s)",
     "SELECT count(*) FROM pca_models",
+    "SELECT key, pca_version FROM features_pca",
     "select KEY from FEATURES",
 ]
 
@@ -48,9 +49,9 @@ REFUSED = [
     ("WITH x AS (SELECT 1) INSERT INTO features SELECT * FROM x", "INSERT"),
     ("ADD JAR /tmp/evil.jar", "ADD JAR"),
     ("SET spark.sql.ansi.enabled = false", "SET"),
-    ("CREATE TABLE t AS SELECT * FROM features", ""),
-    ("DROP VIEW features", ""),
-    ("CACHE TABLE features", ""),
+    ("CREATE TABLE t AS SELECT * FROM features", "CREATE TABLE"),
+    ("DROP VIEW features", "DROP VIEW"),
+    ("CACHE TABLE features", "CACHE TABLE"),
     ("SELECT * FROM delta.`{features}`", "delta."),
     ("SELECT * FROM text.`/etc/hostname`", "text."),
     ("SELECT * FROM features WHERE key IN (SELECT value FROM text.`/etc/hostname`)", "text."),

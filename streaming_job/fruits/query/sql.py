@@ -100,7 +100,8 @@ def _what(kind: str) -> str:
     """A parser node's name as the SQL a user wrote (``DeleteFromTable`` -> DELETE)."""
     known = {"DeleteFromTable": "DELETE", "InsertIntoStatement": "INSERT", "UpdateTable": "UPDATE",
              "MergeIntoTable": "MERGE", "AddJarsCommand": "ADD JAR", "AddFilesCommand": "ADD FILE",
-             "SetCommand": "SET", "UnresolvedTableValuedFunction": "a table function (read_files, range...)"}
+             "SetCommand": "SET", "UnresolvedTableValuedFunction": "a table function (read_files, range...)",
+             "CreateTableAsSelect": "CREATE TABLE", "DropView": "DROP VIEW", "CacheTable": "CACHE TABLE"}
     return known.get(kind, kind)
 
 
