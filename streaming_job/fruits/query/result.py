@@ -48,7 +48,8 @@ def format_table(result: QueryResult, max_width: int = 60) -> str:
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     out = [line(result.columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
-    out.append(f"({len(result.rows)} rows; " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()) + ")")
+    read = "; " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()) if result.versions else ""
+    out.append(f"({len(result.rows)} rows{read})")
     return "\n".join(out)
 
 
