@@ -33,13 +33,14 @@ def timed_stream(spark, settings: Settings, blob) -> float:  # noqa: ANN001
     return time.perf_counter() - started
 
 
-def vmhwm_mb(pid: int) -> float:
-    """A process's peak resident set (VmHWM) in MB; 0 once it has ended."""
+def vmhwm_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak resident set (VmHWM; or another ``field`` of its status, VmRSS: now) in MB;
+    0 once it has ended."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0) / 1024
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")), 0) / 1024
 
 
 def peak_worker_rss_mb() -> float:

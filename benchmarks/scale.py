@@ -100,9 +100,7 @@ class Stream:
                                   check=True).stdout
             used = re.search(r"heap\s+total \d+K, used (\d+)K", info)
             live += int(used.group(1)) / 1024 if used else float("nan")
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        python = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-        return {"jvm_live_heap_mb": live, "python_rss_mb": python}
+        return {"jvm_live_heap_mb": live, "python_rss_mb": vmhwm_mb(self.process.pid, "VmRSS")}
 
     def wait_committed(self, versions: set[int], timeout: float) -> int:
         """The last batch that read any of the ledger's ``versions``, once all of them have committed."""
@@ -325,7 +323,7 @@ def measure_queries(store, keys: list[str], status_keys: dict[str, list[str]]) -
 def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
     """Share of each answer within the exact 10 nearest (cosine, over every row's vector in the
     newest PCA space, projected here from the table, not taken from the store), ties counted as found."""
-    import pyarrow.compute as pc
+    from fruits.pca.model import matrix
 
     model = store.pca_model()
     keys, parts = [], []
@@ -333,8 +331,7 @@ def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
     for batch in store.dataset("features").dataset.to_batches(columns=["key", "features"], batch_size=8192):
         if batch.num_rows:
             keys.append(batch.column("key").to_numpy(zero_copy_only=False))
-            flat = pc.list_flatten(batch.column("features")).to_numpy(zero_copy_only=False)
-            parts.append(model.project(flat.reshape(batch.num_rows, -1)))
+            parts.append(model.project(matrix(batch.column("features"), len(model.mean))))
     keys, vectors = np.concatenate(keys), np.concatenate(parts)
     del parts
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -185,9 +185,7 @@ def cmd_pca_list(args: argparse.Namespace) -> int:
     elif not versions:
         print("no PCA version yet: run `fruits pca refit` once the table has rows")
     else:
-        columns = ["version", "k", "explained_variance", "row_count", "source_table_version", "fitted_at",
-                   "feature_model_id"]
-        print(format_table(QueryResult(columns, [tuple(v[c] for c in columns) for v in versions], {})))
+        print(format_table(QueryResult(list(versions[0]), [tuple(v.values()) for v in versions], {})))
     return 0
 
 

@@ -1,9 +1,12 @@
-"""PCA's linear algebra, with numpy only: the model, the exact fit and the incremental one.
+"""PCA's linear algebra, with numpy (and Arrow columns at its edge): the model, the exact fit and
+the incremental one.
 
 ``solve`` fits from sufficient statistics (``Stats``) by one symmetric eigenproblem on the
 d x d covariance; ``update`` reaches the same fit from the previous fit's leading vectors and the
 rows added since, by one Rayleigh-Ritz step on a much smaller eigenproblem, and declines (None)
-when its residual check fails. Both return a ``Fit``. ``PcaModel`` is one stored version.
+when its residual check fails. Both return a ``Fit``. ``PcaModel`` is one stored version; its
+``project_arrow`` is the one projection of an Arrow column, which Spark's UDF (``registry``) and
+DuckDB's (the store) both call.
 
 Example::
 
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..featurize.model import FEATURE_DIM
 
@@ -77,6 +82,33 @@ class PcaModel:
 
     def project(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T).astype(np.float32)
+
+    def project_arrow(self, features: pa.Array | pa.ChunkedArray,
+                      model_ids: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+        """An Arrow column of ``features`` (1280-float lists) projected, as float lists; null where a
+        row has no features or is of another feature model (``model_ids``): another space."""
+        features, model_ids = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+                               for c in (features, model_ids))
+        same_model = pc.fill_null(pc.equal(model_ids, self.feature_model_id), False)
+        mine = pc.and_(same_model, pc.is_valid(features)).to_numpy(zero_copy_only=False)
+        vectors = np.zeros((len(features), self.k), dtype=np.float32)
+        if mine.any():
+            vectors[mine] = self.project(matrix(features.filter(pa.array(mine)), len(self.mean)))
+        offsets = pa.array(np.arange(0, vectors.size + 1, self.k, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()), mask=pa.array(~mine))
+
+
+def matrix(column: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
+    """An Arrow column of ``width``-long float lists as an (n, width) array, without copying.
+    ``ValueError`` for a null row or a list of another length."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{column.null_count} rows have no features; PCA needs every row's vector")
+    lengths = pc.min_max(pc.list_value_length(column))
+    if len(column) and (lengths["min"].as_py(), lengths["max"].as_py()) != (width, width):
+        raise ValueError(f"feature vectors of length {lengths['min']}..{lengths['max']}, expected {width}")
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
 
 
 @dataclass(frozen=True)

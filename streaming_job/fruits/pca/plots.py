@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from ..config import Settings
 from ..io import aws, lake
+from .model import matrix
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -125,7 +126,7 @@ def write_pca_plots(spark: SparkSession, settings: Settings, model: PcaModel, th
     sample, total = sample_rows(spark, settings, seed=model.version)
     labels = ["(no label)" if label is None else label for label in sample.column("label").to_pylist()]
     if sample.num_rows:
-        features = np.stack(sample.column("features").to_numpy(zero_copy_only=False))
+        features = matrix(sample.column("features"), len(model.mean))
         points = ((features - model.mean) @ model.components[:2].T).reshape(-1, min(2, model.k))
         points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))  # k = 1: PC2 drawn as 0
     else:

@@ -27,8 +27,8 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd  # module-level: Spark resolves the pandas UDF's type hints in this module
-import pyarrow as pa
+import pandas as pd
+import pyarrow as pa  # module-level: Spark resolves the Arrow UDF's type hints in this module
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
@@ -68,20 +68,32 @@ def newest_version(settings: Settings, table: DeltaTable | None = None) -> int |
     return int(pc.max(versions.column(0)).as_py()) if versions.num_rows else None
 
 
+def resolve(settings: Settings, version: int | None = None, table: DeltaTable | None = None) -> int | None:
+    """The version to read: ``version``, or the newest when None (None before the first refit).
+    ``LookupError`` for a version never fitted: versions are 1 .. newest, none deleted."""
+    newest = newest_version(settings, table)
+    if version is not None and not 1 <= version <= (newest or 0):
+        raise _never_fitted(version)
+    return newest if version is None else version
+
+
+def _never_fitted(version: int) -> LookupError:
+    return LookupError(f"there is no PCA version {version}; `fruits pca list` shows the versions kept")
+
+
 def model(settings: Settings, version: int | None = None) -> PcaModel | None:
     """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
     file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
-    location = settings.pca_models_table
     table = _table(settings)
     wanted = newest_version(settings, table) if version is None else version
     if wanted is None:
         return None
     if table is None:
-        raise LookupError(f"there is no PCA version {wanted}: no refit has run yet")
-    rows = lake.as_dataset(settings, location, table, files=[("version", "=", wanted)]) \
+        raise _never_fitted(wanted)
+    rows = lake.as_dataset(settings, settings.pca_models_table, table, files=[("version", "=", wanted)]) \
         .to_table(filter=pc.field("version") == wanted).to_pylist()
     if not rows:
-        raise LookupError(f"there is no PCA version {wanted}; `fruits pca list` shows the versions kept")
+        raise _never_fitted(wanted)
     return PcaModel.from_record(rows[0])
 
 
@@ -94,9 +106,9 @@ def versions(settings: Settings) -> list[dict[str, Any]]:
     if table is None:
         return []
     rows = lake.as_dataset(settings, settings.pca_models_table, table).to_table(columns=columns).to_pylist()
-    for r in rows:
-        r["explained_variance"] = round(float(sum(r.pop("explained_variance_ratio")[: r["k"]])), 4)
-    return sorted(rows, key=lambda r: r["version"])
+    return [{"version": r["version"], "k": r["k"],
+             "explained_variance": round(float(sum(r["explained_variance_ratio"][: r["k"]])), 4),
+             **{name: r[name] for name in columns[3:]}} for r in sorted(rows, key=lambda r: r["version"])]
 
 
 def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
@@ -122,22 +134,16 @@ def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
 
 
 def project_column(spark: SparkSession, pca: PcaModel) -> Column:
-    """A column expression projecting ``features`` (1280 floats) with ``pca`` (parameters broadcast
-    once); null for a row of another feature model (``model_id``), whose features are another space."""
+    """A column expression projecting ``features`` with ``pca`` (``PcaModel.project_arrow``, the
+    model broadcast once); null for a row of another feature model (``model_id``)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.functions import arrow_udf
     from pyspark.sql.types import ArrayType, FloatType
 
-    params = spark.sparkContext.broadcast((pca.mean, pca.components, pca.feature_model_id))
+    broadcast = spark.sparkContext.broadcast(pca)
 
-    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def project(features: pd.Series, model_ids: pd.Series) -> pd.Series:
-        mean, components, model_id = params.value
-        mine = (model_ids == model_id).to_numpy()
-        if not mine.any():
-            return pd.Series([None] * len(features), dtype=object)
-        x = np.stack(features[mine].to_numpy()).astype(np.float64)
-        projected = iter(((x - mean) @ components.T).astype(np.float32))
-        return pd.Series([next(projected) if m else None for m in mine], dtype=object)
+    @arrow_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
+    def project(features: pa.Array, model_ids: pa.Array) -> pa.Array:
+        return broadcast.value.project_arrow(features, model_ids)
 
     return project(F.col("features"), F.col("model_id"))

@@ -38,7 +38,7 @@ from ..config import Settings
 from ..featurize.model import FEATURE_DIM
 from ..io import changes, lake
 from ..io.lake import DataFile
-from .model import Stats
+from .model import Stats, matrix
 
 if TYPE_CHECKING:  # Spark only where a pass runs in Spark tasks: no Spark at import time
     from pyspark.sql import DataFrame, SparkSession
@@ -94,16 +94,6 @@ def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> Collected:
     return Collected(acc, ids)
 
 
-def _matrix(features: pa.Array, d: int) -> np.ndarray:
-    """An Arrow list<float> column as an (n, d) array, without copying."""
-    if features.null_count:
-        raise ValueError(f"{features.null_count} rows have no features; PCA needs every row's vector")
-    lengths = pc.min_max(pc.list_value_length(features))
-    if len(features) and (lengths["min"].as_py(), lengths["max"].as_py()) != (d, d):
-        raise ValueError(f"feature vectors of length {lengths['min']}..{lengths['max']}, expected {d}")
-    return features.flatten().to_numpy(zero_copy_only=False).reshape(len(features), d)
-
-
 def _batches(fs: pa_fs.FileSystem, uris: Iterable[str], d: int, ids: set[str]) -> Iterator[np.ndarray]:
     """The feature rows of the files, a batch at a time; their model ids are added to ``ids``."""
     for uri in uris:
@@ -111,7 +101,7 @@ def _batches(fs: pa_fs.FileSystem, uris: Iterable[str], d: int, ids: set[str]) -
             for batch in pq.ParquetFile(f).iter_batches(_ROWS_PER_READ, columns=["features", "model_id"]):
                 if batch.num_rows:
                     ids.update(_model_ids(batch.column("model_id")))
-                    yield _matrix(batch.column("features"), d)
+                    yield matrix(batch.column("features"), d)
 
 
 def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> Collected:
@@ -204,7 +194,7 @@ def _model_ids(column: pa.Array | pa.ChunkedArray) -> set[str]:
 def _rows_stats(table: pa.Table, d: int) -> tuple[np.ndarray, set[str]]:
     ids = _model_ids(table.column("model_id"))
     features = table.column("features").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
-    return _matrix(features, d).astype(np.float32, copy=False), ids
+    return matrix(features, d).astype(np.float32, copy=False), ids
 
 
 def added_since(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 from ..config import Settings
 from ..io import aws, lake
 from ..pca import registry
-from ..pca.model import PcaModel
+from ..pca.model import PcaModel, matrix
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
@@ -84,13 +83,19 @@ class Status:
 
 
 @dataclass
-class _Index:
-    versions: tuple[int, int]  # (features table version, PCA model version)
+class _Rows:
+    """Rows in one PCA space: the index, or one data file's part of it."""
+
     image_ids: np.ndarray
     keys: np.ndarray
     labels: np.ndarray
     unit: np.ndarray  # (n, k) float32, rows normalised
-    files: dict[str, _Index]  # per data file, for the next build (empty on the parts themselves)
+
+
+@dataclass
+class _Index(_Rows):
+    versions: tuple[int, int]  # (features table version, PCA model version)
+    files: dict[str, _Rows]  # per data file, for the next build
 
 
 class FeatureStore:
@@ -99,7 +104,7 @@ class FeatureStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._index: _Index | None = None
-        self._model: PcaModel | None = None  # the newest PCA version, as last read
+        self._model: PcaModel | None = None  # the PCA version last read
         self._featurizer: Featurizer | None = None
 
     # --- tables -----------------------------------------------------------------------------
@@ -142,10 +147,11 @@ class FeatureStore:
         versions = {}
         limits = {"memory_limit": self.settings.query_memory_limit}
         with duckdb.connect(config=limits) as con:
-            for name in TABLES:
-                dataset, versions[name] = self.dataset(name, as_of_version if name == "features" else None)
-                con.register(name, dataset)
-            pca = self._register_features_pca(con, pca_version)
+            tables = {name: self.table(name, as_of_version if name == "features" else None) for name in TABLES}
+            for name, delta in tables.items():
+                con.register(name, lake.as_dataset(self.settings, self._location(name), delta))
+                versions[name] = delta.version()
+            pca = self._register_features_pca(con, registry.resolve(self.settings, pca_version, tables["pca_models"]))
             if pca is not None:
                 versions["pca"] = pca
             # Read-only over the tables: no file or network access of its own (read_text, COPY ... TO,
@@ -174,24 +180,20 @@ class FeatureStore:
             finally:
                 timer.cancel()
 
-    def _register_features_pca(self, con: Any, pca_version: int | None) -> int | None:
-        """The view ``features_pca`` on ``con``: ``features`` in PCA space ``pca_version`` (the
-        newest when None), and that version. Rows of another feature model, and every row before the
-        first refit, get null vectors. The model itself is read only if a statement projects a row."""
+    def _register_features_pca(self, con: Any, version: int | None) -> int | None:
+        """The view ``features_pca`` on ``con``: ``features`` in PCA space ``version`` (None before
+        the first refit: null vectors), and that version. Rows of another feature model get null
+        vectors. The model itself is read only if a statement projects a row."""
         from duckdb.sqltypes import FLOAT, VARCHAR
 
-        newest = registry.newest_version(self.settings)
-        version = newest if pca_version is None else pca_version
-        if version is not None and not 1 <= version <= (newest or 0):  # versions are 1..newest, none deleted
-            raise LookupError(f"there is no PCA version {version}; `fruits pca list` shows the versions kept")
         if version is None:
             con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (CAST(NULL AS FLOAT[]) AS pca_features, "
                         "CAST(NULL AS BIGINT) AS pca_version) FROM features")
             return None
         floats = con.list_type(FLOAT)
         # null_handling "special": the function returns nulls itself (rows of another feature model).
-        con.create_function("fruits_pca_project", _projection(lambda: self._pca(version)), [floats, VARCHAR], floats,
-                            type="arrow", null_handling="special")
+        con.create_function("fruits_pca_project", lambda features, ids: self._pca(version).project_arrow(features, ids),
+                            [floats, VARCHAR], floats, type="arrow", null_handling="special")
         con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features, model_id) "
                     f"AS pca_features, CAST({int(version)} AS BIGINT) AS pca_version) FROM features")
         return version
@@ -215,7 +217,7 @@ class FeatureStore:
     def _current_index(self) -> tuple[_Index, PcaModel]:
         """The index of the newest table and PCA versions. The model is read again only when a new
         version appears (the newest version number comes from the log's statistics alone)."""
-        newest = registry.newest_version(self.settings)
+        newest = registry.resolve(self.settings)
         if newest is None:
             raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
         model = self._pca(newest)
@@ -346,69 +348,40 @@ def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: st
 
 
 def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int],
-                 known: dict[str, _Index]) -> _Index:
+                 known: dict[str, _Rows]) -> _Index:
     """Every row's unit vector in ``model``'s space. Data files already in ``known`` (the previous
     build's, on the same model) are taken from it, the others read: after a micro-batch, a rebuild
     reads just the batch's new files. A row's vector is the stream's projection where it used this
     model, else projected here a batch at a time (memory: the k-dimensional vectors, not the rows)."""
-    files = {}
-    for fragment in dataset.get_fragments():
-        files[fragment.path] = known.get(fragment.path) or _file_part(fragment, dataset.schema, model)
+    files = {f.path: known.get(f.path) or _file_part(f, dataset.schema, model) for f in dataset.get_fragments()}
     parts = [p for p in files.values() if len(p.keys)]
     if not parts:
         raise LookupError("the features table is empty")
-    return _Index(versions, *(np.concatenate([getattr(p, name) for p in parts])
-                              for name in ("image_ids", "keys", "labels", "unit")), files)
+    return _Index(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("image_ids", "keys", "labels",
+                                                                                     "unit")), versions, files)
 
 
-def _file_part(fragment: ds.Fragment, schema: pa.Schema, model: PcaModel) -> _Index:
-    """One data file's rows in ``model``'s space."""
+def _file_part(fragment: ds.Fragment, schema: pa.Schema, model: PcaModel) -> _Rows:
+    """One data file's rows in ``model``'s space, read a batch at a time."""
     columns = ["image_id", "key", "label", "pca_version", "pca_features", "features"]
-    ids, keys, labels, vectors = [], [], [], [np.empty((0, model.k), dtype=np.float32)]
+    names, unit = ("image_id", "key", "label"), [np.empty((0, model.k), dtype=np.float32)]
+    kept: dict[str, list[np.ndarray]] = {name: [np.array([], dtype=object)] for name in names}
     for batch in fragment.to_batches(schema=schema, columns=columns, batch_size=8192):
-        ids.append(batch.column("image_id").to_numpy(zero_copy_only=False))
-        keys.append(batch.column("key").to_numpy(zero_copy_only=False))
-        labels.append(batch.column("label").to_numpy(zero_copy_only=False))
-        vectors.append(_in_space(batch, model))
-    unit = np.concatenate(vectors)
-    norms = np.linalg.norm(unit, axis=1, keepdims=True)
-    unit /= np.where(norms == 0, 1, norms)
-    empty = np.array([], dtype=object)
-    return _Index((-1, model.version), np.concatenate(ids or [empty]), np.concatenate(keys or [empty]),
-                  np.concatenate(labels or [empty]), unit, {})
+        for name in names:
+            kept[name].append(batch.column(name).to_numpy(zero_copy_only=False))
+        unit.append(_in_space(batch, model))
+    vectors = np.concatenate(unit)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= np.where(norms == 0, 1, norms)
+    return _Rows(*(np.concatenate(kept[name]) for name in names), vectors)
 
 
-def _in_space(batch: pa.RecordBatch, model: PcaModel) -> np.ndarray:
-    """The batch's vectors in ``model``'s space (float32)."""
-    on_model = pc.fill_null(pc.equal(batch.column("pca_version"), model.version), False).to_numpy(zero_copy_only=False)
-    out = np.empty((batch.num_rows, model.k), dtype=np.float32)
+def _in_space(rows: pa.RecordBatch, model: PcaModel) -> np.ndarray:
+    """The rows' vectors in ``model``'s space (float32)."""
+    on_model = pc.fill_null(pc.equal(rows.column("pca_version"), model.version), False).to_numpy(zero_copy_only=False)
+    out = np.empty((rows.num_rows, model.k), dtype=np.float32)
     if on_model.any():
-        out[on_model] = _matrix(batch.column("pca_features").filter(pa.array(on_model)), model.k)
+        out[on_model] = matrix(rows.column("pca_features").filter(pa.array(on_model)), model.k)
     if not on_model.all():
-        out[~on_model] = model.project(_matrix(batch.column("features").filter(pa.array(~on_model)),
-                                               len(model.mean)))
+        out[~on_model] = model.project(matrix(rows.column("features").filter(pa.array(~on_model)), len(model.mean)))
     return out
-
-
-def _matrix(column: pa.Array, width: int) -> np.ndarray:
-    """A list<float> column of ``width``-long lists as an (n, width) array."""
-    return pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), width)
-
-
-def _projection(model: Callable[[], PcaModel]) -> Callable[[pa.ChunkedArray, pa.ChunkedArray], pa.Array]:
-    """A DuckDB vectorised function: a chunk of ``features`` lists and their ``model_id`` to their
-    vectors in ``model()``'s space (called on the first chunk: a statement that projects no row reads
-    no model); null for rows of another feature model."""
-
-    def project(features: pa.ChunkedArray, model_ids: pa.ChunkedArray) -> pa.Array:
-        pca = model()
-        column = features.combine_chunks()
-        same_model = pc.fill_null(pc.equal(model_ids.combine_chunks(), pca.feature_model_id), False)
-        mine = pc.and_(same_model, pc.is_valid(column)).to_numpy(zero_copy_only=False)
-        vectors = np.zeros((len(column), pca.k), dtype=np.float32)
-        if mine.any():
-            vectors[mine] = pca.project(_matrix(column.filter(pa.array(mine)), len(pca.mean)))
-        offsets = pa.array(np.arange(0, vectors.size + 1, pca.k, dtype=np.int32))
-        return pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()), mask=pa.array(~mine))
-
-    return project
