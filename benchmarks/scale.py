@@ -20,6 +20,11 @@ heap grew, which its collector decides as much as what it holds (4 GB allowed). 
 also records ``driver_held_mb`` after the micro-batches: the JVM's heap in use right after a full
 collection, and the Python driver's resident set.
 
+The similarity index (``fruits.similarity``) is timed apart from the refit that runs it: a full
+build over the table (``index_build_s``, ``index_mb_per_million_rows``), then one update after the
+timed refits (``index_update_s``: their +1 % rows each). The queries then run with a tail of 1 %
+rows newer than the index, searched exactly, as between two refits.
+
 Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--ledger-commits 1000,20000]
                                   [--repeat 5] [--restarts 3] [--cache work/scale-cache]
 """
@@ -49,6 +54,7 @@ from deltalake.exceptions import DeltaError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fruits import similarity  # noqa: E402
 from fruits.config import Settings  # noqa: E402
 from fruits.io import aws, lake  # noqa: E402
 from fruits.local import emulator, ingest, upload  # noqa: E402
@@ -265,17 +271,27 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
     pending, _ = uploaded_and_ingested(settings, images, STATUS_KEYS, f"p{n}-")
 
     # A refit first takes in the stream's rows since the cached fit (a warm-up, not timed), so that
-    # each timed refit reads +1 % rows and nothing else.
-    refit(spark, settings)
+    # each timed refit reads +1 % rows and nothing else. The similarity index is timed on its own:
+    # its first build here, then one update after the refits (what the refit job does after a fit).
+    refit(spark, settings, update_index=False)
+    out.update(measure_index_build(settings, n))
     refits, rows_added = [], 0
     while len(refits) < args.repeat and (not refits or sum(refits) < REFIT_BUDGET_S):
         append_synthetic(settings, n + rows_added, n // 100, model_id)
         rows_added += n // 100
         started = time.perf_counter()
-        fit = refit(spark, settings)  # what `fruits pca refit` does: fit, store, plots
+        fit = refit(spark, settings, update_index=False)  # `fruits pca refit` without the index: fit, store, plots
         refits.append(time.perf_counter() - started)
         log.info("%d rows: refit (%s, %d rows read, %s) took %.1f s", n, fit.mode, fit.rows_read, fit.solver, refits[-1])
     out["refit_s"], out["refit_all_s"] = statistics.median(refits), refits
+    done = similarity.update(settings)
+    out["index_update_s"], out["index_update_rows"], out["index_segments"] = (
+        done.seconds, done.rows_added, len(done.manifest.segments))
+    log.info("%d rows: index update (%s, %d rows) took %.1f s: %d segments", n, done.mode, done.rows_added,
+             done.seconds, out["index_segments"])
+    # A tail for the queries: 1 % more rows since the index's update, searched exactly.
+    append_synthetic(settings, n + rows_added, n // 100, model_id)
+    out["index_tail_rows"] = n // 100
 
     rng = np.random.default_rng(3)
     processed = [synthetic_key(int(i)) for i in rng.choice(n, size=max(50, 10 * args.repeat), replace=False)]
@@ -286,6 +302,16 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
     out["checkpoint_bytes"] = folder_bytes(Path(settings.checkpoint))
     shutil.rmtree(settings.table_root)  # a copy: the cache keeps the history
     return out
+
+
+def measure_index_build(settings: Settings, n: int) -> dict[str, Any]:
+    """A full build of the similarity index over the table, and its size."""
+    done = similarity.update(settings, rebuild=True)
+    size = folder_bytes(Path(settings.table_root) / "similarity")
+    log.info("%d rows: similarity index built in %.1f s (%d rows, %.0f MB)", n, done.seconds, done.manifest.rows,
+             size / 1e6)
+    return {"index_build_s": done.seconds, "index_rows": done.manifest.rows, "index_bytes": size,
+            "index_mb_per_million_rows": size / 1e6 / done.manifest.rows * 1e6}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -492,10 +518,10 @@ def main() -> None:
              "minutes": round((time.time() - began) / 60, 1), "load_average_at_end": [round(x, 2) for x in load],
              "discovery": discovery, **results}
     extra_json.write_text(json.dumps(extra, indent=1) + "\n")
-    print_table(scale)
+    print_table(scale, extra)
 
 
-def print_table(scale: dict[str, Any]) -> None:
+def print_table(scale: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     sizes, counts = scale["rows"], scale["ledger_commits"]
 
     def ratio(name: str, keys: list[int]) -> float:
@@ -514,6 +540,12 @@ def print_table(scale: dict[str, Any]) -> None:
         ("status p50, worst size (ms)", max(scale["status_p50_ms"].values()), "<= 50"),
     ]
     print(json.dumps(scale, indent=1))
+    if extra:
+        largest = extra[str(sizes[-1])]
+        print(f"similarity index at {sizes[-1]:,} rows: built in {largest['index_build_s']:.0f} s, "
+              f"{largest['index_mb_per_million_rows']:.0f} MB per million rows; an update of "
+              f"{largest['index_update_rows']:,} rows {largest['index_update_s']:.1f} s, "
+              f"{largest['index_segments']} segments")
     for name, value, target in checks:
         op, bound = target.split()
         ok = {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[op]

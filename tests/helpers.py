@@ -65,14 +65,15 @@ def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.nd
     return x.astype(np.float32)
 
 
-def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID) -> None:
-    """A blind append of feature rows, as the stream writes them."""
+def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID,
+                first: int = 0) -> None:
+    """A blind append of feature rows, as the stream writes them (keys numbered from ``first``)."""
     from fruits.spark.schema import FEATURES
     now = dt.datetime.now(dt.timezone.utc)
     labels = labels or [f"class {i % 5}" for i in range(len(x))]
     rows = pd.DataFrame({
         "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
-        "key": [f"uploads/{lab}/{i}.jpg" for i, lab in enumerate(labels)], "label": labels,
+        "key": [f"uploads/{lab}/{first + i}.jpg" for i, lab in enumerate(labels)], "label": labels,
         "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
         "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
     })

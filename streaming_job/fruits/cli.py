@@ -173,6 +173,10 @@ def _print_refit(fit: Any) -> None:
           + ", ".join(f"{name} {s:.1f}s" for name, s in fit.seconds.items()), flush=True)
     for uri in fit.plots:
         print(f"  plot: {uri}", flush=True)
+    if (index := fit.index) is not None and index.manifest is not None:
+        m = index.manifest
+        print(f"  similarity index: {index.mode} ({index.reason}), {m.rows} rows in {len(m.segments)} segment(s), "
+              f"PCA version {m.pca_version}, features version {m.features_version}, {index.seconds:.1f}s", flush=True)
 
 
 def cmd_pca_list(args: argparse.Namespace) -> int:
@@ -427,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("-k", type=int, default=10, help="number of neighbours")
     lookup.add_argument("--weights", help="for a local image: the weights the table was featurized with")
     lookup.add_argument("--json", action="store_true")
-    sub.add_parser("similar", parents=[lookup], help="nearest images in the current PCA space (cosine)") \
+    sub.add_parser("similar", parents=[lookup], help="nearest images (cosine, the similarity index's PCA space)") \
         .set_defaults(func=cmd_similar)
     sub.add_parser("classify", parents=[lookup], help="suggest a label: majority of the k nearest labelled rows") \
         .set_defaults(func=cmd_classify)

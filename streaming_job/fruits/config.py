@@ -27,6 +27,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` | tasks Delta rebuilds a table's state with | ``2`` |
 | ``FRUITS_SPARK_LOG_LEVEL`` | the JVM's log level | ``WARN`` |
 | ``FRUITS_METRICS_NAMESPACE`` | CloudWatch namespace the stream publishes its per-micro-batch metrics to (infra/ sets ``Fruits``); unset: a log line only | unset |
+| ``FRUITS_INDEX_CACHE`` | where a reader keeps its copy of the similarity index's segments when the tables are on S3 | ``~/.cache/fruits/index`` |
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
 | ``FRUITS_QUERY_TIMEOUT_SECONDS`` | a DuckDB query (``fruits query --engine duckdb``, ``FeatureStore.sql``) is stopped after this long | ``60`` |
 | ``FRUITS_QUERY_MEMORY_LIMIT`` | the memory a DuckDB query may use (DuckDB's ``memory_limit``: ``512MB``, ``2GB``...) | ``2GB`` |
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
     delta_snapshot_partitions: int = Field(2, ge=1)
     spark_log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     jars_dir: str | None = None
+    index_cache: str = "~/.cache/fruits/index"
     metrics_namespace: str | None = None
     lease_seconds: float = Field(120.0, ge=3)
     poison_attempts: int = Field(3, ge=1)

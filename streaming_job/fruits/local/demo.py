@@ -78,6 +78,9 @@ def run(
         done(f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, {model.row_count} rows")
         for uri in fit.plots:
             print(f"    plot: {uri}")
+        if fit.index is not None and fit.index.manifest is not None:
+            print(f"    similarity index: {fit.index.mode}, {fit.index.manifest.rows} rows "
+                  f"({settings.table_root}/similarity)")
 
         counts = sql.sql(
             spark, settings,

@@ -20,7 +20,9 @@ only: it never rewrites ``features``, so its cost follows the rows added since t
 table. Rows keep the projection the stream gave them at ingest (``pca_version``: the newest model
 then); a reader that wants every row in one space projects where it reads (``registry``, the
 ``features_pca`` view, the store). Two plots are written next to each version, from a bounded
-sample of rows: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``.
+sample of rows: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``. Then the refit
+brings the similarity index up to date (``fruits.similarity.update``: the new rows as a segment, or
+a rebuild in the new version once the table has doubled), under the same lease.
 
 Example::
 
@@ -44,6 +46,8 @@ from pyspark.sql import SparkSession
 
 from ..config import Settings
 from ..io import lake
+from .. import similarity
+from ..similarity import IndexUpdate
 from ..spark import tables as table
 from . import registry
 from .model import PcaModel, basis_size, solve, update
@@ -64,6 +68,7 @@ class Refit:
     solver: str
     seconds: dict[str, float] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+    index: IndexUpdate | None = None
 
 
 def refit(
@@ -74,11 +79,12 @@ def refit(
     k: int | None = None,
     full: bool = False,
     write_plots: bool = True,
+    update_index: bool = True,
     guard: Callable[[], None] | None = None,
 ) -> Refit:
-    """Fit a new PCA version, store it and its statistics, draw the plots. Writes the PCA tables
-    only: ``features`` is read, never rewritten. ``guard`` is called right before each commit
-    (``fruits pca refit``: its lease is still its own)."""
+    """Fit a new PCA version, store it and its statistics, draw the plots, update the similarity
+    index. Writes the PCA tables and the index only: ``features`` is read, never rewritten.
+    ``guard`` is called right before each commit (``fruits pca refit``: its lease is still its own)."""
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -115,7 +121,8 @@ def refit(
             and last.row_count == stats.n:
         # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
-        return Refit(last, "unchanged", 0, solver, seconds)
+        index = _update_index(update_index, spark, settings, seconds, guard)
+        return Refit(last, "unchanged", 0, solver, seconds, index=index)
     model = PcaModel(
         version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
         explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
@@ -136,9 +143,19 @@ def refit(
 
         written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
+    index = _update_index(update_index, spark, settings, seconds, guard)
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
              ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
-    return Refit(model, mode, rows_read, solver, seconds, written)
+    return Refit(model, mode, rows_read, solver, seconds, written, index)
+
+
+def _update_index(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
+                  guard: Callable[[], None] | None) -> IndexUpdate | None:
+    if not wanted:
+        return None
+    done = similarity.update(settings, guard=guard, spark=spark)
+    seconds["index"] = done.seconds
+    return done
 
 
 def run_periodically(

@@ -11,18 +11,15 @@ Example::
     store.classify(Path("photo.jpg"))                  # Suggestion(label='Banana', confidence=0.9, ...)
     store.status("uploads/Banana/r_1.jpg").state       # 'processed'
 
-``similar`` and ``classify`` work in the newest PCA space with cosine distance; a local file is
-featurized with the pipeline's own decoding and weights (``settings.weights``, which must be the
-weights the table was featurized with). Rows the stream projected with an older PCA version (or
-with none) are projected here, so every answer uses one model version. ``sql`` offers the view
-``features_pca``: every row in one chosen PCA space.
+``similar`` and ``classify`` search the similarity index (``fruits.similarity``: HNSW segments the
+refit keeps up to date, and the rows newer than them searched exactly), in the index's PCA version
+with cosine distance; a local file is featurized with the pipeline's own decoding and weights
+(``settings.weights``, which must be the weights the table was featurized with). ``sql`` offers
+the view ``features_pca``: every row in one chosen PCA space.
 
-Limitations: the search is brute force over every row's PCA vector, held in memory: about 400
-bytes a row at k=92, so comfortable up to a few million rows; beyond that, put an ANN index behind
-the same API. A new table version reads only its new data files (the others' vectors are kept, per
-file); a new PCA version reads and projects every row again. ``status`` looks a key up in
-``features``, ``quarantine`` and the uploads ledger, reading only the files whose key statistics
-(delta-rs's min/max per file) can hold it.
+Limitations: the neighbours are approximate (recall@10 0.95 or more against exact search,
+measured by bench-scale). ``status`` looks a key up in ``features``, ``quarantine`` and the uploads
+ledger, reading only the files whose key statistics (delta-rs's min/max per file) can hold it.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
@@ -45,7 +41,8 @@ from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 from ..config import Settings
 from ..io import aws, lake
 from ..pca import registry
-from ..pca.model import PcaModel, matrix
+from ..pca.model import PcaModel
+from ..similarity import SimilarityIndex
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
@@ -82,28 +79,12 @@ class Status:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class _Rows:
-    """Rows in one PCA space: the index, or one data file's part of it."""
-
-    image_ids: np.ndarray
-    keys: np.ndarray
-    labels: np.ndarray
-    unit: np.ndarray  # (n, k) float32, rows normalised
-
-
-@dataclass
-class _Index(_Rows):
-    versions: tuple[int, int]  # (features table version, PCA model version)
-    files: dict[str, _Rows]  # per data file, for the next build
-
-
 class FeatureStore:
     """Read-only access to the pipeline's Delta tables, with no JVM."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._index: _Index | None = None
+        self._similar = SimilarityIndex(settings)
         self._model: PcaModel | None = None  # the PCA version last read
         self._featurizer: Featurizer | None = None
 
@@ -214,31 +195,16 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _current_index(self) -> tuple[_Index, PcaModel]:
-        """The index of the newest table and PCA versions. The model is read again only when a new
-        version appears (the newest version number comes from the log's statistics alone)."""
-        newest = registry.resolve(self.settings)
-        if newest is None:
-            raise LookupError("no PCA model yet: run `fruits pca refit` once the table has rows")
-        model = self._pca(newest)
-        features, version = self.dataset("features")
-        versions = (version, newest)
-        if self._index is None or self._index.versions != versions:
-            known = self._index.files if self._index is not None and self._index.versions[1] == newest else {}
-            self._index = _build_index(features, model, versions, known)
-        return self._index, model
-
-    def _vector(self, target: str | Path, index: _Index, model: PcaModel) -> tuple[np.ndarray, str | None]:
-        """``target``'s vector in ``model``'s space and its image id if it is in the table. ``target``
-        is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local image as a ``Path``."""
+    def _vector(self, target: str | Path) -> tuple[np.ndarray, str | None]:
+        """``target``'s vector in the index's PCA space and its image id if it is in the table.
+        ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
+        image as a ``Path``."""
         if isinstance(target, Path):
+            self._similar.refresh()
+            model = self._similar.model
+            assert model is not None
             return model.project(self._featurize_file(target, model.feature_model_id))[0], None
-        key = aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target)
-        matches = np.flatnonzero(index.keys == key)
-        if len(matches) == 0:
-            raise KeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
-        i = matches[-1]
-        return index.unit[i], str(index.image_ids[i])
+        return self._similar.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
         # Imported here: only a local photo needs the model (and compiling it needs TensorFlow).
@@ -261,43 +227,25 @@ class FeatureStore:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], PcaModel]:
-        """The neighbours and the model they were found with (the tables are read once per call)."""
-        index, model = self._current_index()
-        query, own_id = self._vector(target, index, model)
-        norm = float(np.linalg.norm(query))
-        if norm == 0.0:
+    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], int]:
+        """The neighbours and the PCA version they were found in."""
+        query, own_id = self._vector(target)
+        if float(np.linalg.norm(query)) == 0.0:
             raise ValueError("the target's PCA vector is all zeros; no direction to compare")
-        distances = 1.0 - index.unit @ (query / norm).astype(np.float32)
-        keep = np.ones(len(distances), dtype=bool)
-        if own_id is not None:
-            keep &= index.image_ids != own_id
-        if labelled_only:
-            keep &= index.labels != None  # noqa: E711 (element-wise on an object array)
-        candidates = np.flatnonzero(keep)
-        nearest = candidates[np.argsort(distances[candidates], kind="stable")[:k]]
-        neighbours = [
-            Neighbour(key=str(index.keys[i]), label=index.labels[i], distance=float(distances[i]),
-                      image_id=str(index.image_ids[i]))
-            for i in nearest
-        ]
-        return neighbours, model
+        hits = self._similar.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
+        assert self._similar.manifest is not None
+        return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
+                self._similar.manifest.pca_version)
 
     def classify(self, target: str | Path, k: int = 10) -> Suggestion:
         """A label for ``target``: the majority of its ``k`` nearest labelled rows.
 
         Ties go to the label whose neighbours are closer in total.
         """
-        neighbours, model = self._nearest(target, k, labelled_only=True)
+        neighbours, pca_version = self._nearest(target, k, labelled_only=True)
         if not neighbours:
             raise LookupError("the table has no labelled rows to vote")
-        votes = Counter(n.label for n in neighbours)
-        closeness = Counter()
-        for n in neighbours:
-            closeness[n.label] += 1.0 - n.distance
-        label = max(votes, key=lambda name: (votes[name], closeness[name]))
-        return Suggestion(label=label, confidence=votes[label] / len(neighbours), votes=dict(votes.most_common()),
-                          neighbours=neighbours, pca_version=model.version)
+        return vote(neighbours, pca_version)
 
     # --- where is an upload -----------------------------------------------------------------
 
@@ -334,6 +282,19 @@ class FeatureStore:
                                       "reached the ingest Lambda yet")
 
 
+def vote(neighbours: list[Neighbour], pca_version: int) -> Suggestion:
+    """The majority label of ``neighbours`` (labelled); ties go to the label whose neighbours are
+    closer in total."""
+    votes = Counter(n.label for n in neighbours)
+    closeness: Counter[str | None] = Counter()
+    for n in neighbours:
+        closeness[n.label] += 1.0 - n.distance
+    label = max(votes, key=lambda name: (votes[name], closeness[name]))
+    assert label is not None
+    return Suggestion(label=label, confidence=votes[label] / len(neighbours), votes=dict(votes.most_common()),
+                      neighbours=neighbours, pca_version=pca_version)
+
+
 def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,
                    also: pc.Expression | None = None) -> list[dict[str, Any]]:
     """The rows of ``key`` (in ``bucket`` only, when the caller named one; matching ``also``, a
@@ -345,43 +306,3 @@ def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: st
         wanted &= also
     found = dataset.to_table(columns=columns, filter=wanted)
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]
-
-
-def _build_index(dataset: ds.Dataset, model: PcaModel, versions: tuple[int, int],
-                 known: dict[str, _Rows]) -> _Index:
-    """Every row's unit vector in ``model``'s space. Data files already in ``known`` (the previous
-    build's, on the same model) are taken from it, the others read: after a micro-batch, a rebuild
-    reads just the batch's new files. A row's vector is the stream's projection where it used this
-    model, else projected here a batch at a time (memory: the k-dimensional vectors, not the rows)."""
-    files = {f.path: known.get(f.path) or _file_part(f, dataset.schema, model) for f in dataset.get_fragments()}
-    parts = [p for p in files.values() if len(p.keys)]
-    if not parts:
-        raise LookupError("the features table is empty")
-    return _Index(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("image_ids", "keys", "labels",
-                                                                                     "unit")), versions, files)
-
-
-def _file_part(fragment: ds.Fragment, schema: pa.Schema, model: PcaModel) -> _Rows:
-    """One data file's rows in ``model``'s space, read a batch at a time."""
-    columns = ["image_id", "key", "label", "pca_version", "pca_features", "features"]
-    names, unit = ("image_id", "key", "label"), [np.empty((0, model.k), dtype=np.float32)]
-    kept: dict[str, list[np.ndarray]] = {name: [np.array([], dtype=object)] for name in names}
-    for batch in fragment.to_batches(schema=schema, columns=columns, batch_size=8192):
-        for name in names:
-            kept[name].append(batch.column(name).to_numpy(zero_copy_only=False))
-        unit.append(_in_space(batch, model))
-    vectors = np.concatenate(unit)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors /= np.where(norms == 0, 1, norms)
-    return _Rows(*(np.concatenate(kept[name]) for name in names), vectors)
-
-
-def _in_space(rows: pa.RecordBatch, model: PcaModel) -> np.ndarray:
-    """The rows' vectors in ``model``'s space (float32)."""
-    on_model = pc.fill_null(pc.equal(rows.column("pca_version"), model.version), False).to_numpy(zero_copy_only=False)
-    out = np.empty((rows.num_rows, model.k), dtype=np.float32)
-    if on_model.any():
-        out[on_model] = matrix(rows.column("pca_features").filter(pa.array(on_model)), model.k)
-    if not on_model.all():
-        out[~on_model] = model.project(matrix(rows.column("features").filter(pa.array(~on_model)), len(model.mean)))
-    return out

@@ -1,0 +1,239 @@
+"""Builds and updates the similarity index. The refit runs ``update`` after each fit, under its
+lease: the index has one writer, like the PCA tables.
+
+``update`` does one of:
+
+- **build**: every row of ``features`` in the newest PCA version, one segment. When there is no
+  index yet, when asked (``rebuild``), when the feature model changed, or when the newest PCA
+  version was fitted on ``REBUILD_GROWTH`` times the rows of the index's version. The vectors'
+  space changes only then: between builds the table at least doubles, so each row is read by a
+  build a bounded number of times over the table's life, however often the refit runs.
+- **append**: the rows of the commits since the version the index covers (the change data feed),
+  projected into the index's PCA version, become a new segment; then the newest two segments merge
+  while the older holds at most ``MERGE_RATIO`` times the newer's rows (a log-structured merge:
+  O(log n) segments, a row rewritten O(log n) times). Its cost follows the new rows.
+
+The new segments are written, then the manifest (readers switch on their next refresh); files a
+manifest no longer names are deleted ``GRACE_SECONDS`` later, when no reader still opens them.
+
+Example::
+
+    done = update(settings)              # after a refit; `fruits pca refit` does it
+    done.mode, done.manifest.rows        # ('appended', 1_000_000)
+
+Limitations: a build holds the index in memory (about k x 2 bytes and ~130 bytes of graph a row:
+0.8 GB per million rows at k=340) and runs on the refit's driver.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from deltalake import DeltaTable
+from pyarrow import fs as pa_fs
+
+from ..config import Settings
+from ..io import aws, changes, lake
+from ..pca import registry
+from ..pca.model import PcaModel
+from .index import MANIFEST, SOURCE_COLUMNS, Manifest, in_space, local_folder, read_manifest, storage
+from .segment import ROW_COLUMNS, Segment, SegmentInfo, new_index, write
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+REBUILD_GROWTH = 2.0
+MERGE_RATIO = 4
+GRACE_SECONDS = 3600.0
+PROGRESS_ROWS = 100_000
+
+
+@dataclass
+class IndexUpdate:
+    """What ``update`` did: ``built``, ``appended``, ``unchanged`` or ``none`` (no PCA version yet)."""
+
+    mode: str
+    manifest: Manifest | None
+    rows_added: int
+    seconds: float
+    reason: str
+
+
+def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], None] | None = None,
+           spark: SparkSession | None = None) -> IndexUpdate:
+    """Bring the index up to the ``features`` table's newest version (see the module). ``guard`` is
+    called right before the manifest is written (the caller's lease is still its own); ``spark``
+    reads a table with deletion vectors for a build (Arrow reads files, which would bring deleted
+    rows back)."""
+    started = time.perf_counter()
+    newest = registry.model(settings)
+    if newest is None:
+        return IndexUpdate("none", None, 0, 0.0, "no PCA version yet")
+    manifest = read_manifest(settings)
+    table = lake.delta_table(settings, settings.features_table)
+    version = table.version()
+    reason = _build_reason(manifest, newest, rebuild)
+    rows = None
+    if manifest is not None and reason is None:
+        if version == manifest.features_version:
+            return IndexUpdate("unchanged", manifest, 0, time.perf_counter() - started,
+                               f"covers features version {version}")
+        rows = changes.appended_rows(settings, settings.features_table, manifest.features_version, version,
+                                     SOURCE_COLUMNS, table=table)
+        if rows is None:
+            reason = f"the commits since features version {manifest.features_version} cannot be followed"
+    with tempfile.TemporaryDirectory(prefix="fruits-index-") as work:
+        if manifest is None or reason is not None or rows is None:
+            new = _build(settings, newest, table, Path(work), manifest, spark)
+            mode, added = "built", new.rows
+        else:
+            new = _append(settings, manifest, rows, version, Path(work))
+            mode, added = "appended", rows.num_rows
+            reason = f"{added} rows since features version {manifest.features_version}"
+        if guard is not None:
+            guard()
+        _publish(settings, new, Path(work))
+    _collect_garbage(settings, new)
+    seconds = time.perf_counter() - started
+    log.info("similarity index %s (%s): %d rows added, %d rows in %d segments, PCA v%d, features version %d, %.1f s",
+             mode, reason, added, new.rows, len(new.segments), new.pca_version, new.features_version, seconds)
+    return IndexUpdate(mode, new, added, seconds, reason or "")
+
+
+def _build_reason(manifest: Manifest | None, newest: PcaModel, rebuild: bool) -> str | None:
+    if manifest is None:
+        return "no index yet"
+    if rebuild:
+        return "asked to rebuild"
+    if newest.version == manifest.pca_version:
+        return None
+    if newest.feature_model_id != manifest.feature_model_id:
+        return f"the feature model is now {newest.feature_model_id}"
+    if newest.row_count >= REBUILD_GROWTH * manifest.pca_rows:
+        return (f"PCA v{newest.version} was fitted on {newest.row_count} rows, v{manifest.pca_version} "
+                f"on {manifest.pca_rows}")
+    return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _build(settings: Settings, model: PcaModel, table: DeltaTable, work: Path, old: Manifest | None,
+           spark: SparkSession | None) -> Manifest:
+    """Every row in ``model``'s space, one segment, in a new build folder."""
+    build = f"v{model.version}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
+    index, parts, done = new_index(model.k), [], 0
+    for batch in _batches(settings, table, spark):
+        if batch.num_rows:
+            index.add(np.arange(done, done + batch.num_rows, dtype=np.uint64), in_space(batch, model))
+            parts.append(pa.Table.from_batches([batch.select(list(ROW_COLUMNS))]))
+            if (done + batch.num_rows) // PROGRESS_ROWS > done // PROGRESS_ROWS:
+                log.info("similarity index %s: %d rows indexed", build, done + batch.num_rows)
+            done += batch.num_rows
+    segments = (write(work / build, 0, _strings(parts), index),) if done else ()
+    retired = _retire(old, old.segments) if old is not None else ()
+    return Manifest(build, model.version, model.row_count, model.feature_model_id, model.k, table.version(), segments,
+                    _now(), retired)
+
+
+def _retire(manifest: Manifest, segments: list[SegmentInfo] | tuple[SegmentInfo, ...]) -> tuple[tuple[str, str], ...]:
+    """The manifest's retired files still within the grace period, and ``segments``' files from now."""
+    horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=GRACE_SECONDS)
+    kept = tuple((path, at) for path, at in manifest.retired if dt.datetime.fromisoformat(at) > horizon)
+    return (*kept, *((f"{manifest.build}/{name}", _now()) for s in segments for name in s.files))
+
+
+def _batches(settings: Settings, table: DeltaTable, spark: SparkSession | None) -> Iterator[pa.RecordBatch]:
+    """The table's rows (``SOURCE_COLUMNS``) a batch at a time; through Spark, all at once, for a
+    table with deletion vectors or column mapping."""
+    if lake.plain_files(table):
+        yield from lake.as_dataset(settings, settings.features_table, table).to_batches(columns=SOURCE_COLUMNS,
+                                                                                        batch_size=8192)
+        return
+    if spark is None:
+        raise LookupError(f"the features table {settings.features_table} has deletion vectors or column mapping: "
+                          "only the refit (with Spark) can build the similarity index over it")
+    from ..spark import tables
+
+    rows = tables.read(spark, settings.features_table, version=table.version()).select(*SOURCE_COLUMNS)
+    yield from rows.toArrow().to_batches(max_chunksize=8192)
+
+
+def _strings(parts: list[pa.Table]) -> pa.Table:
+    """The row columns as plain strings (delta-rs may give string views)."""
+    schema = pa.schema([(name, pa.string()) for name in ROW_COLUMNS])
+    return pa.concat_tables([p.select(list(ROW_COLUMNS)).cast(schema) for p in parts])
+
+
+def _append(settings: Settings, manifest: Manifest, rows: pa.Table, version: int, work: Path) -> Manifest:
+    """``rows`` as a new segment, then the log-structured merge."""
+    if not rows.num_rows:
+        return replace(manifest, features_version=version, updated_at=_now())
+    model = registry.model(settings, manifest.pca_version)
+    folder = work / manifest.build
+    existing = local_folder(settings, manifest.build, manifest.segments)
+    segments = [*manifest.segments, write(folder, manifest.next_key, _strings([rows]), new_index(model.k),
+                                          in_space(rows, model))]
+    retired: list[SegmentInfo] = []
+    while len(segments) >= 2 and segments[-2].rows <= MERGE_RATIO * segments[-1].rows:
+        older, newer = (Segment.open(folder if (folder / s.files[0]).exists() else existing, s, view=view)
+                        for s, view in ((segments[-2], False), (segments[-1], True)))
+        merged = write(folder, older.info.first, _strings([older.rows, newer.rows]), older.index,
+                       newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))))
+        retired += [s for s in segments[-2:] if s in manifest.segments]
+        segments[-2:] = [merged]
+    return replace(manifest, features_version=version, segments=tuple(segments), updated_at=_now(),
+                   retired=_retire(manifest, retired))
+
+
+def _publish(settings: Settings, manifest: Manifest, work: Path) -> None:
+    """Copy the new segments' files beside the others, then write the manifest: on S3 one PUT, on a
+    local disk a rename, so a reader sees the old manifest or the new one."""
+    fs, base = storage(settings)
+    local = pa_fs.LocalFileSystem()
+    fs.create_dir(f"{base}/{manifest.build}", recursive=True)
+    for info in manifest.segments:
+        for name in info.files:
+            if (work / manifest.build / name).exists():
+                pa_fs.copy_files(str(work / manifest.build / name), f"{base}/{manifest.build}/{name}",
+                                 source_filesystem=local, destination_filesystem=fs)
+    text = manifest.to_json().encode()
+    if aws.is_s3(settings.table_root):
+        with fs.open_output_stream(f"{base}/{MANIFEST}") as out:
+            out.write(text)
+    else:
+        partial = Path(base) / f"{MANIFEST}.partial"
+        partial.write_bytes(text)
+        os.replace(partial, Path(base) / MANIFEST)
+
+
+def _collect_garbage(settings: Settings, manifest: Manifest) -> None:
+    """Delete the files retired more than ``GRACE_SECONDS`` ago, and any other file the manifest does
+    not name that is that old (a build that failed before its manifest)."""
+    fs, base = storage(settings)
+    named = {MANIFEST, *(f"{manifest.build}/{name}" for s in manifest.segments for name in s.files)}
+    horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=GRACE_SECONDS)
+    recent = {path for path, at in manifest.retired if dt.datetime.fromisoformat(at) > horizon}
+    for info in fs.get_file_info(pa_fs.FileSelector(base, recursive=True)):
+        relative = info.path[len(base) + 1:]
+        if info.type != pa_fs.FileType.File or relative in named or relative in recent:
+            continue
+        if info.mtime is None or info.mtime.astimezone(dt.UTC) < horizon:
+            fs.delete_file(info.path)
+    if not aws.is_s3(settings.table_root):  # S3 has no folders to leave behind
+        for folder in Path(base).iterdir():
+            if folder.is_dir() and folder.name != manifest.build and not any(folder.iterdir()):
+                folder.rmdir()

@@ -1,0 +1,276 @@
+"""The similarity index as readers see it: a manifest naming segments, and the rows newer than them.
+
+The index lives under ``<table root>/similarity/`` (a local folder or S3): ``current.json`` (the
+manifest: the PCA version the vectors are in, the ``features`` table version they cover, the
+segments) and one folder per build holding the segments' files. Only the index's builder
+(``builder.update``, run by the refit) writes there; a reader never reads the table to open it.
+
+A reader (``SimilarityIndex``) opens the segments memory-mapped (on S3: copied once into a local
+cache, ``FRUITS_INDEX_CACHE``) and follows the table: the rows of the commits since the version the
+index covers are the *tail*, read through the change data feed and searched exactly. So an answer
+is never staler than the table, and the tail is bounded by the time between two index updates.
+
+Example::
+
+    index = SimilarityIndex(settings)
+    vector, image_id = index.vector_of("uploads/Banana/1.jpg")
+    index.nearest(vector, k=10, exclude=image_id)      # [Hit(distance=0.04, image_id=..., key=..., label=...), ...]
+
+Limitations: a reader re-reads the manifest at most every ``REFRESH_SECONDS`` (until then the tail
+covers what a newer manifest would); commits that changed or deleted rows, or an index older
+than VACUUM's retention, cannot be followed (``LookupError``: the refit's next update fixes it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from pyarrow import fs as pa_fs
+
+from ..config import Settings
+from ..io import aws, changes, lake
+from ..pca import registry
+from ..pca.model import PcaModel, matrix
+from .segment import ROW_COLUMNS, Segment, SegmentInfo
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "current.json"
+REFRESH_SECONDS = 10.0
+# What the tail and the builder read of a row: its identity and what its vector is made from.
+SOURCE_COLUMNS = [*ROW_COLUMNS, "pca_version", "pca_features", "features"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    build: str  # the folder of this build's segments
+    pca_version: int
+    pca_rows: int  # the rows that PCA version was fitted on (the builder rebuilds as the table outgrows it)
+    feature_model_id: str
+    k: int
+    features_version: int  # the features table version the segments cover
+    segments: tuple[SegmentInfo, ...]
+    updated_at: str
+    retired: tuple[tuple[str, str], ...] = ()  # (file under the root, when) no longer named: deleted later
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.segments)
+
+    @property
+    def next_key(self) -> int:
+        return self.segments[-1].first + self.segments[-1].rows if self.segments else 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        return cls(**{**raw, "segments": tuple(SegmentInfo(**s) for s in raw["segments"]),
+                      "retired": tuple((path, at) for path, at in raw.get("retired", ()))})
+
+
+@dataclass(frozen=True)
+class Hit:
+    distance: float  # cosine distance, 0 = same direction
+    image_id: str
+    key: str
+    label: str | None
+
+
+def root(settings: Settings) -> str:
+    return f"{settings.table_root}/similarity"
+
+
+def storage(settings: Settings) -> tuple[pa_fs.FileSystem, str]:
+    """The filesystem the index is on, and its root there."""
+    return lake.filesystem(settings), lake.path_in(root(settings))
+
+
+def read_manifest(settings: Settings) -> Manifest | None:
+    """The current manifest, or None before the first build."""
+    fs, base = storage(settings)
+    try:
+        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
+            return Manifest.from_json(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def local_folder(settings: Settings, build: str, segments: tuple[SegmentInfo, ...]) -> Path:
+    """A local folder holding ``segments`` of ``build``: the index's own on a local table root, a
+    copy in ``settings.index_cache`` on S3 (each segment copied once: they never change; the copies
+    of segments and builds the manifest no longer names are deleted)."""
+    fs, base = storage(settings)
+    if not aws.is_s3(settings.table_root):
+        return Path(base) / build
+    cache = Path(settings.index_cache).expanduser() / base
+    folder = cache / build
+    folder.mkdir(parents=True, exist_ok=True)
+    named = {name for info in segments for name in info.files}
+    for name in sorted(named):
+        if not (folder / name).exists():
+            partial = folder / f"{name}.{uuid.uuid4().hex}.partial"
+            pa_fs.copy_files(f"{base}/{build}/{name}", str(partial), source_filesystem=fs,
+                             destination_filesystem=pa_fs.LocalFileSystem())
+            partial.rename(folder / name)
+    # A reader that still maps a deleted copy keeps reading it (the file lives until unmapped).
+    for path in [*folder.iterdir(), *(p for p in cache.iterdir() if p != folder)]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name not in named and not path.name.endswith(".partial"):
+            path.unlink(missing_ok=True)
+    return folder
+
+
+def in_space(rows: pa.RecordBatch | pa.Table, model: PcaModel) -> np.ndarray:
+    """The rows' unit vectors in ``model``'s space (float32): the stream's projection where it used
+    this model, else projected here from the features."""
+    on_model = pc.fill_null(pc.equal(rows.column("pca_version"), model.version), False).to_numpy(zero_copy_only=False)
+    out = np.empty((rows.num_rows, model.k), dtype=np.float32)
+    if on_model.any():
+        out[on_model] = matrix(rows.column("pca_features").filter(pa.array(on_model)), model.k)
+    if not on_model.all():
+        out[~on_model] = model.project(matrix(rows.column("features").filter(pa.array(~on_model)), len(model.mean)))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms == 0, 1, norms)
+
+
+@dataclass
+class _Tail:
+    """The rows of commits ``after + 1 .. upto``, exactly."""
+
+    after: int
+    upto: int
+    image_ids: np.ndarray
+    keys: np.ndarray
+    labels: np.ndarray
+    unit: np.ndarray
+
+    def extend(self, rows: pa.Table, model: PcaModel, upto: int) -> None:
+        self.image_ids, self.keys, self.labels = (
+            np.concatenate([old, rows.column(name).to_numpy(zero_copy_only=False)])
+            for old, name in ((self.image_ids, "image_id"), (self.keys, "key"), (self.labels, "label")))
+        self.unit = np.concatenate([self.unit, in_space(rows, model)]) if rows.num_rows else self.unit
+        self.upto = upto
+
+
+class SimilarityIndex:
+    """A reader of the index: nearest rows to a vector, a row's vector by its upload key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manifest: Manifest | None = None
+        self.model: PcaModel | None = None
+        self._segments: list[Segment] = []
+        self._read_at = -float("inf")
+        self._table: DeltaTable | None = None
+        self._tail: _Tail | None = None
+
+    def refresh(self) -> Manifest:
+        """Follow the table (the tail) and, every ``REFRESH_SECONDS``, the manifest."""
+        if time.monotonic() - self._read_at >= REFRESH_SECONDS or self.manifest is None:
+            for attempt in (1, 2):
+                manifest = read_manifest(self.settings)
+                self._read_at = time.monotonic()
+                if manifest is None:
+                    raise LookupError("no similarity index yet: `fruits pca refit` builds it once the table has rows")
+                try:
+                    if manifest != self.manifest:
+                        self._open(manifest)
+                    break
+                except FileNotFoundError:  # a segment retired between reading the manifest and opening it
+                    if attempt == 2:
+                        raise
+        assert self.manifest is not None and self.model is not None
+        if self._table is None:
+            self._table = lake.delta_table(self.settings, self.settings.features_table)
+        else:
+            self._table.update_incremental()
+        self._follow(self._table.version())
+        return self.manifest
+
+    def _open(self, manifest: Manifest) -> None:
+        if self.model is None or self.model.version != manifest.pca_version:
+            self.model = registry.model(self.settings, manifest.pca_version)
+        folder = local_folder(self.settings, manifest.build, manifest.segments)
+        same_build = self.manifest is not None and self.manifest.build == manifest.build
+        opened = {s.info: s for s in self._segments} if same_build else {}
+        self._segments = [opened.get(info) or Segment.open(folder, info) for info in manifest.segments]
+        if self.manifest is None or self.manifest.features_version != manifest.features_version \
+                or self.manifest.pca_version != manifest.pca_version:
+            self._tail = None
+        self.manifest = manifest
+        log.info("similarity index %s: PCA v%d, %d rows in %d segments, table version %d", manifest.build,
+                 manifest.pca_version, manifest.rows, len(manifest.segments), manifest.features_version)
+
+    def _follow(self, version: int) -> None:
+        assert self.manifest is not None and self.model is not None
+        if self._tail is None:
+            empty = np.array([], dtype=object)
+            self._tail = _Tail(self.manifest.features_version, self.manifest.features_version, empty, empty, empty,
+                               np.empty((0, self.model.k), dtype=np.float32))
+        if version <= self._tail.upto:
+            return
+        rows = changes.appended_rows(self.settings, self.settings.features_table, self._tail.upto, version,
+                                     SOURCE_COLUMNS, table=self._table)
+        if rows is None:
+            raise LookupError(
+                f"the similarity index covers features version {self.manifest.features_version}, and the commits "
+                f"since then cannot be followed (rows changed, or older than VACUUM's retention); the refit's next "
+                "index update brings it up to date (`fruits pca refit`)")
+        self._tail.extend(rows, self.model, version)
+
+    def vector_of(self, key: str) -> tuple[np.ndarray, str]:
+        """The vector of upload ``key``'s newest row, and its image id (``KeyError``: no row)."""
+        self.refresh()
+        assert self._tail is not None
+        matches = np.flatnonzero(self._tail.keys == key)
+        if len(matches):
+            i = matches[-1]
+            return self._tail.unit[i], str(self._tail.image_ids[i])
+        for segment in reversed(self._segments):
+            found = segment.find(key)
+            if found:
+                return segment.vectors(found[-1:])[0], segment.rows_at(np.array(found[-1:]))["image_id"][0]
+        raise KeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
+
+    def nearest(self, query: np.ndarray, k: int, exclude: str | None = None, labelled_only: bool = False) -> list[Hit]:
+        """The ``k`` rows nearest ``query`` (cosine), the row ``exclude`` (an image id) left out: from
+        each segment's graph and the tail's exact distances."""
+        self.refresh()
+        assert self._tail is not None
+        query = np.asarray(query, dtype=np.float32)
+        hits: list[Hit] = []
+        for segment in self._segments:
+            count = k + 1
+            while True:
+                keys, distances = segment.search(query, count)
+                rows = segment.rows_at(keys)
+                kept = [Hit(float(d), i, key, label)
+                        for d, i, key, label in zip(distances, rows["image_id"], rows["key"], rows["label"])
+                        if i != exclude and (label is not None or not labelled_only)]
+                if len(kept) >= k or count >= segment.info.rows:
+                    break
+                count *= 4  # the labelled rows are further down: look deeper
+            hits += kept[:k]
+        tail = self._tail
+        if len(tail.keys):
+            norm = float(np.linalg.norm(query))
+            distances = 1.0 - tail.unit @ (query / (norm or 1.0))
+            keep = tail.image_ids != exclude
+            if labelled_only:
+                keep &= tail.labels != None  # noqa: E711 (element-wise on an object array)
+            for i in np.flatnonzero(keep)[np.argsort(distances[keep], kind="stable")[:k]]:
+                hits.append(Hit(float(distances[i]), str(tail.image_ids[i]), str(tail.keys[i]), tail.labels[i]))
+        return sorted(hits, key=lambda h: h.distance)[:k]
