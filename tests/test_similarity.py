@@ -101,7 +101,7 @@ def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, mon
 
 
 @pytest.mark.spark
-def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path) -> None:
+def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path, monkeypatch) -> None:
     s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables", index_cache=str(tmp_path / "cache"))
     table.ensure_tables(spark, s3)
     append_rows(spark, s3.features_table, synthetic_features(120, seed=6))
@@ -112,6 +112,13 @@ def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path) ->
     assert [n.key for n in store.similar("uploads/class 2/7.jpg", k=4)] == exact(store, "uploads/class 2/7.jpg", 4)
     copies = sorted(p.name for p in (tmp_path / "cache").rglob("seg-*"))
     assert copies == sorted(name for s in manifest.segments for name in s.files)
+    # An update that merges copies the segment it rewrites from S3; the reader's cache follows.
+    append_rows(spark, s3.features_table, synthetic_features(40, seed=7), first=120)
+    merged = refit(spark, s3, write_plots=False, k=5).index.manifest
+    assert [s.rows for s in merged.segments] == [160] and merged.build == manifest.build
+    monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
+    assert [n.key for n in store.similar("uploads/class 1/151.jpg", k=4)] == exact(store, "uploads/class 1/151.jpg", 4)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("seg-*")) == sorted(merged.segments[0].files)
 
 
 def test_no_index_yet_says_what_builds_it(settings) -> None:

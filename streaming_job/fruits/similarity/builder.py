@@ -46,7 +46,7 @@ from ..config import Settings
 from ..io import aws, changes, lake
 from ..pca import registry
 from ..pca.model import PcaModel
-from .index import MANIFEST, SOURCE_COLUMNS, Manifest, in_space, local_folder, read_manifest, storage
+from .index import MANIFEST, SOURCE_COLUMNS, Manifest, copy_segments, in_space, read_manifest, storage
 from .segment import ROW_COLUMNS, Segment, SegmentInfo, new_index, write
 
 if TYPE_CHECKING:
@@ -184,19 +184,29 @@ def _append(settings: Settings, manifest: Manifest, rows: pa.Table, version: int
         return replace(manifest, features_version=version, updated_at=_now())
     model = registry.model(settings, manifest.pca_version)
     folder = work / manifest.build
-    existing = local_folder(settings, manifest.build, manifest.segments)
     segments = [*manifest.segments, write(folder, manifest.next_key, _strings([rows]), new_index(model.k),
                                           in_space(rows, model))]
-    retired: list[SegmentInfo] = []
-    while len(segments) >= 2 and segments[-2].rows <= MERGE_RATIO * segments[-1].rows:
+    merges = _merges([s.rows for s in segments])
+    merging = manifest.segments[len(manifest.segments) - merges:]
+    # The segments the merge rewrites, and only those: the index's own folder, or copies from S3.
+    existing = (Path(storage(settings)[1]) / manifest.build if not aws.is_s3(settings.table_root)
+                else copy_segments(settings, manifest.build, merging, work / "merging"))
+    for _ in range(merges):
         older, newer = (Segment.open(folder if (folder / s.files[0]).exists() else existing, s, view=view)
                         for s, view in ((segments[-2], False), (segments[-1], True)))
-        merged = write(folder, older.info.first, _strings([older.rows, newer.rows]), older.index,
-                       newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))))
-        retired += [s for s in segments[-2:] if s in manifest.segments]
-        segments[-2:] = [merged]
+        segments[-2:] = [write(folder, older.info.first, _strings([older.rows, newer.rows]), older.index,
+                               newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))))]
     return replace(manifest, features_version=version, segments=tuple(segments), updated_at=_now(),
-                   retired=_retire(manifest, retired))
+                   retired=_retire(manifest, merging))
+
+
+def _merges(sizes: list[int]) -> int:
+    """How many merges the newest segment of ``sizes`` sets off."""
+    merges = 0
+    while len(sizes) >= 2 and sizes[-2] <= MERGE_RATIO * sizes[-1]:
+        sizes = [*sizes[:-2], sizes[-2] + sizes[-1]]
+        merges += 1
+    return merges
 
 
 def _publish(settings: Settings, manifest: Manifest, work: Path) -> None:

@@ -111,25 +111,31 @@ def local_folder(settings: Settings, build: str, segments: tuple[SegmentInfo, ..
     """A local folder holding ``segments`` of ``build``: the index's own on a local table root, a
     copy in ``settings.index_cache`` on S3 (each segment copied once: they never change; the copies
     of segments and builds the manifest no longer names are deleted)."""
-    fs, base = storage(settings)
     if not aws.is_s3(settings.table_root):
-        return Path(base) / build
-    cache = Path(settings.index_cache).expanduser() / base
-    folder = cache / build
-    folder.mkdir(parents=True, exist_ok=True)
+        return Path(storage(settings)[1]) / build
+    cache = Path(settings.index_cache).expanduser() / storage(settings)[1]
+    folder = copy_segments(settings, build, segments, cache / build)
     named = {name for info in segments for name in info.files}
-    for name in sorted(named):
-        if not (folder / name).exists():
-            partial = folder / f"{name}.{uuid.uuid4().hex}.partial"
-            pa_fs.copy_files(f"{base}/{build}/{name}", str(partial), source_filesystem=fs,
-                             destination_filesystem=pa_fs.LocalFileSystem())
-            partial.rename(folder / name)
     # A reader that still maps a deleted copy keeps reading it (the file lives until unmapped).
     for path in [*folder.iterdir(), *(p for p in cache.iterdir() if p != folder)]:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif path.name not in named and not path.name.endswith(".partial"):
             path.unlink(missing_ok=True)
+    return folder
+
+
+def copy_segments(settings: Settings, build: str, segments: tuple[SegmentInfo, ...], folder: Path) -> Path:
+    """Copy the files of ``segments`` of ``build`` that ``folder`` lacks into it; returns ``folder``."""
+    fs, base = storage(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    for info in segments:
+        for name in info.files:
+            if not (folder / name).exists():
+                partial = folder / f"{name}.{uuid.uuid4().hex}.partial"
+                pa_fs.copy_files(f"{base}/{build}/{name}", str(partial), source_filesystem=fs,
+                                 destination_filesystem=pa_fs.LocalFileSystem())
+                partial.rename(folder / name)
     return folder
 
 
