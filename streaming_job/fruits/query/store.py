@@ -199,8 +199,8 @@ class FeatureStore:
         """``target``'s vector in the index's PCA space and its image id if it is in the table.
         ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
         image as a ``Path``."""
+        self._similar.refresh()
         if isinstance(target, Path):
-            self._similar.refresh()
             model = self._similar.model
             assert model is not None
             return model.project(self._featurize_file(target, model.feature_model_id))[0], None

@@ -173,8 +173,8 @@ def _batches(settings: Settings, table: DeltaTable, spark: SparkSession | None) 
 
 
 def _strings(parts: list[pa.Table]) -> pa.Table:
-    """The row columns as plain strings (delta-rs may give string views)."""
-    schema = pa.schema([(name, pa.string()) for name in ROW_COLUMNS])
+    """The row columns as large strings, as segments keep them (delta-rs may give string views)."""
+    schema = pa.schema([(name, pa.large_string()) for name in ROW_COLUMNS])
     return pa.concat_tables([p.select(list(ROW_COLUMNS)).cast(schema) for p in parts])
 
 

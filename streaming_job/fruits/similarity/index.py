@@ -13,6 +13,7 @@ is never staler than the table, and the tail is bounded by the time between two 
 Example::
 
     index = SimilarityIndex(settings)
+    index.refresh()                                    # once per query: follows the table and the manifest
     vector, image_id = index.vector_of("uploads/Banana/1.jpg")
     index.nearest(vector, k=10, exclude=image_id)      # [Hit(distance=0.04, image_id=..., key=..., label=...), ...]
 
@@ -172,7 +173,8 @@ class _Tail:
 
 
 class SimilarityIndex:
-    """A reader of the index: nearest rows to a vector, a row's vector by its upload key."""
+    """A reader of the index: nearest rows to a vector, a row's vector by its upload key. A query
+    calls ``refresh`` once first (the store does)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -182,6 +184,7 @@ class SimilarityIndex:
         self._read_at = -float("inf")
         self._table: DeltaTable | None = None
         self._tail: _Tail | None = None
+        self._fs = lake.filesystem(settings)
 
     def refresh(self) -> Manifest:
         """Follow the table (the tail) and, every ``REFRESH_SECONDS``, the manifest."""
@@ -201,10 +204,16 @@ class SimilarityIndex:
         assert self.manifest is not None and self.model is not None
         if self._table is None:
             self._table = lake.delta_table(self.settings, self.settings.features_table)
-        else:
+        elif self._committed_after(self._table.version()):
             self._table.update_incremental()
         self._follow(self._table.version())
         return self.manifest
+
+    def _committed_after(self, version: int) -> bool:
+        """Whether ``features`` has a commit after ``version``: one look for its log entry (a stat
+        here, a HEAD on S3), where loading the log's news costs more as the table's files grow."""
+        entry = f"{lake.path_in(self.settings.features_table)}/_delta_log/{version + 1:020d}.json"
+        return self._fs.get_file_info(entry).type != pa_fs.FileType.NotFound
 
     def _open(self, manifest: Manifest) -> None:
         if self.model is None or self.model.version != manifest.pca_version:
@@ -239,8 +248,7 @@ class SimilarityIndex:
 
     def vector_of(self, key: str) -> tuple[np.ndarray, str]:
         """The vector of upload ``key``'s newest row, and its image id (``KeyError``: no row)."""
-        self.refresh()
-        assert self._tail is not None
+        assert self._tail is not None, "refresh() first"
         matches = np.flatnonzero(self._tail.keys == key)
         if len(matches):
             i = matches[-1]
@@ -254,8 +262,7 @@ class SimilarityIndex:
     def nearest(self, query: np.ndarray, k: int, exclude: str | None = None, labelled_only: bool = False) -> list[Hit]:
         """The ``k`` rows nearest ``query`` (cosine), the row ``exclude`` (an image id) left out: from
         each segment's graph and the tail's exact distances."""
-        self.refresh()
-        assert self._tail is not None
+        assert self._tail is not None, "refresh() first"
         query = np.asarray(query, dtype=np.float32)
         hits: list[Hit] = []
         for segment in self._segments:

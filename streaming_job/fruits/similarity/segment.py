@@ -69,9 +69,11 @@ def write(folder: Path, first: int, rows: pa.Table, index: Index, vectors: np.nd
     index.save(str(graph))
     hashes = np.array([key_hash(k) for k in rows.column("key").to_pylist()], dtype=np.int64)
     order = np.argsort(hashes, kind="stable")
-    table_out = rows.select(list(ROW_COLUMNS)).cast(pa.schema([(c, pa.string()) for c in ROW_COLUMNS]))
+    # One chunk (a row is then found by its offset, where taking from many chunks first joins them
+    # all), of large strings (a segment may hold more than 2 GB of keys).
+    table_out = rows.select(list(ROW_COLUMNS)).cast(pa.schema([(c, pa.large_string()) for c in ROW_COLUMNS]))
     table_out = table_out.append_column("sorted_key_hash", pa.array(hashes[order]))
-    table_out = table_out.append_column("sorted_row", pa.array(order.astype(np.int64)))
+    table_out = table_out.append_column("sorted_row", pa.array(order.astype(np.int64))).combine_chunks()
     with pa.OSFile(str(table), "wb") as sink, pa.ipc.new_file(sink, table_out.schema) as writer:
         writer.write_table(table_out)
     return info
@@ -104,8 +106,8 @@ class Segment:
 
     def rows_at(self, keys: np.ndarray) -> dict[str, list]:
         """``ROW_COLUMNS`` of the rows with these index keys."""
-        taken = self.rows.take(pa.array(np.asarray(keys, dtype=np.int64) - self.info.first))
-        return {name: taken.column(name).to_pylist() for name in ROW_COLUMNS}
+        rows = pa.array(np.asarray(keys, dtype=np.int64) - self.info.first)
+        return {name: self.rows.column(name).take(rows).to_pylist() for name in ROW_COLUMNS}
 
     def find(self, key: str) -> list[int]:
         """Index keys of the rows of upload ``key``."""
