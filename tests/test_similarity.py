@@ -41,7 +41,7 @@ def test_a_segment_searches_finds_keys_and_gives_rows_back(tmp_path: Path) -> No
 
 def exact(store: FeatureStore, key: str, k: int) -> list[str]:
     """The k nearest keys by brute force over every row, in the index's PCA version."""
-    model = store._similar.model
+    model = store._similar._view.model
     rows = store.dataset("features").dataset.to_table(columns=["key", "features"]).to_pylist()
     keys = np.array([r["key"] for r in rows])
     vectors = unit(model.project(np.array([r["features"] for r in rows], dtype=np.float32)))
@@ -78,7 +78,7 @@ def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, mon
     append_rows(spark, settings.features_table, synthetic_features(5, seed=4), first=270)
     for key in ("uploads/class 0/265.jpg", "uploads/class 1/271.jpg", "uploads/class 2/12.jpg"):
         assert [n.key for n in store.similar(key, k=8)] == exact(store, key, 8), key
-    assert len(store._similar._tail.keys) == 5 and store.classify("uploads/class 1/271.jpg").pca_version == 1
+    assert len(store._similar._view.tail.keys) == 5 and store.classify("uploads/class 1/271.jpg").pca_version == 1
 
     # A restart opens the same index and follows the same tail.
     again = FeatureStore(settings)
@@ -95,7 +95,7 @@ def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, mon
     assert fit.index.mode == "built" and fit.index.manifest.pca_version == fit.model.version == 4
     assert fit.index.manifest.rows == 575 and fit.index.manifest.build != first.build
     suggestion = store.classify("uploads/class 4/574.jpg", k=5)
-    assert suggestion.pca_version == 4 and len(store._similar._tail.keys) == 0
+    assert suggestion.pca_version == 4 and len(store._similar._view.tail.keys) == 0
     assert [n.key for n in suggestion.neighbours] == exact(store, "uploads/class 4/574.jpg", 5)
     assert not (Path(settings.table_root) / "similarity" / first.build).exists()  # its files were past the grace
 
@@ -117,6 +117,7 @@ def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path, mo
     merged = refit(spark, s3, write_plots=False, k=5).index.manifest
     assert [s.rows for s in merged.segments] == [160] and merged.build == manifest.build
     monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(index, "CACHE_GRACE_SECONDS", 0.0)  # the older copies go at once (else after an hour)
     assert [n.key for n in store.similar("uploads/class 1/151.jpg", k=4)] == exact(store, "uploads/class 1/151.jpg", 4)
     assert sorted(p.name for p in (tmp_path / "cache").rglob("seg-*")) == sorted(merged.segments[0].files)
 
@@ -127,5 +128,60 @@ def test_no_index_yet_says_what_builds_it(settings) -> None:
 
 
 def test_a_manifest_reads_back_as_written() -> None:
-    m = index.Manifest("v1-x", 1, 10, "m", 4, 7, (index.SegmentInfo("seg-0", 0, 10),), "now", (("v0/a", "then"),))
+    m = index.Manifest("v1-x", 1, 10, "m", 4, 7, "id", (index.SegmentInfo("seg-0", 0, 10),), "now", (("v0/a", "then"),))
     assert index.Manifest.from_json(m.to_json()) == m and json.loads(m.to_json())["features_version"] == 7
+
+
+@pytest.mark.spark
+def test_compaction_a_lost_segment_and_a_table_made_anew(spark, settings) -> None:
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(100, seed=8))
+    refit(spark, settings, write_plots=False, k=5)
+    store = FeatureStore(settings)
+    # Two appends, then OPTIMIZE (the stream's compaction: files rewritten, no row changed) in the tail.
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=9), first=100)
+    append_rows(spark, settings.features_table, synthetic_features(10, seed=10), first=110)
+    spark.sql(f"OPTIMIZE delta.`{settings.features_table}`")
+    assert [n.key for n in store.similar("uploads/class 0/115.jpg", k=6)] == exact(store, "uploads/class 0/115.jpg", 6)
+    assert len(store._similar._view.tail.keys) == 20
+    done = update(settings)
+    assert done.mode == "appended" and done.rows_added == 20 and done.manifest.rows == 120
+
+    # A segment file lost: the next update starts over rather than fail every refit.
+    append_rows(spark, settings.features_table, synthetic_features(40, seed=11), first=120)
+    folder = Path(settings.table_root) / "similarity" / done.manifest.build
+    for segment in done.manifest.segments:
+        (folder / segment.files[0]).unlink()
+    again = update(settings)
+    assert again.mode == "built" and "a segment is gone" in again.reason and again.manifest.rows == 160
+
+    # The table made anew (moved aside): readers refuse the old index, the next update rebuilds.
+    import shutil
+    shutil.rmtree(settings.features_table)
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(30, seed=12))
+    with pytest.raises(LookupError, match="made anew"):
+        FeatureStore(settings).similar("uploads/class 0/5.jpg")
+    anew = update(settings)
+    assert anew.mode == "built" and anew.reason == "the features table was made anew" and anew.manifest.rows == 30
+
+
+@pytest.mark.spark
+def test_queries_from_threads_while_the_table_grows(spark, settings, monkeypatch) -> None:
+    """A service asks from several threads: each query sees one view (segments, model, tail)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
+    table.ensure_tables(spark, settings)
+    append_rows(spark, settings.features_table, synthetic_features(100, seed=13))
+    refit(spark, settings, write_plots=False, k=5)
+    store = FeatureStore(settings)
+    with ThreadPoolExecutor(4) as pool:
+        def ask(i: int) -> list:
+            return [store.classify(f"uploads/class {j % 5}/{j}.jpg", k=5) for j in range(i, 100, 4)]
+
+        asked = [pool.submit(ask, i) for i in range(4)]
+        for n in range(3):  # the tail grows under the queries
+            append_rows(spark, settings.features_table, synthetic_features(10, seed=14 + n), first=100 + 10 * n)
+        answers = [s for f in asked for s in f.result()]
+    assert len(answers) == 100 and all(len(s.neighbours) == 5 for s in answers)

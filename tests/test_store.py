@@ -156,10 +156,10 @@ def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_set
     assert all(n.distance < 1e-4 for n in nearest)
 
     # Another append: the next look reads that commit only (the index's tail), and finds its row.
-    manifest = store._similar.manifest
+    manifest = store._similar._view.manifest
     write_features(spark, settings, [("Again", path)], features[:1], weights_blob.model_id)
     assert f"uploads/Again/{path.name}" in {n.key for n in store.similar(path, k=4)}
-    assert store._similar.manifest == manifest and len(store._similar._tail.keys) == 3
+    assert store._similar._view.manifest == manifest and len(store._similar._view.tail.keys) == 3
 
 
 def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, store_settings, sample_split,

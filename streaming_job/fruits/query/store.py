@@ -42,7 +42,7 @@ from ..config import Settings
 from ..io import aws, lake
 from ..pca import registry
 from ..pca.model import PcaModel
-from ..similarity import SimilarityIndex
+from ..similarity import IndexView, SimilarityIndex
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
@@ -195,16 +195,13 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _vector(self, target: str | Path) -> tuple[np.ndarray, str | None]:
+    def _vector(self, view: IndexView, target: str | Path) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in the index's PCA space and its image id if it is in the table.
         ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
         image as a ``Path``."""
-        self._similar.refresh()
         if isinstance(target, Path):
-            model = self._similar.model
-            assert model is not None
-            return model.project(self._featurize_file(target, model.feature_model_id))[0], None
-        return self._similar.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
+            return view.model.project(self._featurize_file(target, view.model.feature_model_id))[0], None
+        return view.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
         # Imported here: only a local photo needs the model (and compiling it needs TensorFlow).
@@ -229,13 +226,13 @@ class FeatureStore:
 
     def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], int]:
         """The neighbours and the PCA version they were found in."""
-        query, own_id = self._vector(target)
+        view = self._similar.refresh()
+        query, own_id = self._vector(view, target)
         if float(np.linalg.norm(query)) == 0.0:
             raise ValueError("the target's PCA vector is all zeros; no direction to compare")
-        hits = self._similar.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
-        assert self._similar.manifest is not None
+        hits = view.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
         return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
-                self._similar.manifest.pca_version)
+                view.manifest.pca_version)
 
     def classify(self, target: str | Path, k: int = 10) -> Suggestion:
         """A label for ``target``: the majority of its ``k`` nearest labelled rows.

@@ -11,10 +11,15 @@ lease: the index has one writer, like the PCA tables.
 - **append**: the rows of the commits since the version the index covers (the change data feed),
   projected into the index's PCA version, become a new segment; then the newest two segments merge
   while the older holds at most ``MERGE_RATIO`` times the newer's rows (a log-structured merge:
-  O(log n) segments, a row rewritten O(log n) times). Its cost follows the new rows.
+  O(log n) segments, a row rewritten O(log n) times). Its cost follows the new rows on average; the
+  update whose merge reaches the largest segment rewrites the whole index.
+- a rebuild too when the commits since the index cannot be followed (rows changed or deleted, or
+  older than VACUUM's retention), a segment file is gone, or the ``features`` or PCA tables were
+  made anew.
 
 The new segments are written, then the manifest (readers switch on their next refresh); files a
-manifest no longer names are deleted ``GRACE_SECONDS`` later, when no reader still opens them.
+manifest no longer names are deleted by the first update ``GRACE_SECONDS`` or more later, when no
+reader still opens them.
 
 Example::
 
@@ -84,10 +89,11 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
     manifest = read_manifest(settings)
     table = lake.delta_table(settings, settings.features_table)
     version = table.version()
-    reason = _build_reason(manifest, newest, rebuild)
+    reason = _build_reason(settings, manifest, newest, table, rebuild)
     rows = None
     if manifest is not None and reason is None:
         if version == manifest.features_version:
+            _collect_garbage(settings, manifest)
             return IndexUpdate("unchanged", manifest, 0, time.perf_counter() - started,
                                f"covers features version {version}")
         rows = changes.appended_rows(settings, settings.features_table, manifest.features_version, version,
@@ -95,13 +101,17 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
         if rows is None:
             reason = f"the commits since features version {manifest.features_version} cannot be followed"
     with tempfile.TemporaryDirectory(prefix="fruits-index-") as work:
-        if manifest is None or reason is not None or rows is None:
+        new = None
+        if manifest is not None and reason is None and rows is not None:
+            try:
+                new = _append(settings, manifest, rows, version, Path(work))
+                mode, added = "appended", rows.num_rows
+                reason = f"{added} rows since features version {manifest.features_version}"
+            except FileNotFoundError as exc:  # a segment file is gone: the index cannot grow, so it starts over
+                reason = f"a segment is gone ({exc})"
+        if new is None:
             new = _build(settings, newest, table, Path(work), manifest, spark)
             mode, added = "built", new.rows
-        else:
-            new = _append(settings, manifest, rows, version, Path(work))
-            mode, added = "appended", rows.num_rows
-            reason = f"{added} rows since features version {manifest.features_version}"
         if guard is not None:
             guard()
         _publish(settings, new, Path(work))
@@ -112,11 +122,20 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
     return IndexUpdate(mode, new, added, seconds, reason or "")
 
 
-def _build_reason(manifest: Manifest | None, newest: PcaModel, rebuild: bool) -> str | None:
+def _build_reason(settings: Settings, manifest: Manifest | None, newest: PcaModel, table: DeltaTable,
+                  rebuild: bool) -> str | None:
     if manifest is None:
         return "no index yet"
     if rebuild:
         return "asked to rebuild"
+    if manifest.table_id != table.metadata().id:
+        return "the features table was made anew"
+    try:
+        indexed = registry.model(settings, manifest.pca_version)
+    except LookupError:
+        indexed = None
+    if indexed is None or indexed.row_count != manifest.pca_rows:
+        return f"PCA version {manifest.pca_version} is not the one the index was built in (PCA tables made anew)"
     if newest.version == manifest.pca_version:
         return None
     if newest.feature_model_id != manifest.feature_model_id:
@@ -145,8 +164,8 @@ def _build(settings: Settings, model: PcaModel, table: DeltaTable, work: Path, o
             done += batch.num_rows
     segments = (write(work / build, 0, _strings(parts), index),) if done else ()
     retired = _retire(old, old.segments) if old is not None else ()
-    return Manifest(build, model.version, model.row_count, model.feature_model_id, model.k, table.version(), segments,
-                    _now(), retired)
+    return Manifest(build, model.version, model.row_count, model.feature_model_id, model.k, table.version(),
+                    table.metadata().id, segments, _now(), retired)
 
 
 def _retire(manifest: Manifest, segments: list[SegmentInfo] | tuple[SegmentInfo, ...]) -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,7 @@
 The index lives under ``<table root>/similarity/`` (a local folder or S3): ``current.json`` (the
 manifest: the PCA version the vectors are in, the ``features`` table version they cover, the
 segments) and one folder per build holding the segments' files. Only the index's builder
-(``builder.update``, run by the refit) writes there; a reader never reads the table to open it.
+(``builder.update``, run by the refit) writes there; a reader never scans the table.
 
 A reader (``SimilarityIndex``) opens the segments memory-mapped (on S3: copied once into a local
 cache, ``FRUITS_INDEX_CACHE``) and follows the table: the rows of the commits since the version the
@@ -13,13 +13,14 @@ is never staler than the table, and the tail is bounded by the time between two 
 Example::
 
     index = SimilarityIndex(settings)
-    index.refresh()                                    # once per query: follows the table and the manifest
-    vector, image_id = index.vector_of("uploads/Banana/1.jpg")
-    index.nearest(vector, k=10, exclude=image_id)      # [Hit(distance=0.04, image_id=..., key=..., label=...), ...]
+    view = index.refresh()                            # once per query: follows the table and the manifest
+    vector, image_id = view.vector_of("uploads/Banana/1.jpg")
+    view.nearest(vector, k=10, exclude=image_id)      # [Hit(distance=0.04, image_id=..., key=..., label=...), ...]
 
 Limitations: a reader re-reads the manifest at most every ``REFRESH_SECONDS`` (until then the tail
 covers what a newer manifest would); commits that changed or deleted rows, or an index older
-than VACUUM's retention, cannot be followed (``LookupError``: the refit's next update fixes it).
+than VACUUM's retention, cannot be followed, nor can a table made anew (``LookupError``: the
+refit's next update rebuilds the index).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 import numpy as np
 import pyarrow as pa
@@ -47,6 +49,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "current.json"
 REFRESH_SECONDS = 10.0
+# How deep a search for labelled rows goes into one segment (rows).
+MAX_DEPTH = 4096
+# A reader's copy of a file no manifest it read names is deleted this long after it was made: a
+# reader of a newer manifest sharing the cache may still want it.
+CACHE_GRACE_SECONDS = 3600.0
 # What the tail and the builder read of a row: its identity and what its vector is made from.
 SOURCE_COLUMNS = [*ROW_COLUMNS, "pca_version", "pca_features", "features"]
 
@@ -59,6 +66,7 @@ class Manifest:
     feature_model_id: str
     k: int
     features_version: int  # the features table version the segments cover
+    table_id: str  # the features table's Delta id: a table made anew is another table
     segments: tuple[SegmentInfo, ...]
     updated_at: str
     retired: tuple[tuple[str, str], ...] = ()  # (file under the root, when) no longer named: deleted later
@@ -110,18 +118,22 @@ def read_manifest(settings: Settings) -> Manifest | None:
 
 def local_folder(settings: Settings, build: str, segments: tuple[SegmentInfo, ...]) -> Path:
     """A local folder holding ``segments`` of ``build``: the index's own on a local table root, a
-    copy in ``settings.index_cache`` on S3 (each segment copied once: they never change; the copies
-    of segments and builds the manifest no longer names are deleted)."""
+    copy in ``settings.index_cache`` on S3 (each segment copied once: they never change; copies no
+    manifest names are deleted an hour after they were made)."""
     if not aws.is_s3(settings.table_root):
         return Path(storage(settings)[1]) / build
     cache = Path(settings.index_cache).expanduser() / storage(settings)[1]
     folder = copy_segments(settings, build, segments, cache / build)
     named = {name for info in segments for name in info.files}
-    # A reader that still maps a deleted copy keeps reading it (the file lives until unmapped).
+    # Copies that no manifest this reader read names, once old: a reader that still maps one keeps
+    # reading it (the file lives until unmapped), and one of a newer manifest had time to copy its own.
+    horizon = time.time() - CACHE_GRACE_SECONDS
     for path in [*folder.iterdir(), *(p for p in cache.iterdir() if p != folder)]:
+        if path.name in named or path.stat().st_mtime > horizon:
+            continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-        elif path.name not in named and not path.name.endswith(".partial"):
+        else:
             path.unlink(missing_ok=True)
     return folder
 
@@ -153,107 +165,48 @@ def in_space(rows: pa.RecordBatch | pa.Table, model: PcaModel) -> np.ndarray:
     return out / np.where(norms == 0, 1, norms)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Tail:
     """The rows of commits ``after + 1 .. upto``, exactly."""
 
-    after: int
     upto: int
     image_ids: np.ndarray
     keys: np.ndarray
     labels: np.ndarray
     unit: np.ndarray
 
-    def extend(self, rows: pa.Table, model: PcaModel, upto: int) -> None:
-        self.image_ids, self.keys, self.labels = (
-            np.concatenate([old, rows.column(name).to_numpy(zero_copy_only=False)])
-            for old, name in ((self.image_ids, "image_id"), (self.keys, "key"), (self.labels, "label")))
-        self.unit = np.concatenate([self.unit, in_space(rows, model)]) if rows.num_rows else self.unit
-        self.upto = upto
+    @classmethod
+    def empty(cls, upto: int, k: int) -> _Tail:
+        nothing = np.array([], dtype=object)
+        return cls(upto, nothing, nothing, nothing, np.empty((0, k), dtype=np.float32))
+
+    def extended(self, rows: pa.Table, model: PcaModel, upto: int) -> _Tail:
+        """A new tail with ``rows`` too (this one stays as it is for the queries reading it)."""
+        if not rows.num_rows:
+            return replace(self, upto=upto)
+        image_ids, keys, labels = (np.concatenate([old, rows.column(name).to_numpy(zero_copy_only=False)])
+                                   for old, name in ((self.image_ids, "image_id"), (self.keys, "key"),
+                                                     (self.labels, "label")))
+        return _Tail(upto, image_ids, keys, labels, np.concatenate([self.unit, in_space(rows, model)]))
 
 
-class SimilarityIndex:
-    """A reader of the index: nearest rows to a vector, a row's vector by its upload key. A query
-    calls ``refresh`` once first (the store does)."""
+@dataclass(frozen=True)
+class IndexView:
+    """The index as one query sees it: a manifest, its segments, the model and the tail, which
+    never change under it (a refresh makes a new view)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.manifest: Manifest | None = None
-        self.model: PcaModel | None = None
-        self._segments: list[Segment] = []
-        self._read_at = -float("inf")
-        self._table: DeltaTable | None = None
-        self._tail: _Tail | None = None
-        self._fs = lake.filesystem(settings)
-
-    def refresh(self) -> Manifest:
-        """Follow the table (the tail) and, every ``REFRESH_SECONDS``, the manifest."""
-        if time.monotonic() - self._read_at >= REFRESH_SECONDS or self.manifest is None:
-            for attempt in (1, 2):
-                manifest = read_manifest(self.settings)
-                self._read_at = time.monotonic()
-                if manifest is None:
-                    raise LookupError("no similarity index yet: `fruits pca refit` builds it once the table has rows")
-                try:
-                    if manifest != self.manifest:
-                        self._open(manifest)
-                    break
-                except FileNotFoundError:  # a segment retired between reading the manifest and opening it
-                    if attempt == 2:
-                        raise
-        assert self.manifest is not None and self.model is not None
-        if self._table is None:
-            self._table = lake.delta_table(self.settings, self.settings.features_table)
-        elif self._committed_after(self._table.version()):
-            self._table.update_incremental()
-        self._follow(self._table.version())
-        return self.manifest
-
-    def _committed_after(self, version: int) -> bool:
-        """Whether ``features`` has a commit after ``version``: one look for its log entry (a stat
-        here, a HEAD on S3), where loading the log's news costs more as the table's files grow."""
-        entry = f"{lake.path_in(self.settings.features_table)}/_delta_log/{version + 1:020d}.json"
-        return self._fs.get_file_info(entry).type != pa_fs.FileType.NotFound
-
-    def _open(self, manifest: Manifest) -> None:
-        if self.model is None or self.model.version != manifest.pca_version:
-            self.model = registry.model(self.settings, manifest.pca_version)
-        folder = local_folder(self.settings, manifest.build, manifest.segments)
-        same_build = self.manifest is not None and self.manifest.build == manifest.build
-        opened = {s.info: s for s in self._segments} if same_build else {}
-        self._segments = [opened.get(info) or Segment.open(folder, info) for info in manifest.segments]
-        if self.manifest is None or self.manifest.features_version != manifest.features_version \
-                or self.manifest.pca_version != manifest.pca_version:
-            self._tail = None
-        self.manifest = manifest
-        log.info("similarity index %s: PCA v%d, %d rows in %d segments, table version %d", manifest.build,
-                 manifest.pca_version, manifest.rows, len(manifest.segments), manifest.features_version)
-
-    def _follow(self, version: int) -> None:
-        assert self.manifest is not None and self.model is not None
-        if self._tail is None:
-            empty = np.array([], dtype=object)
-            self._tail = _Tail(self.manifest.features_version, self.manifest.features_version, empty, empty, empty,
-                               np.empty((0, self.model.k), dtype=np.float32))
-        if version <= self._tail.upto:
-            return
-        rows = changes.appended_rows(self.settings, self.settings.features_table, self._tail.upto, version,
-                                     SOURCE_COLUMNS, table=self._table)
-        if rows is None:
-            raise LookupError(
-                f"the similarity index covers features version {self.manifest.features_version}, and the commits "
-                f"since then cannot be followed (rows changed, or older than VACUUM's retention); the refit's next "
-                "index update brings it up to date (`fruits pca refit`)")
-        self._tail.extend(rows, self.model, version)
+    manifest: Manifest
+    model: PcaModel
+    segments: tuple[Segment, ...]
+    tail: _Tail
 
     def vector_of(self, key: str) -> tuple[np.ndarray, str]:
         """The vector of upload ``key``'s newest row, and its image id (``KeyError``: no row)."""
-        assert self._tail is not None, "refresh() first"
-        matches = np.flatnonzero(self._tail.keys == key)
+        matches = np.flatnonzero(self.tail.keys == key)
         if len(matches):
             i = matches[-1]
-            return self._tail.unit[i], str(self._tail.image_ids[i])
-        for segment in reversed(self._segments):
+            return self.tail.unit[i], str(self.tail.image_ids[i])
+        for segment in reversed(self.segments):
             found = segment.find(key)
             if found:
                 return segment.vectors(found[-1:])[0], segment.rows_at(np.array(found[-1:]))["image_id"][0]
@@ -261,11 +214,14 @@ class SimilarityIndex:
 
     def nearest(self, query: np.ndarray, k: int, exclude: str | None = None, labelled_only: bool = False) -> list[Hit]:
         """The ``k`` rows nearest ``query`` (cosine), the row ``exclude`` (an image id) left out: from
-        each segment's graph and the tail's exact distances."""
-        assert self._tail is not None, "refresh() first"
+        each segment's graph and the tail's exact distances. With ``labelled_only``, a segment is
+        searched ever deeper for labelled rows, up to ``MAX_DEPTH`` rows: past that, a segment of
+        mostly unlabelled rows gives the labelled ones it found."""
+        if not self.manifest.rows and not len(self.tail.keys):
+            raise LookupError("the features table is empty")
         query = np.asarray(query, dtype=np.float32)
         hits: list[Hit] = []
-        for segment in self._segments:
+        for segment in self.segments:
             count = k + 1
             while True:
                 keys, distances = segment.search(query, count)
@@ -273,11 +229,11 @@ class SimilarityIndex:
                 kept = [Hit(float(d), i, key, label)
                         for d, i, key, label in zip(distances, rows["image_id"], rows["key"], rows["label"])
                         if i != exclude and (label is not None or not labelled_only)]
-                if len(kept) >= k or count >= segment.info.rows:
+                if len(kept) >= k or count >= min(segment.info.rows, MAX_DEPTH):
                     break
                 count *= 4  # the labelled rows are further down: look deeper
             hits += kept[:k]
-        tail = self._tail
+        tail = self.tail
         if len(tail.keys):
             norm = float(np.linalg.norm(query))
             distances = 1.0 - tail.unit @ (query / (norm or 1.0))
@@ -287,3 +243,86 @@ class SimilarityIndex:
             for i in np.flatnonzero(keep)[np.argsort(distances[keep], kind="stable")[:k]]:
                 hits.append(Hit(float(distances[i]), str(tail.image_ids[i]), str(tail.keys[i]), tail.labels[i]))
         return sorted(hits, key=lambda h: h.distance)[:k]
+
+
+class SimilarityIndex:
+    """A reader of the index. ``refresh`` (once per query) gives the view to query; it may be called
+    from several threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._view: IndexView | None = None
+        self._read_at = -float("inf")
+        self._table: DeltaTable | None = None
+        self._fs = lake.filesystem(settings)
+        self._lock = threading.Lock()
+
+    def refresh(self) -> IndexView:
+        """Follow the table (the tail) and, every ``REFRESH_SECONDS``, the manifest."""
+        with self._lock:
+            view = self._view
+            if view is None or time.monotonic() - self._read_at >= REFRESH_SECONDS:
+                view = self._read_manifest(view)
+            if self._table is None:
+                self._table = lake.delta_table(self.settings, self.settings.features_table)
+            elif self._committed_after(self._table.version()):
+                self._table.update_incremental()
+            if self._table.metadata().id != view.manifest.table_id:
+                raise LookupError(f"the similarity index was built over another {self.settings.features_table} "
+                                  "(the table was made anew): the next `fruits pca refit` rebuilds it")
+            self._view = view = self._follow(view, self._table.version())
+            return view
+
+    def _read_manifest(self, view: IndexView | None) -> IndexView:
+        """The view of the current manifest (``view`` if it is still current). A segment retired
+        between reading the manifest and opening it makes it read the manifest once more."""
+        for attempt in (1, 2):
+            manifest = read_manifest(self.settings)
+            if manifest is None:
+                raise LookupError("no similarity index yet: `fruits pca refit` builds it once the table has rows")
+            if view is not None and manifest == view.manifest:
+                break
+            try:
+                view = self._open(manifest, view)
+                break
+            except FileNotFoundError as exc:
+                if attempt == 2:
+                    raise LookupError(f"the similarity index's manifest names a file that is gone ({exc}); "
+                                      "`similarity.update(settings, rebuild=True)` or the next refit rebuilds it") \
+                        from exc
+        assert view is not None
+        self._read_at = time.monotonic()
+        return view
+
+    def _committed_after(self, version: int) -> bool:
+        """Whether ``features`` has a commit after ``version``: one look for its log entry (a stat
+        here, a HEAD on S3), where loading the log's news costs more as the table's files grow."""
+        entry = f"{lake.path_in(self.settings.features_table)}/_delta_log/{version + 1:020d}.json"
+        return self._fs.get_file_info(entry).type != pa_fs.FileType.NotFound
+
+    def _open(self, manifest: Manifest, old: IndexView | None) -> IndexView:
+        same_model = old is not None and old.model.version == manifest.pca_version
+        model = old.model if same_model else registry.model(self.settings, manifest.pca_version)
+        if model is None or model.row_count != manifest.pca_rows:
+            raise LookupError(f"PCA version {manifest.pca_version} is not the one the similarity index was built in "
+                              "(the PCA tables were made anew): the next `fruits pca refit` rebuilds it")
+        folder = local_folder(self.settings, manifest.build, manifest.segments)
+        opened = {s.info: s for s in old.segments} if old is not None and old.manifest.build == manifest.build else {}
+        segments = tuple(opened.get(info) or Segment.open(folder, info) for info in manifest.segments)
+        keep_tail = old is not None and same_model and old.manifest.features_version == manifest.features_version
+        tail = old.tail if keep_tail else _Tail.empty(manifest.features_version, manifest.k)
+        log.info("similarity index %s: PCA v%d, %d rows in %d segments, table version %d", manifest.build,
+                 manifest.pca_version, manifest.rows, len(manifest.segments), manifest.features_version)
+        return IndexView(manifest, model, segments, tail)
+
+    def _follow(self, view: IndexView, version: int) -> IndexView:
+        if version <= view.tail.upto:
+            return view
+        rows = changes.appended_rows(self.settings, self.settings.features_table, view.tail.upto, version,
+                                     SOURCE_COLUMNS, table=self._table)
+        if rows is None:
+            raise LookupError(
+                f"the similarity index covers features version {view.manifest.features_version}, and the commits "
+                "since then cannot be followed (rows changed, or older than VACUUM's retention); the refit's next "
+                "index update brings it up to date (`fruits pca refit`)")
+        return replace(view, tail=view.tail.extended(rows, view.model, version))
