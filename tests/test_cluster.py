@@ -84,7 +84,8 @@ def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template:
     artifact_files(BUNDLE)  # a clear error if make emr-artifacts has not run
     bucket = f"fruits-cluster-{uuid.uuid4().hex[:8]}"
     settings = Settings(endpoint_url=endpoint, region=REGION, bucket=bucket, queue=f"uploads-{bucket}",
-                        table_root=f"s3a://{bucket}/tables", weights=str(BUNDLE / MODEL_DIR / MODEL_FILE))
+                        table_root=f"s3a://{bucket}/tables", weights=str(BUNDLE / MODEL_DIR / MODEL_FILE),
+                        index_cache=str(tmp_path / "index"))
     emulator.provision(settings, visibility_timeout=5)
     keys = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=2)[:UPLOADS])
     ingest.drain(settings, visibility_timeout=5)
@@ -114,6 +115,10 @@ def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template:
     assert sorted(r[0] for r in store.sql("SELECT key FROM features").rows) == sorted(keys)
     assert store.sql("SELECT count(*) FROM quarantine").rows[0][0] == 0
     assert [r[0] for r in store.sql("SELECT version FROM pca_models").rows] == [1]
+    # The refit's job run built the similarity index on S3, from the bundle; the store answers from it.
+    nearest = store.similar(keys[0], k=3)
+    assert len(nearest) == 3 and keys[0] not in {n.key for n in nearest}
+    assert "similarity index: built" in (logs / "pca-refit.log").read_text()
     assert f"VACUUM {settings.pca_stats_table}:" in (logs / "maintain.log").read_text()
     operations = [c["operation"] for c in store.table("features").history()]
     assert not any(op.startswith(("VACUUM", "OPTIMIZE")) for op in operations), operations
