@@ -75,11 +75,14 @@ def queue_url(settings: Settings, name: str | None = None) -> str:
 
 
 def write_bytes(settings: Settings, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-    """Write ``data`` to an S3 URI (through boto3) or to a local path (parent folders created)."""
+    """Write ``data`` to an S3 URI (through boto3: one PUT) or to a local path (parent folders
+    created; written beside it, then renamed): a reader sees the old object or the new one."""
     if is_s3(uri):
         bucket, key = split_s3_uri(uri)
         client("s3", settings).put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
         return
     path = Path(uri.removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ from ..config import Settings
 from ..io import aws, changes, lake
 from ..pca import registry
 from ..pca.model import PcaModel
-from .index import MANIFEST, SOURCE_COLUMNS, Manifest, copy_segments, in_space, read_manifest, storage
+from .index import MANIFEST, SOURCE_COLUMNS, Manifest, copy_segments, in_space, read_manifest, root, storage
 from .segment import ROW_COLUMNS, Segment, SegmentInfo, new_index, write
 
 if TYPE_CHECKING:
@@ -89,7 +88,8 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
     manifest = read_manifest(settings)
     table = lake.delta_table(settings, settings.features_table)
     version = table.version()
-    reason = _build_reason(settings, manifest, newest, table, rebuild)
+    indexed = _indexed_model(settings, manifest, newest)
+    reason = _build_reason(manifest, indexed, newest, table, rebuild)
     rows = None
     if manifest is not None and reason is None:
         if version == manifest.features_version:
@@ -104,7 +104,7 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
         new = None
         if manifest is not None and reason is None and rows is not None:
             try:
-                new = _append(settings, manifest, rows, version, Path(work))
+                new = _append(settings, manifest, indexed, rows, version, Path(work))
                 mode, added = "appended", rows.num_rows
                 reason = f"{added} rows since features version {manifest.features_version}"
             except FileNotFoundError as exc:  # a segment file is gone: the index cannot grow, so it starts over
@@ -122,7 +122,21 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
     return IndexUpdate(mode, new, added, seconds, reason or "")
 
 
-def _build_reason(settings: Settings, manifest: Manifest | None, newest: PcaModel, table: DeltaTable,
+def _indexed_model(settings: Settings, manifest: Manifest | None, newest: PcaModel) -> PcaModel | None:
+    """The PCA version the index is in, if it is still the one it was built in."""
+    if manifest is None:
+        return None
+    if newest.version == manifest.pca_version:
+        model = newest
+    else:
+        try:
+            model = registry.model(settings, manifest.pca_version)
+        except LookupError:
+            return None
+    return model if model is not None and manifest.built_in(model) else None
+
+
+def _build_reason(manifest: Manifest | None, indexed: PcaModel | None, newest: PcaModel, table: DeltaTable,
                   rebuild: bool) -> str | None:
     if manifest is None:
         return "no index yet"
@@ -130,11 +144,7 @@ def _build_reason(settings: Settings, manifest: Manifest | None, newest: PcaMode
         return "asked to rebuild"
     if manifest.table_id != table.metadata().id:
         return "the features table was made anew"
-    try:
-        indexed = registry.model(settings, manifest.pca_version)
-    except LookupError:
-        indexed = None
-    if indexed is None or indexed.row_count != manifest.pca_rows:
+    if indexed is None:
         return f"PCA version {manifest.pca_version} is not the one the index was built in (PCA tables made anew)"
     if newest.version == manifest.pca_version:
         return None
@@ -197,11 +207,11 @@ def _strings(parts: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([p.select(list(ROW_COLUMNS)).cast(schema) for p in parts])
 
 
-def _append(settings: Settings, manifest: Manifest, rows: pa.Table, version: int, work: Path) -> Manifest:
-    """``rows`` as a new segment, then the log-structured merge."""
+def _append(settings: Settings, manifest: Manifest, model: PcaModel, rows: pa.Table, version: int,
+            work: Path) -> Manifest:
+    """``rows`` as a new segment (in ``model``'s space, the index's), then the log-structured merge."""
     if not rows.num_rows:
         return replace(manifest, features_version=version, updated_at=_now())
-    model = registry.model(settings, manifest.pca_version)
     folder = work / manifest.build
     segments = [*manifest.segments, write(folder, manifest.next_key, _strings([rows]), new_index(model.k),
                                           in_space(rows, model))]
@@ -214,7 +224,8 @@ def _append(settings: Settings, manifest: Manifest, rows: pa.Table, version: int
         older, newer = (Segment.open(folder if (folder / s.files[0]).exists() else existing, s, view=view)
                         for s, view in ((segments[-2], False), (segments[-1], True)))
         segments[-2:] = [write(folder, older.info.first, _strings([older.rows, newer.rows]), older.index,
-                               newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))))]
+                               newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))),
+                               np.concatenate([older.key_hashes(), newer.key_hashes()]))]
     return replace(manifest, features_version=version, segments=tuple(segments), updated_at=_now(),
                    retired=_retire(manifest, merging))
 
@@ -229,8 +240,8 @@ def _merges(sizes: list[int]) -> int:
 
 
 def _publish(settings: Settings, manifest: Manifest, work: Path) -> None:
-    """Copy the new segments' files beside the others, then write the manifest: on S3 one PUT, on a
-    local disk a rename, so a reader sees the old manifest or the new one."""
+    """Copy the new segments' files beside the others, then write the manifest (atomically: a reader
+    sees the old manifest or the new one)."""
     fs, base = storage(settings)
     local = pa_fs.LocalFileSystem()
     fs.create_dir(f"{base}/{manifest.build}", recursive=True)
@@ -239,14 +250,7 @@ def _publish(settings: Settings, manifest: Manifest, work: Path) -> None:
             if (work / manifest.build / name).exists():
                 pa_fs.copy_files(str(work / manifest.build / name), f"{base}/{manifest.build}/{name}",
                                  source_filesystem=local, destination_filesystem=fs)
-    text = manifest.to_json().encode()
-    if aws.is_s3(settings.table_root):
-        with fs.open_output_stream(f"{base}/{MANIFEST}") as out:
-            out.write(text)
-    else:
-        partial = Path(base) / f"{MANIFEST}.partial"
-        partial.write_bytes(text)
-        os.replace(partial, Path(base) / MANIFEST)
+    aws.write_bytes(settings, f"{root(settings)}/{MANIFEST}", manifest.to_json().encode(), "application/json")
 
 
 def _collect_garbage(settings: Settings, manifest: Manifest) -> None:

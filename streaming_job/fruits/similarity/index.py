@@ -79,6 +79,11 @@ class Manifest:
     def next_key(self) -> int:
         return self.segments[-1].first + self.segments[-1].rows if self.segments else 0
 
+    def built_in(self, model: PcaModel) -> bool:
+        """Whether ``model`` is the PCA version the index was built in (not a namesake of a PCA
+        table made anew)."""
+        return model.version == self.pca_version and model.row_count == self.pca_rows
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
@@ -303,7 +308,7 @@ class SimilarityIndex:
     def _open(self, manifest: Manifest, old: IndexView | None) -> IndexView:
         same_model = old is not None and old.model.version == manifest.pca_version
         model = old.model if same_model else registry.model(self.settings, manifest.pca_version)
-        if model is None or model.row_count != manifest.pca_rows:
+        if model is None or not manifest.built_in(model):
             raise LookupError(f"PCA version {manifest.pca_version} is not the one the similarity index was built in "
                               "(the PCA tables were made anew): the next `fruits pca refit` rebuilds it")
         folder = local_folder(self.settings, manifest.build, manifest.segments)

@@ -55,9 +55,11 @@ def new_index(k: int) -> Index:
                  expansion_search=EXPANSION_SEARCH)
 
 
-def write(folder: Path, first: int, rows: pa.Table, index: Index, vectors: np.ndarray | None = None) -> SegmentInfo:
+def write(folder: Path, first: int, rows: pa.Table, index: Index, vectors: np.ndarray | None = None,
+          hashes: np.ndarray | None = None) -> SegmentInfo:
     """Write a segment of ``rows`` (``ROW_COLUMNS``) into ``folder``: ``index`` holds the vectors of
-    its first rows (keys from ``first`` on), ``vectors`` are those of the rest, added here."""
+    its first rows (keys from ``first`` on), ``vectors`` are those of the rest, added here;
+    ``hashes``: the rows' key hashes when known (a merge has its segments'), else computed."""
     info = SegmentInfo(f"seg-{first:012d}-{len(rows):012d}", first, len(rows))
     have = len(index)
     if vectors is not None and len(vectors):
@@ -67,7 +69,8 @@ def write(folder: Path, first: int, rows: pa.Table, index: Index, vectors: np.nd
     folder.mkdir(parents=True, exist_ok=True)
     graph, table = (folder / name for name in info.files)
     index.save(str(graph))
-    hashes = np.array([key_hash(k) for k in rows.column("key").to_pylist()], dtype=np.int64)
+    if hashes is None:
+        hashes = np.array([key_hash(k) for k in rows.column("key").to_pylist()], dtype=np.int64)
     order = np.argsort(hashes, kind="stable")
     # One chunk (a row is then found by its offset, where taking from many chunks first joins them
     # all), of large strings (a segment may hold more than 2 GB of keys).
@@ -118,6 +121,12 @@ class Segment:
             return []
         same = pc.equal(self.rows.column("key").take(pa.array(rows)), key).to_numpy(zero_copy_only=False)
         return [self.info.first + int(r) for r in rows[same]]
+
+    def key_hashes(self) -> np.ndarray:
+        """The rows' key hashes, in row order."""
+        hashes = np.empty(self.info.rows, dtype=np.int64)
+        hashes[self.sorted_row] = self.sorted_hash
+        return hashes
 
     def vectors(self, keys: list[int]) -> np.ndarray:
         """The stored (f16, as float32) vectors of these index keys."""
