@@ -93,7 +93,7 @@ def append(spark: SparkSession, location: str, rows: Rows, n: int, seed: int) ->
             "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now, "features": list(rows(rng, m)),
             "model_id": "synthetic", "pca_features": None, "pca_version": None,
         })
-        spark.createDataFrame(frame, FEATURES).write.format("delta").mode("append").save(location)
+        table.frame(spark, frame, FEATURES).write.format("delta").mode("append").save(location)
 
 
 def fit_seconds(r: pca.Refit) -> float:

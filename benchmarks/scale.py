@@ -211,7 +211,7 @@ def uploaded_and_ingested(settings: Settings, images: list[tuple[str, Path]], n:
     before = ledger_version(settings)
     keys = upload.upload_copies(settings, images, n, tag)
     s3 = aws.client("s3", settings)
-    bad = [f"{settings.upload_prefix}broken/{tag}{i}.jpg" for i in range(broken)]
+    bad = [f"{settings.reference_prefixes[0]}broken/{tag}{i}.jpg" for i in range(broken)]
     for key in bad:
         s3.put_object(Bucket=settings.bucket, Key=key, Body=b"\xff\xd8 not a jpeg")
     ingest.event_source_mapping(settings, batching_window=3).drain()
@@ -297,7 +297,7 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
     processed = [synthetic_key(int(i)) for i in rng.choice(n, size=max(50, 10 * args.repeat), replace=False)]
     out.update(measure_queries(FeatureStore(settings), processed, {
         "processed": processed[:STATUS_KEYS], "quarantined": quarantined, "pending": pending,
-        "unknown": [f"{settings.upload_prefix}never/{i}.jpg" for i in range(STATUS_KEYS)]}))
+        "unknown": [f"{settings.reference_prefixes[0]}never/{i}.jpg" for i in range(STATUS_KEYS)]}))
     out["table_bytes"] = folder_bytes(Path(settings.features_table))
     out["checkpoint_bytes"] = folder_bytes(Path(settings.checkpoint))
     shutil.rmtree(settings.table_root)  # a copy: the cache keeps the history
@@ -441,7 +441,7 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
         out["discovery_s"][str(count)] = statistics.median(delays)
         out["discovery_all_s"][str(count)] = delays
         def unknown() -> None:  # a new store: it opens the three tables
-            FeatureStore(settings).status(f"{settings.upload_prefix}never/seen.jpg")
+            FeatureStore(settings).status(f"{settings.reference_prefixes[0]}never/seen.jpg")
 
         out["status_unknown_ms"][str(count)] = 1000 * timed(unknown)
         # What maintenance leaves (daily on AWS): the day sorted by key_hash, its small files replaced.

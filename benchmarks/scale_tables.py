@@ -104,7 +104,8 @@ def synthetic_chunk(start: int, n: int, model_id: str, schema: pa.Schema) -> pa.
         "model_id": pa.array([model_id] * n), "pca_features": pa.nulls(n, pa.list_(pa.float32())),
         "pca_version": pa.nulls(n, pa.int64()),
     }
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
+                                       for f in schema], schema=schema)
 
 
 def append_synthetic(settings: Settings, start: int, n: int, model_id: str) -> None:

@@ -68,6 +68,7 @@ def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.nd
 def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID,
                 first: int = 0) -> None:
     """A blind append of feature rows, as the stream writes them (keys numbered from ``first``)."""
+    from fruits.spark import tables as table
     from fruits.spark.schema import FEATURES
     now = dt.datetime.now(dt.timezone.utc)
     labels = labels or [f"class {i % 5}" for i in range(len(x))]
@@ -77,4 +78,4 @@ def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = 
         "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
         "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
     })
-    spark.createDataFrame(rows, FEATURES).write.format("delta").mode("append").save(location)
+    table.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(location)

@@ -25,7 +25,7 @@ def test_variables_are_read_typed_and_derive_the_locations(monkeypatch) -> None:
         ("FRUITS_BATCH_SIZE", "abc", "valid integer"),
         ("FRUITS_BATCH_SIZE", "0", "greater than or equal to 1"),
         ("FRUITS_LABEL_RULE", "grandparent", "'folder' or 'parent'"),
-        ("FRUITS_UPLOAD_PREFIX", "uploads", "must end with '/'"),
+        ("FRUITS_REFERENCE_PREFIXES", "uploads/,app", "must end with '/'"),
         ("FRUITS_ENDPOINT_URL", "127.0.0.1:5000", "http:// or https://"),
         ("FRUITS_SPARK_LOG_LEVEL", "LOUD", "'WARN'"),
     ],

@@ -1,6 +1,6 @@
 """One flow through every real component: upload -> S3 event -> SQS -> Lambda -> uploads ledger ->
 Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit (full, then incremental) -> SQL and the
-JVM-free store."""
+JVM-free store -> app photos answered by the classifier at ingest."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fruits import FeatureStore
 from fruits import stream
 from fruits.local import ingest
 from fruits.local import upload
+from fruits.local.not_fruit import not_fruit_images
 from fruits.pca.refit import refit
 from fruits.query.sql import sql as spark_sql
 from fruits.io import lake
@@ -80,3 +81,19 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     assert status.state == "pending" and "in the uploads ledger since" in status.detail
     assert status.rows[0]["image_id"] and status.rows[0]["key"] == pending
     assert store.status("uploads/never/uploaded.jpg").state == "unknown"
+
+    # App photos (no label in the key): the stream answers them with the newest classifier at ingest.
+    classifier = fit.classifier.classifier
+    assert fit.classifier.mode == "fitted" and classifier.version == 2 and len(classifier.labels) == len(keys)
+    photo = upload.sample_images(SAMPLE, per_class=4)[3::4][0][1]  # a new photo of the first class
+    app_keys = upload.upload_app_photos(settings, [(photo.suffix, photo.read_bytes()),
+                                                   (".png", not_fruit_images(1, seed=2)[0][1])])
+    ingest.drain(settings, visibility_timeout=5)
+    stream.start(spark, settings).awaitTermination()
+    answers = {r[0]: r[1:] for r in spark_sql(spark, settings, "SELECT key, label, suggested_label, unknown, "
+                                              "classifier_version, confidence FROM features WHERE key LIKE 'app/%'").rows}
+    assert sorted(answers) == sorted(app_keys)
+    assert answers[app_keys[1]][:4] == (None, None, True, classifier.version)  # no fruit: unknown
+    fruit = answers[app_keys[0]]
+    assert fruit[0] is None and fruit[2] is not None and fruit[3] == classifier.version and 0 < fruit[4] <= 1
+    assert (fruit[1] is None) == fruit[2]

@@ -126,12 +126,13 @@ def ingest_function(template: Template) -> dict:
 
 
 def test_every_upload_notifies_the_queue_and_the_lambda_filters_images(template: Template) -> None:
-    # One notification on the upload prefix, no suffix rule: S3's suffix filter is case-sensitive,
-    # so the Lambda's case-insensitive IMAGE_SUFFIXES is the only list.
+    # One notification per upload prefix (reference photos, the app's), no suffix rule: S3's suffix
+    # filter is case-sensitive, so the Lambda's case-insensitive IMAGE_SUFFIXES is the only list.
     notifications = one(template, "Custom::S3BucketNotifications")["NotificationConfiguration"]
-    [config] = notifications["QueueConfigurations"]
-    assert config["Events"] == ["s3:ObjectCreated:*"]
-    assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "uploads/"}]
+    configs = notifications["QueueConfigurations"]
+    assert all(config["Events"] == ["s3:ObjectCreated:*"] for config in configs)
+    assert [config["Filter"]["Key"]["FilterRules"] for config in configs] == [
+        [{"Name": "prefix", "Value": "uploads/"}], [{"Name": "prefix", "Value": "app/"}]]
 
 
 def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Template) -> None:
@@ -140,7 +141,7 @@ def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Te
     # The deployed Lambda configures itself from exactly these variables (IngestConfig.from_env).
     variables = function["Environment"]["Variables"]
     config = IngestConfig.from_env({k: v for k, v in variables.items() if isinstance(v, str)} | {"UPLOADS_BUCKET": "b"})
-    assert (config.accepted_prefixes, config.image_suffixes) == (("uploads/",), IMAGE_SUFFIXES)
+    assert (config.accepted_prefixes, config.image_suffixes) == (("uploads/", "app/"), IMAGE_SUFFIXES)
     assert "Ref" in variables["UPLOADS_BUCKET"]  # the stack's bucket
     ledger = variables["LEDGER_URI"]["Fn::Join"][1]  # s3://<the stack's bucket>/tables/uploads
     assert ledger[0] == "s3://" and "Ref" in ledger[1] and ledger[2] == "/tables/uploads"
@@ -179,7 +180,7 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
     def prefixes(statement: dict) -> set[str]:
         return {r["Fn::Join"][1][-1] for r in listify(statement["Resource"])}
 
-    assert prefixes(statements["ReadInputs"]) == {"/uploads/*", "/artifacts/*"}
+    assert prefixes(statements["ReadInputs"]) == {"/uploads/*", "/app/*", "/artifacts/*"}
     assert set(statements["ReadInputs"]["Action"]) == {"s3:GetObject", "s3:GetObjectVersion"}
     assert prefixes(statements["ReadWriteTables"]) == {"/tables/*"}
     assert set(statements["ReadWriteTables"]["Action"]) == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}

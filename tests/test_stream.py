@@ -210,7 +210,7 @@ def test_transforms_work_without_a_stream(spark) -> None:
                ("b", "uploads/Apple Red 1/x.jpg", "e2"), ("b", "uploads/loose.jpg", "e3"), ("b", "elsewhere/Kiwi/y.jpg", "e4")]
     rows = spark.createDataFrame([(ledger.image_id(b, k, e, None), b, k, e) for b, k, e in uploads],
                                  "image_id string, bucket string, key string, etag string")
-    images = stream.dedupe(stream.labelled(rows, "uploads/"))
+    images = stream.dedupe(stream.labelled(rows, ("uploads/",)))
     got = sorted((r.key, r.etag, r.label) for r in images.collect())
     assert got == [
         ("elsewhere/Kiwi/y.jpg", "e4", None),

@@ -48,13 +48,14 @@ from fruits.spark.release import EMR_RELEASE, PYTHON_EXECUTABLE
 # The Lambda's package is the one source of these facts; the local event source mapping uses them too.
 from fruits_ingest.config import (
     BATCH_SIZE, BATCHING_WINDOW_SECONDS, LEDGER_TABLE, MAX_CONCURRENCY, MAX_RECEIVE_COUNT, METRICS_NAMESPACE,
-    UPLOAD_PREFIX, IngestConfig,
+    APP_PREFIX, UPLOAD_PREFIX, IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_DIR = ROOT / "lambda"
 
-UPLOADS, TABLES = UPLOAD_PREFIX, "tables/"
+# Labelled reference photos, and the app's users' photos: both are featurized.
+UPLOADS, TABLES = (UPLOAD_PREFIX, APP_PREFIX), "tables/"
 # Delta as the release ships it (EMR Serverless's documented way to turn Delta on): no Maven.
 EMR_DELTA_JARS = ",".join(f"/usr/share/aws/delta/lib/{jar}.jar" for jar in ("delta-spark", "delta-storage"))
 # Delta's single-driver S3 log store, named rather than left to the release's default: each table
@@ -170,9 +171,10 @@ class FruitsStack(cdk.Stack):
         self.dead_letters, self.queue = self._queues()
         # Every upload: the Lambda picks the images out by suffix, in any case (S3's suffix filter
         # is case-sensitive and would miss .JPG and .Jpeg).
-        self.bucket.add_event_notification(
-            s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=UPLOADS),
-        )
+        for prefix in UPLOADS:
+            self.bucket.add_event_notification(
+                s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.queue), s3.NotificationKeyFilter(prefix=prefix),
+            )
         self.ingest = self._ingest_lambda()
         self.application, self.job_role = self._spark()
         self._jobs()
@@ -290,7 +292,7 @@ class FruitsStack(cdk.Stack):
             code=lambda_code(), role=role, log_group=log_group,
             timeout=LAMBDA_TIMEOUT, memory_size=256,
             environment={
-                **IngestConfig(uploads_bucket=self.bucket.bucket_name, accepted_prefixes=(UPLOADS,),
+                **IngestConfig(uploads_bucket=self.bucket.bucket_name, accepted_prefixes=UPLOADS,
                                ledger_uri=f"s3://{self.bucket.bucket_name}/{LEDGER_TABLE}").as_env(),
                 "POWERTOOLS_SERVICE_NAME": "fruits-ingest",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
@@ -324,7 +326,7 @@ class FruitsStack(cdk.Stack):
         b = self.bucket
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadInputs", actions=["s3:GetObject", "s3:GetObjectVersion"],
-            resources=[b.arn_for_objects(f"{p}*") for p in (UPLOADS, ARTIFACTS)],
+            resources=[b.arn_for_objects(f"{p}*") for p in (*UPLOADS, ARTIFACTS)],
         ))
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadWriteTables", actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
@@ -332,7 +334,7 @@ class FruitsStack(cdk.Stack):
         ))
         role.add_to_policy(iam.PolicyStatement(
             sid="ListOwnPrefixes", actions=["s3:ListBucket"], resources=[b.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, TABLES, ARTIFACTS)]}},
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (*UPLOADS, TABLES, ARTIFACTS)]}},
         ))
         # The stream's per-micro-batch metrics (fruits.stream.metrics), in the pipeline's namespace only.
         role.add_to_policy(iam.PolicyStatement(

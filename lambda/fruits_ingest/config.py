@@ -5,7 +5,7 @@
 | ``UPLOADS_BUCKET`` | the bucket the app uploads to (and where the ledger is, by default) | required |
 | ``LEDGER_URI`` | the uploads ledger, a Delta table (``s3://`` URI or a local path) | ``s3://<uploads bucket>/tables/uploads`` |
 | ``ACCEPTED_BUCKETS`` | comma-separated buckets whose uploads to accept | the uploads bucket |
-| ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/`` |
+| ``ACCEPTED_PREFIXES`` | comma-separated key prefixes of uploads to accept | ``uploads/,app/`` |
 | ``IMAGE_SUFFIXES`` | comma-separated file suffixes to accept (case-insensitive) | ``.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff`` |
 """
 
@@ -34,14 +34,17 @@ MAX_CONCURRENCY = 5
 # The CloudWatch namespace of the pipeline's metrics: the Lambda's and the stream's.
 METRICS_NAMESPACE = "Fruits"
 
-# Where the app uploads, by default (the pipeline's settings and infra/ too).
+# Where labelled reference photos are uploaded (uploads/<Label>/...), by default (the pipeline's
+# settings and infra/ too).
 UPLOAD_PREFIX = "uploads/"
+# Where the app uploads its users' photos (app/<user>/<id>.jpg), by default: never labelled.
+APP_PREFIX = "app/"
 # The uploads ledger's place under a bucket, beside the jobs' tables (their default root is tables/).
 LEDGER_TABLE = "tables/uploads"
 
 # The one list of image suffixes, compared case-insensitively (phones write .JPG, .Jpeg, ...): the
 # Lambda accepts these, the demo uploads these, and the featurizer decodes all of them with Pillow.
-# The bucket notification filters on the upload prefix only, so no spelling is missed before here.
+# The bucket notifications filter on the upload prefixes only, so no spelling is missed before here.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 # S3 object keys are at most 1,024 bytes (UTF-8): a longer one cannot be a real upload.
@@ -65,7 +68,7 @@ def _split(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class IngestConfig:
     uploads_bucket: str
-    accepted_prefixes: tuple[str, ...] = (UPLOAD_PREFIX,)
+    accepted_prefixes: tuple[str, ...] = (UPLOAD_PREFIX, APP_PREFIX)
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     # Events for other buckets are skipped (the jobs may not read them); empty means the uploads bucket.
     accepted_buckets: tuple[str, ...] = ()
@@ -89,7 +92,7 @@ class IngestConfig:
             raise ConfigurationError("UPLOADS_BUCKET is not set: give the Lambda the name of the bucket the app uploads to.")
         return cls(
             uploads_bucket=env["UPLOADS_BUCKET"],
-            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", UPLOAD_PREFIX)),
+            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", f"{UPLOAD_PREFIX},{APP_PREFIX}")),
             image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
             accepted_buckets=_split(env.get("ACCEPTED_BUCKETS", "")),
             ledger_uri=env.get("LEDGER_URI", ""),

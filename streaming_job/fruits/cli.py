@@ -151,7 +151,8 @@ def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], Non
     from .spark.session import get_spark
 
     spark = get_spark(settings)
-    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full, "guard": guard}
+    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full, "guard": guard,
+                                "reject_quantile": args.reject_quantile}
     if args.every is None and args.min_new_rows is None:
         _print_refit(refit.refit(spark, settings, **fit_args))
         return 0
@@ -177,17 +178,38 @@ def _print_refit(fit: Any) -> None:
         m = index.manifest
         print(f"  similarity index: {index.mode} ({index.reason}), {m.rows} rows in {len(m.segments)} segment(s), "
               f"PCA version {m.pca_version}, features version {m.features_version}, {index.seconds:.1f}s", flush=True)
+    if (done := fit.classifier) is not None:
+        c = done.classifier
+        found = "" if c is None else (
+            f": version {c.version}, {len(c.labels)} classes, {len(c.prototype_hashes)} prototypes of "
+            f"{c.reference_rows} reference rows, threshold {c.threshold:.3f}, held-out top-1 {c.held_out_top1:.3f}, "
+            f"rejected {c.held_out_rejected:.3f}")
+        print(f"  classifier: {done.mode} ({done.reason}){found}, {done.seconds:.1f}s", flush=True)
 
 
 def cmd_pca_list(args: argparse.Namespace) -> int:
     from .pca import registry
+
+    return _print_versions(registry.versions(_settings(args)), args.json,
+                           "no PCA version yet: run `fruits pca refit` once the table has rows")
+
+
+def cmd_classifier_list(args: argparse.Namespace) -> int:
+    from .classifier import registry
+
+    settings = _settings(args)
+    return _print_versions(registry.versions(settings), args.json,
+                           "no classifier yet: `fruits pca refit` fits one once the table has reference rows "
+                           f"(uploads under {', '.join(settings.reference_prefixes)})")
+
+
+def _print_versions(versions: list[dict[str, Any]], as_json: bool, none_yet: str) -> int:
     from .query.result import QueryResult, format_table
 
-    versions = registry.versions(_settings(args))
-    if args.json:
+    if as_json:
         print(json.dumps(versions, default=str))
     elif not versions:
-        print("no PCA version yet: run `fruits pca refit` once the table has rows")
+        print(none_yet)
     else:
         print(format_table(QueryResult(list(versions[0]), [tuple(v.values()) for v in versions], {})))
     return 0
@@ -262,14 +284,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .query.result import to_json
     from .query.store import FeatureStore
 
-    suggestion = FeatureStore(_settings(args)).classify(_target(args.target), k=args.k)
+    s = FeatureStore(_settings(args)).classify(_target(args.target), k=args.k,
+                                               classifier_version=args.classifier_version)
     if args.json:
-        print(to_json(suggestion))
+        print(to_json(s))
         return 0
-    votes = ", ".join(f"{label} {n}" for label, n in suggestion.votes.items())
-    print(f"{suggestion.label}  (confidence {suggestion.confidence:.0%}; votes of the {len(suggestion.neighbours)} "
-          f"nearest labelled rows: {votes})")
-    print(_neighbour_table(suggestion.neighbours, {"pca_models": suggestion.pca_version}))
+    candidates = ", ".join(f"{c.label} {c.similarity:.3f}" for c in s.candidates)
+    answer = "unknown: resembles no reference photo enough" if s.unknown else f"{s.label} (confidence {s.confidence:.0%})"
+    print(f"{answer}; similarity {s.similarity:.3f}, threshold {s.threshold:.3f}; classifier version "
+          f"{s.classifier_version}\ncandidates: {candidates}")
+    if s.neighbours:
+        print(f"nearest labelled rows:\n{_neighbour_table(s.neighbours, {'pca_models': s.pca_version})}")
     return 0
 
 
@@ -397,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
+    p.add_argument("--reject-quantile", type=float, metavar="Q",
+                   help="the classifier answers 'unknown' to this share of held-out reference photos (default: as "
+                        "the newest classifier, first 0.02); a new value fits a new classifier version")
     p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
     p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")
@@ -433,8 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--json", action="store_true")
     sub.add_parser("similar", parents=[lookup], help="nearest images (cosine, the similarity index's PCA space)") \
         .set_defaults(func=cmd_similar)
-    sub.add_parser("classify", parents=[lookup], help="suggest a label: majority of the k nearest labelled rows") \
-        .set_defaults(func=cmd_classify)
+    p = sub.add_parser("classify", parents=[lookup],
+                       help="what fruit is it: the classifier's answer (or unknown), candidates, nearest labelled rows")
+    p.add_argument("--classifier-version", type=int, help="answer with this classifier version (default: the newest)")
+    p.set_defaults(func=cmd_classify)
+    classifier_parser = sub.add_parser("classifier", help="the label classifier the refit fits")
+    classifier_sub = classifier_parser.add_subparsers(dest="classifier_command", required=True)
+    p = classifier_sub.add_parser("list", parents=[common],
+                                  help="the classifier versions kept: classes, reference rows, threshold, held-out metrics")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classifier_list)
 
     p = sub.add_parser("status", parents=[common], help="processed, quarantined, pending or unknown")
     p.add_argument("key")

@@ -10,7 +10,8 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_ENDPOINT_URL`` | S3/SQS endpoint (the emulator); unset on AWS | unset |
 | ``FRUITS_REGION`` | AWS region | ``eu-west-3`` |
 | ``FRUITS_BUCKET`` | bucket of uploads and (by default) tables | ``fruits-images`` |
-| ``FRUITS_UPLOAD_PREFIX`` | where the app uploads images | ``uploads/`` |
+| ``FRUITS_REFERENCE_PREFIXES`` | where labelled reference photos are uploaded, comma-separated: a key's label is its folder there (``FRUITS_LABEL_RULE``); only these rows train the classifier | ``uploads/`` |
+| ``FRUITS_APP_PREFIX`` | where the app uploads users' photos (``app/<user>/<id>.jpg``): never labelled, answered by the classifier | ``app/`` |
 | ``FRUITS_QUEUE`` | SQS queue of S3 events (its DLQ is ``<queue>-dlq``) | ``fruits-uploads`` |
 | ``FRUITS_TABLE_ROOT`` | root of the Delta tables and checkpoints (``s3a://`` or a path) | ``s3a://<bucket>/tables`` |
 | ``FRUITS_WEIGHTS`` | ``imagenet``, a path to MobileNetV2 no-top weights, or a compiled ``.tflite`` model (``fruits model compile``; no TensorFlow needed) | ``imagenet`` |
@@ -21,7 +22,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_MAX_IMAGE_BYTES`` | larger objects are quarantined unread | ``52428800`` |
 | ``FRUITS_UPLOADS_LEDGER`` | the uploads ledger the Lambda appends to and the stream reads (``s3a://`` or a path) | ``<table root>/uploads`` |
 | ``FRUITS_CHECKPOINT_LOCATION`` | the stream's checkpoint (``s3a://`` or a path) | ``<table root>/_checkpoints/featurizer`` |
-| ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the upload prefix; ``parent``: the file's own folder | ``folder`` |
+| ``FRUITS_LABEL_RULE`` | ``folder``: first folder under the reference prefix; ``parent``: the file's own folder | ``folder`` |
 | ``FRUITS_SPARK_MASTER`` | Spark master of a session the CLI starts | ``local[*, 4]`` |
 | ``FRUITS_DRIVER_MEMORY`` | driver memory of a local-master session | ``4g`` |
 | ``FRUITS_DELTA_SNAPSHOT_PARTITIONS`` | tasks Delta rebuilds a table's state with | ``2`` |
@@ -44,11 +45,11 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fruits_ingest.config import UPLOAD_PREFIX
+from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FRUITS_"
 
@@ -69,7 +70,8 @@ class Settings(BaseSettings):
     endpoint_url: str | None = None
     region: str = Field("eu-west-3", min_length=1)
     bucket: str = Field("fruits-images", min_length=3, max_length=63)
-    upload_prefix: str = UPLOAD_PREFIX
+    reference_prefixes: Annotated[tuple[str, ...], NoDecode] = (UPLOAD_PREFIX,)
+    app_prefix: str = APP_PREFIX
     queue: str = Field("fruits-uploads", min_length=1)
     table_root: str = ""
     weights: str = Field("imagenet", min_length=1)
@@ -101,11 +103,17 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
 
-    @field_validator("upload_prefix")
+    @field_validator("reference_prefixes", mode="before")
     @classmethod
-    def _folder(cls, value: str) -> str:
-        if value and not value.endswith("/"):
-            raise ValueError("a key prefix must end with '/' (for example 'uploads/')")
+    def _prefixes(cls, value: Any) -> Any:
+        return _split(value) if isinstance(value, str) else value
+
+    @field_validator("reference_prefixes", "app_prefix")
+    @classmethod
+    def _folder(cls, value: Any) -> Any:
+        for prefix in (value,) if isinstance(value, str) else value:
+            if not prefix.endswith("/"):
+                raise ValueError("a key prefix must end with '/' (for example 'uploads/')")
         return value
 
     @field_validator("endpoint_url")
@@ -120,7 +128,17 @@ class Settings(BaseSettings):
         # Locations derive from the table root, so one setting moves all of them.
         root = self.table_root or f"s3a://{self.bucket}/tables"
         object.__setattr__(self, "table_root", root.rstrip("/"))
+        prefixes = self.upload_prefixes
+        if not self.reference_prefixes or any(a != b and b.startswith(a) for a in prefixes for b in prefixes) \
+                or len(set(prefixes)) < len(prefixes):
+            raise ValueError(f"the reference prefixes {list(self.reference_prefixes)} and the app prefix "
+                             f"{self.app_prefix!r} must be at least one reference prefix, none inside another")
         return self
+
+    @property
+    def upload_prefixes(self) -> tuple[str, ...]:
+        """Every prefix uploads arrive under: the bucket's notification and the Lambda accept these."""
+        return (*self.reference_prefixes, self.app_prefix)
 
     @property
     def features_table(self) -> str:
@@ -133,6 +151,10 @@ class Settings(BaseSettings):
     @property
     def pca_models_table(self) -> str:
         return f"{self.table_root}/pca_models"
+
+    @property
+    def classifiers_table(self) -> str:
+        return f"{self.table_root}/classifiers"
 
     @property
     def pca_stats_table(self) -> str:
@@ -167,6 +189,10 @@ class Settings(BaseSettings):
             return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _explain(exc: ValidationError) -> str:

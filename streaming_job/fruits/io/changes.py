@@ -36,6 +36,7 @@ from . import lake
 log = logging.getLogger(__name__)
 
 CHANGE_TYPE = "_change_type"
+COMMIT_VERSION = "_commit_version"  # the change data feed's column: the commit that added a row
 
 
 @dataclass(frozen=True)

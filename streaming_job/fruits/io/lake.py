@@ -11,14 +11,15 @@ Example::
     fs.open_input_file(path_in(table.file_uris()[0]))
 
 Limitations: Arrow reads data files as they are, so callers check ``plain_files`` first: a table
-with deletion vectors or column mapping must be read through a Delta reader.
+with deletion vectors or column mapping must be read through a Delta reader (``batches`` does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -28,6 +29,9 @@ from deltalake import DeltaTable
 
 from ..config import Settings
 from . import aws
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def delta_uri(location: str) -> str:
@@ -101,6 +105,23 @@ def plain_files(table: DeltaTable) -> bool:
     if protocol.min_reader_version == 2:  # column mapping
         return False
     return not {"deletionVectors", "columnMapping"} & set(protocol.reader_features or [])
+
+
+def batches(settings: Settings, location: str, table: DeltaTable, columns: list[str],
+            spark: SparkSession | None = None) -> Iterator[pa.RecordBatch]:
+    """The ``columns`` of ``table``'s rows (as loaded) a batch at a time; through Spark, all at
+    once, for a table with deletion vectors or column mapping (Arrow reads files, which would bring
+    deleted rows back)."""
+    if plain_files(table):
+        yield from as_dataset(settings, location, table).to_batches(columns=columns, batch_size=8192)
+        return
+    if spark is None:
+        raise LookupError(f"the table {location} has deletion vectors or column mapping: only a job with Spark "
+                          "(the refit) can read it whole")
+    from ..spark import tables
+
+    yield from tables.read(spark, location, version=table.version()).select(*columns).toArrow() \
+        .to_batches(max_chunksize=8192)
 
 
 @dataclass(frozen=True)

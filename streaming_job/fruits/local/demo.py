@@ -8,15 +8,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyspark.sql import SparkSession
+
 from ..config import Settings
-from ..featurize.build import load_weights
+from ..featurize.build import WeightsBlob, load_weights
 from ..pca import refit
 from ..query import sql
-from ..query.result import format_table
+from ..query.result import QueryResult, format_table
 from ..spark.session import get_spark
 from ..stream import job
 from . import emulator, ingest, upload
+from .not_fruit import not_fruit_images
 from .paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
+
+APP_EVERY = 5  # one class in five has its last photo kept back for the app
 
 
 def _step(title: str) -> Callable[[str], None]:
@@ -54,22 +59,19 @@ def run(
         emulator.provision(settings)
         done(f"s3://{settings.bucket}, {settings.queue} (DLQ {settings.dead_letter_queue})")
 
-        files = upload.sample_images(images_dir, per_class)
-        done = _step(f"uploading {len(files)} images as the app would ({settings.upload_prefix}<Class Name>/<file>)")
+        everything = upload.sample_images(images_dir, per_class)
+        # The last photo of every APP_EVERY-th class is kept back: the app's users upload it later.
+        kept_back = {label: path for label, path in everything}
+        app_photos = [(label, kept_back[label]) for label in sorted(kept_back)[::APP_EVERY]]
+        files = [image for image in everything if image not in app_photos]
+        done = _step(f"uploading {len(files)} labelled reference photos ({settings.reference_prefixes[0]}<Class Name>/<file>)")
         upload.upload_images(settings, files, on_progress=_progress("uploaded"))
         done(f"{len(files)} uploads")
 
-        done = _step("ingest Lambda (local event source mapping) until the queue is drained")
-        stats = ingest.drain(settings)
-        done(f"{stats.invocations} invocations, {stats.deleted} messages acknowledged, {stats.failed} failed")
-
         blob = load_weights(settings.weights)
         print(f"    weights: {blob.name} (sha256 {blob.sha256})")
-        done = _step("featurizer stream (availableNow) -> Delta")
         spark = get_spark(settings)
-        query_handle = job.start(spark, settings, model=blob)
-        query_handle.awaitTermination()
-        done("stream caught up with the uploads ledger")
+        _ingest_and_stream(settings, spark, blob)
 
         done = _step("PCA refit")
         fit = refit.refit(spark, settings)
@@ -81,10 +83,29 @@ def run(
         if fit.index is not None and fit.index.manifest is not None:
             print(f"    similarity index: {fit.index.mode}, {fit.index.manifest.rows} rows "
                   f"({settings.table_root}/similarity)")
+        if fit.classifier is not None and (c := fit.classifier.classifier) is not None:
+            print(f"    classifier: version {c.version}, {len(c.labels)} classes, threshold {c.threshold:.3f} "
+                  f"(held-out top-1 {c.held_out_top1:.3f}, {c.held_out_rejected:.1%} of held-out photos rejected)")
+
+        others = not_fruit_images(3, seed=5)
+        done = _step(f"the app uploads {len(app_photos)} photos of known fruits and {len(others)} that are no fruit "
+                     f"({settings.app_prefix}<user>/<n>.<suffix>)")
+        app_keys = upload.upload_app_photos(settings, [(path.suffix, path.read_bytes()) for _, path in app_photos]
+                                            + [(".png", data) for _, data in others])
+        done(f"{len(app_keys)} uploads")
+        _ingest_and_stream(settings, spark, blob)
+        truth = [f"a photo of {label}" for label, _ in app_photos] + [f"no fruit: {kind}" for kind, _ in others]
+        answers = sql.sql(spark, settings, "SELECT key, suggested_label, round(CAST(confidence AS DOUBLE), 2) AS confidence, unknown, "
+                                           f"classifier_version FROM features WHERE key LIKE '{settings.app_prefix}%'")
+        by_key = {row[0]: row for row in answers.rows}
+        print("\nthe app's photos, answered at ingest (stored in their rows):")
+        print(format_table(QueryResult(["key", "what it is", *answers.columns[1:]],
+                                       [(key, what, *by_key[key][1:]) for key, what in zip(app_keys, truth)
+                                        if key in by_key], {})))
 
         counts = sql.sql(
             spark, settings,
-            "SELECT label, count(*) AS images FROM features GROUP BY label ORDER BY label",
+            "SELECT label, count(*) AS images FROM features WHERE label IS NOT NULL GROUP BY label ORDER BY label",
         )
         print("\n" + format_table(counts))
         sample = sql.sql(
@@ -107,10 +128,19 @@ def run(
             "\"SELECT label, count(*) FROM features GROUP BY label\""
             f"\n  no JVM:    .venv/bin/fruits query --engine duckdb --table-root {settings.table_root} "
             "\"SELECT count(*) FROM features\""
-            f"\n  a label:   .venv/bin/fruits classify --table-root {settings.table_root} --weights {weights} "
-            f"\"{files[0][1]}\""
+            f"\n  a fruit?:  .venv/bin/fruits classify --table-root {settings.table_root} --weights {weights} "
+            f"\"{app_photos[0][1]}\""
             f"\nPCA plots:   {settings.pca_plots}/v{model.version}/"
         )
         spark.stop()
-        ok = rows + quarantined == len(files) and dlq == 0
+        ok = rows + quarantined == len(files) + len(app_keys) and dlq == 0
         return 0 if ok else 1
+
+
+def _ingest_and_stream(settings: Settings, spark: SparkSession, blob: WeightsBlob) -> None:
+    done = _step("ingest Lambda (local event source mapping) until the queue is drained")
+    stats = ingest.drain(settings)
+    done(f"{stats.invocations} invocations, {stats.deleted} messages acknowledged, {stats.failed} failed")
+    done = _step("featurizer stream (availableNow) -> Delta")
+    job.start(spark, settings, model=blob).awaitTermination()
+    done("stream caught up with the uploads ledger")

@@ -2,7 +2,7 @@
 
 ``provision`` creates, against whatever endpoint the settings name, what ``infra/`` creates on AWS:
 the bucket, the event queue with its dead-letter queue, and the bucket notification that sends
-``ObjectCreated`` events under the upload prefix to the queue (the Lambda picks the images out, by
+``ObjectCreated`` events under the upload prefixes to the queue (the Lambda picks the images out, by
 ``fruits_ingest.config.IMAGE_SUFFIXES``, in any case).
 
 Clients reach it with the environment's AWS credentials if set, else moto's placeholders
@@ -146,11 +146,12 @@ def provision(settings: Settings, visibility_timeout: int = 30) -> None:
         NotificationConfiguration={
             "QueueConfigurations": [
                 {
-                    "Id": "uploads",
+                    "Id": f"uploads-{i}",
                     "QueueArn": queue_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": settings.upload_prefix}]}},
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
                 }
+                for i, prefix in enumerate(settings.upload_prefixes)
             ]
         },
     )

@@ -25,7 +25,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
     """What infra/ sets in the Lambda's environment, for these settings."""
     return IngestConfig(
         uploads_bucket=settings.bucket,
-        accepted_prefixes=(settings.upload_prefix,),
+        accepted_prefixes=settings.upload_prefixes,
         ledger_uri=lake.delta_uri(settings.uploads_table),
         storage_options=lake.storage_options(settings),
     )

@@ -1,4 +1,5 @@
-"""What the mobile app does: upload photos to ``<upload prefix><Class Name>/<file>``."""
+"""Uploads as they come: labelled reference photos to ``<reference prefix><Class Name>/<file>``, and
+the app's users' photos to ``<app prefix><user>/<n>.<suffix>``."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def upload_images(
     s3 = aws.client("s3", settings)
     keys = []
     for done, (label, path) in enumerate(images, start=1):
-        key = f"{settings.upload_prefix}{label}/{path.name}"
+        key = f"{settings.reference_prefixes[0]}{label}/{path.name}"
         s3.upload_file(str(path), settings.bucket, key)
         keys.append(key)
         if on_progress is not None:
@@ -42,12 +43,21 @@ def upload_images(
     return keys
 
 
+def upload_app_photos(settings: Settings, photos: list[tuple[str, bytes]], user: str = "demo-user") -> list[str]:
+    """Upload ``(suffix, bytes)`` photos as the app does for ``user``: no label in the key; returns the keys."""
+    s3 = aws.client("s3", settings)
+    keys = [f"{settings.app_prefix}{user}/{n}{suffix}" for n, (suffix, _) in enumerate(photos, start=1)]
+    for key, (_, data) in zip(keys, photos):
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=data)
+    return keys
+
+
 def upload_copies(settings: Settings, images: list[tuple[str, Path]], total: int, tag: str) -> list[str]:
     """Load generation: ``total`` copies of ``images``, each under its own key
-    ``<upload prefix><label>/<tag><n>_<file>``, uploaded by 8 threads; returns the keys."""
+    ``<reference prefix><label>/<tag><n>_<file>``, uploaded by 8 threads; returns the keys."""
     s3 = aws.client("s3", settings)
     blobs = [(label, path.name, path.read_bytes()) for label, path in images]
-    jobs = [(f"{settings.upload_prefix}{label}/{tag}{i // len(blobs)}_{name}", data)
+    jobs = [(f"{settings.reference_prefixes[0]}{label}/{tag}{i // len(blobs)}_{name}", data)
             for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda job: s3.put_object(Bucket=settings.bucket, Key=job[0], Body=job[1]), jobs))

@@ -22,7 +22,9 @@ then); a reader that wants every row in one space projects where it reads (``reg
 ``features_pca`` view, the store). Two plots are written next to each version, from a bounded
 sample of rows: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``. Then the refit
 brings the similarity index up to date (``fruits.similarity.update``: the new rows as a segment, or
-a rebuild in the new version once the table has doubled), under the same lease.
+a rebuild in the new version once the table has doubled), and the classifier
+(``fruits.classifier.update``: the reference rows added since, a new version when there are any),
+under the same lease.
 
 Example::
 
@@ -46,7 +48,9 @@ from pyspark.sql import SparkSession
 
 from ..config import Settings
 from ..io import lake
+from .. import classifier as classifiers
 from .. import similarity
+from ..classifier import ClassifierUpdate
 from ..similarity import IndexUpdate
 from ..spark import tables as table
 from . import registry
@@ -69,6 +73,7 @@ class Refit:
     seconds: dict[str, float] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     index: IndexUpdate | None = None
+    classifier: ClassifierUpdate | None = None
 
 
 def refit(
@@ -80,10 +85,14 @@ def refit(
     full: bool = False,
     write_plots: bool = True,
     update_index: bool = True,
+    update_classifier: bool = True,
+    reject_quantile: float | None = None,
     guard: Callable[[], None] | None = None,
 ) -> Refit:
-    """Fit a new PCA version, store it and its statistics, draw the plots, update the similarity
-    index. Writes the PCA tables and the index only: ``features`` is read, never rewritten.
+    """Fit a new PCA version, store it and its statistics, draw the plots, update the classifier
+    and the similarity index. Writes the PCA tables, ``classifiers`` and the index only:
+    ``features`` is read, never rewritten. ``reject_quantile``: the classifier's (default
+    ``classifier.fit.REJECT_QUANTILE``; a new value fits a new classifier version).
     ``guard`` is called right before each commit (``fruits pca refit``: its lease is still its own)."""
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
@@ -121,8 +130,9 @@ def refit(
             and last.row_count == stats.n:
         # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
+        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile)
         index = _update_index(update_index, spark, settings, seconds, guard)
-        return Refit(last, "unchanged", 0, solver, seconds, index=index)
+        return Refit(last, "unchanged", 0, solver, seconds, index=index, classifier=classifier)
     model = PcaModel(
         version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
         explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
@@ -143,10 +153,20 @@ def refit(
 
         written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
+    classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile)
     index = _update_index(update_index, spark, settings, seconds, guard)
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
              ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
-    return Refit(model, mode, rows_read, solver, seconds, written, index)
+    return Refit(model, mode, rows_read, solver, seconds, written, index, classifier)
+
+
+def _update_classifier(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
+                       guard: Callable[[], None] | None, reject_quantile: float | None) -> ClassifierUpdate | None:
+    if not wanted:
+        return None
+    done = classifiers.update(spark, settings, guard=guard, reject_quantile=reject_quantile)
+    seconds["classifier"] = done.seconds
+    return done
 
 
 def _update_index(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],

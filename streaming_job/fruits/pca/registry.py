@@ -1,6 +1,6 @@
 """The PCA registry: the one module that reads and writes ``pca_models`` and projects onto a version.
 
-Each refit appends one version, one row in one file of its own; nothing rewrites or deletes a
+Each refit appends one version, one row in one file of its own (``io.versions``); nothing rewrites or deletes a
 version, so every version stays readable (reproducible results, time travel). Readers take one
 version, never the table: ``newest_version`` reads the log's file statistics only, ``model`` the
 file whose statistics can hold the version asked for (delta-rs, no Spark job). (``versions``, for
@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa  # module-level: Spark resolves the Arrow UDF's type hints in this module
-import pyarrow.compute as pc
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from ..config import Settings
-from ..io import lake
+from ..io import versions as versions_table
 from .model import PcaModel
 
 if TYPE_CHECKING:  # the Spark side only: the JVM-free store reads models without pyspark
@@ -45,27 +43,9 @@ if TYPE_CHECKING:  # the Spark side only: the JVM-free store reads models withou
 TXN_APP_ID = "fruits-pca-models"
 
 
-def _table(settings: Settings) -> DeltaTable | None:
-    """``pca_models``, or None when no refit or stream has created it yet."""
-    try:
-        return lake.delta_table(settings, settings.pca_models_table)
-    except TableNotFoundError:
-        return None
-
-
 def newest_version(settings: Settings, table: DeltaTable | None = None) -> int | None:
     """The newest version in ``pca_models`` (None when there is none), from the files' statistics alone."""
-    table = table or _table(settings)
-    if table is None:
-        return None
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
-        return None
-    if "max.version" in actions.column_names and actions.column("max.version").null_count == 0:
-        return int(pc.max(actions.column("max.version")).as_py())
-    # A writer that kept no statistics: read the one column.
-    versions = lake.as_dataset(settings, settings.pca_models_table, table).to_table(columns=["version"])
-    return int(pc.max(versions.column(0)).as_py()) if versions.num_rows else None
+    return versions_table.newest(settings, settings.pca_models_table, table)
 
 
 def resolve(settings: Settings, version: int | None = None, table: DeltaTable | None = None) -> int | None:
@@ -84,17 +64,13 @@ def _never_fitted(version: int) -> LookupError:
 def model(settings: Settings, version: int | None = None) -> PcaModel | None:
     """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
     file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
-    table = _table(settings)
-    wanted = newest_version(settings, table) if version is None else version
+    wanted = newest_version(settings) if version is None else version
     if wanted is None:
         return None
-    if table is None:
+    found = versions_table.row(settings, settings.pca_models_table, wanted)
+    if found is None:
         raise _never_fitted(wanted)
-    rows = lake.as_dataset(settings, settings.pca_models_table, table, files=[("version", "=", wanted)]) \
-        .to_table(filter=pc.field("version") == wanted).to_pylist()
-    if not rows:
-        raise _never_fitted(wanted)
-    return PcaModel.from_record(rows[0])
+    return PcaModel.from_record(found)
 
 
 def versions(settings: Settings) -> list[dict[str, Any]]:
@@ -102,13 +78,10 @@ def versions(settings: Settings) -> list[dict[str, Any]]:
     rows and table version fitted on, when, the feature model (the vectors are not read)."""
     columns = ["version", "k", "explained_variance_ratio", "row_count", "source_table_version", "fitted_at",
                "feature_model_id"]
-    table = _table(settings)
-    if table is None:
-        return []
-    rows = lake.as_dataset(settings, settings.pca_models_table, table).to_table(columns=columns).to_pylist()
+    rows = versions_table.listed(settings, settings.pca_models_table, columns)
     return [{"version": r["version"], "k": r["k"],
              "explained_variance": round(float(sum(r["explained_variance_ratio"][: r["k"]])), 4),
-             **{name: r[name] for name in columns[3:]}} for r in sorted(rows, key=lambda r: r["version"])]
+             **{name: r[name] for name in columns[3:]}} for r in rows]
 
 
 def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
@@ -123,8 +96,7 @@ def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
         "source_table_version": [new.source_table_version], "fitted_at": [dt.datetime.now(dt.timezone.utc)],
         "feature_model_id": [new.feature_model_id],
     })
-    spark.createDataFrame(row, PCA_MODELS).write.format("delta").mode("append") \
-        .option("txnAppId", TXN_APP_ID).option("txnVersion", new.version).save(settings.pca_models_table)
+    versions_table.append(spark, settings.pca_models_table, row, PCA_MODELS, TXN_APP_ID, new.version)
     # Ours if it holds our components (read back as float32: compared within float32's precision).
     committed = model(settings, new.version)
     if committed is None or committed.components.shape != new.components.shape \

@@ -8,10 +8,12 @@ Example::
     store = FeatureStore(Settings.from_env())
     store.sql("SELECT label, count(*) AS n FROM features GROUP BY label").rows
     store.similar("uploads/Banana/r_1.jpg", k=5)      # [Neighbour(key=..., label='Banana', distance=0.04), ...]
-    store.classify(Path("photo.jpg"))                  # Suggestion(label='Banana', confidence=0.9, ...)
+    store.classify(Path("photo.jpg"))                  # Suggestion(label='Banana', unknown=False, confidence=0.9, ...)
     store.status("uploads/Banana/r_1.jpg").state       # 'processed'
 
-``similar`` and ``classify`` search the similarity index (``fruits.similarity``: HNSW segments the
+``classify`` answers with the newest classifier (``fruits.classifier``: "unknown" is an answer),
+the row's own stored features or a local photo featurized. ``similar`` and ``classify``'s
+evidence search the similarity index (``fruits.similarity``: HNSW segments the
 refit keeps up to date, and the rows newer than them searched exactly), in the index's PCA version
 with cosine distance; a local file is featurized with the pipeline's own decoding and weights
 (``settings.weights``, which must be the weights the table was featurized with). ``sql`` offers
@@ -24,8 +26,9 @@ ledger, reading only the files whose key statistics (delta-rs's min/max per file
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import Counter
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,11 +41,14 @@ from deltalake.exceptions import DeltaError
 from fruits_ingest import ledger
 from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
+from ..classifier import registry as classifier_registry
+from ..classifier.model import Candidate, Classifier
 from ..config import Settings
 from ..io import aws, lake
 from ..pca import registry
 from ..pca.model import PcaModel
 from ..similarity import IndexView, SimilarityIndex
+from ..similarity.index import REFRESH_SECONDS
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
@@ -62,13 +68,19 @@ class Neighbour:
 
 @dataclass
 class Suggestion:
-    """The majority label of the k nearest labelled rows; ``confidence`` is its share of the votes."""
+    """What fruit ``target`` is: the classifier's answer (``fruits.classifier``), ``label`` None and
+    ``unknown`` True when it resembles no reference photo enough; the best ``candidates`` either
+    way; the nearest labelled rows as evidence; the versions that answered."""
 
-    label: str
-    confidence: float
-    votes: dict[str, int]
+    label: str | None
+    unknown: bool
+    confidence: float  # the label's share of the nearest prototypes' weighted vote
+    similarity: float  # cosine similarity to the nearest reference prototype (threshold: the classifier's)
+    threshold: float
+    candidates: list[Candidate]
     neighbours: list[Neighbour]
-    pca_version: int
+    classifier_version: int
+    pca_version: int | None  # the neighbours' space (None before the similarity index exists)
 
 
 @dataclass
@@ -87,6 +99,8 @@ class FeatureStore:
         self._similar = SimilarityIndex(settings)
         self._model: PcaModel | None = None  # the PCA version last read
         self._featurizer: Featurizer | None = None
+        self._classifier_kept: Classifier | None = None
+        self._classifier_read = -math.inf  # when the newest classifier was last read (monotonic)
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -195,12 +209,14 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _vector(self, view: IndexView, target: str | Path) -> tuple[np.ndarray, str | None]:
+    def _vector(self, view: IndexView, target: str | Path, features: np.ndarray | None = None
+                ) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in the index's PCA space and its image id if it is in the table.
         ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
-        image as a ``Path``."""
+        image as a ``Path`` (``features``: already featurized)."""
         if isinstance(target, Path):
-            return view.model.project(self._featurize_file(target, view.model.feature_model_id))[0], None
+            found = features if features is not None else self._featurize_file(target, view.model.feature_model_id)
+            return view.model.project(found)[0], None
         return view.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
 
     def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
@@ -224,25 +240,57 @@ class FeatureStore:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: str | Path, k: int, labelled_only: bool) -> tuple[list[Neighbour], int]:
+    def _nearest(self, target: str | Path, k: int, labelled_only: bool, features: np.ndarray | None = None
+                 ) -> tuple[list[Neighbour], int]:
         """The neighbours and the PCA version they were found in."""
         view = self._similar.refresh()
-        query, own_id = self._vector(view, target)
+        query, own_id = self._vector(view, target, features)
         if float(np.linalg.norm(query)) == 0.0:
             raise ValueError("the target's PCA vector is all zeros; no direction to compare")
         hits = view.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
         return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
                 view.manifest.pca_version)
 
-    def classify(self, target: str | Path, k: int = 10) -> Suggestion:
-        """A label for ``target``: the majority of its ``k`` nearest labelled rows.
+    def classify(self, target: str | Path, k: int = 10, classifier_version: int | None = None) -> Suggestion:
+        """What fruit ``target`` is, by the newest classifier (or ``classifier_version``), with its
+        ``k`` nearest labelled rows as evidence. ``LookupError`` before the first classifier."""
+        found = self._classifier(classifier_version)
+        features = self._features(target, found.feature_model_id)
+        answer = found.answer(features)[0]
+        try:
+            neighbours, pca_version = self._nearest(target, k, labelled_only=True, features=features)
+        except LookupError:  # no PCA version or index yet: the answer stands without evidence
+            neighbours, pca_version = [], None
+        return Suggestion(label=answer.label, unknown=answer.unknown, confidence=answer.confidence,
+                          similarity=answer.similarity, threshold=found.threshold, candidates=answer.candidates,
+                          neighbours=neighbours, classifier_version=found.version, pca_version=pca_version)
 
-        Ties go to the label whose neighbours are closer in total.
-        """
-        neighbours, pca_version = self._nearest(target, k, labelled_only=True)
-        if not neighbours:
-            raise LookupError("the table has no labelled rows to vote")
-        return vote(neighbours, pca_version)
+    def _classifier(self, version: int | None) -> Classifier:
+        """Classifier ``version`` or the newest, read again when the newest may have changed."""
+        newest = version is None and time.monotonic() - self._classifier_read >= REFRESH_SECONDS
+        if newest or (version is not None and (self._classifier_kept is None or self._classifier_kept.version != version)):
+            found = classifier_registry.classifier(self.settings, version)
+            if found is None:
+                raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
+                                  f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
+            self._classifier_kept = found
+            self._classifier_read = time.monotonic() if version is None else -math.inf
+        assert self._classifier_kept is not None
+        return self._classifier_kept
+
+    def _features(self, target: str | Path, model_id: str) -> np.ndarray:
+        """``target``'s MobileNetV2 features, (1, d): a local photo featurized, or a row's."""
+        if isinstance(target, Path):
+            return self._featurize_file(target, model_id)
+        key = aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target)
+        rows = self.dataset("features").dataset.to_table(columns=["features", "model_id"],
+                                                          filter=pc.field("key") == key)
+        if not rows.num_rows:
+            raise LookupError(f"{key} is not in the features table (`fruits status {key}` says where an upload is; "
+                              "a local photo is given as a Path, on the command line as an existing file)")
+        if rows.column("model_id")[0].as_py() != model_id:
+            raise LookupError(f"{key} was featurized with another model than the classifier's ({model_id})")
+        return np.asarray(rows.column("features")[0].values, dtype=np.float32)[None]
 
     # --- where is an upload -----------------------------------------------------------------
 
@@ -259,7 +307,7 @@ class FeatureStore:
                                                                         "error", "quarantined_at", "message_id"], bucket)
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
-        if key.startswith(self.settings.upload_prefix) and not is_image_key(key):
+        if key.startswith(self.settings.upload_prefixes) and not is_image_key(key):
             return Status(key, "skipped", f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
                                           "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)")
         try:
@@ -277,19 +325,6 @@ class FeatureStore:
                           rows)
         return Status(key, "unknown", "in no table and not in the uploads ledger: not uploaded, or its event has not "
                                       "reached the ingest Lambda yet")
-
-
-def vote(neighbours: list[Neighbour], pca_version: int) -> Suggestion:
-    """The majority label of ``neighbours`` (labelled); ties go to the label whose neighbours are
-    closer in total."""
-    votes = Counter(n.label for n in neighbours)
-    closeness: Counter[str | None] = Counter()
-    for n in neighbours:
-        closeness[n.label] += 1.0 - n.distance
-    label = max(votes, key=lambda name: (votes[name], closeness[name]))
-    assert label is not None
-    return Suggestion(label=label, confidence=votes[label] / len(neighbours), votes=dict(votes.most_common()),
-                      neighbours=neighbours, pca_version=pca_version)
 
 
 def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,

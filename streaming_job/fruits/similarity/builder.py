@@ -36,7 +36,7 @@ import datetime as dt
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,7 +165,7 @@ def _build(settings: Settings, model: PcaModel, table: DeltaTable, work: Path, o
     """Every row in ``model``'s space, one segment, in a new build folder."""
     build = f"v{model.version}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
     index, parts, done = new_index(model.k), [], 0
-    for batch in _batches(settings, table, spark):
+    for batch in lake.batches(settings, settings.features_table, table, SOURCE_COLUMNS, spark):
         if batch.num_rows:
             index.add(np.arange(done, done + batch.num_rows, dtype=np.uint64), in_space(batch, model))
             parts.append(pa.Table.from_batches([batch.select(list(ROW_COLUMNS))]))
@@ -183,22 +183,6 @@ def _retire(manifest: Manifest, segments: list[SegmentInfo] | tuple[SegmentInfo,
     horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=GRACE_SECONDS)
     kept = tuple((path, at) for path, at in manifest.retired if dt.datetime.fromisoformat(at) > horizon)
     return (*kept, *((f"{manifest.build}/{name}", _now()) for s in segments for name in s.files))
-
-
-def _batches(settings: Settings, table: DeltaTable, spark: SparkSession | None) -> Iterator[pa.RecordBatch]:
-    """The table's rows (``SOURCE_COLUMNS``) a batch at a time; through Spark, all at once, for a
-    table with deletion vectors or column mapping."""
-    if lake.plain_files(table):
-        yield from lake.as_dataset(settings, settings.features_table, table).to_batches(columns=SOURCE_COLUMNS,
-                                                                                        batch_size=8192)
-        return
-    if spark is None:
-        raise LookupError(f"the features table {settings.features_table} has deletion vectors or column mapping: "
-                          "only the refit (with Spark) can build the similarity index over it")
-    from ..spark import tables
-
-    rows = tables.read(spark, settings.features_table, version=table.version()).select(*SOURCE_COLUMNS)
-    yield from rows.toArrow().to_batches(max_chunksize=8192)
 
 
 def _strings(parts: list[pa.Table]) -> pa.Table:

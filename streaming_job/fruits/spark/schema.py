@@ -11,6 +11,7 @@ from fruits_ingest.ledger import PARTITION  # FEATURES and QUARANTINE are partit
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
+    BooleanType,
     DateType,
     DoubleType,
     FloatType,
@@ -38,8 +39,17 @@ FEATURES = StructType(
         StructField("model_id", StringType(), False),
         StructField("pca_features", ArrayType(FloatType(), False)),
         StructField("pca_version", LongType()),
+        # The classifier's answer at ingest (``fruits.classifier``); null before the first classifier.
+        StructField("suggested_label", StringType()),
+        StructField("confidence", FloatType()),
+        StructField("unknown", BooleanType()),
+        StructField("classifier_version", LongType()),
     ]
 )
+
+# The classifier's answer for one row (``Classifier.answer_arrow``).
+ANSWER = StructType([StructField("suggested_label", StringType()), StructField("confidence", FloatType()),
+                     StructField("unknown", BooleanType())])
 
 QUARANTINE = StructType(
     [
@@ -68,6 +78,29 @@ PCA_MODELS = StructType(
         StructField("source_table_version", LongType(), False),
         StructField("fitted_at", TimestampType(), False),
         StructField("feature_model_id", StringType(), False),
+    ]
+)
+
+# One row per classifier version (``fruits.classifier``). The prototypes are unit vectors as
+# little-endian float16 (n x dim, grouped by label); their labels int32, their image-id hashes int64.
+CLASSIFIERS = StructType(
+    [
+        StructField("version", LongType(), False),
+        StructField("feature_model_id", StringType(), False),
+        StructField("labels", ArrayType(StringType(), False), False),
+        StructField("dim", IntegerType(), False),
+        StructField("prototypes", BinaryType(), False),
+        StructField("prototype_labels", BinaryType(), False),
+        StructField("prototype_hashes", BinaryType(), False),
+        StructField("threshold", DoubleType(), False),
+        StructField("k", IntegerType(), False),
+        StructField("reject_quantile", DoubleType(), False),
+        StructField("reference_rows", LongType(), False),
+        StructField("held_out_rows", LongType(), False),
+        StructField("held_out_top1", DoubleType(), False),
+        StructField("held_out_rejected", DoubleType(), False),
+        StructField("source_table_version", LongType(), False),
+        StructField("fitted_at", TimestampType(), False),
     ]
 )
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import pandas as pd
+
 # delta-spark 4.x converts the JVM's conflict exceptions to these Python classes only once its
 # `captured` module is imported, which `delta.exceptions` no longer does: without this import
 # every conflict arrived as a bare Py4JJavaError and no retry ever matched.
@@ -61,6 +63,18 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     ensure_table(spark, settings.pca_stats_table, PCA_STATS)
 
 
+def add_missing_columns(spark: SparkSession, location: str, schema: StructType) -> list[str]:
+    """Add the columns of ``schema`` that the table lacks (one an older version created), and name
+    them. For the table's one writer: an ALTER TABLE commit makes a concurrent append fail."""
+    have = set(DeltaTable.forPath(spark, location).toDF().columns)
+    missing = [f for f in schema.fields if f.name not in have]
+    if missing:
+        columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({columns})")
+        log.info("%s: added the columns %s", location, columns)
+    return [f.name for f in missing]
+
+
 # Conflicts that mean only "someone committed first": the operation is still valid on the new
 # snapshot and is retried. The stream's compaction (OPTIMIZE) is the one user: nothing else commits
 # to its tables, but a stream whose lease lapsed may still append once before it stops.
@@ -80,6 +94,13 @@ def retried(operation: Callable[[], T], what: str, attempts: int = 5) -> T:
                                    "other jobs are quieter") from exc
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
+
+
+def frame(spark: SparkSession, rows: pd.DataFrame, schema: StructType) -> DataFrame:
+    """``rows`` as a DataFrame of ``schema`` (columns in its order), a nullable column ``rows``
+    lacks as nulls: rows written as the stream writes them, by benchmarks and tests."""
+    full = rows.assign(**{f.name: None for f in schema.fields if f.name not in rows.columns and f.nullable})
+    return spark.createDataFrame(full[schema.fieldNames()], schema)
 
 
 def append(rows: DataFrame, location: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 from fruits_ingest.ledger import ensure_ledger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -38,13 +39,15 @@ from ..featurize.batch import Columns, WorkerOptions, featurize_batches
 from ..featurize.build import WeightsBlob, as_compiled, load_model
 from ..featurize.images import Reason
 from ..featurize.model import COMPILED_SUFFIX, CompiledModel
-from ..io import aws, lake
+from ..classifier import registry as classifier_registry
+from ..classifier.model import Classifier
+from ..io import aws, lake, versions
 from ..pca import registry
 from ..pca.model import PcaModel
 from ..spark import maintenance
 from ..spark import tables as table
 from ..spark.session import submitted
-from ..spark.schema import FEATURES, FEATURIZE_RESULT, QUARANTINE
+from ..spark.schema import ANSWER, FEATURES, FEATURIZE_RESULT, QUARANTINE
 from . import metrics, poison
 from .written import WrittenImages
 
@@ -68,21 +71,23 @@ def read_uploads(spark: SparkSession, settings: Settings) -> DataFrame:
 
 # --- transforms -----------------------------------------------------------------------------
 
-def label_from_key(upload_prefix: str, rule: str = "folder") -> F.Column:
-    """The label of an upload, from its key (null when the key has no folder under the prefix).
+def label_from_key(reference_prefixes: tuple[str, ...], rule: str = "folder") -> F.Column:
+    """The label of a reference upload, from its key; null for any other key (an app upload) and for
+    a key with no folder under its prefix.
 
-    ``folder``: the folder right under the upload prefix (``uploads/Apple Braeburn/a/1.jpg`` ->
+    ``folder``: the folder right under the reference prefix (``uploads/Apple Braeburn/a/1.jpg`` ->
     ``Apple Braeburn``); ``parent``: the file's own folder (-> ``a``).
     """
     key = F.col("key")
-    rest = F.when(key.startswith(upload_prefix), F.expr(f"substring(key, {len(upload_prefix) + 1})"))
+    rest = F.coalesce(*[F.when(key.startswith(p), F.expr(f"substring(key, {len(p) + 1})")) for p in reference_prefixes])
     parts = F.split(rest, "/")
     return F.when(F.size(parts) > 1, F.element_at(parts, 1 if rule == "folder" else -2))
 
 
-def labelled(uploads: DataFrame, upload_prefix: str, label_rule: str = "folder") -> DataFrame:
-    """Add the label. (The image's identity, ``image_id``, is the ledger's: ``fruits_ingest.ledger``.)"""
-    return uploads.withColumn("label", label_from_key(upload_prefix, label_rule))
+def labelled(uploads: DataFrame, reference_prefixes: tuple[str, ...], label_rule: str = "folder") -> DataFrame:
+    """Add the label: reference uploads only. (The image's identity, ``image_id``, is the ledger's:
+    ``fruits_ingest.ledger``.)"""
+    return uploads.withColumn("label", label_from_key(reference_prefixes, label_rule))
 
 
 def dedupe(images: DataFrame) -> DataFrame:
@@ -128,20 +133,31 @@ def featurize(images: DataFrame, model: Any, settings: Settings, model_id: str) 
     )
 
 
-def feature_rows(scored: DataFrame, pca_model: PcaModel | None = None, projection: F.Column | None = None) -> DataFrame:
-    """The features-table rows of the images that were featurized; projected if a PCA model is given."""
+# What the stream adds after featurizing: the projection and the classifier's answer.
+DERIVED = ("pca_features", "pca_version", *ANSWER.fieldNames(), "classifier_version")
+
+
+def feature_rows(scored: DataFrame, pca: CurrentPca | None = None, answer: CurrentClassifier | None = None) -> DataFrame:
+    """The features-table rows of the images that were featurized; projected if a PCA model is
+    given, answered if a classifier is."""
     rows = scored.where(F.col("result.reason").isNull()).select(
         *[
             F.col("result.features").alias("features") if f.name == "features"
             else F.current_timestamp().alias("ingested_at") if f.name == "ingested_at"
-            else F.lit(None).cast(f.dataType).alias(f.name) if f.name in ("pca_features", "pca_version")
+            else F.lit(None).cast(f.dataType).alias(f.name) if f.name in DERIVED
             else F.col(f.name)
             for f in FEATURES.fields
         ]
     )
-    if pca_model is None or projection is None:
-        return rows
-    return rows.withColumn("pca_features", projection).withColumn("pca_version", F.lit(pca_model.version).cast("long"))
+    if pca is not None and pca.model is not None and pca.projection is not None:
+        rows = rows.withColumn("pca_features", pca.projection) \
+            .withColumn("pca_version", F.lit(pca.model.version).cast("long"))
+    if answer is not None and answer.classifier is not None and answer.column is not None:
+        rows = rows.withColumn("answer", answer.column).select(
+            *[F.col(f"answer.{f.name}").alias(f.name) if f.name in ANSWER.fieldNames()
+              else F.lit(answer.classifier.version).cast("long").alias(f.name) if f.name == "classifier_version"
+              else F.col(f.name) for f in FEATURES.fields])
+    return rows
 
 
 def quarantine_rows(scored: DataFrame) -> DataFrame:
@@ -196,6 +212,14 @@ class CurrentPca(NamedTuple):
     projection: F.Column | None
 
 
+class CurrentClassifier(NamedTuple):
+    """The classifier new rows are answered with, and its answer column (None, None before a fit
+    on this feature model)."""
+
+    classifier: Classifier | None
+    column: F.Column | None
+
+
 class BatchWriter:
     """``foreachBatch`` sink: featurize the new images of a micro-batch and write both tables.
 
@@ -222,7 +246,11 @@ class BatchWriter:
         self.model = spark.sparkContext.broadcast(compiled)
         self._pca = CurrentPca(None, None)
         self._pca_checked: int | None = None  # the pca_models version self._pca was read at
+        self._classifier = CurrentClassifier(None, None)
+        self._classifier_checked: int | None = None  # the classifiers table version it was read at
+        self._classifiers_log: DeltaTable | None = None
         table.ensure_tables(spark, settings)
+        table.add_missing_columns(spark, settings.features_table, FEATURES)  # the stream is its one writer
         self._models_log = lake.delta_table(settings, settings.pca_models_table)
         self.written = WrittenImages(settings, spark)
         # On a cluster (spark-submit) a micro-batch's scored rows must survive losing an executor.
@@ -243,6 +271,23 @@ class BatchWriter:
                 else CurrentPca(None, None)
             self._pca_checked = models_version
         return self._pca
+
+    def current_classifier(self) -> CurrentClassifier:
+        """The newest classifier fitted on this feature model, and its answer column; read again
+        only when the ``classifiers`` table has a new version (as ``current_pca``)."""
+        if self._classifiers_log is None:
+            self._classifiers_log = versions.table(self.settings, self.settings.classifiers_table)
+            if self._classifiers_log is None:  # no refit has fitted one yet
+                return self._classifier
+        self._classifiers_log.update_incremental()
+        log_version = self._classifiers_log.version()
+        if self._classifier_checked != log_version:
+            found = classifier_registry.classifier(self.settings)
+            usable = found is not None and found.feature_model_id == self.model_id
+            self._classifier = CurrentClassifier(found, classifier_registry.answer_column(self.spark, found)) \
+                if usable else CurrentClassifier(None, None)
+            self._classifier_checked = log_version
+        return self._classifier
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         self.write(batch, batch_id)
@@ -270,7 +315,7 @@ class BatchWriter:
     def write(self, batch: DataFrame, batch_id: int) -> None:
         """Featurize the micro-batch's new images and append them to ``features`` or ``quarantine``."""
         s = self.settings
-        images = drop_written(dedupe(labelled(batch, s.upload_prefix, s.label_rule)), self.written)
+        images = drop_written(dedupe(labelled(batch, s.reference_prefixes, s.label_rule)), self.written)
         if images is None:  # every image already written: nothing to write
             metrics.publish(s, metrics.BatchMetrics(batch_id, 0, 0), self._cloudwatch)
             return
@@ -286,9 +331,9 @@ class BatchWriter:
             total, quarantined = scored.agg(F.count("*"), F.count("result.reason")).first()
             featurized = time.perf_counter()
             if total > quarantined:
-                pca = self.current_pca()
+                rows = feature_rows(scored, self.current_pca(), self.current_classifier())
                 self.guard()
-                table.append(feature_rows(scored, pca.model, pca.projection), s.features_table)
+                table.append(rows, s.features_table)
             if quarantined:
                 self.guard()
                 table.append(quarantine_rows(scored), s.quarantine_table)

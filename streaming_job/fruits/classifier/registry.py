@@ -1,0 +1,115 @@
+"""The classifier registry: the one module that reads and writes ``classifiers``.
+
+Each fit that changed the reference sample appends one version (one row: the prototypes, the
+threshold, the held-out metrics; ``io.versions``), read by version like the PCA models. Beside the
+table, ``_checkpoints/classifier.json`` records how far the refit has read ``features`` for the
+classifier: a refit whose new rows hold no reference row writes no version, only that mark, so
+the next refit reads from there and no further back.
+
+Example::
+
+    classifier = registry.classifier(settings)             # the newest, or None before the first fit
+    registry.classifier(settings, version=2).answer(features)
+
+Limitations: one refit at a time (``fruits pca refit`` takes a lease).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa  # module-level: Spark resolves the Arrow UDF's type hints in this module
+
+from ..config import Settings
+from ..io import aws, lake
+from ..io import versions as versions_table
+from .model import Classifier
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, SparkSession
+
+TXN_APP_ID = "fruits-classifiers"
+
+
+def progress_uri(settings: Settings) -> str:
+    return f"{settings.table_root}/_checkpoints/classifier.json"
+
+
+def newest_version(settings: Settings) -> int | None:
+    return versions_table.newest(settings, settings.classifiers_table)
+
+
+def _never_fitted(version: int) -> LookupError:
+    return LookupError(f"there is no classifier version {version}; `fruits classifier list` shows the versions kept")
+
+
+def classifier(settings: Settings, version: int | None = None) -> Classifier | None:
+    """Classifier ``version`` (the newest when None), or None before the first fit. ``LookupError``
+    for a version never fitted."""
+    wanted = newest_version(settings) if version is None else version
+    if wanted is None:
+        return None
+    found = versions_table.row(settings, settings.classifiers_table, wanted)
+    if found is None:
+        raise _never_fitted(wanted)
+    return Classifier.from_record(found)
+
+
+def versions(settings: Settings) -> list[dict[str, Any]]:
+    """One line per version, oldest first: its classes, reference rows, threshold, held-out metrics."""
+    columns = ["version", "labels", "reference_rows", "threshold", "reject_quantile", "held_out_rows",
+               "held_out_top1", "held_out_rejected", "source_table_version", "fitted_at", "feature_model_id"]
+    rows = versions_table.listed(settings, settings.classifiers_table, columns)
+    return [{**{k: v for k, v in r.items() if k != "labels"}, "classes": len(r["labels"])} for r in rows]
+
+
+def commit(spark: SparkSession, settings: Settings, new: Classifier) -> None:
+    """Append ``new`` as its version, at most once. ``RuntimeError`` when another refit committed
+    that version meanwhile (this one then wrote nothing)."""
+    from ..spark.schema import CLASSIFIERS
+
+    record = {**new.to_record(), "fitted_at": new.fitted_at or dt.datetime.now(dt.UTC)}
+    versions_table.append(spark, settings.classifiers_table, pd.DataFrame([record]), CLASSIFIERS, TXN_APP_ID,
+                          new.version)
+    committed = classifier(settings, new.version)
+    if committed is None or not (committed.prototype_hashes.shape == new.prototype_hashes.shape
+                                 and (committed.prototype_hashes == new.prototype_hashes).all()):
+        raise RuntimeError(f"classifier version {new.version} was committed by another refit meanwhile; this one "
+                           "wrote nothing. Run the refit again.")
+
+
+def read_progress(settings: Settings) -> tuple[int, int] | None:
+    """(classifier version, features version) the classifier has read up to, or None."""
+    try:
+        with lake.filesystem(settings).open_input_stream(lake.path_in(progress_uri(settings))) as f:
+            mark = json.loads(f.read().decode())
+        return int(mark["classifier_version"]), int(mark["features_version"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None  # no mark (or an unreadable one): the newest version's own mark serves
+
+
+def write_progress(settings: Settings, classifier_version: int, features_version: int) -> None:
+    mark = {"classifier_version": classifier_version, "features_version": features_version,
+            "written_at": dt.datetime.now(dt.UTC).isoformat()}
+    aws.write_bytes(settings, progress_uri(settings), json.dumps(mark).encode(), "application/json")
+
+
+def answer_column(spark: SparkSession, found: Classifier) -> Column:
+    """A struct column ``suggested_label, confidence, unknown`` answering ``features`` with
+    ``found`` (``Classifier.answer_arrow``, the classifier broadcast once); null for a row of
+    another feature model."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import arrow_udf
+
+    from ..spark.schema import ANSWER
+
+    broadcast = spark.sparkContext.broadcast(found)
+
+    @arrow_udf(ANSWER)  # type: ignore[call-overload]
+    def answer(features: pa.Array, model_ids: pa.Array) -> pa.Array:
+        return broadcast.value.answer_arrow(features, model_ids)
+
+    return answer(F.col("features"), F.col("model_id"))
