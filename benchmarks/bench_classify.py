@@ -4,8 +4,9 @@ The 300 sample photos (25 classes, 12 each) are featurized with the bundled weig
 classifier is fitted by the pipeline's own code (``fruits.classifier.fit``: the sample, the
 leave-one-out threshold) on a reference part of them; the rest are the test images:
 
-- **known classes**: each held-out photo of a class the classifier knows: its answer's label
-  (top-1 of the best candidate, and of the answered ones) and whether it was rejected. Two splits:
+- **known classes**: each held-out photo of a class the classifier knows: the vote's label
+  (``candidates[0]``: top-1 over all of them, and over the ones not rejected) and whether it was
+  rejected. Two splits:
   ``frames``, 5 folds interleaved within each class (a held-out photo has near-copies, the
   neighbouring frames of the same fruit, among the reference rows), and ``new views``, the first 8
   photos of each class as reference and the other 4 (mostly a series turned on another axis) held
@@ -53,7 +54,8 @@ def classifier(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, quant
     table = pa.table({"image_id": [f"id-{i}" for i in rows], "label": labels[rows].tolist(),
                       "features": pa.array(list(features[rows]), pa.list_(pa.float32())),
                       "model_id": ["m"] * len(rows)})
-    return fit(sample(None, table), version=1, feature_model_id="m", source_table_version=0, reject_quantile=quantile)
+    return fit(sample(None, table), version=1, feature_model_id="m", source_table_version=0, table_id="bench",
+               reject_quantile=quantile)
 
 
 def splits(labels: np.ndarray) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:

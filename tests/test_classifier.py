@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from fruits import FeatureStore
-from fruits.classifier import registry
+from fruits.classifier import fit as fit_module
+from fruits.classifier import registry, update
 from fruits.cli import main
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
 from fruits.featurize.images import decode
 from fruits.featurize.model import Featurizer
+from fruits.io import lake
 from fruits.local.not_fruit import not_fruit_images
 from fruits.local.upload import sample_images
 from fruits.pca.refit import refit
@@ -25,7 +28,10 @@ from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
 from fruits.stream.job import CurrentClassifier, feature_rows
 
+from fruits_ingest.ledger import key_hash
+
 from conftest import SAMPLE, WEIGHTS
+from helpers import MODEL_ID, synthetic_features
 
 pytestmark = pytest.mark.spark
 
@@ -79,10 +85,10 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
     assert v1.held_out_rejected <= 0.05
 
     store = FeatureStore(settings)
-    # A known fruit (a reference row answered by its features) and an unseen one.
+    # A known fruit: a reference row, answered with its own prototype left out.
     known = store.classify(f"uploads/{images[first[0]][0]}/{images[first[0]][1].name}")
     assert known.label == images[first[0]][0] and not known.unknown and known.classifier_version == 1
-    assert known.candidates[0].label == known.label and known.neighbours
+    assert known.candidates[0].label == known.label and known.neighbours and known.similarity < 0.9999
     # Images that are no fruit: unknown, label None, the best candidates still listed.
     for i, (kind, data) in enumerate(not_fruit_images(8, seed=3)):
         path = tmp_path / f"{kind}-{i}.png"
@@ -97,7 +103,8 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
     write(spark, settings, [f"app/user-x/{i}.jpg" for i in range(5)], [None] * 5, features[rest[20:25]], model_id)
     fit = refit(spark, settings, write_plots=False)
     assert fit.classifier.mode == "unchanged" and registry.newest_version(settings) == 1
-    assert registry.read_progress(settings) == (1, fit.model.source_table_version)
+    mark = registry.read_progress(settings)
+    assert (mark.classifier_version, mark.features_version) == (1, fit.model.source_table_version)
 
     # More reference rows: version 2 merges them into the sample; version 1 stays readable.
     write(spark, settings, [f"uploads/{images[i][0]}/{images[i][1].name}" for i in rest],
@@ -131,3 +138,43 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
     assert 0 < rows[0].confidence <= 1
     plain = feature_rows(scored).collect()  # before the first classifier: nulls
     assert {(r.suggested_label, r.unknown, r.classifier_version) for r in plain} == {(None, None, None)}
+
+
+def test_update_rules(spark, tmp_path, monkeypatch) -> None:
+    """Too few reference rows, a sample that new rows do not change, another reject quantile, and a
+    features table made anew."""
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    table.ensure_tables(spark, settings)
+    x = synthetic_features(40, seed=1)
+
+    # One reference row: no classifier, and no mark (the next refit must read that row again).
+    write(spark, settings, ["uploads/a/0.jpg"], ["a"], x[:1], MODEL_ID)
+    assert update(spark, settings).mode == "none" and registry.read_progress(settings) is None
+    # Two, of one class: a classifier that knows that class (or says unknown).
+    write(spark, settings, ["uploads/a/1.jpg"], ["a"], x[1:2], MODEL_ID)
+    done = update(spark, settings)
+    assert (done.mode, done.version, done.classifier.labels, done.added) == ("fitted", 1, ("a",), 2)
+
+    # The sample is full (2 a class here): rows whose hashes are above it leave the version standing.
+    monkeypatch.setattr(fit_module, "PROTOTYPES_PER_CLASS", 2)
+    above = [k for k in (f"uploads/a/{i}.jpg" for i in range(2, 200))
+             if key_hash(uuid.uuid5(uuid.NAMESPACE_URL, k).hex) > done.classifier.prototype_hashes.max()][:5]
+    write(spark, settings, above, ["a"] * len(above), x[2:2 + len(above)], MODEL_ID)
+    done = update(spark, settings)
+    assert (done.mode, done.version, done.added) == ("unchanged", 1, len(above))
+    assert registry.read_progress(settings).features_version == lake.delta_table(settings, settings.features_table).version()
+
+    # Another reject quantile: a new version from the same sample, which the next refits keep.
+    done = update(spark, settings, reject_quantile=0.5)
+    assert (done.mode, done.version, done.classifier.reject_quantile) == ("fitted", 2, 0.5)
+    assert update(spark, settings).mode == "unchanged" and registry.classifier(settings).reject_quantile == 0.5
+    with pytest.raises(ValueError, match="0 <= q < 1"):
+        update(spark, settings, reject_quantile=1.5)
+
+    # A features table made anew is another table: the classifier starts over from its rows.
+    shutil.rmtree(tmp_path / "tables" / "features")
+    table.ensure_tables(spark, settings)
+    write(spark, settings, ["uploads/b/0.jpg", "uploads/c/0.jpg", "uploads/c/1.jpg"], ["b", "c", "c"], x[30:33],
+          MODEL_ID)
+    done = update(spark, settings)
+    assert (done.mode, done.version, done.classifier.labels, done.added) == ("fitted", 3, ("b", "c"), 3)

@@ -37,6 +37,12 @@ def test_a_bad_value_names_its_variable_and_what_is_allowed(monkeypatch, variabl
     assert f"{variable}={value!r}" in str(raised.value) and said in str(raised.value)
 
 
+def test_the_renamed_upload_prefix_is_refused_with_its_successors(monkeypatch) -> None:
+    monkeypatch.setenv("FRUITS_UPLOAD_PREFIX", "photos/")
+    with pytest.raises(SettingsError, match="FRUITS_REFERENCE_PREFIXES .* and FRUITS_APP_PREFIX"):
+        Settings.from_env()
+
+
 def test_copies_are_checked_too_and_settings_are_frozen() -> None:
     settings = Settings(table_root="/tmp/t")
     assert settings.with_(batch_size=4).batch_size == 4 and settings.batch_size == 64

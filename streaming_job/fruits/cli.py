@@ -166,6 +166,16 @@ def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], Non
     return 0
 
 
+def _quantile(value: str) -> float:
+    from .classifier import check_quantile
+
+    try:
+        check_quantile(float(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return float(value)
+
+
 def _print_refit(fit: Any) -> None:
     m = fit.model
     print(f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read, {fit.solver}): k={m.k}, "
@@ -180,7 +190,7 @@ def _print_refit(fit: Any) -> None:
               f"PCA version {m.pca_version}, features version {m.features_version}, {index.seconds:.1f}s", flush=True)
     if (done := fit.classifier) is not None:
         c = done.classifier
-        found = "" if c is None else (
+        found = f": version {done.version}" if c is None and done.version is not None else "" if c is None else (
             f": version {c.version}, {len(c.labels)} classes, {len(c.prototype_hashes)} prototypes of "
             f"{c.reference_rows} reference rows, threshold {c.threshold:.3f}, held-out top-1 {c.held_out_top1:.3f}, "
             f"rejected {c.held_out_rejected:.3f}")
@@ -422,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
-    p.add_argument("--reject-quantile", type=float, metavar="Q",
+    p.add_argument("--reject-quantile", type=_quantile, metavar="Q",
                    help="the classifier answers 'unknown' to this share of held-out reference photos (default: as "
                         "the newest classifier, first 0.02); a new value fits a new classifier version")
     p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")

@@ -45,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX
@@ -123,6 +124,15 @@ class Settings(BaseSettings):
             raise ValueError("an endpoint is an http:// or https:// URL (for example http://127.0.0.1:5000)")
         return value or None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        # A deployment that set the old variable would silently stop labelling its uploads.
+        if os.environ.get("FRUITS_UPLOAD_PREFIX"):
+            raise ValueError("FRUITS_UPLOAD_PREFIX is gone: set FRUITS_REFERENCE_PREFIXES (labelled reference photos, "
+                             "comma-separated) and FRUITS_APP_PREFIX (the app's unlabelled photos) instead")
+        return values
+
     @model_validator(mode="after")
     def _derived(self) -> Settings:
         # Locations derive from the table root, so one setting moves all of them.
@@ -200,6 +210,9 @@ def _explain(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"])
+        if not name:  # a rule over several values: its message names them
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
         variable = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
         lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
     return "invalid settings: " + "; ".join(lines)

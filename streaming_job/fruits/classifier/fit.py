@@ -55,7 +55,8 @@ PROTOTYPES_PER_CLASS = 200
 VOTERS = 3  # the nearest prototypes that vote
 REJECT_QUANTILE = 0.02
 HELD_OUT_ROWS = 2000
-MIN_REFERENCE_ROWS = 4
+HELD_OUT_CHUNK = 256  # held-out rows compared with every prototype at a time (bounds the fit's memory)
+MIN_REFERENCE_ROWS = 2  # leave-one-out needs another row
 # What the fit reads of a reference row.
 ROWS = pa.schema([("image_id", pa.string()), ("label", pa.string()), ("features", pa.list_(pa.float32())),
                   ("model_id", pa.string())])
@@ -70,32 +71,44 @@ class Reference:
     vectors: np.ndarray
     label_index: np.ndarray
     hashes: np.ndarray
-    rows_seen: int  # reference rows behind the sample
+    rows_seen: int  # reference rows read into the sample
 
 
 @dataclass(frozen=True)
 class ClassifierUpdate:
-    """What the refit's classifier step did: ``fitted`` (a new version), ``unchanged`` (no new
-    reference rows) or ``none`` (no classifier: too few reference rows), and why."""
+    """What the refit's classifier step did: ``fitted`` (a new version), ``unchanged`` (the newest
+    version stands: no new reference row made the sample) or ``none`` (no classifier yet: too few
+    reference rows), why, and the version that answers now (None: none)."""
 
     mode: str
-    classifier: Classifier | None
+    version: int | None
+    classifier: Classifier | None  # the new version, when fitted
     added: int  # reference rows read
     seconds: float
     reason: str
 
 
-def sample(base: Reference | None, rows: pa.Table, per_class: int = PROTOTYPES_PER_CLASS) -> Reference:
-    """The bottom-``per_class`` sample by hash of ``base`` and ``rows`` (``image_id``, ``label``,
-    ``features``: reference rows only)."""
+def check_quantile(reject_quantile: float | None) -> None:
+    if reject_quantile is not None and not 0.0 <= reject_quantile < 1.0:
+        raise ValueError(f"a reject quantile is a share of the held-out reference rows, 0 <= q < 1, not {reject_quantile}")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None) -> Reference:
+    """The bottom-``per_class`` (default ``PROTOTYPES_PER_CLASS``) sample by hash of ``base`` and
+    ``rows`` (``image_id``, ``label``, ``features``: reference rows only)."""
+    per_class = per_class or PROTOTYPES_PER_CLASS
     base = base or Reference((), np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
     if not rows.num_rows:
         return base
     new = np.asarray(rows.column("features").combine_chunks().flatten(), dtype=np.float32).reshape(rows.num_rows, -1)
+    new = _unit(_unit(new).astype(np.float16).astype(np.float32))  # as the classifiers table keeps them
     names = np.array(rows.column("label").to_pylist())
     labels = np.array(sorted(set(base.labels) | set(names.tolist())))
-    vectors = np.concatenate([base.vectors.reshape(-1, new.shape[1]),
-                              new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)])
+    vectors = np.concatenate([base.vectors.reshape(-1, new.shape[1]), new])
     # The base's indexes name base.labels: mapped onto the merged list.
     index = np.concatenate([np.searchsorted(labels, np.array(base.labels, dtype=labels.dtype))[base.label_index]
                             if base.labels else np.zeros(0, np.int64), np.searchsorted(labels, names)])
@@ -104,7 +117,8 @@ def sample(base: Reference | None, rows: pa.Table, per_class: int = PROTOTYPES_P
     _, first = np.unique(hashes, return_index=True)
     order = first[np.lexsort((hashes[first], index[first]))]
     kept = order[_rank_within(index[order]) < per_class]
-    return Reference(tuple(labels.tolist()), vectors[kept], index[kept].astype(np.int32), hashes[kept],
+    used, label_index = np.unique(index[kept], return_inverse=True)  # the labels that kept a prototype
+    return Reference(tuple(labels[used].tolist()), vectors[kept], label_index.astype(np.int32), hashes[kept],
                      base.rows_seen + rows.num_rows)
 
 
@@ -120,97 +134,112 @@ def _rank_within(groups: np.ndarray) -> np.ndarray:
     return np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
 
 
-def fit(reference: Reference, *, version: int, feature_model_id: str, source_table_version: int,
+def fit(reference: Reference, *, version: int, feature_model_id: str, source_table_version: int, table_id: str,
         reject_quantile: float = REJECT_QUANTILE, k: int = VOTERS) -> Classifier:
-    """A classifier on ``reference``, its threshold and metrics from leave-one-out held-out rows."""
+    """A classifier on ``reference`` (``MIN_REFERENCE_ROWS`` at least), its threshold and metrics
+    from leave-one-out held-out rows."""
     held = np.argsort(reference.hashes, kind="stable")[:HELD_OUT_ROWS]
-    sims = reference.vectors[held] @ reference.vectors.T
-    sims[np.arange(len(held)), held] = -np.inf  # itself left out
     voters = min(k, len(reference.hashes) - 1)
-    nearest = np.argpartition(-sims, voters - 1, axis=1)[:, :voters]
-    right = 0
-    for row, chosen in enumerate(nearest):
-        weights = np.clip(sims[row, chosen], 0, None) + 1e-9
-        votes = np.bincount(reference.label_index[chosen], weights=weights, minlength=len(reference.labels))
-        right += int(votes.argmax() == reference.label_index[held[row]])
-    best = sims.max(axis=1)
+    best, right = np.empty(len(held)), 0
+    for start in range(0, len(held), HELD_OUT_CHUNK):
+        part = held[start:start + HELD_OUT_CHUNK]
+        sims = reference.vectors[part] @ reference.vectors.T
+        sims[np.arange(len(part)), part] = -np.inf  # itself left out
+        best[start:start + len(part)] = sims.max(axis=1)
+        nearest = np.argpartition(-sims, voters - 1, axis=1)[:, :voters]
+        for row, chosen in enumerate(nearest):
+            weights = np.clip(sims[row, chosen], 0, None) + 1e-9
+            votes = np.bincount(reference.label_index[chosen], weights=weights, minlength=len(reference.labels))
+            right += int(votes.argmax() == reference.label_index[part[row]])
     threshold = float(np.quantile(best, reject_quantile))
     return Classifier(
         version=version, feature_model_id=feature_model_id, labels=reference.labels, prototypes=reference.vectors,
         prototype_labels=reference.label_index, prototype_hashes=reference.hashes, threshold=threshold, k=k,
         reject_quantile=reject_quantile, reference_rows=reference.rows_seen, held_out_rows=len(held),
         held_out_top1=right / len(held), held_out_rejected=float((best < threshold).mean()),
-        source_table_version=source_table_version,
+        source_table_version=source_table_version, table_id=table_id,
     )
 
 
 def update(spark: SparkSession, settings: Settings, *, guard: Callable[[], None] | None = None,
            rebuild: bool = False, reject_quantile: float | None = None) -> ClassifierUpdate:
-    """Bring the classifier up to the ``features`` table's newest version (see the module):
-    the reference rows added since the last read, merged into the newest version's sample, fitted
-    as a new version. ``rebuild``: from every reference row. ``reject_quantile``: the threshold's
-    (default: the newest version's, or ``REJECT_QUANTILE``); another than the newest version's fits
-    a new version. ``guard`` is called right before the commit (the refit's lease is still its own)."""
+    """Bring the classifier up to the ``features`` table's newest version (see the module): the
+    reference rows added since the last read, merged into the newest version's sample, fitted as
+    a new version if the sample changed. ``rebuild``: from every reference row. ``reject_quantile``:
+    the threshold's (default: the newest version's, or ``REJECT_QUANTILE``); another than the
+    newest version's fits a new version. ``guard`` is called right before the commit (the refit's
+    lease is still its own)."""
     started = time.perf_counter()
+    check_quantile(reject_quantile)
     table = lake.delta_table(settings, settings.features_table)
-    version = table.version()
-    newest = None if rebuild else registry.classifier(settings)
-    if reject_quantile is not None and not 0.0 <= reject_quantile < 1.0:
-        raise ValueError(f"a reject quantile is a share of the held-out reference rows, 0 <= q < 1, not {reject_quantile}")
-    quantile = reject_quantile if reject_quantile is not None else newest.reject_quantile if newest is not None \
-        else REJECT_QUANTILE
-    same = newest is None or quantile == newest.reject_quantile
-    after = None if rebuild else _read_up_to(settings, newest)
-    if after is not None and after >= version and same:
-        return ClassifierUpdate("unchanged", newest, 0, time.perf_counter() - started,
-                                f"read up to features version {version}")
+    version, table_id = table.version(), table.metadata().id
+    newest = registry.summary(settings)
+    quantile = reject_quantile if reject_quantile is not None else \
+        newest["reject_quantile"] if newest is not None else REJECT_QUANTILE
+    # The newest version's sample grows only on its own table (one made anew is another table).
+    own = newest if newest is not None and newest["table_id"] == table_id and not rebuild else None
+    current = newest["version"] if newest is not None else None
+
+    def result(mode: str, reason: str, added: int = 0, new: Classifier | None = None) -> ClassifierUpdate:
+        return ClassifierUpdate(mode if current is not None or mode == "fitted" else "none",
+                                new.version if new is not None else current, new, added,
+                                time.perf_counter() - started, reason)
+
+    def mark(classifier_version: int | None) -> None:
+        registry.write_progress(settings, registry.Progress(classifier_version or 0, version, table_id))
+
+    requantile = own is not None and quantile != own["reject_quantile"]
+    after = None if rebuild else _read_up_to(registry.read_progress(settings), own, table_id, version)
+    if after == version and not requantile:
+        return result("unchanged", f"read up to features version {version}")
     rows = _added_reference_rows(table, after, version) if after is not None else None
-    if rows is not None and newest is not None and set(rows.column("model_id").to_pylist()) - {newest.feature_model_id}:
-        rows = None  # another feature model: start over
+    if rows is not None and own is not None and set(rows.column("model_id").to_pylist()) - {own["feature_model_id"]}:
+        rows = None  # another feature model: from every row
+    base = None
     if rows is not None:
-        if newest is not None and rows.num_rows == 0 and same:
-            registry.write_progress(settings, newest.version, version)
-            return ClassifierUpdate("unchanged", newest, 0, time.perf_counter() - started,
-                                    f"no new reference rows up to features version {version}")
-        base = of(newest) if newest is not None else None
+        if rows.num_rows == 0 and not requantile:
+            mark(own["version"] if own is not None else None)
+            return result("unchanged", f"no new reference rows up to features version {version}")
+        base = of(registry.classifier(settings, own["version"])) if own is not None else None  # type: ignore[arg-type]
         reference, model_ids = sample(base, rows), set(rows.column("model_id").to_pylist())
         reason = f"{rows.num_rows} new reference rows since features version {after}"
     else:
-        base = None
         reference, model_ids = _sample_every_row(settings, table, spark)
-        reason = "from every reference row" if after is None else \
-            "from every reference row: the commits since cannot be followed, or the feature model changed"
+        reason = "from every reference row"
     if len(model_ids) > 1:
         raise ValueError(f"the reference rows mix feature models {sorted(model_ids)}; the classifier needs one. "
                          "Re-featurize or filter first.")
     added = reference.rows_seen - (base.rows_seen if base is not None else 0)
-    if len(reference.labels) < 2 or len(reference.hashes) < MIN_REFERENCE_ROWS:
+    if base is not None and not requantile and np.array_equal(reference.hashes, base.hashes):
+        mark(own["version"])  # type: ignore[index]
+        return result("unchanged", f"the {added} new reference rows did not make the sample", added)
+    if len(reference.hashes) < MIN_REFERENCE_ROWS:
         if reference.rows_seen == 0:  # nothing to keep: the next refit reads from here
-            registry.write_progress(settings, 0, version)
-        return ClassifierUpdate("none", None, added, time.perf_counter() - started,
-                                f"{reference.rows_seen} reference rows in {len(reference.labels)} classes: a "
-                                f"classifier needs {MIN_REFERENCE_ROWS} rows in 2 classes (uploads under "
-                                f"{', '.join(settings.reference_prefixes)})")
-    new = fit(reference, version=(registry.newest_version(settings) or 0) + 1, feature_model_id=model_ids.pop()
-              if model_ids else newest.feature_model_id,  # type: ignore[union-attr]
-              source_table_version=version, reject_quantile=quantile)
+            mark(None)
+        return result("none", f"{reference.rows_seen} reference row(s): a classifier needs {MIN_REFERENCE_ROWS} "
+                              f"(uploads under {', '.join(settings.reference_prefixes)})", added)
+    new = fit(reference, version=(current or 0) + 1,
+              feature_model_id=model_ids.pop() if model_ids else own["feature_model_id"],  # type: ignore[index]
+              source_table_version=version, table_id=table_id, reject_quantile=quantile)
     if guard is not None:
         guard()
     registry.commit(spark, settings, new)
-    registry.write_progress(settings, new.version, version)
-    seconds = time.perf_counter() - started
+    mark(new.version)
+    done = result("fitted", reason, added, new)
     log.info("classifier v%d (%s): %d classes, %d prototypes, threshold %.3f, held-out top-1 %.3f, %.1f s",
-             new.version, reason, len(new.labels), len(new.prototype_hashes), new.threshold, new.held_out_top1, seconds)
-    return ClassifierUpdate("fitted", new, added, seconds, reason)
+             new.version, reason, len(new.labels), len(new.prototype_hashes), new.threshold, new.held_out_top1,
+             done.seconds)
+    return done
 
 
-def _read_up_to(settings: Settings, newest: Classifier | None) -> int | None:
-    """The features version the classifier has read up to; None: read every reference row."""
-    mark = registry.read_progress(settings)
-    own = newest.source_table_version if newest is not None else None
-    if mark is not None and mark[0] == (newest.version if newest is not None else 0) and mark[1] >= (own or 0):
-        return mark[1]
-    return own
+def _read_up_to(mark: registry.Progress | None, own: dict | None, table_id: str, version: int) -> int | None:
+    """The features version the classifier has read up to on this table; None: read every
+    reference row. ``own``: the newest version's summary, if it covers this table."""
+    covered = own["source_table_version"] if own is not None else None
+    if mark is not None and mark.table_id == table_id \
+            and mark.classifier_version == (own["version"] if own is not None else 0):
+        covered = max(mark.features_version, covered if covered is not None else -1)
+    return covered if covered is not None and covered <= version else None
 
 
 def _labelled(rows: pa.Table) -> pa.Table:

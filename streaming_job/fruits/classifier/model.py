@@ -6,10 +6,10 @@ similarity to the nearest of them. An image is answered by its nearest prototype
 
 - ``unknown`` when even the nearest prototype is less similar than ``threshold``: the image
   resembles no reference photo (not a fruit, or a fruit class the reference set lacks);
-- otherwise ``label``: the similarity-weighted vote of the ``k`` nearest prototypes, and
-  ``confidence``, the winner's share of that vote.
+- otherwise ``label``: the similarity-weighted vote of the ``k`` nearest prototypes.
 
-Either way ``candidates`` lists the best classes, each with its nearest prototype's similarity.
+Either way ``confidence`` is the vote winner's share of that vote, and ``candidates`` lists the
+winner first, then the other classes by their nearest prototype's similarity.
 The threshold and the held-out metrics come from the fit (``classifier.fit``).
 
 Example::
@@ -44,9 +44,9 @@ class Candidate:
 class Answer:
     label: str | None  # None when unknown
     unknown: bool
-    confidence: float  # the best candidate's share of the k nearest prototypes' weighted vote
+    confidence: float  # the vote winner's (candidates[0]'s) share of the k nearest prototypes' weighted vote
     similarity: float  # to the nearest prototype; below the threshold: unknown
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # the vote winner, then the other classes by similarity
 
 
 # The answer columns of a features row, as ``answer_arrow`` gives them.
@@ -64,11 +64,12 @@ class Classifier:
     threshold: float
     k: int
     reject_quantile: float  # the share of held-out reference rows the threshold rejects, by construction
-    reference_rows: int  # reference rows seen by this and earlier versions
+    reference_rows: int  # reference rows read by this and earlier versions (a replayed row counts again)
     held_out_rows: int
     held_out_top1: float  # leave-one-out top-1 over the held-out reference rows
     held_out_rejected: float  # their share below the threshold
     source_table_version: int  # the features table version the fit covers
+    table_id: str  # the features table's Delta id: a table made anew is another table
     fitted_at: dt.datetime | None = None
     _starts: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -82,9 +83,14 @@ class Classifier:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return (x / np.where(norms == 0, 1, norms)) @ self.prototypes.T
 
-    def answer(self, features: np.ndarray) -> list[Answer]:
-        """One ``Answer`` per row of ``features`` (m, d), MobileNetV2 features of this feature model."""
-        return [self._answer(row) for row in self.similarities(features)]
+    def answer(self, features: np.ndarray, leave_out: int | None = None) -> list[Answer]:
+        """One ``Answer`` per row of ``features`` (m, d), MobileNetV2 features of this feature model.
+        ``leave_out``: the image-id hash (``fruits_ingest.ledger.key_hash``) of a prototype not to
+        compare with (a reference row asked about itself)."""
+        sims = self.similarities(features)
+        if leave_out is not None:
+            sims[:, self.prototype_hashes == leave_out] = -1.0  # the least similar a direction can be
+        return [self._answer(row) for row in sims]
 
     def _answer(self, sims: np.ndarray) -> Answer:
         k = min(self.k, len(sims))
@@ -93,12 +99,12 @@ class Classifier:
                             minlength=len(self.labels))
         winner = int(votes.argmax())
         best = np.maximum.reduceat(sims, self._starts)
-        order = np.argsort(-best, kind="stable")[:CANDIDATES]
-        similarity = float(best[order[0]])
+        similarity = float(best.max())
+        others = [int(i) for i in np.argsort(-best, kind="stable") if i != winner][:CANDIDATES - 1]
         unknown = similarity < self.threshold
         return Answer(label=None if unknown else self.labels[winner], unknown=bool(unknown),
                       confidence=float(votes[winner] / votes.sum()), similarity=similarity,
-                      candidates=[Candidate(self.labels[i], float(best[i])) for i in order])
+                      candidates=[Candidate(self.labels[i], float(best[i])) for i in (winner, *others)])
 
     def answer_arrow(self, features: pa.Array, model_ids: pa.Array) -> pa.StructArray:
         """``ANSWER_TYPE`` per row: null for a row of another feature model (or without features)."""
@@ -127,7 +133,8 @@ class Classifier:
             "threshold": self.threshold, "k": self.k, "reject_quantile": self.reject_quantile,
             "reference_rows": self.reference_rows, "held_out_rows": self.held_out_rows,
             "held_out_top1": self.held_out_top1, "held_out_rejected": self.held_out_rejected,
-            "source_table_version": self.source_table_version, "fitted_at": self.fitted_at,
+            "source_table_version": self.source_table_version, "table_id": self.table_id,
+            "fitted_at": self.fitted_at,
         }
 
     @classmethod
@@ -142,5 +149,5 @@ class Classifier:
             threshold=r["threshold"], k=r["k"], reject_quantile=r["reject_quantile"],
             reference_rows=r["reference_rows"], held_out_rows=r["held_out_rows"], held_out_top1=r["held_out_top1"],
             held_out_rejected=r["held_out_rejected"], source_table_version=r["source_table_version"],
-            fitted_at=r.get("fitted_at"),
+            table_id=r["table_id"], fitted_at=r.get("fitted_at"),
         )

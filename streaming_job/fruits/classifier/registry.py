@@ -1,10 +1,10 @@
 """The classifier registry: the one module that reads and writes ``classifiers``.
 
-Each fit that changed the reference sample appends one version (one row: the prototypes, the
-threshold, the held-out metrics; ``io.versions``), read by version like the PCA models. Beside the
-table, ``_checkpoints/classifier.json`` records how far the refit has read ``features`` for the
-classifier: a refit whose new rows hold no reference row writes no version, only that mark, so
-the next refit reads from there and no further back.
+Each fit that changed the reference sample (or the reject quantile) appends one version (one
+row: the prototypes, the threshold, the held-out metrics; ``io.versions``), read by version like
+the PCA models. Beside the table, ``_checkpoints/classifier.json`` (a ``Progress``) records how far
+the refit has read ``features`` for the classifier: a refit that changed nothing writes no
+version, only that mark, so the next refit reads from there and no further back.
 
 Example::
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -32,6 +33,18 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
 
 TXN_APP_ID = "fruits-classifiers"
+# What a refit reads of the newest version to decide whether it must read the rest.
+SUMMARY = ["version", "feature_model_id", "reject_quantile", "source_table_version", "table_id"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the classifier has read ``features``: up to ``features_version`` of the table
+    ``table_id``, the newest version then being ``classifier_version`` (0: none)."""
+
+    classifier_version: int
+    features_version: int
+    table_id: str
 
 
 def progress_uri(settings: Settings) -> str:
@@ -44,6 +57,12 @@ def newest_version(settings: Settings) -> int | None:
 
 def _never_fitted(version: int) -> LookupError:
     return LookupError(f"there is no classifier version {version}; `fruits classifier list` shows the versions kept")
+
+
+def summary(settings: Settings) -> dict[str, Any] | None:
+    """The newest version's ``SUMMARY`` columns (not its prototypes), or None before the first."""
+    newest = newest_version(settings)
+    return None if newest is None else versions_table.row(settings, settings.classifiers_table, newest, SUMMARY)
 
 
 def classifier(settings: Settings, version: int | None = None) -> Classifier | None:
@@ -74,27 +93,25 @@ def commit(spark: SparkSession, settings: Settings, new: Classifier) -> None:
     record = {**new.to_record(), "fitted_at": new.fitted_at or dt.datetime.now(dt.UTC)}
     versions_table.append(spark, settings.classifiers_table, pd.DataFrame([record]), CLASSIFIERS, TXN_APP_ID,
                           new.version)
-    committed = classifier(settings, new.version)
-    if committed is None or not (committed.prototype_hashes.shape == new.prototype_hashes.shape
-                                 and (committed.prototype_hashes == new.prototype_hashes).all()):
+    committed = versions_table.row(settings, settings.classifiers_table, new.version, ["prototype_hashes"])
+    if committed is None or committed["prototype_hashes"] != record["prototype_hashes"]:
         raise RuntimeError(f"classifier version {new.version} was committed by another refit meanwhile; this one "
                            "wrote nothing. Run the refit again.")
 
 
-def read_progress(settings: Settings) -> tuple[int, int] | None:
-    """(classifier version, features version) the classifier has read up to, or None."""
+def read_progress(settings: Settings) -> Progress | None:
+    """The mark, or None (none yet, or unreadable: the newest version's own coverage serves)."""
     try:
         with lake.filesystem(settings).open_input_stream(lake.path_in(progress_uri(settings))) as f:
             mark = json.loads(f.read().decode())
-        return int(mark["classifier_version"]), int(mark["features_version"])
+        return Progress(int(mark["classifier_version"]), int(mark["features_version"]), str(mark["table_id"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None  # no mark (or an unreadable one): the newest version's own mark serves
+        return None
 
 
-def write_progress(settings: Settings, classifier_version: int, features_version: int) -> None:
-    mark = {"classifier_version": classifier_version, "features_version": features_version,
-            "written_at": dt.datetime.now(dt.UTC).isoformat()}
-    aws.write_bytes(settings, progress_uri(settings), json.dumps(mark).encode(), "application/json")
+def write_progress(settings: Settings, mark: Progress) -> None:
+    data = {**asdict(mark), "written_at": dt.datetime.now(dt.UTC).isoformat()}
+    aws.write_bytes(settings, progress_uri(settings), json.dumps(data).encode(), "application/json")
 
 
 def answer_column(spark: SparkSession, found: Classifier) -> Column:

@@ -22,7 +22,7 @@ then); a reader that wants every row in one space projects where it reads (``reg
 ``features_pca`` view, the store). Two plots are written next to each version, from a bounded
 sample of rows: ``<table root>/pca_plots/v<N>/scree.png`` and ``pc1_pc2.png``. Then the refit
 brings the similarity index up to date (``fruits.similarity.update``: the new rows as a segment, or
-a rebuild in the new version once the table has doubled), and the classifier
+a rebuild in the new version once the table has doubled), then the classifier
 (``fruits.classifier.update``: the reference rows added since, a new version when there are any),
 under the same lease.
 
@@ -92,8 +92,10 @@ def refit(
     """Fit a new PCA version, store it and its statistics, draw the plots, update the classifier
     and the similarity index. Writes the PCA tables, ``classifiers`` and the index only:
     ``features`` is read, never rewritten. ``reject_quantile``: the classifier's (default
-    ``classifier.fit.REJECT_QUANTILE``; a new value fits a new classifier version).
+    ``classifier.fit.REJECT_QUANTILE``; a new value fits a new classifier version). ``full``
+    recomputes the PCA statistics and the classifier's sample from every row.
     ``guard`` is called right before each commit (``fruits pca refit``: its lease is still its own)."""
+    classifiers.check_quantile(reject_quantile)  # before anything is written
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -130,8 +132,8 @@ def refit(
             and last.row_count == stats.n:
         # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
-        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile)
         index = _update_index(update_index, spark, settings, seconds, guard)
+        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full)
         return Refit(last, "unchanged", 0, solver, seconds, index=index, classifier=classifier)
     model = PcaModel(
         version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
@@ -153,18 +155,19 @@ def refit(
 
         written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
-    classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile)
     index = _update_index(update_index, spark, settings, seconds, guard)
+    classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full)
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
              ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
     return Refit(model, mode, rows_read, solver, seconds, written, index, classifier)
 
 
 def _update_classifier(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
-                       guard: Callable[[], None] | None, reject_quantile: float | None) -> ClassifierUpdate | None:
+                       guard: Callable[[], None] | None, reject_quantile: float | None,
+                       rebuild: bool) -> ClassifierUpdate | None:
     if not wanted:
         return None
-    done = classifiers.update(spark, settings, guard=guard, reject_quantile=reject_quantile)
+    done = classifiers.update(spark, settings, guard=guard, reject_quantile=reject_quantile, rebuild=rebuild)
     seconds["classifier"] = done.seconds
     return done
 

@@ -209,13 +209,14 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _vector(self, view: IndexView, target: str | Path, features: np.ndarray | None = None
+    def _vector(self, view: IndexView, target: str | Path, features: tuple[np.ndarray, str] | None = None
                 ) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in the index's PCA space and its image id if it is in the table.
         ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
-        image as a ``Path`` (``features``: already featurized)."""
+        image as a ``Path`` (``features``: already featurized, and by which feature model)."""
         if isinstance(target, Path):
-            found = features if features is not None else self._featurize_file(target, view.model.feature_model_id)
+            found = features[0] if features is not None and features[1] == view.model.feature_model_id \
+                else self._featurize_file(target, view.model.feature_model_id)
             return view.model.project(found)[0], None
         return view.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
 
@@ -240,8 +241,8 @@ class FeatureStore:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: str | Path, k: int, labelled_only: bool, features: np.ndarray | None = None
-                 ) -> tuple[list[Neighbour], int]:
+    def _nearest(self, target: str | Path, k: int, labelled_only: bool,
+                 features: tuple[np.ndarray, str] | None = None) -> tuple[list[Neighbour], int]:
         """The neighbours and the PCA version they were found in."""
         view = self._similar.refresh()
         query, own_id = self._vector(view, target, features)
@@ -255,10 +256,12 @@ class FeatureStore:
         """What fruit ``target`` is, by the newest classifier (or ``classifier_version``), with its
         ``k`` nearest labelled rows as evidence. ``LookupError`` before the first classifier."""
         found = self._classifier(classifier_version)
-        features = self._features(target, found.feature_model_id)
-        answer = found.answer(features)[0]
+        features, image_id = self._features(target, found.feature_model_id)
+        # A reference row asked about is not its own prototype (as its neighbours leave it out).
+        answer = found.answer(features, leave_out=None if image_id is None else ledger.key_hash(image_id))[0]
         try:
-            neighbours, pca_version = self._nearest(target, k, labelled_only=True, features=features)
+            neighbours, pca_version = self._nearest(target, k, labelled_only=True,
+                                                    features=(features, found.feature_model_id))
         except LookupError:  # no PCA version or index yet: the answer stands without evidence
             neighbours, pca_version = [], None
         return Suggestion(label=answer.label, unknown=answer.unknown, confidence=answer.confidence,
@@ -278,19 +281,22 @@ class FeatureStore:
         assert self._classifier_kept is not None
         return self._classifier_kept
 
-    def _features(self, target: str | Path, model_id: str) -> np.ndarray:
-        """``target``'s MobileNetV2 features, (1, d): a local photo featurized, or a row's."""
+    def _features(self, target: str | Path, model_id: str) -> tuple[np.ndarray, str | None]:
+        """``target``'s MobileNetV2 features, (1, d), and its image id if it is a row: a local photo
+        featurized, or the newest row of a key. (A key is looked up as ``status`` does.)"""
         if isinstance(target, Path):
-            return self._featurize_file(target, model_id)
-        key = aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target)
-        rows = self.dataset("features").dataset.to_table(columns=["features", "model_id"],
-                                                          filter=pc.field("key") == key)
-        if not rows.num_rows:
+            return self._featurize_file(target, model_id), None
+        bucket, key = aws.split_s3_uri(str(target)) if "://" in str(target) else (None, str(target))
+        rows = _rows_with_key(self.dataset("features").dataset, key, ["image_id", "features", "model_id", "ingested_at"],
+                              bucket)
+        if not rows:
             raise LookupError(f"{key} is not in the features table (`fruits status {key}` says where an upload is; "
                               "a local photo is given as a Path, on the command line as an existing file)")
-        if rows.column("model_id")[0].as_py() != model_id:
-            raise LookupError(f"{key} was featurized with another model than the classifier's ({model_id})")
-        return np.asarray(rows.column("features")[0].values, dtype=np.float32)[None]
+        row = max(rows, key=lambda r: r["ingested_at"])
+        if row["model_id"] != model_id:
+            raise LookupError(f"{key} was featurized with {row['model_id']}, not the classifier's feature model "
+                              f"{model_id}")
+        return np.asarray(row["features"], dtype=np.float32)[None], row["image_id"]
 
     # --- where is an upload -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ stream's exactly-once check reads only the partitions of a micro-batch's dates (
 from __future__ import annotations
 
 from fruits_ingest.ledger import PARTITION  # FEATURES and QUARANTINE are partitioned as the ledger is
+from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -22,6 +23,8 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from ..classifier.model import ANSWER_TYPE
 
 FEATURES = StructType(
     [
@@ -48,8 +51,7 @@ FEATURES = StructType(
 )
 
 # The classifier's answer for one row (``Classifier.answer_arrow``).
-ANSWER = StructType([StructField("suggested_label", StringType()), StructField("confidence", FloatType()),
-                     StructField("unknown", BooleanType())])
+ANSWER: StructType = from_arrow_type(ANSWER_TYPE)  # type: ignore[assignment]
 
 QUARANTINE = StructType(
     [
@@ -100,6 +102,7 @@ CLASSIFIERS = StructType(
         StructField("held_out_top1", DoubleType(), False),
         StructField("held_out_rejected", DoubleType(), False),
         StructField("source_table_version", LongType(), False),
+        StructField("table_id", StringType(), False),  # the features table's Delta id
         StructField("fitted_at", TimestampType(), False),
     ]
 )

@@ -273,8 +273,9 @@ class BatchWriter:
         return self._pca
 
     def current_classifier(self) -> CurrentClassifier:
-        """The newest classifier fitted on this feature model, and its answer column; read again
-        only when the ``classifiers`` table has a new version (as ``current_pca``)."""
+        """The newest classifier, if it was fitted on this feature model (else none: rows get null
+        answers), and its answer column; read again only when the ``classifiers`` table has a new
+        version (as ``current_pca``)."""
         if self._classifiers_log is None:
             self._classifiers_log = versions.table(self.settings, self.settings.classifiers_table)
             if self._classifiers_log is None:  # no refit has fitted one yet
