@@ -99,16 +99,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None) -> Reference:
     """The bottom-``per_class`` (default ``PROTOTYPES_PER_CLASS``) sample by hash of ``base`` and
-    ``rows`` (``image_id``, ``label``, ``features``: reference rows only)."""
+    ``rows`` (``image_id``, ``label``, ``features``: reference rows only). The sample is chosen by
+    hashes alone; only the rows chosen have their vectors made."""
     per_class = per_class or PROTOTYPES_PER_CLASS
     base = base or Reference((), np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
     if not rows.num_rows:
         return base
-    new = np.asarray(rows.column("features").combine_chunks().flatten(), dtype=np.float32).reshape(rows.num_rows, -1)
-    new = _unit(_unit(new).astype(np.float16).astype(np.float32))  # as the classifiers table keeps them
     names = np.array(rows.column("label").to_pylist())
     labels = np.array(sorted(set(base.labels) | set(names.tolist())))
-    vectors = np.concatenate([base.vectors.reshape(-1, new.shape[1]), new])
     # The base's indexes name base.labels: mapped onto the merged list.
     index = np.concatenate([np.searchsorted(labels, np.array(base.labels, dtype=labels.dtype))[base.label_index]
                             if base.labels else np.zeros(0, np.int64), np.searchsorted(labels, names)])
@@ -117,8 +115,15 @@ def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None)
     _, first = np.unique(hashes, return_index=True)
     order = first[np.lexsort((hashes[first], index[first]))]
     kept = order[_rank_within(index[order]) < per_class]
+    features = np.asarray(rows.column("features").combine_chunks().flatten(), dtype=np.float32)
+    new = features.reshape(rows.num_rows, -1)
+    vectors = np.empty((len(kept), new.shape[1]), np.float32)
+    old = kept < len(base.hashes)
+    vectors[old] = base.vectors.reshape(-1, new.shape[1])[kept[old]]
+    # Unit length as the classifiers table keeps them (float16), then read back.
+    vectors[~old] = _unit(_unit(new[kept[~old] - len(base.hashes)]).astype(np.float16).astype(np.float32))
     used, label_index = np.unique(index[kept], return_inverse=True)  # the labels that kept a prototype
-    return Reference(tuple(labels[used].tolist()), vectors[kept], label_index.astype(np.int32), hashes[kept],
+    return Reference(tuple(labels[used].tolist()), vectors, label_index.astype(np.int32), hashes[kept],
                      base.rows_seen + rows.num_rows)
 
 
@@ -269,7 +274,9 @@ def _sample_every_row(settings: Settings, table: DeltaTable, spark: SparkSession
     """The sample of every reference row of the table (read a batch at a time), and their feature models."""
     reference, model_ids = sample(None, ROWS.empty_table()), set()
     for batch in lake.batches(settings, settings.features_table, table, COLUMNS, spark):
-        rows = _labelled(pa.Table.from_batches([batch]).cast(ROWS))
+        rows = pa.Table.from_batches([batch])
+        if rows.column("label").null_count:  # app rows: left out (a reference set alone skips the copy)
+            rows = _labelled(rows)
         reference = sample(reference, rows)
         model_ids |= set(rows.column("model_id").to_pylist())
     return reference, model_ids
