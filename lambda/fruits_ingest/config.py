@@ -61,7 +61,8 @@ def is_image_key(key: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> bool:
     return key.lower().endswith(suffixes)
 
 
-def _split(value: str) -> tuple[str, ...]:
+def split_list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting's parts, stripped, empty ones left out."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
@@ -92,9 +93,9 @@ class IngestConfig:
             raise ConfigurationError("UPLOADS_BUCKET is not set: give the Lambda the name of the bucket the app uploads to.")
         return cls(
             uploads_bucket=env["UPLOADS_BUCKET"],
-            accepted_prefixes=_split(env.get("ACCEPTED_PREFIXES", f"{UPLOAD_PREFIX},{APP_PREFIX}")),
-            image_suffixes=_split(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
-            accepted_buckets=_split(env.get("ACCEPTED_BUCKETS", "")),
+            accepted_prefixes=split_list(env.get("ACCEPTED_PREFIXES", f"{UPLOAD_PREFIX},{APP_PREFIX}")),
+            image_suffixes=split_list(env.get("IMAGE_SUFFIXES", ",".join(IMAGE_SUFFIXES))),
+            accepted_buckets=split_list(env.get("ACCEPTED_BUCKETS", "")),
             ledger_uri=env.get("LEDGER_URI", ""),
         )
 

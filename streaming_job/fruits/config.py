@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX
+from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX, split_list
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     @field_validator("reference_prefixes", mode="before")
     @classmethod
     def _prefixes(cls, value: Any) -> Any:
-        return _split(value) if isinstance(value, str) else value
+        return split_list(value) if isinstance(value, str) else value
 
     @field_validator("reference_prefixes", "app_prefix")
     @classmethod
@@ -199,10 +199,6 @@ class Settings(BaseSettings):
             return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
-
-
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _explain(exc: ValidationError) -> str:

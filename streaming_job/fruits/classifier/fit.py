@@ -44,7 +44,7 @@ from fruits_ingest.ledger import key_hash
 from ..config import Settings
 from ..io import changes, lake
 from . import registry
-from .model import Classifier
+from .model import Classifier, vote
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -72,6 +72,10 @@ class Reference:
     label_index: np.ndarray
     hashes: np.ndarray
     rows_seen: int  # reference rows read into the sample
+
+    @classmethod
+    def empty(cls) -> Reference:
+        return cls((), np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None)
     ``rows`` (``image_id``, ``label``, ``features``: reference rows only). The sample is chosen by
     hashes alone; only the rows chosen have their vectors made."""
     per_class = per_class or PROTOTYPES_PER_CLASS
-    base = base or Reference((), np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
+    base = base or Reference.empty()
     if not rows.num_rows:
         return base
     names = np.array(rows.column("label").to_pylist())
@@ -151,11 +155,8 @@ def fit(reference: Reference, *, version: int, feature_model_id: str, source_tab
         sims = reference.vectors[part] @ reference.vectors.T
         sims[np.arange(len(part)), part] = -np.inf  # itself left out
         best[start:start + len(part)] = sims.max(axis=1)
-        nearest = np.argpartition(-sims, voters - 1, axis=1)[:, :voters]
-        for row, chosen in enumerate(nearest):
-            weights = np.clip(sims[row, chosen], 0, None) + 1e-9
-            votes = np.bincount(reference.label_index[chosen], weights=weights, minlength=len(reference.labels))
-            right += int(votes.argmax() == reference.label_index[part[row]])
+        for row, truth in zip(sims, reference.label_index[part]):
+            right += int(vote(row, reference.label_index, voters, len(reference.labels)).argmax() == truth)
     threshold = float(np.quantile(best, reject_quantile))
     return Classifier(
         version=version, feature_model_id=feature_model_id, labels=reference.labels, prototypes=reference.vectors,
@@ -272,7 +273,7 @@ def _added_reference_rows(table: DeltaTable, after: int, upto: int) -> pa.Table 
 
 def _sample_every_row(settings: Settings, table: DeltaTable, spark: SparkSession) -> tuple[Reference, set[str]]:
     """The sample of every reference row of the table (read a batch at a time), and their feature models."""
-    reference, model_ids = sample(None, ROWS.empty_table()), set()
+    reference, model_ids = Reference.empty(), set()
     for batch in lake.batches(settings, settings.features_table, table, COLUMNS, spark):
         rows = pa.Table.from_batches([batch])
         if rows.column("label").null_count:  # app rows: left out (a reference set alone skips the copy)

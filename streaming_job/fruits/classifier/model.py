@@ -53,6 +53,14 @@ class Answer:
 ANSWER_TYPE = pa.struct([("suggested_label", pa.string()), ("confidence", pa.float32()), ("unknown", pa.bool_())])
 
 
+def vote(sims: np.ndarray, prototype_labels: np.ndarray, k: int, classes: int) -> np.ndarray:
+    """Per class, the similarity-weighted votes of the ``k`` prototypes most similar (``sims``: one
+    row's similarities to the prototypes, labelled by ``prototype_labels``)."""
+    k = min(k, len(sims))
+    nearest = np.argpartition(-sims, k - 1)[:k]
+    return np.bincount(prototype_labels[nearest], weights=np.clip(sims[nearest], 0, None) + 1e-9, minlength=classes)
+
+
 @dataclass(frozen=True)
 class Classifier:
     version: int
@@ -93,10 +101,7 @@ class Classifier:
         return [self._answer(row) for row in sims]
 
     def _answer(self, sims: np.ndarray) -> Answer:
-        k = min(self.k, len(sims))
-        nearest = np.argpartition(-sims, k - 1)[:k]
-        votes = np.bincount(self.prototype_labels[nearest], weights=np.clip(sims[nearest], 0, None) + 1e-9,
-                            minlength=len(self.labels))
+        votes = vote(sims, self.prototype_labels, self.k, len(self.labels))
         winner = int(votes.argmax())
         best = np.maximum.reduceat(sims, self._starts)
         similarity = float(best.max())

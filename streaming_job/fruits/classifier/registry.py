@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa  # module-level: Spark resolves the Arrow UDF's type hints in this module
 
 from ..config import Settings
 from ..io import aws, lake
@@ -68,13 +67,9 @@ def summary(settings: Settings) -> dict[str, Any] | None:
 def classifier(settings: Settings, version: int | None = None) -> Classifier | None:
     """Classifier ``version`` (the newest when None), or None before the first fit. ``LookupError``
     for a version never fitted."""
-    wanted = newest_version(settings) if version is None else version
-    if wanted is None:
-        return None
-    found = versions_table.row(settings, settings.classifiers_table, wanted)
-    if found is None:
-        raise _never_fitted(wanted)
-    return Classifier.from_record(found)
+    found = versions_table.read(settings, settings.classifiers_table,
+                                newest_version(settings) if version is None else version, _never_fitted)
+    return None if found is None else Classifier.from_record(found)
 
 
 def versions(settings: Settings) -> list[dict[str, Any]]:
@@ -118,15 +113,7 @@ def answer_column(spark: SparkSession, found: Classifier) -> Column:
     """A struct column ``suggested_label, confidence, unknown`` answering ``features`` with
     ``found`` (``Classifier.answer_arrow``, the classifier broadcast once); null for a row of
     another feature model."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import arrow_udf
-
+    from ..spark.columns import features_column
     from ..spark.schema import ANSWER
 
-    broadcast = spark.sparkContext.broadcast(found)
-
-    @arrow_udf(ANSWER)  # type: ignore[call-overload]
-    def answer(features: pa.Array, model_ids: pa.Array) -> pa.Array:
-        return broadcast.value.answer_arrow(features, model_ids)
-
-    return answer(F.col("features"), F.col("model_id"))
+    return features_column(spark, found.answer_arrow, ANSWER)

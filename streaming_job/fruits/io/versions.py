@@ -16,6 +16,7 @@ version commits nothing (``append``: Delta's idempotent-write transaction ids).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -64,6 +65,40 @@ def row(settings: Settings, location: str, version: int, columns: list[str] | No
     rows = lake.as_dataset(settings, location, loaded, files=[("version", "=", version)]) \
         .to_table(columns=columns, filter=pc.field("version") == version).to_pylist()
     return rows[0] if rows else None
+
+
+def read(settings: Settings, location: str, version: int | None,
+         never_fitted: Callable[[int], LookupError]) -> dict[str, Any] | None:
+    """Version ``version``'s row (None for None: the table holds no version yet, as its registry's
+    newest says); ``never_fitted(version)`` is raised for a version the table does not hold."""
+    if version is None:
+        return None
+    found = row(settings, location, version)
+    if found is None:
+        raise never_fitted(version)
+    return found
+
+
+class Followed:
+    """A versions table looked at again and again (the stream, every micro-batch): ``changed()``
+    says whether it has a commit since the last look (delta-rs reads just the new commits, no
+    Spark job). A table that does not exist yet has not changed."""
+
+    def __init__(self, settings: Settings, location: str) -> None:
+        self._settings, self._location = settings, location
+        self._table: DeltaTable | None = None
+        self._seen: int | None = None
+
+    def changed(self) -> bool:
+        if self._table is None:
+            self._table = table(self._settings, self._location)
+            if self._table is None:
+                return False
+        else:
+            self._table.update_incremental()
+        version = self._table.version()
+        changed, self._seen = version != self._seen, version
+        return changed
 
 
 def listed(settings: Settings, location: str, columns: list[str]) -> list[dict[str, Any]]:

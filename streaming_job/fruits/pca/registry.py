@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa  # module-level: Spark resolves the Arrow UDF's type hints in this module
 from deltalake import DeltaTable
 
 from ..config import Settings
@@ -64,13 +63,9 @@ def _never_fitted(version: int) -> LookupError:
 def model(settings: Settings, version: int | None = None) -> PcaModel | None:
     """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
     file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
-    wanted = newest_version(settings) if version is None else version
-    if wanted is None:
-        return None
-    found = versions_table.row(settings, settings.pca_models_table, wanted)
-    if found is None:
-        raise _never_fitted(wanted)
-    return PcaModel.from_record(found)
+    found = versions_table.read(settings, settings.pca_models_table,
+                                newest_version(settings) if version is None else version, _never_fitted)
+    return None if found is None else PcaModel.from_record(found)
 
 
 def versions(settings: Settings) -> list[dict[str, Any]]:
@@ -108,14 +103,8 @@ def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
 def project_column(spark: SparkSession, pca: PcaModel) -> Column:
     """A column expression projecting ``features`` with ``pca`` (``PcaModel.project_arrow``, the
     model broadcast once); null for a row of another feature model (``model_id``)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import arrow_udf
     from pyspark.sql.types import ArrayType, FloatType
 
-    broadcast = spark.sparkContext.broadcast(pca)
+    from ..spark.columns import features_column
 
-    @arrow_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def project(features: pa.Array, model_ids: pa.Array) -> pa.Array:
-        return broadcast.value.project_arrow(features, model_ids)
-
-    return project(F.col("features"), F.col("model_id"))
+    return features_column(spark, pca.project_arrow, ArrayType(FloatType()))

@@ -99,8 +99,9 @@ class FeatureStore:
         self._similar = SimilarityIndex(settings)
         self._model: PcaModel | None = None  # the PCA version last read
         self._featurizer: Featurizer | None = None
-        self._classifier_kept: Classifier | None = None
-        self._classifier_read = -math.inf  # when the newest classifier was last read (monotonic)
+        self._classifier_kept: Classifier | None = None  # the classifier version last read
+        self._newest_classifier: int | None = None
+        self._classifier_looked_at = -math.inf  # when the newest version's number was (monotonic)
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -269,17 +270,20 @@ class FeatureStore:
                           neighbours=neighbours, classifier_version=found.version, pca_version=pca_version)
 
     def _classifier(self, version: int | None) -> Classifier:
-        """Classifier ``version`` or the newest, read again when the newest may have changed."""
-        newest = version is None and time.monotonic() - self._classifier_read >= REFRESH_SECONDS
-        if newest or (version is not None and (self._classifier_kept is None or self._classifier_kept.version != version)):
-            found = classifier_registry.classifier(self.settings, version)
-            if found is None:
-                raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
-                                  f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
-            self._classifier_kept = found
-            self._classifier_read = time.monotonic() if version is None else -math.inf
-        assert self._classifier_kept is not None
-        return self._classifier_kept
+        """Classifier ``version`` or the newest (whose number is looked up every ``REFRESH_SECONDS``),
+        kept until another version is asked for."""
+        if version is None and time.monotonic() - self._classifier_looked_at >= REFRESH_SECONDS:
+            self._newest_classifier = classifier_registry.newest_version(self.settings)
+            self._classifier_looked_at = time.monotonic()
+        wanted = self._newest_classifier if version is None else version
+        if wanted is None:
+            raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
+                              f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
+        kept = self._classifier_kept
+        if kept is None or kept.version != wanted:
+            kept = self._classifier_kept = classifier_registry.classifier(self.settings, wanted)
+        assert kept is not None
+        return kept
 
     def _features(self, target: str | Path, model_id: str) -> tuple[np.ndarray, str | None]:
         """``target``'s MobileNetV2 features, (1, d), and its image id if it is a row: a local photo

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from fruits_ingest.ledger import ensure_ledger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -153,10 +152,9 @@ def feature_rows(scored: DataFrame, pca: CurrentPca | None = None, answer: Curre
         rows = rows.withColumn("pca_features", pca.projection) \
             .withColumn("pca_version", F.lit(pca.model.version).cast("long"))
     if answer is not None and answer.classifier is not None and answer.column is not None:
-        rows = rows.withColumn("answer", answer.column).select(
-            *[F.col(f"answer.{f.name}").alias(f.name) if f.name in ANSWER.fieldNames()
-              else F.lit(answer.classifier.version).cast("long").alias(f.name) if f.name == "classifier_version"
-              else F.col(f.name) for f in FEATURES.fields])
+        rows = rows.withColumn("answer", answer.column).withColumns(
+            {**{name: F.col(f"answer.{name}") for name in ANSWER.fieldNames()},
+             "classifier_version": F.lit(answer.classifier.version).cast("long")}).drop("answer")
     return rows
 
 
@@ -245,13 +243,11 @@ class BatchWriter:
         self.model_id = compiled.model_id
         self.model = spark.sparkContext.broadcast(compiled)
         self._pca = CurrentPca(None, None)
-        self._pca_checked: int | None = None  # the pca_models version self._pca was read at
         self._classifier = CurrentClassifier(None, None)
-        self._classifier_checked: int | None = None  # the classifiers table version it was read at
-        self._classifiers_log: DeltaTable | None = None
+        self._pca_versions = versions.Followed(settings, settings.pca_models_table)
+        self._classifier_versions = versions.Followed(settings, settings.classifiers_table)
         table.ensure_tables(spark, settings)
         table.add_missing_columns(spark, settings.features_table, FEATURES)  # the stream is its one writer
-        self._models_log = lake.delta_table(settings, settings.pca_models_table)
         self.written = WrittenImages(settings, spark)
         # On a cluster (spark-submit) a micro-batch's scored rows must survive losing an executor.
         self.reliable = submitted() if reliable is None else reliable
@@ -262,32 +258,22 @@ class BatchWriter:
         only when the ``pca_models`` table has a new version (delta-rs reads just the commits since
         the last look, without a Spark job; reading the model through Spark every micro-batch cost
         latency)."""
-        self._models_log.update_incremental()
-        models_version = self._models_log.version()
-        if self._pca_checked != models_version:
+        if self._pca_versions.changed():
             model = registry.model(self.settings)
             usable = model is not None and model.feature_model_id == self.model_id
             self._pca = CurrentPca(model, registry.project_column(self.spark, model)) if usable \
                 else CurrentPca(None, None)
-            self._pca_checked = models_version
         return self._pca
 
     def current_classifier(self) -> CurrentClassifier:
         """The newest classifier, if it was fitted on this feature model (else none: rows get null
         answers), and its answer column; read again only when the ``classifiers`` table has a new
         version (as ``current_pca``)."""
-        if self._classifiers_log is None:
-            self._classifiers_log = versions.table(self.settings, self.settings.classifiers_table)
-            if self._classifiers_log is None:  # no refit has fitted one yet
-                return self._classifier
-        self._classifiers_log.update_incremental()
-        log_version = self._classifiers_log.version()
-        if self._classifier_checked != log_version:
+        if self._classifier_versions.changed():
             found = classifier_registry.classifier(self.settings)
             usable = found is not None and found.feature_model_id == self.model_id
             self._classifier = CurrentClassifier(found, classifier_registry.answer_column(self.spark, found)) \
                 if usable else CurrentClassifier(None, None)
-            self._classifier_checked = log_version
         return self._classifier
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
