@@ -5,7 +5,8 @@ distribution as ``latency.png``, next to it.
 
 Usage: python benchmarks/run.py [--uploads 2100] [--latency-uploads 200] [--pca-rows 20000,100000]
                                 [--pca-mobilenet-rows 20000,100000]
-                                [--only featurize,latency,pca,decode] [--json benchmarks/results/bench.json]
+                                [--only featurize,latency,pca,decode,api] [--api-load-seconds 60]
+                                [--json benchmarks/results/bench.json]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
+import bench_api  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_featurize  # noqa: E402
 import bench_latency  # noqa: E402
@@ -36,7 +38,7 @@ from fruits.local import emulator, upload  # noqa: E402
 from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
 from fruits.spark.session import get_spark  # noqa: E402
 
-PARTS = ("featurize", "latency", "pca", "decode")
+PARTS = ("featurize", "latency", "pca", "decode", "api")
 
 
 def row(name: str, value: float, unit: str, target: str = "", ok: bool | None = None) -> tuple[str, str, str, str]:
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--latency-uploads", type=int, default=200)
     parser.add_argument("--pca-rows", default="20000,100000")
     parser.add_argument("--pca-mobilenet-rows", default="20000,100000", help="'0': skip the realistic-spectrum tables")
+    parser.add_argument("--api-load-seconds", type=float, default=60.0)
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--json", default="benchmarks/results/bench.json")
     args = parser.parse_args()
@@ -128,6 +131,24 @@ def main() -> None:
                         share <= 0.1),
                 ]
             results["pca"] = pca_results
+        if "api" in only:
+            print("api: POST /v1/classify from a warm fruits serve, 1 and 8 clients, then a load ...", flush=True)
+            api = bench_api.run(spark, root, images, blob, args.api_load_seconds)
+            results["api"] = api
+            for name, what in (("small", "100x100 JPEG"), ("12mp", "12 MP JPEG")):
+                single, many = api[f"{name}_1"], api[f"{name}_{bench_api.CLIENTS}"]
+                table += [
+                    row(f"classify {what}, 1 client, p50", single["p50_ms"], "ms", "<= 50 ms", single["p50_ms"] <= 50),
+                    row(f"classify {what}, 1 client, p95", single["p95_ms"], "ms"),
+                    row(f"classify {what}, 8 clients, p50", many["p50_ms"], "ms"),
+                    row(f"classify {what}, 8 clients, p95", many["p95_ms"], "ms", "<= 150 ms", many["p95_ms"] <= 150),
+                ]
+            load = api["load"]
+            table += [
+                row(f"classify load, 8 clients for {load['seconds']:g} s: requests", load["requests"], ""),
+                row("classify load: errors", load["errors"], "", "0", load["errors"] == 0),
+                row("classify load: throughput", load["requests_per_s"], "req/s"),
+            ]
         spark.stop()
     if "decode" in only:
         print("decode: a 12-megapixel JPEG with and without draft mode ...", flush=True)

@@ -1,8 +1,12 @@
 """One flow through every real component: upload -> S3 event -> SQS -> Lambda -> uploads ledger ->
 Spark stream (S3A) -> Delta on S3 (emulator) -> PCA refit (full, then incremental) -> SQL and the
-JVM-free store -> app photos answered by the classifier at ingest."""
+JVM-free store -> app photos answered by the classifier at ingest -> the HTTP API over the same tables."""
 
 from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
 
 import pytest
 import numpy as np
@@ -11,12 +15,14 @@ from fruits import stream
 from fruits.local import ingest
 from fruits.local import upload
 from fruits.local.not_fruit import not_fruit_images
+from fruits.local.server import serving
 from fruits.pca.refit import refit
 from fruits.query.sql import sql as spark_sql
 from fruits.io import lake
 from fruits.pca import stats as pca_stats
 
 from conftest import SAMPLE
+from helpers import fruits_env
 
 pytestmark = pytest.mark.spark
 
@@ -97,3 +103,20 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     fruit = answers[app_keys[0]]
     assert fruit[0] is None and fruit[2] is not None and fruit[3] == classifier.version and 0 < fruit[4] <= 1
     assert (fruit[1] is None) == fruit[2]
+
+    # The HTTP API over the same tables on S3: the stream's stored answer, the answer to the photo
+    # itself (the same classifier, the same features: the same answer).
+    with serving(fruits_env(settings)) as url:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(f"{url}{path}", timeout=60) as answer:
+                return json.loads(answer.read())
+
+        stored = get(f"/v1/uploads/{urllib.parse.quote(app_keys[0], safe='')}")
+        assert stored["state"] == "processed" and stored["label"] is None
+        assert (stored["suggested_label"], stored["unknown"]) == fruit[1:3]
+        asked = urllib.request.Request(f"{url}/v1/classify", data=photo.read_bytes(),
+                                       headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(asked, timeout=60) as answer:
+            answered = json.loads(answer.read())
+        assert (answered["label"], answered["unknown"], answered["classifier_version"]) == \
+            (fruit[1], fruit[2], classifier.version)

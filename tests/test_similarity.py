@@ -53,7 +53,7 @@ def exact(store: FeatureStore, key: str, k: int) -> list[str]:
 
 @pytest.mark.spark
 def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, monkeypatch) -> None:
-    monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
+    settings = settings.with_(refresh_seconds=0)  # readers look at the manifest at every query
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(200, seed=1), first=0)
     fit = refit(spark, settings, write_plots=False, k=6)
@@ -102,7 +102,8 @@ def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, mon
 
 @pytest.mark.spark
 def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path, monkeypatch) -> None:
-    s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables", index_cache=str(tmp_path / "cache"))
+    s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables", index_cache=str(tmp_path / "cache"),
+                        refresh_seconds=0)
     table.ensure_tables(spark, s3)
     append_rows(spark, s3.features_table, synthetic_features(120, seed=6))
     refit(spark, s3, write_plots=False, k=5)
@@ -116,7 +117,6 @@ def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path, mo
     append_rows(spark, s3.features_table, synthetic_features(40, seed=7), first=120)
     merged = refit(spark, s3, write_plots=False, k=5).index.manifest
     assert [s.rows for s in merged.segments] == [160] and merged.build == manifest.build
-    monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
     monkeypatch.setattr(index, "CACHE_GRACE_SECONDS", 0.0)  # the older copies go at once (else after an hour)
     assert [n.key for n in store.similar("uploads/class 1/151.jpg", k=4)] == exact(store, "uploads/class 1/151.jpg", 4)
     assert sorted(p.name for p in (tmp_path / "cache").rglob("seg-*")) == sorted(merged.segments[0].files)
@@ -167,11 +167,11 @@ def test_compaction_a_lost_segment_and_a_table_made_anew(spark, settings) -> Non
 
 
 @pytest.mark.spark
-def test_queries_from_threads_while_the_table_grows(spark, settings, monkeypatch) -> None:
+def test_queries_from_threads_while_the_table_grows(spark, settings) -> None:
     """A service asks from several threads: each query sees one view (segments, model, tail)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(index, "REFRESH_SECONDS", 0.0)
+    settings = settings.with_(refresh_seconds=0)
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(100, seed=13))
     refit(spark, settings, write_plots=False, k=5)

@@ -8,7 +8,9 @@ for EU data residency. Each component gets its own role with only what it uses:
 - the ingest Lambda receives and deletes from its queue and reads and writes the uploads ledger
   (``tables/uploads/``) only;
 - the Spark jobs read ``uploads/`` and ``artifacts/``, and read and write ``tables/``;
-- the scheduler may start job runs on this application, passing the job role, and nothing more.
+- the scheduler may start job runs on this application, passing the job role, and nothing more;
+- the HTTP API (``fruits.api``, a container-image Lambda behind a function URL with IAM auth) reads
+  ``tables/`` and nothing else; callers need the ``ApiInvokePolicy`` the stack outputs.
 
 Example::
 
@@ -89,6 +91,12 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
         "CKV_AWS_115": "bounded by the event source's MaximumConcurrency instead (MAX_CONCURRENCY)",
         "CKV_AWS_173": "its environment holds bucket names and prefixes, no secret (encrypted at rest by AWS)",
     },
+    "Api": {
+        "CKV_AWS_116": "invoked synchronously through its function URL: the caller sees every failure",
+        "CKV_AWS_117": "reaches S3 only: a VPC would add NAT or endpoints and no protection",
+        "CKV_AWS_173": "its environment holds bucket names and paths, no secret (encrypted at rest by AWS)",
+    },
+    "ApiLogs": {"CKV_AWS_158": "log lines hold keys, statuses and timings, no photo or secret; encrypted by CloudWatch"},
     "IngestLogs": {"CKV_AWS_158": "log lines hold object keys and counts, no photo or secret; encrypted by CloudWatch"},
     "NotificationHandlerLogs": {"CKV_AWS_158": "CDK's handler logs the notification it configures, no data"},
     "BucketNotificationsHandler*": {
@@ -98,6 +106,8 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
     },
 }
 LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
+# The API: memory buys CPU on Lambda (2 GB is over one vCPU); at most this many requests at once.
+API_MEMORY_MB, API_CONCURRENCY = 2048, 50
 # AWS's advice for an SQS event source: visibility at least 6x the function timeout.
 QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)
 
@@ -178,6 +188,7 @@ class FruitsStack(cdk.Stack):
         self.ingest = self._ingest_lambda()
         self.application, self.job_role = self._spark()
         self._jobs()
+        self.api, self.api_url, self.api_invoke = self._api()
         self._alarms()
         self._notification_handler_logs()
         self._checkov_skips()
@@ -185,6 +196,8 @@ class FruitsStack(cdk.Stack):
         cdk.CfnOutput(self, "QueueUrl", value=self.queue.queue_url)
         cdk.CfnOutput(self, "ApplicationId", value=self.application.attr_application_id)
         cdk.CfnOutput(self, "JobRoleArn", value=self.job_role.role_arn)
+        cdk.CfnOutput(self, "ApiUrl", value=self.api_url.url)
+        cdk.CfnOutput(self, "ApiInvokePolicyArn", value=self.api_invoke.managed_policy_arn)
 
     def _notification_handler_logs(self) -> None:
         """CDK's bucket-notification handler would log to a group it never declares, kept forever:
@@ -430,6 +443,48 @@ class FruitsStack(cdk.Stack):
             iam.PolicyStatement(actions=["iam:PassRole"], resources=[self.job_role.role_arn],
                                 conditions={"StringLike": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}),
         ]
+
+    # --- stage 5: the HTTP API ------------------------------------------------------------------
+
+    def _api(self) -> tuple[lambda_.DockerImageFunction, lambda_.FunctionUrl, iam.ManagedPolicy]:
+        """``fruits.api`` as a container-image Lambda (``infra/api/Dockerfile``) behind a function
+        URL with IAM auth: the app's backend signs its requests (SigV4) with a role that has the
+        ``ApiInvoke`` policy. Read-only: its role may read ``tables/`` and nothing else."""
+        log_group = logs.LogGroup(
+            self, "ApiLogs", log_group_name=f"/aws/lambda/{self.config.name('api')}",
+            retention=logs.RetentionDays.ONE_MONTH, removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        role = iam.Role(self, "ApiRole", role_name=self.config.name("api"),
+                        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description="HTTP API: reads the tables (features, quarantine, ledger, PCA, classifier, index)")
+        log_group.grant_write(role)
+        role.add_to_policy(iam.PolicyStatement(sid="ReadTables", actions=["s3:GetObject"],
+                                               resources=[self.bucket.arn_for_objects(f"{TABLES}*")]))
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ListTables", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{TABLES}*"]}},
+        ))
+        function = lambda_.DockerImageFunction(
+            self, "Api", function_name=self.config.name("api"), architecture=lambda_.Architecture.X86_64,
+            code=lambda_.DockerImageCode.from_image_asset(str(ROOT), file="infra/api/Dockerfile"),
+            role=role, log_group=log_group, memory_size=API_MEMORY_MB, timeout=cdk.Duration.seconds(30),
+            reserved_concurrent_executions=API_CONCURRENCY,
+            environment={
+                "FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
+                "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables",
+                "FRUITS_WEIGHTS": f"/var/task/{MODEL_DIR}/{MODEL_FILE}",
+                # Lambda's only writable place: the similarity index's local copy.
+                "FRUITS_INDEX_CACHE": "/tmp/fruits/index",
+            },
+        )
+        url = function.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)
+        # Since October 2025 a function URL's caller needs lambda:InvokeFunction as well.
+        invoke = iam.ManagedPolicy(self, "ApiInvoke", managed_policy_name=self.config.name("api-invoke"),
+                                   description="call the Fruits HTTP API (its function URL, SigV4-signed)",
+                                   statements=[iam.PolicyStatement(
+                                       actions=["lambda:InvokeFunctionUrl", "lambda:InvokeFunction"],
+                                       resources=[function.function_arn])])
+        return function, url, invoke
 
     # --- alarms -------------------------------------------------------------------------------
 

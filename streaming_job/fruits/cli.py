@@ -308,6 +308,21 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    settings = _settings(args)
+    if args.max_body_bytes is not None:
+        settings = settings.with_(api_max_body_bytes=args.max_body_bytes)
+    print(f"fruits serve: http://{args.host}:{args.port} (the API's page: /docs; Ctrl-C stops it)", flush=True)
+    # Access lines with -v only: under load they would be most of the log.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                access_log=args.verbose)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .query.result import to_json
     from .query.store import FeatureStore
@@ -481,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="the classifier versions kept: classes, reference rows, threshold, held-out metrics")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classifier_list)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="the HTTP API for the app's backend: classify a photo, an upload's status, similar images")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--weights", help="the weights (or compiled .tflite) the table was featurized with")
+    p.add_argument("--max-body-bytes", type=_positive, default=None,
+                   help="refuse larger photos with 413 (default FRUITS_API_MAX_BODY_BYTES, 20 MiB)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", parents=[common], help="processed, quarantined, pending or unknown")
     p.add_argument("key")

@@ -32,6 +32,8 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_JARS_DIR`` | where the Delta and S3A jars are cached | ``~/.cache/fruits/jars`` |
 | ``FRUITS_QUERY_TIMEOUT_SECONDS`` | a DuckDB query (``fruits query --engine duckdb``, ``FeatureStore.sql``) is stopped after this long | ``60`` |
 | ``FRUITS_QUERY_MEMORY_LIMIT`` | the memory a DuckDB query may use (DuckDB's ``memory_limit``: ``512MB``, ``2GB``...) | ``2GB`` |
+| ``FRUITS_REFRESH_SECONDS`` | a reader (``FeatureStore``, ``fruits serve``) looks for a new classifier version and similarity index this often | ``10`` |
+| ``FRUITS_API_MAX_BODY_BYTES`` | ``fruits serve`` refuses a larger photo (413) before reading it | ``20971520`` |
 | ``FRUITS_POISON_ATTEMPTS`` | a micro-batch that failed on each of its images alone this many times (across restarts) quarantines them as ``poison`` | ``3`` |
 | ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
 | ``FRUITS_COMPACT_EVERY`` | the stream compacts its own tables' days that hold 10 small files or more after every this many micro-batches | ``50`` |
@@ -96,6 +98,8 @@ class Settings(BaseSettings):
     compact_every: int = Field(50, ge=1)
     vacuum_every: int = Field(1000, ge=1)
     query_timeout_seconds: float = Field(60.0, gt=0)
+    refresh_seconds: float = Field(10.0, ge=0)
+    api_max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
     query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
     def __init__(self, **values: Any) -> None:

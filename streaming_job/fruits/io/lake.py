@@ -54,6 +54,11 @@ def delta_table(settings: Settings, location: str, version: int | None = None) -
     return DeltaTable(delta_uri(location), version=version, storage_options=storage_options(settings))
 
 
+def exists(settings: Settings, location: str) -> bool:
+    """Whether a Delta table is at ``location`` (a look at its log, not a load of it)."""
+    return DeltaTable.is_deltatable(delta_uri(location), storage_options(settings))
+
+
 class Snapshot(NamedTuple):
     """A table as a pyarrow dataset at one Delta version."""
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from ..config import Settings
-from ..featurize.build import WeightsBlob, load_weights
+from ..featurize.build import WeightsBlob, compile_model, load_weights
 from ..pca import refit
 from ..query import sql
 from ..query.result import QueryResult, format_table
@@ -20,6 +23,7 @@ from ..stream import job
 from . import emulator, ingest, upload
 from .not_fruit import not_fruit_images
 from .paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
+from .server import serving
 
 APP_EVERY = 5  # one class in five has its last photo kept back for the app
 
@@ -133,8 +137,31 @@ def run(
             f"\nPCA plots:   {settings.pca_plots}/v{model.version}/"
         )
         spark.stop()
+        _ask_over_http(settings, blob, work_dir, [(f"a photo of {label}", path.read_bytes()) for label, path in app_photos]
+                       + [(f"no fruit: {kind}", data) for kind, data in others])
         ok = rows + quarantined == len(files) + len(app_keys) and dlq == 0
         return 0 if ok else 1
+
+
+def _ask_over_http(settings: Settings, blob: WeightsBlob, work_dir: Path, photos: list[tuple[str, bytes]]) -> None:
+    """The app's backend's question, over HTTP: ``fruits serve`` over the demo's tables."""
+    model = compile_model(blob).save(work_dir / "model.tflite")  # the server needs no TensorFlow
+    done = _step("the app's backend asks over HTTP: fruits serve, POST /v1/classify")
+    env = {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url or "", "FRUITS_TABLE_ROOT": settings.table_root,
+           "FRUITS_WEIGHTS": str(model)}
+    with serving(env) as url:
+        for what, data in photos:
+            asked = urllib.request.Request(f"{url}/v1/classify", data=data, headers={"Content-Type": "image/png"
+                                           if data.startswith(b"\x89PNG") else "image/jpeg"})
+            with urllib.request.urlopen(asked, timeout=60) as answer:
+                found = json.loads(answer.read())
+            said = "unknown" if found["unknown"] else f"{found['label']} (confidence {found['confidence']:.2f})"
+            print(f"    {what:32} -> {said}, classifier v{found['classifier_version']}")
+    done(f"{len(photos)} answers from {url}")
+    print(f"    try it:  .venv/bin/fruits serve --table-root {settings.table_root} --weights {model}\n"
+          "    then:    curl -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+          "http://127.0.0.1:8080/v1/classify\n"
+          "    the API's page: http://127.0.0.1:8080/docs")
 
 
 def _ingest_and_stream(settings: Settings, spark: SparkSession, blob: WeightsBlob) -> None:

@@ -9,15 +9,19 @@ Example::
     store.sql("SELECT label, count(*) AS n FROM features GROUP BY label").rows
     store.similar("uploads/Banana/r_1.jpg", k=5)      # [Neighbour(key=..., label='Banana', distance=0.04), ...]
     store.classify(Path("photo.jpg"))                  # Suggestion(label='Banana', unknown=False, confidence=0.9, ...)
+    store.classify(photo_bytes)                        # the same for a photo's bytes (the HTTP API's case)
     store.status("uploads/Banana/r_1.jpg").state       # 'processed'
 
 ``classify`` answers with the newest classifier (``fruits.classifier``: "unknown" is an answer),
-the row's own stored features or a local photo featurized. ``similar`` and ``classify``'s
+the row's own stored features or a photo (a local file or its bytes) featurized. ``similar`` and ``classify``'s
 evidence search the similarity index (``fruits.similarity``: HNSW segments the
 refit keeps up to date, and the rows newer than them searched exactly), in the index's PCA version
-with cosine distance; a local file is featurized with the pipeline's own decoding and weights
+with cosine distance; a photo is featurized with the pipeline's own decoding and weights
 (``settings.weights``, which must be the weights the table was featurized with). ``sql`` offers
 the view ``features_pca``: every row in one chosen PCA space.
+
+A store may be shared by threads (the HTTP API's): it follows new classifier versions and the
+index every ``FRUITS_REFRESH_SECONDS`` and runs one photo through the model at a time.
 
 Limitations: the neighbours are approximate (recall@10 0.95 or more against exact search,
 measured by bench-scale). ``status`` looks a key up in ``features``, ``quarantine`` and the uploads
@@ -48,7 +52,6 @@ from ..io import aws, lake
 from ..pca import registry
 from ..pca.model import PcaModel
 from ..similarity import IndexView, SimilarityIndex
-from ..similarity.index import REFRESH_SECONDS
 from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
 
 TABLES = ("features", "quarantine", "pca_models")  # what SQL sees, and the view ``features_pca``
 LEDGER = "uploads"  # the uploads ledger (the Lambda's), for status
+# What is asked about: an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), a local photo, or a photo's bytes.
+Target = str | Path | bytes
 
 
 @dataclass
@@ -102,6 +107,7 @@ class FeatureStore:
         self._classifier_kept: Classifier | None = None  # the classifier version last read
         self._newest_classifier: int | None = None
         self._classifier_looked_at = -math.inf  # when the newest version's number was (monotonic)
+        self._loading = threading.RLock()  # one thread loads the model or a classifier; the others use it
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -210,39 +216,47 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _vector(self, view: IndexView, target: str | Path, features: tuple[np.ndarray, str] | None = None
+    def _vector(self, view: IndexView, target: Target, features: tuple[np.ndarray, str] | None = None
                 ) -> tuple[np.ndarray, str | None]:
-        """``target``'s vector in the index's PCA space and its image id if it is in the table.
-        ``target`` is an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), or a local
-        image as a ``Path`` (``features``: already featurized, and by which feature model)."""
-        if isinstance(target, Path):
+        """``target``'s vector in the index's PCA space and its image id if it is in the table
+        (``features``: a photo already featurized, and by which feature model)."""
+        if isinstance(target, Path | bytes):
             found = features[0] if features is not None and features[1] == view.model.feature_model_id \
-                else self._featurize_file(target, view.model.feature_model_id)
+                else self.featurize(target, view.model.feature_model_id)
             return view.model.project(found)[0], None
-        return view.vector_of(aws.split_s3_uri(str(target))[1] if "://" in str(target) else str(target))
+        return view.vector_of(aws.split_s3_uri(target)[1] if "://" in target else target)
 
-    def _featurize_file(self, path: Path, table_model_id: str) -> np.ndarray:
-        # Imported here: only a local photo needs the model (and compiling it needs TensorFlow).
-        from ..featurize.build import load_model
+    def featurize(self, photo: Path | bytes, model_id: str | None = None) -> np.ndarray:
+        """A photo's MobileNetV2 features, (1, d), decoded as the pipeline decodes uploads
+        (``ImageError`` with the pipeline's reason for one it would quarantine). ``model_id``: the
+        feature model the answer must be comparable with (``ValueError`` if ``settings.weights``
+        are another)."""
         from ..featurize.images import decode
+
+        featurizer = self.featurizer()
+        if model_id is not None and featurizer.model_id != model_id:
+            raise ValueError(
+                f"the table was featurized with {model_id}, but the weights {self.settings.weights!r} are "
+                f"{featurizer.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model")
+        pixels = decode(photo.read_bytes() if isinstance(photo, Path) else photo, self.settings.max_image_bytes)
+        return featurizer(pixels[None])
+
+    def featurizer(self) -> Featurizer:
+        """The model of ``settings.weights``, loaded on first use (compiling weights needs TensorFlow;
+        a compiled ``.tflite`` does not)."""
+        from ..featurize.build import load_model
         from ..featurize.model import Featurizer
 
-        if self._featurizer is None:
-            compiled = load_model(self.settings.weights)
-            if compiled.model_id != table_model_id:
-                raise ValueError(
-                    f"the table was featurized with {table_model_id}, but the weights {self.settings.weights!r} "
-                    f"are {compiled.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model"
-                )
-            self._featurizer = Featurizer(compiled)
-        pixels = decode(path.read_bytes(), self.settings.max_image_bytes)
-        return self._featurizer(pixels[None])
+        with self._loading:
+            if self._featurizer is None:
+                self._featurizer = Featurizer(load_model(self.settings.weights))
+            return self._featurizer
 
-    def similar(self, target: str | Path, k: int = 10, *, labelled_only: bool = False) -> list[Neighbour]:
+    def similar(self, target: Target, k: int = 10, *, labelled_only: bool = False) -> list[Neighbour]:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: str | Path, k: int, labelled_only: bool,
+    def _nearest(self, target: Target, k: int, labelled_only: bool,
                  features: tuple[np.ndarray, str] | None = None) -> tuple[list[Neighbour], int]:
         """The neighbours and the PCA version they were found in."""
         view = self._similar.refresh()
@@ -253,10 +267,10 @@ class FeatureStore:
         return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
                 view.manifest.pca_version)
 
-    def classify(self, target: str | Path, k: int = 10, classifier_version: int | None = None) -> Suggestion:
+    def classify(self, target: Target, k: int = 10, classifier_version: int | None = None) -> Suggestion:
         """What fruit ``target`` is, by the newest classifier (or ``classifier_version``), with its
         ``k`` nearest labelled rows as evidence. ``LookupError`` before the first classifier."""
-        found = self._classifier(classifier_version)
+        found = self.classifier(classifier_version)
         features, image_id = self._features(target, found.feature_model_id)
         # A reference row asked about is not its own prototype (as its neighbours leave it out).
         answer = found.answer(features, leave_out=None if image_id is None else ledger.key_hash(image_id))[0]
@@ -269,28 +283,30 @@ class FeatureStore:
                           similarity=answer.similarity, threshold=found.threshold, candidates=answer.candidates,
                           neighbours=neighbours, classifier_version=found.version, pca_version=pca_version)
 
-    def _classifier(self, version: int | None) -> Classifier:
-        """Classifier ``version`` or the newest (whose number is looked up every ``REFRESH_SECONDS``),
-        kept until another version is asked for."""
-        if version is None and time.monotonic() - self._classifier_looked_at >= REFRESH_SECONDS:
-            self._newest_classifier = classifier_registry.newest_version(self.settings)
-            self._classifier_looked_at = time.monotonic()
-        wanted = self._newest_classifier if version is None else version
-        if wanted is None:
-            raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
-                              f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
-        kept = self._classifier_kept
-        if kept is None or kept.version != wanted:
-            kept = self._classifier_kept = classifier_registry.classifier(self.settings, wanted)
-        assert kept is not None
-        return kept
+    def classifier(self, version: int | None = None) -> Classifier:
+        """Classifier ``version`` or the newest (whose number is looked up every
+        ``settings.refresh_seconds``), kept until another version is asked for. ``LookupError``
+        before the first one."""
+        with self._loading:
+            if version is None and time.monotonic() - self._classifier_looked_at >= self.settings.refresh_seconds:
+                self._newest_classifier = classifier_registry.newest_version(self.settings)
+                self._classifier_looked_at = time.monotonic()
+            wanted = self._newest_classifier if version is None else version
+            if wanted is None:
+                raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
+                                  f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
+            kept = self._classifier_kept
+            if kept is None or kept.version != wanted:
+                kept = self._classifier_kept = classifier_registry.classifier(self.settings, wanted)
+            assert kept is not None
+            return kept
 
-    def _features(self, target: str | Path, model_id: str) -> tuple[np.ndarray, str | None]:
-        """``target``'s MobileNetV2 features, (1, d), and its image id if it is a row: a local photo
+    def _features(self, target: Target, model_id: str) -> tuple[np.ndarray, str | None]:
+        """``target``'s MobileNetV2 features, (1, d), and its image id if it is a row: a photo
         featurized, or the newest row of a key. (A key is looked up as ``status`` does.)"""
-        if isinstance(target, Path):
-            return self._featurize_file(target, model_id), None
-        bucket, key = aws.split_s3_uri(str(target)) if "://" in str(target) else (None, str(target))
+        if isinstance(target, Path | bytes):
+            return self.featurize(target, model_id), None
+        bucket, key = aws.split_s3_uri(target) if "://" in target else (None, target)
         rows = _rows_with_key(self.dataset("features").dataset, key, ["image_id", "features", "model_id", "ingested_at"],
                               bucket)
         if not rows:
@@ -309,7 +325,8 @@ class FeatureStore:
         not yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix)
         or unknown."""
         bucket, key = aws.split_s3_uri(key) if "://" in key else (None, key)
-        cols = ["image_id", "bucket", "key", "label", "etag", "size", "event_time", "ingested_at", "pca_version"]
+        cols = ["image_id", "bucket", "key", "label", "suggested_label", "confidence", "unknown", "classifier_version",
+                "etag", "size", "event_time", "ingested_at", "pca_version"]
         rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
         if rows:
             return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
@@ -340,11 +357,12 @@ class FeatureStore:
 def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,
                    also: pc.Expression | None = None) -> list[dict[str, Any]]:
     """The rows of ``key`` (in ``bucket`` only, when the caller named one; matching ``also``, a
-    filter that prunes files by their statistics)."""
+    filter that prunes files by their statistics), with those of ``columns`` the table has (a
+    table from before a column was added has none)."""
     wanted = pc.field("key") == key
     if bucket is not None:
         wanted &= pc.field("bucket") == bucket
     if also is not None:
         wanted &= also
-    found = dataset.to_table(columns=columns, filter=wanted)
+    found = dataset.to_table(columns=[c for c in columns if c in dataset.schema.names], filter=wanted)
     return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in found.to_pylist()]

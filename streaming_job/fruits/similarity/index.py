@@ -17,7 +17,7 @@ Example::
     vector, image_id = view.vector_of("uploads/Banana/1.jpg")
     view.nearest(vector, k=10, exclude=image_id)      # [Hit(distance=0.04, image_id=..., key=..., label=...), ...]
 
-Limitations: a reader re-reads the manifest at most every ``REFRESH_SECONDS`` (until then the tail
+Limitations: a reader re-reads the manifest at most every ``FRUITS_REFRESH_SECONDS`` (until then the tail
 covers what a newer manifest would); commits that changed or deleted rows, or an index older
 than VACUUM's retention, cannot be followed, nor can a table made anew (``LookupError``: the
 refit's next update rebuilds the index).
@@ -48,7 +48,6 @@ from .segment import ROW_COLUMNS, Segment, SegmentInfo
 log = logging.getLogger(__name__)
 
 MANIFEST = "current.json"
-REFRESH_SECONDS = 10.0
 # How deep a search for labelled rows goes into one segment (rows).
 MAX_DEPTH = 4096
 # A reader's copy of a file no manifest it read names is deleted this long after it was made: a
@@ -263,10 +262,10 @@ class SimilarityIndex:
         self._lock = threading.Lock()
 
     def refresh(self) -> IndexView:
-        """Follow the table (the tail) and, every ``REFRESH_SECONDS``, the manifest."""
+        """Follow the table (the tail) and, every ``settings.refresh_seconds``, the manifest."""
         with self._lock:
             view = self._view
-            if view is None or time.monotonic() - self._read_at >= REFRESH_SECONDS:
+            if view is None or time.monotonic() - self._read_at >= self.settings.refresh_seconds:
                 view = self._read_manifest(view)
             if self._table is None:
                 self._table = lake.delta_table(self.settings, self.settings.features_table)
