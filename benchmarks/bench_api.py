@@ -6,8 +6,8 @@ its own (``fruits.local.server``), warmed by a few requests. Then, each client a
 own keep-alive connection:
 
 - a 100x100 JPEG (a held-out sample photo) and a 12-megapixel JPEG (``bench_decode``'s: a sample
-  photo at 4000x3000 with sensor-like noise, about the bytes a phone writes) each from 1 client and from 8 clients at once:
-  p50 and p95 of the request's time as the client sees it;
+  photo at 4000x3000 with sensor-like noise, about the bytes a phone writes), each from 1 client
+  and from 8 clients at once: p50 and p95 of the request's time as the client sees it;
 - a 60-second load of 8 clients, every 10th request a 12-megapixel photo: requests, errors (any
   status but 200, any connection error) and throughput.
 
@@ -16,46 +16,30 @@ Part of ``make bench`` (``benchmarks/run.py --only api``).
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bench_decode
 import numpy as np
-import pandas as pd
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
-from fruits.featurize.images import decode
-from fruits.featurize.model import Featurizer
+from fruits.local.reference import write_reference_rows
 from fruits.local.server import serving
 from fruits.pca.refit import refit
-from fruits.spark import tables as table
-from fruits.spark.schema import FEATURES
 
 HELD_OUT_EVERY = 6
 CLIENTS = 8
 
 
-def tables(spark, root: Path, images: list[tuple[str, Path]], blob) -> Settings:  # noqa: ANN001
+def tables(spark, root: Path, reference: list[tuple[str, Path]], blob) -> Settings:  # noqa: ANN001
     compiled = compile_model(blob)
     settings = Settings(table_root=str(root / "api" / "tables"),
                         weights=str(compiled.save(root / "api" / "model.tflite")))
-    table.ensure_tables(spark, settings)
-    reference = [im for i, im in enumerate(images) if i % HELD_OUT_EVERY]
-    featurizer = Featurizer(compiled)
-    features = np.concatenate([featurizer(decode(p.read_bytes())[None]) for _, p in reference])
-    keys = [f"uploads/{label}/{p.name}" for label, p in reference]
-    now = dt.datetime.now(dt.UTC)
-    table.frame(spark, pd.DataFrame({
-        "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, k).hex for k in keys], "bucket": settings.bucket, "key": keys,
-        "label": [label for label, _ in reference], "event_date": now.date(), "ingested_at": now,
-        "features": list(features), "model_id": blob.model_id,
-    }), FEATURES).write.format("delta").mode("append").save(settings.features_table)
+    write_reference_rows(spark, settings, reference, compiled)
     refit(spark, settings, write_plots=False)
     return settings
 
@@ -133,7 +117,7 @@ def load(url: str, small: bytes, big: bytes, clients: int, seconds: float) -> di
 
 
 def run(spark, root: Path, images: list[tuple[str, Path]], blob, load_seconds: float = 60.0) -> dict:  # noqa: ANN001
-    settings = tables(spark, root, images, blob)
+    settings = tables(spark, root, [im for i, im in enumerate(images) if i % HELD_OUT_EVERY], blob)
     held_out = [im for i, im in enumerate(images) if not i % HELD_OUT_EVERY]
     small, big = held_out[0][1].read_bytes(), bench_decode.twelve_megapixel_jpeg()
     env = {**os.environ, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights}

@@ -16,20 +16,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
-from fruits.featurize.images import decode
-from fruits.featurize.model import Featurizer
 from fruits.io import lake
 from fruits.local.not_fruit import not_fruit_images
+from fruits.local.reference import write_reference_rows
 from fruits.local.server import serving
 from fruits.local.upload import sample_images
 from fruits.pca.refit import refit
-from fruits.spark import tables as table
-from fruits.spark.schema import FEATURES, QUARANTINE
+from fruits.spark.schema import QUARANTINE
 from PIL import Image
 
 from conftest import SAMPLE
@@ -43,26 +40,16 @@ LIMIT = 8 * 1024 * 1024  # the server's body limit here (a 12-megapixel JPEG fit
 @pytest.fixture(scope="module")
 def tables(spark, weights_blob, tmp_path_factory) -> tuple[Settings, list[tuple[str, Path]], list[tuple[str, Path]]]:
     """Reference rows written as the stream writes them, a quarantined upload, and the refit's PCA,
-    index and classifier v1; the held-out photos. The model is compiled once (the server loads it
-    without TensorFlow)."""
+    index and classifier v1; the held-out photos and the reference ones. The model is compiled once
+    (the server loads it without TensorFlow)."""
     root = tmp_path_factory.mktemp("api")
-    compiled = compile_model(weights_blob).save(root / "model.tflite")
-    settings = Settings(table_root=str(root / "tables"), weights=str(compiled))
-    table.ensure_tables(spark, settings)
+    compiled = compile_model(weights_blob)
+    settings = Settings(table_root=str(root / "tables"), weights=str(compiled.save(root / "model.tflite")))
     images = sample_images(SAMPLE)
     reference = [im for i, im in enumerate(images) if i % HELD_OUT_EVERY]
     held_out = [im for i, im in enumerate(images) if not i % HELD_OUT_EVERY]
-    featurizer = Featurizer(compile_model(weights_blob))
-    pixels = np.stack([decode(p.read_bytes()) for _, p in reference])
-    features = np.concatenate([featurizer(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+    write_reference_rows(spark, settings, reference, compiled)
     now = dt.datetime.now(dt.UTC)
-    keys = [f"uploads/{label}/{p.name}" for label, p in reference]
-    rows = pd.DataFrame({
-        "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, k).hex for k in keys], "bucket": settings.bucket, "key": keys,
-        "label": [label for label, _ in reference], "event_date": now.date(), "ingested_at": now,
-        "features": list(features), "model_id": weights_blob.model_id,
-    })
-    table.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
     bad = pd.DataFrame([{"image_id": "q1", "bucket": settings.bucket, "key": "app/user-1/broken.jpg", "etag": "e",
                          "version_id": None, "event_date": now.date(), "reason": "truncated_or_corrupt",
                          "error": "cannot decode", "quarantined_at": now, "message_id": "m"}])
@@ -89,6 +76,18 @@ def call(url: str, body: bytes | None = None, content_type: str | None = None, m
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def bare(url: str, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    """A request with no headers but Content-Length (urllib would add a Content-Type)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body)
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
 
 
 def multipart(field: str, data: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
@@ -132,6 +131,11 @@ def test_answers_over_http_refuses_bad_input_clearly_and_follows_new_classifiers
         big = jpeg(Image.open(path).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC))
         status, answer = call(f"{url}/v1/classify", big, "image/jpeg")
         assert status == 200 and answer["label"] == label, answer
+        # WebP too.
+        webp = io.BytesIO()
+        Image.open(path).save(webp, "WEBP", quality=90)
+        status, answer = call(f"{url}/v1/classify", webp.getvalue(), "image/webp")
+        assert status == 200 and answer["label"] == label, answer
         # No fruit: "unknown", with the best candidates all the same.
         for kind, data in not_fruit_images(4, seed=5):
             status, answer = call(f"{url}/v1/classify", data, "image/png")
@@ -148,7 +152,9 @@ def test_answers_over_http_refuses_bad_input_clearly_and_follows_new_classifiers
             "truncated": (call(f"{url}/v1/classify", good[:400], "image/jpeg"), 400, "truncated_or_corrupt"),
             "bomb": (call(f"{url}/v1/classify", bomb.getvalue(), "image/png"), 400, "decompression_bomb"),
             "type": (call(f"{url}/v1/classify", good, "text/plain"), 415, "unsupported_media_type"),
-            "no type": (call(f"{url}/v1/classify", good, None, "POST"), 415, "unsupported_media_type"),
+            "no type": (bare(url, "POST", "/v1/classify", good), 415, "unsupported_media_type"),
+            "bad form": (call(f"{url}/v1/classify", b"--x\r\nnot a form", "multipart/form-data; boundary=y"), 400,
+                         "bad_form"),
             "no file": (call(f"{url}/v1/classify", *multipart("photo", good)), 400, "missing_file"),
             "k": (call(f"{url}/v1/classify?k=0", good, "image/jpeg"), 422, "invalid_parameter"),
             "similar k": (call(f"{url}/v1/similar/{quoted('uploads/' + held_out[1][0])}?k=1000"), 422,
@@ -210,10 +216,35 @@ def test_answers_over_http_refuses_bad_input_clearly_and_follows_new_classifiers
         assert refit(spark, settings, write_plots=False, reject_quantile=0.05).classifier.classifier.version == 2
         for _ in range(100):
             status, answer = call(f"{url}/v1/classify", good, "image/jpeg")
+            assert status == 200, answer
             if answer["classifier_version"] == 2:
                 break
             time.sleep(0.1)
-        assert status == 200 and answer["classifier_version"] == 2
+        assert answer["classifier_version"] == 2
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "multipart/form-data; boundary=b"])
+def test_a_body_is_read_only_up_to_the_limit(content_type: str) -> None:
+    """However the body comes (no Content-Length, raw or a form), the reading stops at the limit."""
+    import asyncio
+
+    from fruits.api.body import read_photo
+    from fruits.api.errors import ApiError
+    from starlette.requests import Request
+
+    chunks = 0
+    first = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+
+    async def receive() -> dict:  # an endless body, as a client that never stops sending
+        nonlocal chunks
+        chunks += 1
+        return {"type": "http.request", "body": first if chunks == 1 else b"\xff" * 65536, "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode())]}
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(read_photo(Request(scope, receive), limit=1 << 20))
+    assert refused.value.status == 413 and chunks <= 18  # 16 chunks of 64 KiB are the limit
 
 
 def test_not_ready_until_the_pipeline_has_a_classifier(tmp_path, weights_blob) -> None:
@@ -239,11 +270,12 @@ def test_the_lambda_handler_answers_function_url_events(tables, monkeypatch) -> 
     import sys
     from types import SimpleNamespace
 
-    settings, held_out, _ = tables
+    settings, held_out, reference = tables
     monkeypatch.setenv("FRUITS_TABLE_ROOT", settings.table_root)
     monkeypatch.setenv("FRUITS_WEIGHTS", settings.weights)
-    monkeypatch.delitem(sys.modules, "fruits.api.function", raising=False)
+    sys.modules.pop("fruits.api.function", None)
     function = importlib.import_module("fruits.api.function")  # the cold start: the app, its model and classifier
+    sys.modules.pop("fruits.api.function")  # another test's import is a cold start of its own
 
     def event(method: str, path: str, body: bytes = b"", **headers: str) -> dict:
         return {"version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
@@ -261,3 +293,7 @@ def test_the_lambda_handler_answers_function_url_events(tables, monkeypatch) -> 
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["label"] == label, answer
     answer = function.handler(event("POST", "/v1/classify", b"not a photo", **{"content-type": "image/jpeg"}), context)
     assert answer["statusCode"] == 400 and json.loads(answer["body"])["error"]["code"] == "not_an_image"
+    # The path as the function URL sends it, percent-encoded: a key with spaces and slashes.
+    label, path = reference[3]
+    answer = function.handler(event("GET", f"/v1/uploads/{quoted(f'uploads/{label}/{path.name}')}"), context)
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["label"] == label, answer

@@ -8,14 +8,18 @@ Each check runs in a fresh interpreter and lists what ended up in ``sys.modules`
   PCA model (``fruits.pca.model``): no pyspark.sql driver modules, TensorFlow, matplotlib or deltalake;
   nor does unpickling the stream's pandas UDF as Spark ships it (not ``fruits.stream``);
 - the stream's driver: the PCA registry, not the refit job;
-- ``fruits --help`` and ``fruits status``: neither moto nor pyspark.
+- ``fruits --help`` and ``fruits status``: neither moto nor pyspark;
+- the HTTP API's Lambda handler (``fruits.api.function``): what the store forbids, so its image
+  can leave out pyspark, delta-spark and matplotlib (``infra/api/Dockerfile``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,10 +35,10 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-def loaded_after(code: str) -> set[str]:
-    """The modules a fresh interpreter holds after running ``code``."""
+def loaded_after(code: str, **env: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code`` (with ``env`` added)."""
     done = subprocess.run([sys.executable, "-c", _LOADED.format(code=code)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-2000:]
     return set(json.loads(done.stdout.splitlines()[-1]))
 
@@ -52,6 +56,14 @@ def test_forbidden_matches_packages_and_their_modules_only() -> None:
 def test_the_jvm_free_store_loads_no_spark_plotting_model_or_emulator() -> None:
     modules = loaded_after("from fruits import FeatureStore, Settings\nFeatureStore(Settings())")
     assert "deltalake" in modules and "fruits.query.store" in modules  # it did load the store
+    assert forbidden(modules, JVM_FREE_STORE_FORBIDS) == []
+
+
+def test_the_api_lambda_loads_no_spark_plotting_or_tensorflow(tmp_path: Path) -> None:
+    # Over no tables, with a compiled model path: the cold start's warm-up runs, and fails softly.
+    modules = loaded_after("import fruits.api.function", FRUITS_TABLE_ROOT=str(tmp_path),
+                           FRUITS_WEIGHTS=str(tmp_path / "model.tflite"))
+    assert "fastapi" in modules and "mangum" in modules and "fruits.query.store" in modules
     assert forbidden(modules, JVM_FREE_STORE_FORBIDS) == []
 
 

@@ -196,10 +196,13 @@ def test_the_api_is_a_read_only_container_lambda_behind_an_iam_function_url(temp
     [api] = [f["Properties"] for f in resources(template, "AWS::Lambda::Function").values()
              if f["Properties"].get("PackageType") == "Image"]
     env = api["Environment"]["Variables"]
-    assert env["FRUITS_WEIGHTS"] == "/var/task/model/mobilenet_v2.tflite"  # where the Dockerfile puts it
+    dockerfile = (ROOT / "infra" / "api" / "Dockerfile").read_text()
+    # The model where the Dockerfile copies it; the handler its command.
+    assert f"COPY build/emr/model/ {Path(env['FRUITS_WEIGHTS']).parent}/\n" in dockerfile
+    assert 'CMD ["fruits.api.function.handler"]' in dockerfile
     assert env["FRUITS_TABLE_ROOT"]["Fn::Join"][1][-1] == "/tables" and env["FRUITS_INDEX_CACHE"].startswith("/tmp/")
-    assert api["ReservedConcurrentExecutions"] >= 1 and api["MemorySize"] >= 2048
-    assert (ROOT / "infra" / "api" / "Dockerfile").read_text().count("fruits.api.function.handler") == 1
+    assert api["ReservedConcurrentExecutions"] == 50 and api["MemorySize"] >= 2048
+    assert api["EphemeralStorage"]["Size"] >= 2048
     assert one(template, "AWS::Lambda::Url")["AuthType"] == "AWS_IAM"
     # Read-only: the tables, nothing else, no write.
     statements = {s["Sid"]: s for s in policy_statements(template, "ApiRole") if "Sid" in s}
@@ -257,6 +260,16 @@ def test_no_commit_service_one_driver_per_table(template: Template) -> None:
     assert not resources(template, "AWS::DynamoDB::Table")
     actions = [a for s in policy_statements(template, "JobRole") for a in listify(s["Action"])]
     assert not [a for a in actions if a.startswith("dynamodb:")]
+
+
+def test_the_api_reserves_no_concurrency_when_told(tmp_path: Path) -> None:
+    """-c apiConcurrency=0, for an account whose Lambda concurrency quota is still 10."""
+    app = cdk.App(context={"aws:cdk:bundling-stacks": [], "apiConcurrency": "0"}, outdir=str(tmp_path))
+    stack = FruitsStack(app, "fruits-small", config=StageConfig.from_context(app.node),
+                        env=cdk.Environment(region="eu-west-3"))
+    [api] = [f["Properties"] for f in resources(Template.from_stack(stack), "AWS::Lambda::Function").values()
+             if f["Properties"].get("PackageType") == "Image"]
+    assert "ReservedConcurrentExecutions" not in api
 
 
 def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:

@@ -41,6 +41,20 @@ def test_one_featurizer_per_process_and_model(weights_blob) -> None:
     assert featurizer(sample_pixels(2)[:0]).shape == (0, FEATURE_DIM)
 
 
+def test_a_pool_runs_photos_from_threads_at_once_with_the_same_features(weights_blob) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fruits.featurize.model import FeaturizerPool
+
+    compiled, pixels = compile_model(weights_blob), sample_pixels(8)
+    alone = Featurizer(compiled, threads=1)(pixels)
+    pool = FeaturizerPool(compiled, size=2)
+    with ThreadPoolExecutor(4) as threads:
+        together = np.concatenate(list(threads.map(lambda i: pool(pixels[i:i + 1]), range(len(pixels)))))
+    np.testing.assert_array_equal(together, alone)
+    assert pool.model_id == compiled.model_id
+
+
 def test_the_udf_body_keeps_rows_in_order_across_chunks_and_failures(settings, weights_blob) -> None:
     """``featurize_batches`` cuts each input batch into chunks of ``batch_size`` for the model, with
     bad images in between: every row still gets its own image's features, or its own reason."""

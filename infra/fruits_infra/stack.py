@@ -96,7 +96,8 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
         "CKV_AWS_117": "reaches S3 only: a VPC would add NAT or endpoints and no protection",
         "CKV_AWS_173": "its environment holds bucket names and paths, no secret (encrypted at rest by AWS)",
     },
-    "ApiLogs": {"CKV_AWS_158": "log lines hold keys, statuses and timings, no photo or secret; encrypted by CloudWatch"},
+    "ApiLogs": {"CKV_AWS_158": "log lines hold keys, statuses and timings, no photo or secret; encrypted by "
+                               "CloudWatch"},
     "IngestLogs": {"CKV_AWS_158": "log lines hold object keys and counts, no photo or secret; encrypted by CloudWatch"},
     "NotificationHandlerLogs": {"CKV_AWS_158": "CDK's handler logs the notification it configures, no data"},
     "BucketNotificationsHandler*": {
@@ -106,8 +107,10 @@ CHECKOV_SKIPS: dict[str, dict[str, str]] = {
     },
 }
 LAMBDA_TIMEOUT = cdk.Duration.seconds(60)
-# The API: memory buys CPU on Lambda (2 GB is over one vCPU); at most this many requests at once.
-API_MEMORY_MB, API_CONCURRENCY = 2048, 50
+# The API: memory buys CPU on Lambda (2 GB is over one vCPU); /tmp holds the similarity index's
+# local copy (about 0.4-0.8 GB per million rows).
+API_MEMORY_MB, API_TMP_GB = 2048, 4
+API_IMAGE_MODEL = f"/var/task/{MODEL_DIR}/{MODEL_FILE}"  # where infra/api/Dockerfile copies the model
 # AWS's advice for an SQS event source: visibility at least 6x the function timeout.
 QUEUE_VISIBILITY = cdk.Duration.seconds(6 * 60)
 
@@ -146,6 +149,9 @@ class StageConfig:
     maintain_schedule: str = "rate(1 day)"  # the PCA tables' VACUUM, the ledger's sort (fruits maintain)
     start_stream: bool = False
     alarm_email: str | None = None
+    # Requests the API may serve at once (reserved concurrency); 0: none reserved, for an account
+    # whose concurrency quota is still the new-account 10 (Lambda keeps 100 unreserved).
+    api_concurrency: int = 50
 
     def __post_init__(self) -> None:
         if self.emr_release != EMR_RELEASE:
@@ -165,6 +171,7 @@ class StageConfig:
             maintain_schedule=get("maintainSchedule") or cls.maintain_schedule,
             start_stream=str(get("startStream")).lower() == "true",
             alarm_email=get("alarmEmail"),
+            api_concurrency=int(get("apiConcurrency") or cls.api_concurrency),
         )
 
     def name(self, suffix: str) -> str:
@@ -468,17 +475,20 @@ class FruitsStack(cdk.Stack):
             self, "Api", function_name=self.config.name("api"), architecture=lambda_.Architecture.X86_64,
             code=lambda_.DockerImageCode.from_image_asset(str(ROOT), file="infra/api/Dockerfile"),
             role=role, log_group=log_group, memory_size=API_MEMORY_MB, timeout=cdk.Duration.seconds(30),
-            reserved_concurrent_executions=API_CONCURRENCY,
+            ephemeral_storage_size=cdk.Size.gibibytes(API_TMP_GB),
+            reserved_concurrent_executions=self.config.api_concurrency or None,
             environment={
                 "FRUITS_BUCKET": self.bucket.bucket_name, "FRUITS_REGION": self.config.region,
                 "FRUITS_TABLE_ROOT": f"s3a://{self.bucket.bucket_name}/tables",
-                "FRUITS_WEIGHTS": f"/var/task/{MODEL_DIR}/{MODEL_FILE}",
+                "FRUITS_WEIGHTS": API_IMAGE_MODEL,
                 # Lambda's only writable place: the similarity index's local copy.
                 "FRUITS_INDEX_CACHE": "/tmp/fruits/index",
             },
         )
         url = function.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)
-        # Since October 2025 a function URL's caller needs lambda:InvokeFunction as well.
+        # Since October 2025 a function URL's caller needs lambda:InvokeFunction as well. (It also lets
+        # the holder invoke the function directly with an event of its own making: the same read-only
+        # answers, nothing more.)
         invoke = iam.ManagedPolicy(self, "ApiInvoke", managed_policy_name=self.config.name("api-invoke"),
                                    description="call the Fruits HTTP API (its function URL, SigV4-signed)",
                                    statements=[iam.PolicyStatement(

@@ -312,13 +312,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
+    from .query.store import FeatureStore
 
     settings = _settings(args)
     if args.max_body_bytes is not None:
         settings = settings.with_(api_max_body_bytes=args.max_body_bytes)
     print(f"fruits serve: http://{args.host}:{args.port} (the API's page: /docs; Ctrl-C stops it)", flush=True)
     # Access lines with -v only: under load they would be most of the log.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+    uvicorn.run(create_app(FeatureStore(settings)), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 access_log=args.verbose)
     return 0
 

@@ -98,9 +98,9 @@ class Settings(BaseSettings):
     compact_every: int = Field(50, ge=1)
     vacuum_every: int = Field(1000, ge=1)
     query_timeout_seconds: float = Field(60.0, gt=0)
+    query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     refresh_seconds: float = Field(10.0, ge=0)
     api_max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -34,7 +34,7 @@ async def read_photo(request: Request, limit: int) -> bytes:
                        f"got {media or 'no Content-Type'}: send the photo's bytes with Content-Type "
                        f"{', '.join(IMAGE_TYPES)}, or a {FORM} form with the photo in the field '{FILE_FIELD}'")
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number of bytes")
     if declared is not None and int(declared) > limit:  # refused before a byte of the body is read
         raise ApiError(413, "too_large", _too_large(limit))

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+
 class ApiError(Exception):
     """An answer other than 200: ``status``, a stable ``code`` and a message that says what to do."""
 

@@ -58,6 +58,8 @@ class Readiness(BaseModel):
     ready: bool = Field(description="the model, a classifier and the features table are loaded or found")
     model_id: str | None = None
     classifier_version: int | None = None
+    pca_version: int | None = Field(None, description="the similarity index's; null before it exists (answers then "
+                                                      "have no neighbours)")
     problems: list[str] = Field(default_factory=list, description="what is missing, and what makes it")
 
 

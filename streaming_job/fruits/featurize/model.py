@@ -15,7 +15,8 @@ Example::
     features = get_featurizer(compiled)(pixels)   # (n, 224, 224, 3) float32 -> (n, 1280) float32
 
 Limitations: a ``Featurizer`` runs one image at a time under a lock, so share it between threads
-only if they can wait for each other.
+only if they can wait for each other; a ``FeaturizerPool`` (one interpreter per core) serves threads
+that should not (the HTTP API's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,25 @@ class Featurizer:
                 self._interpreter.invoke()
                 features[i] = self._interpreter.get_tensor(self._output)[0]
         return features
+
+
+class FeaturizerPool:
+    """``size`` Featurizers of one model (default: one per ``threads`` cores), each of ``threads``
+    threads: a call takes an idle one, so that many photos run at once. Called as a
+    ``Featurizer`` is."""
+
+    def __init__(self, model: CompiledModel, size: int | None = None, threads: int = 1) -> None:
+        self._idle: queue.SimpleQueue[Featurizer] = queue.SimpleQueue()
+        for _ in range(size or max(1, (os.cpu_count() or 1) // threads)):
+            self._idle.put(Featurizer(model, threads))
+        self.model_id = model.model_id
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        featurizer = self._idle.get()  # waits while every interpreter is busy
+        try:
+            return featurizer(pixels)
+        finally:
+            self._idle.put(featurizer)
 
 
 _FEATURIZERS: dict[str, Featurizer] = {}

@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 
 class ServerError(RuntimeError):
@@ -27,7 +27,10 @@ class ServerError(RuntimeError):
 @contextlib.contextmanager
 def serving(env: Mapping[str, str], *, ready: bool = True, within: float = 120.0) -> Iterator[str]:
     """The base URL of ``fruits serve`` run with ``env`` on 127.0.0.1, once ``/readyz`` says it is
-    ready (``ready`` False: once it answers at all). Its log is printed if the block fails."""
+    ready (``ready`` False: once it answers at all). Its log is printed if the block fails.
+
+    The port is one the system had free a moment before the server binds it: a process taking it
+    in between makes the server exit, which raises ``ServerError`` with its log."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -55,10 +58,10 @@ def serving(env: Mapping[str, str], *, ready: bool = True, within: float = 120.0
                 process.wait()
 
 
-def _wait(process: subprocess.Popen, probe: str, deadline: float, logged: object) -> None:
+def _wait(process: subprocess.Popen, probe: str, deadline: float, logged: Callable[[], str]) -> None:
     while True:
         if process.poll() is not None:
-            raise ServerError(f"fruits serve exited with {process.returncode}: {logged()}")  # type: ignore[operator]
+            raise ServerError(f"fruits serve exited with {process.returncode}: {logged()}")
         try:
             with urllib.request.urlopen(probe, timeout=5) as answer:
                 if answer.status == 200:

@@ -1,4 +1,5 @@
-"""What a query returns, and how the CLI prints it: no Spark, no DuckDB, no delta-rs.
+"""What a query returns, how the CLI prints it, and the errors a query raises: no Spark, no
+DuckDB, no delta-rs.
 
 Example::
 
@@ -24,6 +25,15 @@ class ReadOnlyError(QueryError):
 class QueryLimitError(QueryError):
     """The statement ran past its time or memory bound (``FRUITS_QUERY_TIMEOUT_SECONDS``,
     ``FRUITS_QUERY_MEMORY_LIMIT``) and was stopped."""
+
+
+class ModelMismatchError(ValueError):
+    """A photo cannot be compared with the table: ``FRUITS_WEIGHTS`` are not the weights the table
+    (and its classifier) was featurized with."""
+
+
+class NoDirectionError(ValueError):
+    """The target's PCA vector is all zeros: nothing is nearer or farther than anything else."""
 
 
 @dataclass

@@ -21,7 +21,8 @@ with cosine distance; a photo is featurized with the pipeline's own decoding and
 the view ``features_pca``: every row in one chosen PCA space.
 
 A store may be shared by threads (the HTTP API's): it follows new classifier versions and the
-index every ``FRUITS_REFRESH_SECONDS`` and runs one photo through the model at a time.
+index every ``FRUITS_REFRESH_SECONDS`` and runs as many photos through the model at once as there
+are cores.
 
 Limitations: the neighbours are approximate (recall@10 0.95 or more against exact search,
 measured by bench-scale). ``status`` looks a key up in ``features``, ``quarantine`` and the uploads
@@ -31,6 +32,7 @@ ledger, reading only the files whose key statistics (delta-rs's min/max per file
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,14 +54,15 @@ from ..io import aws, lake
 from ..pca import registry
 from ..pca.model import PcaModel
 from ..similarity import IndexView, SimilarityIndex
-from .result import QueryError, QueryLimitError, QueryResult, ReadOnlyError
+from .result import ModelMismatchError, NoDirectionError, QueryError, QueryLimitError, QueryResult, ReadOnlyError
 
 if TYPE_CHECKING:
-    from ..featurize.model import Featurizer
+    from ..featurize.model import FeaturizerPool
 
 TABLES = ("features", "quarantine", "pca_models")  # what SQL sees, and the view ``features_pca``
 LEDGER = "uploads"  # the uploads ledger (the Lambda's), for status
-# What is asked about: an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), a local photo, or a photo's bytes.
+# What is asked about: an upload key (``uploads/Banana/1.jpg`` or ``s3://bucket/key``), a local photo,
+# or a photo's bytes.
 Target = str | Path | bytes
 
 
@@ -103,11 +106,11 @@ class FeatureStore:
         self.settings = settings
         self._similar = SimilarityIndex(settings)
         self._model: PcaModel | None = None  # the PCA version last read
-        self._featurizer: Featurizer | None = None
+        self._featurizer: FeaturizerPool | None = None
         self._classifier_kept: Classifier | None = None  # the classifier version last read
         self._newest_classifier: int | None = None
         self._classifier_looked_at = -math.inf  # when the newest version's number was (monotonic)
-        self._loading = threading.RLock()  # one thread loads the model or a classifier; the others use it
+        self._loading = threading.Lock()  # one thread loads the model, or the first classifier number
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -229,27 +232,31 @@ class FeatureStore:
     def featurize(self, photo: Path | bytes, model_id: str | None = None) -> np.ndarray:
         """A photo's MobileNetV2 features, (1, d), decoded as the pipeline decodes uploads
         (``ImageError`` with the pipeline's reason for one it would quarantine). ``model_id``: the
-        feature model the answer must be comparable with (``ValueError`` if ``settings.weights``
-        are another)."""
+        feature model the answer must be comparable with (``ModelMismatchError`` if
+        ``settings.weights`` are another)."""
         from ..featurize.images import decode
 
         featurizer = self.featurizer()
         if model_id is not None and featurizer.model_id != model_id:
-            raise ValueError(
+            raise ModelMismatchError(
                 f"the table was featurized with {model_id}, but the weights {self.settings.weights!r} are "
                 f"{featurizer.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model")
         pixels = decode(photo.read_bytes() if isinstance(photo, Path) else photo, self.settings.max_image_bytes)
         return featurizer(pixels[None])
 
-    def featurizer(self) -> Featurizer:
+    def featurizer(self) -> FeaturizerPool:
         """The model of ``settings.weights``, loaded on first use (compiling weights needs TensorFlow;
-        a compiled ``.tflite`` does not)."""
+        a compiled ``.tflite`` does not): one interpreter per core, so concurrent photos (a
+        server's) run at once, each on ``FRUITS_MODEL_THREADS`` threads."""
         from ..featurize.build import load_model
-        from ..featurize.model import Featurizer
+        from ..featurize.model import FeaturizerPool
 
+        if self._featurizer is not None:  # loaded: no lock on a request's path
+            return self._featurizer
         with self._loading:
             if self._featurizer is None:
-                self._featurizer = Featurizer(load_model(self.settings.weights))
+                self._featurizer = FeaturizerPool(load_model(self.settings.weights),
+                                                  threads=self.settings.model_threads or os.cpu_count() or 1)
             return self._featurizer
 
     def similar(self, target: Target, k: int = 10, *, labelled_only: bool = False) -> list[Neighbour]:
@@ -262,7 +269,7 @@ class FeatureStore:
         view = self._similar.refresh()
         query, own_id = self._vector(view, target, features)
         if float(np.linalg.norm(query)) == 0.0:
-            raise ValueError("the target's PCA vector is all zeros; no direction to compare")
+            raise NoDirectionError("the target's PCA vector is all zeros; no direction to compare")
         hits = view.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
         return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
                 view.manifest.pca_version)
@@ -277,7 +284,7 @@ class FeatureStore:
         try:
             neighbours, pca_version = self._nearest(target, k, labelled_only=True,
                                                     features=(features, found.feature_model_id))
-        except LookupError:  # no PCA version or index yet: the answer stands without evidence
+        except (LookupError, NoDirectionError):  # no PCA version or index yet: the answer stands without evidence
             neighbours, pca_version = [], None
         return Suggestion(label=answer.label, unknown=answer.unknown, confidence=answer.confidence,
                           similarity=answer.similarity, threshold=found.threshold, candidates=answer.candidates,
@@ -286,20 +293,36 @@ class FeatureStore:
     def classifier(self, version: int | None = None) -> Classifier:
         """Classifier ``version`` or the newest (whose number is looked up every
         ``settings.refresh_seconds``), kept until another version is asked for. ``LookupError``
-        before the first one."""
-        with self._loading:
-            if version is None and time.monotonic() - self._classifier_looked_at >= self.settings.refresh_seconds:
+        before the first one. Threads asking meanwhile use the version they had: one thread looks
+        the newest up, outside the lock (S3 reads), unless none is known yet."""
+        if version is None:
+            with self._loading:
+                due = time.monotonic() - self._classifier_looked_at >= self.settings.refresh_seconds
+                if due:
+                    self._classifier_looked_at = time.monotonic()
+                if due and self._newest_classifier is None:  # nothing to answer with meanwhile: the others wait
+                    self._newest_classifier = classifier_registry.newest_version(self.settings)
+                    due = False
+            if due:
                 self._newest_classifier = classifier_registry.newest_version(self.settings)
-                self._classifier_looked_at = time.monotonic()
-            wanted = self._newest_classifier if version is None else version
-            if wanted is None:
-                raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
-                                  f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
-            kept = self._classifier_kept
-            if kept is None or kept.version != wanted:
-                kept = self._classifier_kept = classifier_registry.classifier(self.settings, wanted)
+        wanted = self._newest_classifier if version is None else version
+        if wanted is None:
+            raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
+                              f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
+        kept = self._classifier_kept
+        if kept is None or kept.version != wanted:
+            kept = classifier_registry.classifier(self.settings, wanted)  # a new version: read once, then kept
             assert kept is not None
-            return kept
+            self._classifier_kept = kept
+        return kept
+
+    def index_version(self) -> int | None:
+        """The similarity index's PCA version, its segments opened and the table followed (a
+        reader's warm-up), or None when there is no index yet."""
+        try:
+            return self._similar.refresh().manifest.pca_version
+        except LookupError:
+            return None
 
     def _features(self, target: Target, model_id: str) -> tuple[np.ndarray, str | None]:
         """``target``'s MobileNetV2 features, (1, d), and its image id if it is a row: a photo

@@ -93,6 +93,10 @@ class Manifest:
                       "retired": tuple((path, at) for path, at in raw.get("retired", ()))})
 
 
+class UnknownKeyError(KeyError):
+    """No row of the features table has this upload key."""
+
+
 @dataclass(frozen=True)
 class Hit:
     distance: float  # cosine distance, 0 = same direction
@@ -205,7 +209,7 @@ class IndexView:
     tail: _Tail
 
     def vector_of(self, key: str) -> tuple[np.ndarray, str]:
-        """The vector of upload ``key``'s newest row, and its image id (``KeyError``: no row)."""
+        """The vector of upload ``key``'s newest row, and its image id (``UnknownKeyError``: no row)."""
         matches = np.flatnonzero(self.tail.keys == key)
         if len(matches):
             i = matches[-1]
@@ -214,7 +218,7 @@ class IndexView:
             found = segment.find(key)
             if found:
                 return segment.vectors(found[-1:])[0], segment.rows_at(np.array(found[-1:]))["image_id"][0]
-        raise KeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
+        raise UnknownKeyError(f"{key!r} is not in the features table (try `fruits status {key}`)")
 
     def nearest(self, query: np.ndarray, k: int, exclude: str | None = None, labelled_only: bool = False) -> list[Hit]:
         """The ``k`` rows nearest ``query`` (cosine), the row ``exclude`` (an image id) left out: from
