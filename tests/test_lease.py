@@ -19,9 +19,12 @@ def root_settings(request, settings, tmp_path):  # noqa: ANN001, ANN201
 
 
 def test_one_holder_at_a_time(root_settings) -> None:
+    assert Lease(root_settings, "stream").holder() is None  # free
     first = Lease(root_settings, "stream").acquire()
     with pytest.raises(LeaseHeld, match=f"another stream holds the tables.*{first.owner}"):
         Lease(root_settings, "stream").acquire()
+    held = Lease(root_settings, "stream").holder()  # what `fruits health` shows
+    assert held is not None and held["owner"] == first.owner and not held["expired"] and held["expires_at"]
     Lease(root_settings, "refit").acquire().release()  # another name is another lease
     first.release()
     second = Lease(root_settings, "stream").acquire()
@@ -34,6 +37,7 @@ def test_a_crashed_holders_lease_expires_and_is_taken_over(root_settings) -> Non
     with pytest.raises(LeaseHeld):
         Lease(root_settings, "stream", ttl=1.0).acquire()
     time.sleep(1.2)
+    assert Lease(root_settings, "stream").holder()["expired"]
     taker = Lease(root_settings, "stream", ttl=1.0).acquire()
     with pytest.raises(LeaseLost):
         crashed.renew()  # it wakes up: it knows it lost the lease

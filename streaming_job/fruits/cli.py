@@ -308,6 +308,60 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from .health import Thresholds, check
+
+    report = check(_settings(args), Thresholds(stale_after_s=args.stale_after, max_dead_letters=args.max_dead_letters))
+    if args.json:
+        print(report.to_json())
+        return 1 if report.problems else 0
+    print(_health_screen(report))
+    return 1 if report.problems else 0
+
+
+def _health_screen(report: Any) -> str:
+    def count(value: int | None, what: str) -> str:
+        return f"? {what}" if value is None else f"{value:,} {what}"
+
+    def age(seconds: float | None) -> str:
+        if seconds is None:
+            return "never"
+        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+            if seconds >= size:
+                return f"{seconds / size:.1f} {unit} ago"
+        return f"{seconds:.0f} s ago"
+
+    def reasons(window: str) -> str:
+        found = report.quarantined.get(window)
+        return "?" if found is None else (", ".join(f"{r} {n}" for r, n in sorted(found.items())) or "none")
+
+    versions = report.versions
+    pca, classifier, index = versions.get("pca"), versions.get("classifier"), versions.get("index")
+    lines = [
+        f"fruits health at {report.checked_at}",
+        f"  queue        {count(report.queue_depth, 'waiting')}, {count(report.dead_letters, 'dead letters')}",
+        f"  ledger       {count(report.pending_uploads, 'upload(s) not yet read by the stream')}"
+        + ("" if report.stream_offset is None else f" (it reads version {report.stream_offset} next)"),
+        f"  stream       newest commit {age(report.newest_commit_age_s)}; rows written: "
+        f"{report.rows.get('last_hour', '?')} last hour, {report.rows.get('last_day', '?')} last day",
+        f"  quarantined  last hour: {reasons('last_hour')}; last day: {reasons('last_day')}",
+        "  latency      upload to row, last hour: "
+        + (f"p50 {report.latency_s['p50']:g} s, p95 {report.latency_s['p95']:g} s ({report.latency_s['rows']} rows)"
+           if report.latency_s else "no rows"),
+        "  versions     " + "; ".join([
+            f"PCA v{pca['version']} ({age(pca['age_s'])})" if pca else "no PCA yet",
+            f"classifier v{classifier['version']} ({age(classifier['age_s'])})" if classifier else "no classifier yet",
+            f"index in PCA v{index['pca_version']}, {index['rows']:,} rows" if index else "no index yet"]),
+        "  leases       " + "; ".join(
+            f"{name}: " + ("free" if held is None else f"{held['owner']} until {held['expires_at']}"
+                           + (" (expired)" if held["expired"] else ""))
+            for name, held in report.leases.items()),
+    ]
+    lines += [f"PROBLEM: {p}" for p in report.problems] or ["OK"]
+    lines += [f"  (could not read {n})" for n in report.notes]
+    return "\n".join(lines)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -319,8 +373,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.with_(api_max_body_bytes=args.max_body_bytes)
     print(f"fruits serve: http://{args.host}:{args.port} (the API's page: /docs; Ctrl-C stops it)", flush=True)
     # Access lines with -v only: under load they would be most of the log.
-    uvicorn.run(create_app(FeatureStore(settings)), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                access_log=args.verbose)
+    uvicorn.run(create_app(FeatureStore(settings)), host=args.host, port=args.port,
+                log_level="info" if args.verbose else "warning", access_log=args.verbose)
     return 0
 
 
@@ -497,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="the classifier versions kept: classes, reference rows, threshold, held-out metrics")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classifier_list)
+
+    p = sub.add_parser("health", parents=[common],
+                       help="the pipeline at a glance: queues, waiting uploads, the stream, quarantines, latency, "
+                            "versions, leases; exits 1 on a problem")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
+                   help="a problem when uploads wait and the stream has committed nothing for this long (default 600)")
+    p.add_argument("--max-dead-letters", type=int, default=0, metavar="N",
+                   help="a problem when the dead-letter queue holds more than this (default 0)")
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("serve", parents=[common],
                        help="the HTTP API for the app's backend: classify a photo, an upload's status, similar images")

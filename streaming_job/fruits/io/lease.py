@@ -111,6 +111,15 @@ class Lease:
         text = path.read_text()
         return json.loads(text), text
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lease and until when (``owner``, ``acquired``, ``expires_at``, ``expired``),
+        or None when it is free. A read: it takes nothing."""
+        found, _ = self._read()
+        if found is None:
+            return None
+        return {"owner": found.get("owner"), "acquired": found.get("acquired"), "expires_at": found.get("expires_at"),
+                "expired": float(found.get("expires", 0)) < _now()}
+
     def _write_if(self, expected: str | None, body: bytes | None) -> str | None:
         """Write ``body`` (None: delete) if the lease is still ``expected`` (None: absent); the new
         token, or raise ``LeaseHeld`` when someone else wrote in between."""
