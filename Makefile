@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench bench-scale synth clean
+.PHONY: cli-reference setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench bench-scale synth clean
 
 setup: $(STAMP) jars
 
@@ -84,3 +84,7 @@ SCALE_COMMITS ?= 1000,20000
 SCALE_OUT ?= benchmarks/results/scale.json
 bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES) --ledger-commits "$(SCALE_COMMITS)" --json $(SCALE_OUT)
+
+# docs/cli.md: every command, flag, exit code and FRUITS_* setting, from the code (tests/test_cli.py checks it).
+cli-reference: $(STAMP)
+	$(BIN)/python -m fruits.cli_reference > docs/cli.md

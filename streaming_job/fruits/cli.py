@@ -1,4 +1,10 @@
-"""The ``fruits`` command: the demo, and each stage on its own against the emulator or AWS."""
+"""The ``fruits`` command: the demo, and each stage on its own against the emulator or AWS.
+
+Exit codes: 0 done (healthy, found); 1 failed (no table yet, an unknown key or version, a problem
+``fruits health`` found, any other error: one line, its traceback with ``-v``); 2 a usage mistake
+(a flag, a ``FRUITS_*`` setting or a SQL statement refused, before anything ran); 3 ``fruits
+status`` of a key the pipeline never saw; 130 stopped with Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -407,10 +414,32 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
-    return int(value)
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``, checked before anything starts (the JVM)."""
+    def parse(value: str) -> int:
+        if not value.isascii() or not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, not {value!r}")
+        return int(value)
+    return parse
+
+
+def _number(accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a number ``accepts`` takes, checked before anything starts."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not accepts(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {value!r}")
+        return number
+    return parse
+
+
+_seconds = _number(lambda x: 0 <= x < math.inf, "a number of 0 or more")
+_fraction = _number(lambda x: 0 < x <= 1, "a share above 0 and at most 1 (0.95 for 95 %)")
+_positive = _whole(1)
 
 
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
@@ -460,20 +489,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--bucket", help="default FRUITS_BUCKET or fruits-images")
     common.add_argument("--queue", help="default FRUITS_QUEUE or fruits-uploads")
     common.add_argument("--table-root", help="Delta tables root (s3a://... or a path); default s3a://<bucket>/tables")
+    # -v after the subcommand too; SUPPRESS keeps a -v given before it (argparse would reset it).
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO, and show the traceback of an error")
 
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (the Lambda's JSON logs too)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO (the Lambda's JSON logs too), and show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole pipeline locally on the sample images")
-    p.add_argument("--images", default=str(SAMPLE_IMAGES))
+    p.add_argument("--images", default=str(SAMPLE_IMAGES), help="a folder of <Class Name>/<file> photos")
     p.add_argument("--work", default=str(DEMO_WORK), help="where the tables go (wiped first)")
-    p.add_argument("--per-class", type=int, help="upload at most N images per class")
-    p.add_argument("--weights", default=str(BUNDLED_WEIGHTS))
+    p.add_argument("--per-class", type=_positive, help="upload at most N images per class")
+    p.add_argument("--weights", default=str(BUNDLED_WEIGHTS), help="MobileNetV2 weights or a compiled .tflite")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("emulator", parents=[common], help="run a provisioned local AWS emulator until Ctrl-C")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_whole(0, 65535), default=5000)
     p.set_defaults(func=cmd_emulator)
 
     sub.add_parser("provision", parents=[common], help="create bucket, queues, notification").set_defaults(
@@ -482,33 +516,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upload", parents=[common], help="upload <folder>/<Class Name>/<file> images")
     p.add_argument("folder")
-    p.add_argument("--per-class", type=int)
+    p.add_argument("--per-class", type=_positive)
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("ingest", parents=[common], help="run the ingest Lambda on the queue until it is empty")
-    p.add_argument("--visibility-timeout", type=int, default=30)
+    p.add_argument("--visibility-timeout", type=_whole(0, 43200), default=30)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("stream", parents=[common], help="run the featurizer stream")
     p.add_argument("--trigger", default="availableNow", help="availableNow, or a processing-time interval")
     p.add_argument("--weights", help="imagenet or a weights file; default FRUITS_WEIGHTS or imagenet")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                    help="if another stream holds the tables, wait this long for it instead of refusing")
     p.set_defaults(func=cmd_stream)
 
     pca_parser = sub.add_parser("pca", help="PCA over the features table")
     pca_sub = pca_parser.add_subparsers(dest="pca_command", required=True)
     p = pca_sub.add_parser("refit", parents=[common], help="fit a new PCA version from the rows added since the last")
-    p.add_argument("--threshold", type=float, default=0.95, help="explained-variance threshold choosing k")
-    p.add_argument("--k", type=int, help="fixed number of components instead of the threshold")
+    p.add_argument("--threshold", type=_fraction, default=0.95, help="explained-variance threshold choosing k")
+    p.add_argument("--k", type=_positive, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
     p.add_argument("--reject-quantile", type=_quantile, metavar="Q",
                    help="the classifier answers 'unknown' to this share of held-out reference photos (default: as "
                         "the newest classifier, first 0.02); a new value fits a new classifier version")
-    p.add_argument("--every", type=float, metavar="MINUTES", help="keep running: refit every N minutes")
-    p.add_argument("--min-new-rows", type=int, metavar="M", help="keep running: refit after M new rows")
-    p.add_argument("--poll", type=float, default=30.0, help="seconds between checks for new rows")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--every", type=_seconds, metavar="MINUTES", help="keep running: refit every N minutes")
+    p.add_argument("--min-new-rows", type=_positive, metavar="M", help="keep running: refit after M new rows")
+    p.add_argument("--poll", type=_seconds, default=30.0, help="seconds between checks for new rows")
+    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                    help="if another refit is running, wait this long for it instead of skipping")
     p.set_defaults(func=cmd_pca_refit)
     p = pca_sub.add_parser("list", parents=[common], help="the PCA versions kept: k, variance, rows, when")
@@ -518,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("maintain", parents=[common],
                        help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
                             "(the stream maintains its own tables)")
-    p.add_argument("--retain-hours", type=float, default=VACUUM_RETAIN_HOURS,
+    p.add_argument("--retain-hours", type=_seconds, default=VACUUM_RETAIN_HOURS,
                    help=f"VACUUM keeps files no version needs for this long (default {VACUUM_RETAIN_HOURS})")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                    help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run")
     p.set_defaults(func=cmd_maintain)
 
@@ -530,20 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("spark", "duckdb"), default="spark",
                    help="spark: Spark SQL (default); duckdb: JVM-free, delta-rs + DuckDB, for interactive use")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--as-of-version", type=int, help="read the features table at this Delta version")
-    p.add_argument("--pca-version", type=int, help="the PCA version features_pca projects onto (default: the newest)")
+    p.add_argument("--as-of-version", type=_whole(0), help="read the features table at this Delta version")
+    p.add_argument("--pca-version", type=_positive, help="the PCA version features_pca projects onto (default: the newest)")
     p.set_defaults(func=cmd_query)
 
     lookup = argparse.ArgumentParser(add_help=False, parents=[common])
     lookup.add_argument("target", help="an upload key (uploads/<Label>/<file>, or s3://bucket/key) or a local image")
-    lookup.add_argument("-k", type=int, default=10, help="number of neighbours")
+    lookup.add_argument("-k", type=_whole(1, 100), default=10, help="number of neighbours")
     lookup.add_argument("--weights", help="for a local image: the weights the table was featurized with")
     lookup.add_argument("--json", action="store_true")
     sub.add_parser("similar", parents=[lookup], help="nearest images (cosine, the similarity index's PCA space)") \
         .set_defaults(func=cmd_similar)
     p = sub.add_parser("classify", parents=[lookup],
                        help="what fruit is it: the classifier's answer (or unknown), candidates, nearest labelled rows")
-    p.add_argument("--classifier-version", type=int, help="answer with this classifier version (default: the newest)")
+    p.add_argument("--classifier-version", type=_positive, help="answer with this classifier version (default: the newest)")
     p.set_defaults(func=cmd_classify)
     classifier_parser = sub.add_parser("classifier", help="the label classifier the refit fits")
     classifier_sub = classifier_parser.add_subparsers(dest="classifier_command", required=True)
@@ -556,16 +590,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the pipeline at a glance: queues, waiting uploads, the stream, quarantines, latency, "
                             "versions, leases; exits 1 on a problem")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--stale-after", type=_seconds, default=600.0, metavar="SECONDS",
                    help="a problem when uploads wait and the stream has committed nothing for this long (default 600)")
-    p.add_argument("--max-dead-letters", type=int, default=0, metavar="N",
+    p.add_argument("--max-dead-letters", type=_whole(0), default=0, metavar="N",
                    help="a problem when the dead-letter queue holds more than this (default 0)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("serve", parents=[common],
                        help="the HTTP API for the app's backend: classify a photo, an upload's status, similar images")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--port", type=_whole(0, 65535), default=8080, help="port to listen on (default 8080)")
     p.add_argument("--weights", help="the weights (or compiled .tflite) the table was featurized with")
     p.add_argument("--max-body-bytes", type=_positive, default=None,
                    help="refuse larger photos with 413 (default FRUITS_API_MAX_BODY_BYTES, 20 MiB)")
@@ -600,6 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("fruits-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     verbose = args.verbose
@@ -617,5 +660,15 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except (FileNotFoundError, LookupError) as exc:  # no table yet, no PCA model yet, an unknown key
         print(f"fruits: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("fruits: stopped (Ctrl-C)", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # anything else: one line, the traceback with -v
+        if verbose:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"fruits: {type(exc).__name__}: {text[0] if text else 'no message'} (-v shows the traceback)",
+              file=sys.stderr)
         code = 1
     sys.exit(code)

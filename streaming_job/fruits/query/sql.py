@@ -26,8 +26,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Settings
+from ..io import lake
 from ..pca import registry
 from ..spark import tables as table
+from ..spark.schema import FEATURES, PCA_MODELS, QUARANTINE
 from .result import QueryResult, ReadOnlyError
 
 VIEWS = ("features", "quarantine", "pca_models", "features_pca")
@@ -110,15 +112,22 @@ def register_views(spark: SparkSession, settings: Settings, as_of_version: int |
     """The views: the tables at their newest versions (``features`` at ``as_of_version``), and, if
     ``with_pca``, ``features_pca``: ``features`` with each row of the model's feature model
     projected onto PCA version ``pca_version`` (the newest when None; null vectors before the first
-    refit, and for rows of another feature model). Returns the versions read (``pca``: the PCA
+    refit, and for rows of another feature model). It creates nothing: ``FileNotFoundError`` when
+    there is no ``features`` table. Returns the versions read (``pca``: the PCA
     version of ``features_pca``)."""
-    table.ensure_tables(spark, settings)
     versions = {}
-    for name, location in (
-        ("features", settings.features_table),
-        ("quarantine", settings.quarantine_table),
-        ("pca_models", settings.pca_models_table),
+    for name, location, schema in (
+        ("features", settings.features_table, FEATURES),
+        ("quarantine", settings.quarantine_table, QUARANTINE),
+        ("pca_models", settings.pca_models_table, PCA_MODELS),
     ):
+        # A read creates nothing: no features table is a mistake to say (a mistyped --table-root);
+        # no quarantine or PCA table yet is an empty one (nothing quarantined, no refit yet).
+        if not lake.exists(settings, location):
+            if name == "features":
+                raise FileNotFoundError(f"no Delta table at {location}: run the stream first (or check --table-root)")
+            spark.createDataFrame([], schema).createOrReplaceTempView(name)
+            continue
         version = table.current_version(spark, location)
         if name == "features" and as_of_version is not None:
             version = as_of_version
