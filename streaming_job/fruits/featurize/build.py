@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .model import ARCHITECTURE, COMPILED_SUFFIX, IMAGE_SIZE, CompiledModel
+from .native import filtered_stderr
 
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
 IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -51,7 +52,8 @@ _NO_TENSORFLOW = ("building the model from weights needs TensorFlow and Keras: p
 def _keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import keras
+        with filtered_stderr():  # TensorFlow's C++ start-up notices
+            import keras
     except ImportError as exc:
         raise RuntimeError(_NO_TENSORFLOW) from exc
     return keras
@@ -134,13 +136,14 @@ def compile_model(blob: WeightsBlob) -> CompiledModel:
     """Build the model from ``blob`` and convert it to LiteRT (memoized per process)."""
     compiled = _COMPILED.get(blob.sha256)
     if compiled is None:
-        infer = keras_function(blob)
-        import tensorflow as tf
+        with filtered_stderr():  # the devices' notices (no GPU here) and the converter's
+            infer = keras_function(blob)
+            import tensorflow as tf
 
-        # The tf.function, not the Keras model, must be the trackable: it is what holds the variables
-        # the converter freezes (given the model, it writes a graph without weights, all NaN out).
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], infer)
-        compiled = _COMPILED[blob.sha256] = CompiledModel(blob.model_id, converter.convert())
+            # The tf.function, not the Keras model, must be the trackable: it is what holds the
+            # variables the converter freezes (given the model, it writes a graph without weights).
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], infer)
+            compiled = _COMPILED[blob.sha256] = CompiledModel(blob.model_id, converter.convert())
     return compiled
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .native import filtered_stderr
+
 ARCHITECTURE = "mobilenet_v2_1.0_224_avgpool"
 FEATURE_DIM = 1280
 IMAGE_SIZE = 224  # MobileNetV2's native input; the pipeline resizes every image to it
@@ -84,8 +86,9 @@ class Featurizer:
     def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(model_content=model.data, num_threads=threads or os.cpu_count() or 1)
-        self._interpreter.allocate_tensors()  # for the model's fixed input shape (1, 224, 224, 3)
+        with filtered_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU"
+            self._interpreter = Interpreter(model_content=model.data, num_threads=threads or os.cpu_count() or 1)
+            self._interpreter.allocate_tensors()  # for the model's fixed input shape (1, 224, 224, 3)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._lock = threading.Lock()  # an interpreter is not thread-safe

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -48,6 +49,8 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
 
 
 # Every session needs these, on one machine and on a cluster alike.
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")  # a local session's JVM logging
+
 REQUIRED = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -90,6 +93,9 @@ def session_conf(settings: Settings, master: str | None = None, on_cluster: bool
         # 50). Our streaming tables see a new version every micro-batch and their logs are small:
         # 50 tiny tasks cost seconds per batch here, for nothing.
         "spark.databricks.delta.snapshotPartitions": str(settings.delta_snapshot_partitions),
+        # The driver's logging (log4j2.properties beside this module): Spark's defaults without the
+        # banner and the warnings nobody can act on.
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}",
     }
     if master.startswith("local"):
         # The driver is the executor too: Spark's 1 GB default is short for 1280-d rows.
