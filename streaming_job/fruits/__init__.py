@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FeatureStore", "Neighbour", "Settings", "Status", "Suggestion"]
+__all__ = ["FeatureStore", "Neighbour", "Settings", "Status", "Suggestion", "version"]
+
+
+def version() -> str:
+    """The installed distribution's version (``fruits --version``, the HTTP API's OpenAPI page)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fruits-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import version
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
 from .query.result import QueryError
@@ -496,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log at INFO (the Lambda's JSON logs too), and show the traceback of an error")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole pipeline locally on the sample images")
@@ -632,15 +633,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy_artifacts)
     sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
     return parser
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("fruits-pipeline")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,13 +27,13 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import metadata
 from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from .. import version
 from ..featurize.images import ImageError, Reason
 from ..io import lake
 from ..query.result import ModelMismatchError, NoDirectionError
@@ -85,7 +85,7 @@ def create_app(store: FeatureStore) -> FastAPI:
             log.warning("fruits serve: not ready yet: %s", "; ".join(ready.problems))
         yield
 
-    app = FastAPI(title="Fruits API", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="Fruits API", version=version(), lifespan=lifespan,
                   description="What fruit a photo shows (or that it is none the classifier knows), where an "
                               "upload is in the pipeline, and similar images. Errors are "
                               '`{"error": {"code": ..., "message": ...}}`.')
@@ -204,10 +204,3 @@ def _upload(status: Status) -> Upload:
 def _first_line(exc: BaseException) -> str:
     text = str(exc.args[0] if exc.args else exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def _version() -> str:
-    try:
-        return metadata.version("fruits-pipeline")
-    except metadata.PackageNotFoundError:
-        return "0"

@@ -227,7 +227,7 @@ class FeatureStore:
             found = features[0] if features is not None and features[1] == view.model.feature_model_id \
                 else self.featurize(target, view.model.feature_model_id)
             return view.model.project(found)[0], None
-        return view.vector_of(aws.split_s3_uri(target)[1] if "://" in target else target)
+        return view.vector_of(_bucket_and_key(target)[1])
 
     def featurize(self, photo: Path | bytes, model_id: str | None = None) -> np.ndarray:
         """A photo's MobileNetV2 features, (1, d), decoded as the pipeline decodes uploads
@@ -329,7 +329,7 @@ class FeatureStore:
         featurized, or the newest row of a key. (A key is looked up as ``status`` does.)"""
         if isinstance(target, Path | bytes):
             return self.featurize(target, model_id), None
-        bucket, key = aws.split_s3_uri(target) if "://" in target else (None, target)
+        bucket, key = _bucket_and_key(target)
         rows = _rows_with_key(self.dataset("features").dataset, key, ["image_id", "features", "model_id", "ingested_at"],
                               bucket)
         if not rows:
@@ -347,7 +347,7 @@ class FeatureStore:
         """processed (with its rows), quarantined (with the reason), pending (in the uploads ledger,
         not yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix)
         or unknown."""
-        bucket, key = aws.split_s3_uri(key) if "://" in key else (None, key)
+        bucket, key = _bucket_and_key(key)
         cols = ["image_id", "bucket", "key", "label", "suggested_label", "confidence", "unknown", "classifier_version",
                 "etag", "size", "event_time", "ingested_at", "pca_version"]
         rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
@@ -375,6 +375,11 @@ class FeatureStore:
                           rows)
         return Status(key, "unknown", "in no table and not in the uploads ledger: not uploaded, or its event has not "
                                       "reached the ingest Lambda yet")
+
+
+def _bucket_and_key(target: str) -> tuple[str | None, str]:
+    """An upload named by its key (``uploads/Banana/1.jpg``: any bucket) or its URI (``s3://b/k``)."""
+    return aws.split_s3_uri(target) if "://" in target else (None, target)
 
 
 def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,
