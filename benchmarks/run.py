@@ -36,6 +36,7 @@ from fruits.config import Settings  # noqa: E402
 from fruits.featurize.build import load_weights  # noqa: E402
 from fruits.local import emulator, upload  # noqa: E402
 from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
+from fruits.progress import Progress  # noqa: E402
 from fruits.spark.session import get_spark  # noqa: E402
 
 PARTS = ("featurize", "latency", "pca", "decode", "api")
@@ -68,11 +69,15 @@ def main() -> None:
     }
     table: list[tuple[str, str, str, str]] = []
     started = time.perf_counter()
-    with emulator.LocalAWS() as endpoint, tempfile.TemporaryDirectory() as tmp:
+    parts = [part for part in PARTS if part in only]
+    # A bar over the parts (no Spark note: nothing polls the JVM while a benchmark measures it).
+    with Progress("bench", len(parts), "part", every=Settings().progress_seconds) as bar, emulator.LocalAWS() as endpoint, \
+            tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         spark = get_spark(Settings(endpoint_url=endpoint))
         if "featurize" in only:
-            print(f"featurize: {args.uploads} uploads, ours / original / ceiling ...", flush=True)
+            bar.stage("featurize")
+            bar.write(f"featurize: {args.uploads} uploads, ours / original / ceiling ...")
             ours = bench_featurize.ours(spark, endpoint, root, images, args.uploads, blob)
             original = bench_featurize.original(spark, str(ours.pop("bucket")), root, blob)
             top = bench_featurize.ceiling_tf_function(blob, images, args.uploads, Settings().batch_size)
@@ -90,7 +95,8 @@ def main() -> None:
                 row("peak RSS of a Python worker", ours["worker_peak_rss_mb"], "MB"),
             ]
         if "latency" in only:
-            print(f"latency: {args.latency_uploads} uploads through the full local path ...", flush=True)
+            bar.stage("latency")
+            bar.write(f"latency: {args.latency_uploads} uploads through the full local path ...")
             latency = bench_latency.run(spark, endpoint, root, images, args.latency_uploads, blob)
             results["latency"] = latency
             bench_latency.plot(latency["latencies_s"], 5.0, f"Upload to queryable, {results['date']}, "
@@ -100,9 +106,10 @@ def main() -> None:
                 row("upload -> queryable, p95", latency["p95_s"], "s"),
             ]
         if "pca" in only:
+            bar.stage("pca")
             pca_results: dict[str, object] = {}
             for n in (int(v) for v in args.pca_rows.split(",")):
-                print(f"pca: {n:,} synthetic rows, ours vs Spark ML, incremental vs full ...", flush=True)
+                bar.write(f"pca: {n:,} synthetic rows, ours vs Spark ML, incremental vs full ...")
                 r = bench_pca.run(spark, root, n)
                 pca_results[str(n)] = r
                 speedup = r["spark_ml_s"] / r["ours_full_s"]
@@ -117,11 +124,10 @@ def main() -> None:
                 ]
             realistic = [int(v) for v in args.pca_mobilenet_rows.split(",") if v.strip() and int(v)]
             if realistic:
-                print("pca: featurizing augmented sample photos for rows with MobileNetV2 features' spectrum ...",
-                      flush=True)
+                bar.write("pca: featurizing augmented sample photos for rows with MobileNetV2 features' spectrum ...")
                 rows = bench_pca.mobilenet_like(blob, images)
             for n in realistic:
-                print(f"pca: {n:,} MobileNetV2-like rows, incremental vs full ...", flush=True)
+                bar.write(f"pca: {n:,} MobileNetV2-like rows, incremental vs full ...")
                 r = bench_pca.run(spark, root, n, rows, "mobilenet", whole=False)
                 pca_results[f"mobilenet-{n}"] = r
                 share = r["ours_incremental_s"] / r["ours_full_s"]
@@ -132,7 +138,8 @@ def main() -> None:
                 ]
             results["pca"] = pca_results
         if "api" in only:
-            print("api: POST /v1/classify from a warm fruits serve, 1 and 8 clients, then a load ...", flush=True)
+            bar.stage("api")
+            bar.write("api: POST /v1/classify from a warm fruits serve, 1 and 8 clients, then a load ...")
             api = bench_api.run(spark, root, images, blob, args.api_load_seconds)
             results["api"] = api
             for name, what in (("small", "100x100 JPEG"), ("12mp", "12 MP JPEG")):
@@ -150,15 +157,16 @@ def main() -> None:
                 row("classify load: throughput", load["requests_per_s"], "req/s"),
             ]
         spark.stop()
-    if "decode" in only:
-        print("decode: a 12-megapixel JPEG with and without draft mode ...", flush=True)
-        decode = bench_decode.run()
-        results["decode"] = decode
-        table += [
-            row("decode 12 MP: full decode", decode["full_ms"], "ms"),
-            row("decode 12 MP: draft mode (ours)", decode["draft_ms"], "ms"),
-            row("decode: full / draft", decode["full_ms"] / decode["draft_ms"], "x"),
-        ]
+        if "decode" in only:
+            bar.stage("decode")
+            bar.write("decode: a 12-megapixel JPEG with and without draft mode ...")
+            decode = bench_decode.run()
+            results["decode"] = decode
+            table += [
+                row("decode 12 MP: full decode", decode["full_ms"], "ms"),
+                row("decode 12 MP: draft mode (ours)", decode["draft_ms"], "ms"),
+                row("decode: full / draft", decode["full_ms"] / decode["draft_ms"], "x"),
+            ]
     results["seconds"] = round(time.perf_counter() - started, 1)
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

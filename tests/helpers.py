@@ -6,6 +6,10 @@ import copy
 import datetime as dt
 import json
 import os
+import select
+import struct
+import subprocess
+import time
 import uuid
 
 import numpy as np
@@ -21,6 +25,35 @@ def fruits_env(settings, **overrides: str) -> dict[str, str]:  # noqa: ANN001
             "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root,
             "FRUITS_UPLOADS_LEDGER": settings.uploads_table, "FRUITS_WEIGHTS": settings.weights,
             "FRUITS_LEASE_SECONDS": str(settings.lease_seconds), "FRUITS_DRIVER_MEMORY": "1g", **overrides}
+
+
+def on_terminal(argv: list[str], env: dict[str, str], timeout: float = 600, columns: int = 160) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal (``columns`` wide) as its stdin, stdout and stderr, as a
+    user's shell would; its exit code and everything it drew (carriage returns included)."""
+    import fcntl
+    import pty
+    import termios
+
+    screen, user = pty.openpty()
+    fcntl.ioctl(user, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(argv, stdin=user, stdout=user, stderr=user, env=env, close_fds=True)
+    os.close(user)
+    drawn = bytearray()
+    deadline = time.monotonic() + timeout  # for the whole run: a bar redraws every second
+    try:
+        while select.select([screen], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                chunk = os.read(screen, 65536)
+            except OSError:  # EIO: the process and its children closed the terminal
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(screen)
+        if process.poll() is None and time.monotonic() >= deadline:
+            process.kill()
+    return process.wait(timeout=60), drawn.decode(errors="replace")
 
 
 # The S3 event notification of AWS's documentation, as an SQS message body carries it.

@@ -26,6 +26,7 @@ def test_version() -> None:
     (["serve", "--port", "70000"], "expected a whole number from 0 to 65535"),
     (["health", "--stale-after", "soon"], "expected a number of 0 or more, not 'soon'"),
     (["upload", "data", "--per-class", "0"], "expected a whole number of at least 1"),
+    (["maintain", "--retain-hours", "24"], "expected at least 168 hours (Delta's safety check"),
 ])
 def test_a_flag_out_of_range_is_refused_before_anything_runs(argv: list[str], says: str, capsys) -> None:
     with pytest.raises(SystemExit) as done:

@@ -106,6 +106,17 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     assert (fit.mode, fit.model.row_count) == ("full", 70)
 
 
+def test_the_retention_given_is_the_retention_vacuum_keeps(spark, tmp_path: Path) -> None:
+    # Delta 4.2 ignores RETAIN <n> HOURS unless its retentionWindowIgnore switch is off (session.REQUIRED).
+    settings = Settings(table_root=str(tmp_path / "tables"))
+    append_rows(spark, settings.features_table, synthetic_features(5, seed=1))
+    for hours in (200, 168):
+        maintenance.vacuum(spark, settings.features_table, retain_hours=hours)
+        start = (DeltaTable.forPath(spark, settings.features_table).history()
+                 .where("operation = 'VACUUM START'").orderBy(F.desc("version")).first())
+        assert start.operationParameters["specifiedRetentionMillis"] == str(hours * 3600 * 1000), start
+
+
 def test_the_stream_compacts_and_vacuums_its_own_tables_and_goes_on_when_that_fails(
         spark, tmp_path: Path, weights_blob, monkeypatch, caplog) -> None:
     settings = Settings(table_root=str(tmp_path / "tables"), compact_every=2, vacuum_every=4)

@@ -12,7 +12,7 @@ from fruits.io import lake
 from fruits.pca import stats
 from fruits.pca.model import solve
 from fruits.pca import registry
-from fruits.pca.refit import refit, run_periodically
+from fruits.pca.refit import STEPS, refit, run_periodically
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
 
@@ -52,8 +52,10 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     first, later = synthetic_features(300, seed=2), synthetic_features(30, seed=3)
     append_rows(spark, settings.features_table, first)
 
-    fit1 = refit(spark, settings, threshold=0.95)
+    told: list[str] = []
+    fit1 = refit(spark, settings, threshold=0.95, on_step=told.append)
     assert fit1.mode == "full" and fit1.rows_read == 300 and fit1.model.version == 1
+    assert told == list(STEPS)  # each step, in order, as a progress bar shows them
     assert 1 <= fit1.model.k <= 8  # the data has 8 strong directions
 
     # New rows: only they are read, and the fit equals a fit from scratch.
@@ -64,8 +66,10 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     assert fit2.mode == "incremental" and fit2.rows_read == 30 and fit2.model.row_count == 330
     assert (fit1.solver, fit2.solver) == ("eigh", "rayleigh-ritz")
     assert stats.pending_rows(settings) == 0
-    same = refit(spark, settings, threshold=0.95)  # nothing new: version 2 stands
+    told.clear()
+    same = refit(spark, settings, threshold=0.95, on_step=told.append)  # nothing new: version 2 stands
     assert same.mode == "unchanged" and same.model.version == 2 and same.rows_read == 0
+    assert told == ["statistics", "solve", "index", "classifier"]  # nothing stored, nothing drawn
     fit3 = refit(spark, settings, threshold=0.95, full=True)
     assert fit3.mode == "full" and fit3.rows_read == 330
     # The incremental solve is a Rayleigh-Ritz step (``pca.model.update``), accurate to its residual

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import version
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
+from .progress import progress_for
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
 from .query.result import QueryError
 
@@ -69,7 +70,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def cmd_upload(args: argparse.Namespace) -> int:
     from .local import upload
 
-    keys = upload.upload_images(_settings(args), upload.sample_images(Path(args.folder), args.per_class))
+    settings = _settings(args)
+    images = upload.sample_images(Path(args.folder), args.per_class)
+    with progress_for(settings, "upload", len(images), "image") as bar:
+        keys = upload.upload_images(settings, images, on_progress=lambda done, _: bar.advance_to(done))
     print(f"uploaded {len(keys)} images")
     return 0
 
@@ -77,7 +81,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .local import ingest
 
-    stats = ingest.drain(_settings(args), visibility_timeout=args.visibility_timeout)
+    settings = _settings(args)
+    with progress_for(settings, "ingest", ingest.backlog(settings), "message") as bar:
+        stats = ingest.drain(settings, visibility_timeout=args.visibility_timeout,
+                             on_progress=lambda done: bar.advance_to(done.deleted))
     print(f"{stats.invocations} invocations, {stats.deleted} acknowledged, {stats.failed} failed deliveries")
     return 0
 
@@ -87,19 +94,29 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .stream import job
 
     settings = _settings(args)
-    trigger: dict[str, Any] = (
-        {"availableNow": True} if args.trigger == "availableNow" else {"processingTime": args.trigger}
-    )
+    catch_up = args.trigger == "availableNow"
+    trigger: dict[str, Any] = {"availableNow": True} if catch_up else {"processingTime": args.trigger}
     # One stream per table set: a second one refuses (or waits, --wait) instead of appending twice.
     lease = _take_lease(settings, "stream", args.wait, "not started")
     if lease is None:
         return 1
     with lease:
-        handle = job.start(get_spark(settings), settings, trigger=trigger, guard=lease.check)
-        return _until_done(handle)
+        spark = get_spark(settings)
+        if not catch_up:  # a service: its per-micro-batch lines are its progress
+            return _until_done(job.start(spark, settings, trigger=trigger, guard=lease.check))
+        from .health import pending_uploads
+
+        waiting, read = pending_uploads(settings), job.RowsRead()  # counted before the stream reads any
+        with progress_for(settings, "stream", waiting, "upload", spark) as bar:
+            handle = job.start(spark, settings, trigger=trigger, guard=lease.check)
+            return _until_done(handle, lambda: bar.advance_to(read(handle)), say=bar.write)
 
 
-def _until_done(handle: Any) -> int:
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _until_done(handle: Any, on_tick: Callable[[], None] | None = None, say: Callable[[str], None] = _say) -> int:
     """Wait for the stream; the exit code tells the truth to a supervisor: 0 when it finished, 1
     when it failed, 130 when stopped by Ctrl-C, 143 by SIGTERM (a cancelled job run), after a clean
     stop that releases the lease, with no traceback.
@@ -114,20 +131,25 @@ def _until_done(handle: Any) -> int:
     previous = {s: signal.signal(s, lambda signum, frame: interrupted.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not handle.awaitTermination(1):
+        while True:
+            finished = handle.awaitTermination(1)
+            if on_tick is not None:
+                on_tick()
+            if finished:
+                break
             if interrupted:
                 handle.stop()
-                print("fruits: stream stopped", file=sys.stderr)
+                say("fruits: stream stopped")
                 return 128 + interrupted[0]
     except StreamingQueryException as exc:
-        print(f"fruits: the stream failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        say(f"fruits: the stream failed: {str(exc).splitlines()[0]}")
         return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     failure = handle.exception()
     if failure is not None:
-        print(f"fruits: the stream failed: {failure}", file=sys.stderr)
+        say(f"fruits: the stream failed: {failure}")
         return 1
     return 0
 
@@ -162,7 +184,9 @@ def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], Non
     fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full, "guard": guard,
                                 "reject_quantile": args.reject_quantile}
     if args.every is None and args.min_new_rows is None:
-        _print_refit(refit.refit(spark, settings, **fit_args))
+        with progress_for(settings, "refit", len(refit.STEPS), "step", spark) as bar:
+            fit = refit.refit(spark, settings, on_step=bar.stage, **fit_args)
+        _print_refit(fit)
         return 0
     print(f"refitting every {args.every} min (if rows arrived) or after {args.min_new_rows} new rows; Ctrl-C stops",
           flush=True)
@@ -234,14 +258,17 @@ def _print_versions(versions: list[dict[str, Any]], as_json: bool, none_yet: str
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
-    from .spark.maintenance import maintain
+    from .spark.maintenance import maintain, steps
     from .spark.session import get_spark
 
     settings = _settings(args)
     # The refit's tables have one writer: they are vacuumed while no refit runs (the ledger regardless).
     lease = _take_lease(settings, "refit", args.wait, "the PCA tables are not vacuumed this time")
     with lease or contextlib.nullcontext():
-        report = maintain(get_spark(settings), settings, retain_hours=args.retain_hours, pca_tables=lease is not None)
+        spark = get_spark(settings)
+        with progress_for(settings, "maintain", len(steps(settings, lease is not None)), "step", spark) as bar:
+            report = maintain(spark, settings, retain_hours=args.retain_hours, pca_tables=lease is not None,
+                              on_step=bar.stage)
     for location, deleted in report.vacuumed.items():
         print(f"VACUUM {location}: {deleted} files deleted ({args.retain_hours:g} h retained)")
     if (done := report.ledger) is not None:
@@ -441,6 +468,11 @@ def _number(accepts: Callable[[float], bool], expected: str) -> Callable[[str], 
 _seconds = _number(lambda x: 0 <= x < math.inf, "a number of 0 or more")
 _fraction = _number(lambda x: 0 < x <= 1, "a share above 0 and at most 1 (0.95 for 95 %)")
 _positive = _whole(1)
+# Delta refuses a shorter VACUUM retention (its retentionDurationCheck): a reader of last week's
+# versions, and the incremental PCA statistics, need those files. Refused here, before the JVM.
+_retention = _number(lambda x: VACUUM_RETAIN_HOURS <= x < math.inf,
+                     f"at least {VACUUM_RETAIN_HOURS} hours (Delta's safety check: readers of the last "
+                     f"{VACUUM_RETAIN_HOURS // 24} days' versions need their files)")
 
 
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
@@ -553,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("maintain", parents=[common],
                        help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
                             "(the stream maintains its own tables)")
-    p.add_argument("--retain-hours", type=_seconds, default=VACUUM_RETAIN_HOURS,
-                   help=f"VACUUM keeps files no version needs for this long (default {VACUUM_RETAIN_HOURS})")
+    p.add_argument("--retain-hours", type=_retention, default=VACUUM_RETAIN_HOURS,
+                   help=f"VACUUM of the PCA tables keeps files no version needs for this long, {VACUUM_RETAIN_HOURS} "
+                        "or more (default); the ledger keeps its own (30 days)")
     p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                    help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run")
     p.set_defaults(func=cmd_maintain)

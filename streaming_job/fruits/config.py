@@ -37,6 +37,7 @@ typed and checked when the settings are made (pydantic-settings): a bad value fa
 | ``FRUITS_POISON_ATTEMPTS`` | a micro-batch that failed on each of its images alone this many times (across restarts) quarantines them as ``poison`` | ``3`` |
 | ``FRUITS_LEASE_SECONDS`` | how long a crashed stream's or refit's lease blocks the next one (renewed every third of it) | ``120`` |
 | ``FRUITS_COMPACT_EVERY`` | the stream compacts its own tables' days that hold 10 small files or more after every this many micro-batches | ``50`` |
+| ``FRUITS_PROGRESS_SECONDS`` | long commands (upload, ingest, ``stream --trigger availableNow``, refit, maintain) draw a progress bar on a terminal and, off one, print a progress line this often; 0 = neither | ``30`` |
 | ``FRUITS_VACUUM_EVERY`` | the stream VACUUMs its own tables (LITE, 168 h retained) after every this many micro-batches | ``1000`` |
 
 Example::
@@ -100,6 +101,7 @@ class Settings(BaseSettings):
     query_timeout_seconds: float = Field(60.0, gt=0)
     query_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     refresh_seconds: float = Field(10.0, ge=0)
+    progress_seconds: float = Field(30.0, ge=0)
     api_max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
 
     def __init__(self, **values: Any) -> None:

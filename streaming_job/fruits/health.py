@@ -91,18 +91,23 @@ def _queues(settings: Settings, report: Report, _: dt.datetime) -> None:
 
 
 def _pending(settings: Settings, report: Report, _: dt.datetime) -> None:
-    """Rows of the ledger's commits from the stream's next offset on (its checkpoint's newest
-    committed batch); commits that only rewrote files (compaction) add none."""
+    report.stream_offset = stream_offset(settings)
+    report.pending_uploads = pending_uploads(settings, report.stream_offset)
+
+
+def pending_uploads(settings: Settings, offset: int | None = None) -> int:
+    """Rows of the ledger's commits from the stream's next ``offset`` on (default: its
+    checkpoint's newest committed batch); commits that only rewrote files (compaction) add none.
+    Reads the ledger's history since that offset only."""
     if not lake.exists(settings, settings.uploads_table):
-        report.pending_uploads = 0
-        return
+        return 0
     ledger = lake.delta_table(settings, settings.uploads_table)
-    offset = stream_offset(settings)
-    report.stream_offset = offset
+    if offset is None:
+        offset = stream_offset(settings)
     after = -1 if offset is None else offset - 1
     history = ledger.history(limit=max(ledger.version() - after, 1))
-    report.pending_uploads = sum(int((h.get("operationMetrics") or {}).get("num_added_rows", 0))
-                                 for h in history if int(h["version"]) > after and h.get("operation") == "WRITE")
+    return sum(int((h.get("operationMetrics") or {}).get("num_added_rows", 0))
+               for h in history if int(h["version"]) > after and h.get("operation") == "WRITE")
 
 
 def stream_offset(settings: Settings) -> int | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +14,9 @@ from pyspark.sql import SparkSession
 
 from ..config import Settings
 from ..featurize.build import WeightsBlob, compile_model, load_weights
+from ..health import pending_uploads
 from ..pca import refit
+from ..progress import progress_for
 from ..query import sql
 from ..query.result import QueryResult, format_table
 from ..spark.session import get_spark
@@ -36,16 +37,6 @@ def _step(title: str) -> Callable[[str], None]:
         print(f"    {summary} ({time.monotonic() - started:.1f}s)", flush=True)
 
     return done
-
-
-def _progress(prefix: str) -> Callable[[int, int], None]:
-    def report(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            end = "\n" if done == total else ""
-            sys.stdout.write(f"\r    {prefix} {done}/{total}{end}")
-            sys.stdout.flush()
-
-    return report
 
 
 def run(
@@ -69,7 +60,8 @@ def run(
         app_photos = [(label, kept_back[label]) for label in sorted(kept_back)[::APP_EVERY]]
         files = [image for image in everything if image not in app_photos]
         done = _step(f"uploading {len(files)} labelled reference photos ({settings.reference_prefixes[0]}<Class Name>/<file>)")
-        upload.upload_images(settings, files, on_progress=_progress("uploaded"))
+        with progress_for(settings, "upload", len(files), "image") as bar:
+            upload.upload_images(settings, files, on_progress=lambda done, _: bar.advance_to(done))
         done(f"{len(files)} uploads")
 
         blob = load_weights(settings.weights)
@@ -78,7 +70,8 @@ def run(
         _ingest_and_stream(settings, spark, blob)
 
         done = _step("PCA refit")
-        fit = refit.refit(spark, settings)
+        with progress_for(settings, "refit", len(refit.STEPS), "step", spark) as bar:
+            fit = refit.refit(spark, settings, on_step=bar.stage)
         model = fit.model
         kept = model.explained_variance_ratio[: model.k].sum()
         done(f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, {model.row_count} rows")
@@ -166,8 +159,14 @@ def _ask_over_http(settings: Settings, blob: WeightsBlob, work_dir: Path, photos
 
 def _ingest_and_stream(settings: Settings, spark: SparkSession, blob: WeightsBlob) -> None:
     done = _step("ingest Lambda (local event source mapping) until the queue is drained")
-    stats = ingest.drain(settings)
+    with progress_for(settings, "ingest", ingest.backlog(settings), "message") as bar:
+        stats = ingest.drain(settings, on_progress=lambda now: bar.advance_to(now.deleted))
     done(f"{stats.invocations} invocations, {stats.deleted} messages acknowledged, {stats.failed} failed")
     done = _step("featurizer stream (availableNow) -> Delta")
-    job.start(spark, settings, model=blob).awaitTermination()
+    waiting, read = pending_uploads(settings), job.RowsRead()  # counted before the stream reads any
+    with progress_for(settings, "stream", waiting, "upload", spark) as bar:
+        query = job.start(spark, settings, model=blob)
+        while not query.awaitTermination(1):
+            bar.advance_to(read(query))
+        bar.advance_to(read(query))
     done("stream caught up with the uploads ledger")

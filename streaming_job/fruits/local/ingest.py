@@ -52,6 +52,11 @@ def drain(
     return event_source_mapping(settings, visibility_timeout).drain(on_progress=on_progress)
 
 
+def backlog(settings: Settings, queue: str | None = None) -> int:
+    """Messages in ``queue`` (default: the uploads queue), visible or in flight."""
+    return aws.queue_depth(aws.client("sqs", settings), aws.queue_url(settings, queue))
+
+
 def dead_letter_depth(settings: Settings) -> int:
     """Messages in the dead-letter queue, visible or in flight."""
-    return aws.queue_depth(aws.client("sqs", settings), aws.queue_url(settings, settings.dead_letter_queue))
+    return backlog(settings, settings.dead_letter_queue)

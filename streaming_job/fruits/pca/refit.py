@@ -59,6 +59,9 @@ from .stats import StoredStats, added_since, collect_stats, file_stats, latest_s
 
 log = logging.getLogger(__name__)
 
+# What a refit does, in order (``on_step`` is told as each starts; an unchanged model skips store and plots).
+STEPS = ("statistics", "solve", "store", "plots", "index", "classifier")
+
 
 @dataclass
 class Refit:
@@ -88,14 +91,18 @@ def refit(
     update_classifier: bool = True,
     reject_quantile: float | None = None,
     guard: Callable[[], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Refit:
     """Fit a new PCA version, store it and its statistics, draw the plots, update the classifier
     and the similarity index. Writes the PCA tables, ``classifiers`` and the index only:
     ``features`` is read, never rewritten. ``reject_quantile``: the classifier's (default
     ``classifier.fit.REJECT_QUANTILE``; a new value fits a new classifier version). ``full``
     recomputes the PCA statistics and the classifier's sample from every row.
-    ``guard`` is called right before each commit (``fruits pca refit``: its lease is still its own)."""
+    ``guard`` is called right before each commit (``fruits pca refit``: its lease is still its own);
+    ``on_step`` with each of ``STEPS`` as it starts (a progress bar)."""
     classifiers.check_quantile(reject_quantile)  # before anything is written
+    step = on_step or (lambda name: None)
+    step("statistics")
     table.ensure_tables(spark, settings)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -121,6 +128,7 @@ def refit(
         )
     seconds["stats"] = time.perf_counter() - started
 
+    step("solve")
     started = time.perf_counter()
     basis = previous.basis if previous is not None else None
     fit = update(stats, rows, basis, threshold, k) if rows is not None and basis is not None else None
@@ -132,14 +140,16 @@ def refit(
             and last.row_count == stats.n:
         # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
-        index = _update_index(update_index, spark, settings, seconds, guard)
-        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full)
+        index = _update_index(update_index, spark, settings, seconds, guard, step)
+        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full,
+                                        step)
         return Refit(last, "unchanged", 0, solver, seconds, index=index, classifier=classifier)
     model = PcaModel(
         version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
         explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
         feature_model_id=model_ids.pop(),
     )
+    step("store")
     started = time.perf_counter()
     if guard is not None:
         guard()
@@ -150,13 +160,14 @@ def refit(
 
     written = []
     if write_plots:
+        step("plots")
         started = time.perf_counter()
         from .plots import write_pca_plots  # matplotlib: loaded by the refit that draws, not by the stream
 
         written = write_pca_plots(spark, settings, model, threshold if k is None else None)
         seconds["plots"] = time.perf_counter() - started
-    index = _update_index(update_index, spark, settings, seconds, guard)
-    classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full)
+    index = _update_index(update_index, spark, settings, seconds, guard, step)
+    classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full, step)
     log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
              ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
     return Refit(model, mode, rows_read, solver, seconds, written, index, classifier)
@@ -164,18 +175,20 @@ def refit(
 
 def _update_classifier(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
                        guard: Callable[[], None] | None, reject_quantile: float | None,
-                       rebuild: bool) -> ClassifierUpdate | None:
+                       rebuild: bool, step: Callable[[str], None]) -> ClassifierUpdate | None:
     if not wanted:
         return None
+    step("classifier")
     done = classifiers.update(spark, settings, guard=guard, reject_quantile=reject_quantile, rebuild=rebuild)
     seconds["classifier"] = done.seconds
     return done
 
 
 def _update_index(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
-                  guard: Callable[[], None] | None) -> IndexUpdate | None:
+                  guard: Callable[[], None] | None, step: Callable[[str], None]) -> IndexUpdate | None:
     if not wanted:
         return None
+    step("index")
     done = similarity.update(settings, guard=guard, spark=spark)
     seconds["index"] = done.seconds
     return done

@@ -35,14 +35,18 @@ that no commit names (those of a task killed mid-write): they stay until a full 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from delta.tables import DeltaTable
 from fruits_ingest import ledger
+from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
 from ..config import VACUUM_RETAIN_HOURS, Settings
@@ -105,15 +109,81 @@ def vacuum(spark: SparkSession, location: str, retain_hours: float = VACUUM_RETA
     return deleted
 
 
+def steps(settings: Settings, pca_tables: bool = True) -> list[str]:
+    """What ``maintain`` does, in order, as ``on_step`` is told."""
+    return [*(_vacuum_step(location) for location in _pca_tables(settings, pca_tables)), "uploads ledger"]
+
+
+def _pca_tables(settings: Settings, wanted: bool) -> tuple[str, ...]:
+    return (settings.pca_models_table, settings.pca_stats_table) if wanted else ()
+
+
+def _vacuum_step(location: str) -> str:
+    return f"VACUUM {location.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+# What Delta's VACUUM prints with Scala's println (its count is logged here, with the table's name).
+VACUUM_SUMMARY = re.compile(r"Deleted \d+ files and directories in a total of \d+ directories\.")
+
+
+@contextlib.contextmanager
+def _console_held(spark: SparkSession) -> Iterator[None]:
+    """Hold what the JVM thread serving this Python thread prints with Scala's ``println`` (its
+    ``Console.out``) for the block; then pass it on, less ``VACUUM_SUMMARY``. pyspark pins one JVM
+    thread to each Python thread (its default), so other threads' output is untouched; without
+    pinning, or when Scala's private ``Console.out`` cannot be reached, nothing is held. With ``-v``
+    nothing is held.
+
+    Limitations: ``Console.out`` is inherited by the threads the JVM starts in the block; what
+    they print with ``println`` later is lost. ``maintain`` (a short command) holds it; the stream's
+    own VACUUM (every ``FRUITS_VACUUM_EVERY`` micro-batches) does not.
+    """
+    from py4j.clientserver import ClientServer  # pinned thread mode's gateway
+
+    gateway = spark.sparkContext._gateway
+    if logging.getLogger().isEnabledFor(logging.INFO) or not isinstance(gateway, ClientServer):
+        yield
+        return
+    jvm = spark.sparkContext._jvm
+    try:
+        console = jvm.java.lang.Class.forName("scala.Console$")
+        field = console.getDeclaredField("outVar")
+        field.setAccessible(True)
+        out = field.get(console.getField("MODULE$").get(None))  # a DynamicVariable: per thread
+        before = out.value()
+    except Py4JError as exc:
+        log.debug("Scala's Console.out is out of reach (%s): VACUUM's own line stays", exc)
+        yield
+        return
+    held = jvm.java.io.ByteArrayOutputStream()
+    getattr(out, "value_$eq")(jvm.java.io.PrintStream(held, True, "UTF-8"))
+    try:
+        yield
+    finally:
+        # The JVM may be going (Ctrl-C): then the error that stopped the block is the one to see.
+        with contextlib.suppress(Py4JError):
+            getattr(out, "value_$eq")(before)
+            kept = "".join(line for line in held.toString("UTF-8").splitlines(keepends=True)
+                           if not VACUUM_SUMMARY.fullmatch(line.strip()))
+            if kept:
+                before.print(kept)
+                before.flush()
+
+
 def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACUUM_RETAIN_HOURS,
-             pca_tables: bool = True) -> Maintenance:
+             pca_tables: bool = True, on_step: Callable[[str], None] | None = None) -> Maintenance:
     """VACUUM the refit's tables, keeping ``retain_hours`` (``pca_tables``: the caller holds the
     refit's lease; a table no refit has written yet is left alone); then compact and sort the uploads
-    ledger (its own retention: ``fruits_ingest.ledger.RETENTION``). Never touches the stream's tables."""
+    ledger (its own retention: ``fruits_ingest.ledger.RETENTION``). Never touches the stream's tables.
+    ``on_step`` is told each of ``steps()`` as it starts."""
+    step = on_step or (lambda name: None)
     report = Maintenance()
-    for location in (settings.pca_models_table, settings.pca_stats_table) if pca_tables else ():
+    for location in _pca_tables(settings, pca_tables):
+        step(_vacuum_step(location))
         if DeltaTable.isDeltaTable(spark, location):
-            report.vacuumed[location] = vacuum(spark, location, retain_hours)
+            with _console_held(spark):  # Delta's own summary line: the count is logged here
+                report.vacuumed[location] = vacuum(spark, location, retain_hours)
+    step("uploads ledger")
     report.ledger = ledger.maintain(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
     if report.ledger:
         log.info("uploads ledger: %d earlier day(s) sorted by key, today compacted: %d files into %d; %d deleted",

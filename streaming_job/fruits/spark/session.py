@@ -65,6 +65,10 @@ REQUIRED = {
     # VACUUM records VACUUM START / END commits (with the files it deleted) on every file system;
     # left unset, Delta records them on some (file:, hdfs:, gs:, abfs:) but not on s3a:.
     "spark.databricks.delta.vacuum.logging.enabled": "true",
+    # Delta 4.2 ignores VACUUM's RETAIN <n> HOURS (any n but 0) while this (internal) switch is on,
+    # and keeps the table's delta.deletedFileRetentionDuration instead: `fruits maintain
+    # --retain-hours` would be silently ignored. Delta's safety check (at least 168 h) still applies.
+    "spark.databricks.delta.vacuum.retentionWindowIgnore.enabled": "false",
 }
 
 
@@ -128,3 +132,14 @@ def get_spark(settings: Settings, master: str | None = None, app_name: str = "fr
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
     return spark
+
+
+def running_tasks(spark: SparkSession) -> str:
+    """The stages running now and their tasks, ``stage 3: 40/200 tasks`` (a progress note), or ''."""
+    tracker = spark.sparkContext.statusTracker()
+    parts = []
+    for stage in sorted(tracker.getActiveStageIds()):
+        info = tracker.getStageInfo(stage)
+        if info is not None:
+            parts.append(f"stage {stage}: {info.numCompletedTasks}/{info.numTasks} tasks")
+    return ", ".join(parts)

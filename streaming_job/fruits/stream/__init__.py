@@ -3,8 +3,8 @@
 
 from .job import (
     BatchWriter, dedupe, drop_written, feature_rows, featurize, label_from_key, labelled, quarantine_rows,
-    read_uploads, start,
+    RowsRead, read_uploads, start,
 )
 
 __all__ = ["BatchWriter", "dedupe", "drop_written", "feature_rows", "featurize", "label_from_key", "labelled",
-           "quarantine_rows", "read_uploads", "start"]
+           "quarantine_rows", "read_uploads", "RowsRead", "start"]

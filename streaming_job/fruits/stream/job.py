@@ -390,3 +390,26 @@ def start(
         .start()
     )
 
+
+
+class RowsRead:
+    """Ledger rows a running stream has read so far, summed from its progress reports (Spark
+    keeps the last 100): the count of a progress bar. Call it at least every 100 micro-batches.
+
+    Example::
+
+        read = RowsRead()
+        while not query.awaitTermination(1):
+            bar.advance_to(read(query))
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._last_batch = -1  # a batch that read no rows reports the id its next batch gets: not counted
+
+    def __call__(self, query: StreamingQuery) -> int:
+        for update in query.recentProgress:
+            if update.batchId > self._last_batch and update.numInputRows > 0:
+                self.rows += update.numInputRows
+                self._last_batch = update.batchId
+        return self.rows
