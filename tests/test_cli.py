@@ -3,6 +3,7 @@ mistake with a documented exit code (the traceback only with -v), reads that cre
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from fruits.cli import main
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fruits", *argv], capture_output=True, text=True, timeout=120)
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fruits", *argv], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_version() -> None:
@@ -40,10 +42,35 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_v() -> None
     quiet = run(*argv)
     assert quiet.returncode == 1 and quiet.stdout == "", quiet
     assert quiet.stderr.strip().splitlines() == [
-        'fruits: EndpointConnectionError: Could not connect to the endpoint URL: "http://127.0.0.1:9/" '
+        'fruits: EndpointConnectionError: Could not connect to the endpoint URL: "http://127.0.0.1:9/"; is the '
+        "emulator running (fruits emulator), and FRUITS_ENDPOINT_URL (--endpoint-url) its address? "
         "(-v shows the traceback)"], quiet.stderr
     loud = run(*argv, "-v")  # after the subcommand, as before it
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+
+
+# Without credentials: no variables, no files, no instance metadata to ask.
+NO_AWS = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "FRUITS_"))} | {
+    "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), [
+    (["upload", "/no/such/folder"], 1, "fruits: image folder /no/such/folder does not exist"),
+    (["model", "compile", "--weights", "/no/such.weights.h5", "--out", "/tmp/x.tflite"], 1,
+     "fruits: weights file /no/such.weights.h5 not found; set FRUITS_WEIGHTS to 'imagenet' or a file path"),
+    (["query", "--engine", "duckdb", "DELETE FROM features"], 2,
+     "fruits: fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, not DELETE"),
+    (["query", "--engine", "duckdb", "SELEC 1"], 2, 'fruits: DuckDB: Parser Error: syntax error at or near "SELEC"'),
+    (["query", "--engine", "duckdb", "SELECT count(*) FROM features"], 1,
+     "fruits: NoCredentialsError: Unable to locate credentials; set AWS_PROFILE"),  # the tables on S3 by default
+    (["replay-dlq", "--dry-run"], 1, "fruits: NoCredentialsError: Unable to locate credentials; set AWS_PROFILE "
+                                     "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) for AWS, or FRUITS_ENDPOINT_URL"),
+])
+def test_a_users_mistake_is_one_line_that_says_what_to_do(argv: list[str], code: int, says: str) -> None:
+    done = run(*argv, env=NO_AWS)
+    assert done.returncode == code and done.stdout == "", done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), done.stderr
 
 
 @pytest.mark.spark

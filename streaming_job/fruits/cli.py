@@ -693,7 +693,21 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             raise
         text = str(exc).strip().splitlines()
-        print(f"fruits: {type(exc).__name__}: {text[0] if text else 'no message'} (-v shows the traceback)",
-              file=sys.stderr)
+        first = f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+        print(f"fruits: {first}{_what_to_do(exc)} (-v shows the traceback)", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+# A set-up mistake rather than a bug: what to do about it, after the AWS SDK's own words.
+AWS_HINTS = {
+    "NoCredentialsError": "set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) for AWS, or "
+                          "FRUITS_ENDPOINT_URL (--endpoint-url) for the local emulator",
+    "EndpointConnectionError": "is the emulator running (fruits emulator), and FRUITS_ENDPOINT_URL (--endpoint-url) "
+                               "its address?",
+}
+
+
+def _what_to_do(exc: Exception) -> str:
+    hint = AWS_HINTS.get(type(exc).__name__) if type(exc).__module__.startswith("botocore") else None
+    return f"; {hint}" if hint else ""

@@ -16,6 +16,7 @@ with deletion vectors or column mapping must be read through a Delta reader (``b
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
+from botocore.exceptions import NoCredentialsError
 from deltalake import DeltaTable
 
 from ..config import Settings
@@ -49,14 +51,28 @@ def storage_options(settings: Settings) -> dict[str, str]:
     return options
 
 
+@contextlib.contextmanager
+def _credentials_named() -> Iterator[None]:
+    """delta-rs reports missing AWS credentials as an OSError ("Kernel error -> Operation not
+    supported", the chain it tried below): raised as boto3's ``NoCredentialsError`` instead."""
+    try:
+        yield
+    except OSError as exc:
+        if "no credentials found" in str(exc):
+            raise NoCredentialsError() from exc
+        raise
+
+
 def delta_table(settings: Settings, location: str, version: int | None = None) -> DeltaTable:
     """The Delta table at ``location`` (a local path or an S3 URI), at ``version`` or the newest."""
-    return DeltaTable(delta_uri(location), version=version, storage_options=storage_options(settings))
+    with _credentials_named():
+        return DeltaTable(delta_uri(location), version=version, storage_options=storage_options(settings))
 
 
 def exists(settings: Settings, location: str) -> bool:
     """Whether a Delta table is at ``location`` (a look at its log, not a load of it)."""
-    return DeltaTable.is_deltatable(delta_uri(location), storage_options(settings))
+    with _credentials_named():
+        return DeltaTable.is_deltatable(delta_uri(location), storage_options(settings))
 
 
 class Snapshot(NamedTuple):

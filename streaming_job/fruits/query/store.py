@@ -152,6 +152,13 @@ class FeatureStore:
         versions = {}
         limits = {"memory_limit": self.settings.query_memory_limit}
         with duckdb.connect(config=limits) as con:
+            try:  # refused before any table is opened
+                kinds = [s.type for s in con.extract_statements(statement)]
+            except duckdb.Error as exc:  # not SQL
+                raise QueryError(f"DuckDB: {str(exc).strip().splitlines()[0]}") from None
+            if kinds != [duckdb.StatementType.SELECT]:
+                raise ReadOnlyError(f"fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, "
+                                    f"not {', '.join(k.name for k in kinds) or 'nothing'}")
             tables = {name: self.table(name, as_of_version if name == "features" else None) for name in TABLES}
             for name, delta in tables.items():
                 con.register(name, lake.as_dataset(self.settings, self._location(name), delta))
@@ -166,10 +173,6 @@ class FeatureStore:
             timer = threading.Timer(self.settings.query_timeout_seconds, con.interrupt)
             timer.start()
             try:
-                kinds = [s.type for s in con.extract_statements(statement)]
-                if kinds != [duckdb.StatementType.SELECT]:
-                    raise ReadOnlyError(f"fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, "
-                                        f"not {', '.join(k.name for k in kinds) or 'nothing'}")
                 result = con.sql(statement)
                 return QueryResult(columns=list(result.columns), rows=result.fetchall(), versions=versions)
             except duckdb.InterruptException:
