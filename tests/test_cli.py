@@ -86,6 +86,20 @@ def test_a_query_over_a_mistyped_table_root_says_so_and_creates_nothing(spark, e
     assert not typo.exists()
 
 
+@pytest.mark.spark
+def test_a_key_never_seen_exits_3_as_text_and_as_json(spark, tmp_path: Path, capsys) -> None:
+    from fruits.config import Settings
+    from fruits.spark import tables
+
+    root = tmp_path / "tables"
+    tables.ensure_tables(spark, Settings(table_root=str(root)))
+    for extra in ([], ["--json"]):
+        with pytest.raises(SystemExit) as done:
+            main(["status", "uploads/Kiwi/never.jpg", "--table-root", str(root), *extra])
+        assert done.value.code == 3, extra
+        assert "unknown" in capsys.readouterr().out
+
+
 def test_the_cli_reference_is_current() -> None:
     from fruits.cli_reference import render
 

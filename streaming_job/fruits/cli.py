@@ -418,13 +418,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .query.store import FeatureStore
 
     status = FeatureStore(_settings(args)).status(args.key)
+    code = 3 if status.state == "unknown" else 0  # the same with --json: a script reads either
     if args.json:
         print(to_json(status))
-        return 0
+        return code
     print(f"{status.key}: {status.state} ({status.detail})")
     for row in status.rows:
         print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-    return 0 if status.state != "unknown" else 3
+    return code
 
 
 def cmd_model_compile(args: argparse.Namespace) -> int:
