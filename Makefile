@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cli-reference setup jars demo test test-reliability test-cluster lambda-zip emr-artifacts bench bench-scale synth clean
+.PHONY: cli-reference setup jars demo test lint format test-reliability test-cluster lambda-zip emr-artifacts bench bench-scale synth clean
 
 setup: $(STAMP) jars
 
@@ -21,8 +21,17 @@ jars: $(STAMP)
 demo: setup
 	$(BIN)/fruits demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -m "not slow and not cluster"
+
+# ruff's lint rules and its formatter (pyproject.toml's [tool.ruff]); `make format` applies both.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-reliability: setup
 	$(BIN)/python -m pytest -m "not cluster"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import bench_decode
 import numpy as np
+
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
 from fruits.local.reference import write_reference_rows
@@ -37,8 +38,9 @@ CLIENTS = 8
 
 def tables(spark, root: Path, reference: list[tuple[str, Path]], blob) -> Settings:  # noqa: ANN001
     compiled = compile_model(blob)
-    settings = Settings(table_root=str(root / "api" / "tables"),
-                        weights=str(compiled.save(root / "api" / "model.tflite")))
+    settings = Settings(
+        table_root=str(root / "api" / "tables"), weights=str(compiled.save(root / "api" / "model.tflite"))
+    )
     write_reference_rows(spark, settings, reference, compiled)
     refit(spark, settings, write_plots=False)
     return settings
@@ -82,8 +84,12 @@ def latencies(url: str, body: bytes, clients: int, each: int) -> dict[str, float
 
     with ThreadPoolExecutor(clients) as pool:
         times = np.concatenate([f.result() for f in [pool.submit(one) for _ in range(clients)]]) * 1000
-    return {"requests": len(times), "p50_ms": float(np.percentile(times, 50)),
-            "p95_ms": float(np.percentile(times, 95)), "max_ms": float(times.max())}
+    return {
+        "requests": len(times),
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "max_ms": float(times.max()),
+    }
 
 
 def load(url: str, small: bytes, big: bytes, clients: int, seconds: float) -> dict[str, float]:
@@ -111,9 +117,15 @@ def load(url: str, small: bytes, big: bytes, clients: int, seconds: float) -> di
         results = [f.result() for f in [pool.submit(one) for _ in range(clients)]]
     times = np.concatenate([r[2] for r in results]) * 1000
     requests = sum(r[0] for r in results)
-    return {"seconds": seconds, "clients": clients, "requests": requests, "errors": sum(r[1] for r in results),
-            "requests_per_s": requests / seconds, "p50_ms": float(np.percentile(times, 50)),
-            "p95_ms": float(np.percentile(times, 95))}
+    return {
+        "seconds": seconds,
+        "clients": clients,
+        "requests": requests,
+        "errors": sum(r[1] for r in results),
+        "requests_per_s": requests / seconds,
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+    }
 
 
 def run(spark, root: Path, images: list[tuple[str, Path]], blob, load_seconds: float = 60.0) -> dict:  # noqa: ANN001

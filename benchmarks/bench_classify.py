@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from fruits.classifier.fit import REJECT_QUANTILE, fit, sample
 from fruits.classifier.model import Classifier
 from fruits.featurize.build import compile_model, load_weights
@@ -47,15 +48,26 @@ NEW_VIEWS_TRAIN = 8  # per class, as tests/test_store.py splits
 
 
 def featurize(pixels: np.ndarray, featurizer: Featurizer) -> np.ndarray:
-    return np.concatenate([featurizer(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+    return np.concatenate([featurizer(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
 
 
 def classifier(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, quantile: float) -> Classifier:
-    table = pa.table({"image_id": [f"id-{i}" for i in rows], "label": labels[rows].tolist(),
-                      "features": pa.array(list(features[rows]), pa.list_(pa.float32())),
-                      "model_id": ["m"] * len(rows)})
-    return fit(sample(None, table), version=1, feature_model_id="m", source_table_version=0, table_id="bench",
-               reject_quantile=quantile)
+    table = pa.table(
+        {
+            "image_id": [f"id-{i}" for i in rows],
+            "label": labels[rows].tolist(),
+            "features": pa.array(list(features[rows]), pa.list_(pa.float32())),
+            "model_id": ["m"] * len(rows),
+        }
+    )
+    return fit(
+        sample(None, table),
+        version=1,
+        feature_model_id="m",
+        source_table_version=0,
+        table_id="bench",
+        reject_quantile=quantile,
+    )
 
 
 def splits(labels: np.ndarray) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -93,16 +105,23 @@ def measure(features: np.ndarray, labels: np.ndarray, other: np.ndarray, quantil
             model = classifier(features, labels, reference, quantile)
             unseen_rejected += sum(a.unknown for a in model.answer(features[~known]))
             unseen += int((~known).sum())
-        out[split] = {"known_top1": best / total, "known_top1_answered": right_answered / max(answered, 1),
-                      "known_rejected": rejected / total, "unseen_rejected": unseen_rejected / unseen,
-                      "held_out": total, "unseen": unseen}
+        out[split] = {
+            "known_top1": best / total,
+            "known_top1_answered": right_answered / max(answered, 1),
+            "known_rejected": rejected / total,
+            "unseen_rejected": unseen_rejected / unseen,
+            "held_out": total,
+            "unseen": unseen,
+        }
     everything = classifier(features, labels, np.arange(len(labels)), quantile)
     answers = everything.answer(other)
     kinds = np.array([KINDS[i % len(KINDS)] for i in range(len(other))])
-    out["not fruit"] = {"rejected": float(np.mean([a.unknown for a in answers])),
-                        "by_kind": {k: float(np.mean([a.unknown for a, kind in zip(answers, kinds) if kind == k]))
-                                    for k in KINDS},
-                        "images": len(other), "threshold": everything.threshold}
+    out["not fruit"] = {
+        "rejected": float(np.mean([a.unknown for a in answers])),
+        "by_kind": {k: float(np.mean([a.unknown for a, kind in zip(answers, kinds) if kind == k])) for k in KINDS},
+        "images": len(other),
+        "threshold": everything.threshold,
+    }
     return out
 
 
@@ -115,12 +134,23 @@ def plot(sweep: dict[float, dict], default: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for split, marker in (("frames", "o"), ("new views", "s")):
         x = [sweep[q][split]["known_rejected"] for q in QUANTILES]
-        ax.plot(x, [sweep[q][split]["unseen_rejected"] for q in QUANTILES], marker=marker,
-                label=f"unseen classes rejected ({split})")
-        ax.plot(x, [sweep[q]["not fruit"]["rejected"] for q in QUANTILES], marker=marker, linestyle=":",
-                label=f"not fruit rejected (x: {split})")
+        ax.plot(
+            x,
+            [sweep[q][split]["unseen_rejected"] for q in QUANTILES],
+            marker=marker,
+            label=f"unseen classes rejected ({split})",
+        )
+        ax.plot(
+            x,
+            [sweep[q]["not fruit"]["rejected"] for q in QUANTILES],
+            marker=marker,
+            linestyle=":",
+            label=f"not fruit rejected (x: {split})",
+        )
         d = sweep[default][split]
-        ax.scatter([d["known_rejected"]], [d["unseen_rejected"]], s=160, facecolors="none", edgecolors="black", zorder=5)
+        ax.scatter(
+            [d["known_rejected"]], [d["unseen_rejected"]], s=160, facecolors="none", edgecolors="black", zorder=5
+        )
     ax.axvline(0.03, color="grey", linewidth=0.8)
     ax.axhline(0.8, color="grey", linewidth=0.8)
     ax.set_xlabel("known-class photos answered unknown (held out)")
@@ -147,15 +177,22 @@ def main() -> None:
     other = featurize(np.stack([decode(data) for _, data in not_fruit_images(args.not_fruit, seed=11)]), featurizer)
     sweep = {q: measure(features, labels, other, q) for q in QUANTILES}
     default = sweep[REJECT_QUANTILE]
-    result = {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "images": len(images),
-              "classes": int(len(np.unique(labels))), "reject_quantile": REJECT_QUANTILE, "default": default,
-              "sweep": {str(q): v for q, v in sweep.items()}}
+    result = {
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "images": len(images),
+        "classes": int(len(np.unique(labels))),
+        "reject_quantile": REJECT_QUANTILE,
+        "default": default,
+        "sweep": {str(q): v for q, v in sweep.items()},
+    }
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     plot(sweep, REJECT_QUANTILE, Path(args.plot))
     for split in ("frames", "new views"):
         d = default[split]
-        print(f"{split:>9}: known top-1 {d['known_top1']:.3f} (answered {d['known_top1_answered']:.3f}), known "
-              f"rejected {d['known_rejected']:.3f}, unseen classes rejected {d['unseen_rejected']:.3f}")
+        print(
+            f"{split:>9}: known top-1 {d['known_top1']:.3f} (answered {d['known_top1_answered']:.3f}), known "
+            f"rejected {d['known_rejected']:.3f}, unseen classes rejected {d['unseen_rejected']:.3f}"
+        )
     print(f"not fruit rejected {default['not fruit']['rejected']:.3f} {default['not fruit']['by_kind']}")
     print(f"wrote {args.json} and {args.plot}")
 

@@ -11,10 +11,11 @@ import io
 import time
 
 import numpy as np
+from PIL import Image, ImageOps
+
 from fruits.featurize.images import decode
 from fruits.local.paths import SAMPLE_IMAGES
 from fruits.local.upload import sample_images
-from PIL import Image, ImageOps
 
 
 def twelve_megapixel_jpeg() -> bytes:

@@ -33,17 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
 from fruits.config import Settings
 from fruits.spark import tables as table
 from fruits.spark.schema import PARTITION, QUARANTINE
 from fruits.spark.session import get_spark
 from fruits.stream.written import WrittenImages
-from pyspark.sql import functions as F
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_DAY = 10_000
 FILE_ROWS = 10_000
-NEWEST = dt.datetime(2026, 12, 1, 12, tzinfo=dt.timezone.utc)
+NEWEST = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
 
 
 def rows(start: int, n: int, at: dt.datetime) -> list[tuple]:
@@ -65,8 +66,9 @@ def measure(spark, root: Path, n: int, batches: int, per_day: int) -> dict[str, 
         day = NEWEST - dt.timedelta(days=(n - start - 1) // per_day)
         table.append(spark.createDataFrame(rows(start, FILE_ROWS, day), QUARANTINE).coalesce(1), location)
     written = WrittenImages(settings, spark)
-    times: dict[str, list[float]] = {k: [] for k in ("delta_rs_lookup", "spark_anti_join", "merge_insert",
-                                                        "txn_append", "blind_append")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("delta_rs_lookup", "spark_anti_join", "merge_insert", "txn_append", "blind_append")
+    }
     fresh = n
     for i in range(batches):
         batch = spark.createDataFrame(rows(fresh, 40, NEWEST) + rows(n - 10, 10, NEWEST), QUARANTINE)
@@ -84,15 +86,31 @@ def measure(spark, root: Path, n: int, batches: int, per_day: int) -> dict[str, 
 
         times["spark_anti_join"].append(timed(anti_join))
         date_list = ", ".join(f"DATE'{d}'" for d in dates)
-        times["merge_insert"].append(timed(lambda: (
-            DeltaTable.forPath(spark, location).alias("t")
-            .merge(batch.alias("s"), f"t.image_id = s.image_id AND t.{PARTITION} IN ({date_list})")
-            .whenNotMatchedInsertAll().execute())))
+        times["merge_insert"].append(
+            timed(
+                lambda: (
+                    DeltaTable.forPath(spark, location)
+                    .alias("t")
+                    .merge(batch.alias("s"), f"t.image_id = s.image_id AND t.{PARTITION} IN ({date_list})")
+                    .whenNotMatchedInsertAll()
+                    .execute()
+                )
+            )
+        )
         # Two more commits, as two more micro-batches would make (their rows are never looked up).
-        extra = spark.createDataFrame(rows(10 ** 9 + 100 * i, 40, NEWEST), QUARANTINE)
-        times["txn_append"].append(timed(lambda: extra.write.format("delta").option("txnAppId", "bench")
-                                         .option("txnVersion", i).mode("append").save(location)))
-        extra = spark.createDataFrame(rows(10 ** 9 + 100 * i + 50, 40, NEWEST), QUARANTINE)
+        extra = spark.createDataFrame(rows(10**9 + 100 * i, 40, NEWEST), QUARANTINE)
+        times["txn_append"].append(
+            timed(
+                lambda: (
+                    extra.write.format("delta")
+                    .option("txnAppId", "bench")
+                    .option("txnVersion", i)
+                    .mode("append")
+                    .save(location)
+                )
+            )
+        )
+        extra = spark.createDataFrame(rows(10**9 + 100 * i + 50, 40, NEWEST), QUARANTINE)
         times["blind_append"].append(timed(lambda: table.append(extra, location)))
     return {k: round(statistics.median(v), 4) for k, v in times.items()}
 
@@ -108,10 +126,17 @@ def main() -> None:
     (ROOT / "work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "work") as tmp:
         measure(spark, Path(tmp) / "warm-up", FILE_ROWS, 2, ROWS_PER_DAY)  # the JVM's classes, Spark's planner
-        results = {f"{layout}/{n}": measure(spark, Path(tmp) / f"{layout}-{n}", n, args.batches, per_day)
-                   for layout, per_day in (("history", ROWS_PER_DAY), ("one_day", 10 ** 12)) for n in sizes}
-    out = {"rows": sizes, "seconds_per_micro_batch": results, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+        results = {
+            f"{layout}/{n}": measure(spark, Path(tmp) / f"{layout}-{n}", n, args.batches, per_day)
+            for layout, per_day in (("history", ROWS_PER_DAY), ("one_day", 10**12))
+            for n in sizes
+        }
+    out = {
+        "rows": sizes,
+        "seconds_per_micro_batch": results,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     names = list(next(iter(results.values())))
     print(f"{'layout/rows':>16} " + " ".join(f"{k:>16}" for k in names))

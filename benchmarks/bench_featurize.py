@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from common import bench_settings, ingested, peak_worker_rss_mb, timed_stream
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import pandas_udf
+
 from fruits import stream
 from fruits.config import Settings
 from fruits.featurize.build import compile_model, keras_function, keras_model
 from fruits.featurize.images import decode
 from fruits.featurize.model import Featurizer
-from pyspark.sql import SparkSession
-from pyspark.sql.functions import pandas_udf
 
 WARM_UP = 64
 
@@ -45,8 +46,13 @@ def ours(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: 
     warm_workers(spark, settings, blob)
     seconds = timed_stream(spark, settings, blob)
     rows = spark.read.format("delta").load(settings.features_table).count() - WARM_UP
-    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds, "worker_peak_rss_mb": peak_worker_rss_mb(),
-            "bucket": settings.bucket}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "images_per_s": rows / seconds,
+        "worker_peak_rss_mb": peak_worker_rss_mb(),
+        "bucket": settings.bucket,
+    }
 
 
 def warm_workers(spark: SparkSession, settings: Settings, blob: Any) -> None:
@@ -54,8 +60,10 @@ def warm_workers(spark: SparkSession, settings: Settings, blob: Any) -> None:
     uploading plus ingesting the main run takes longer than that (a busy stream keeps them)."""
     model = spark.sparkContext.broadcast(compile_model(blob))
     # Any key will do (a missing one is quarantined): the model is built before the first fetch.
-    rows = spark.createDataFrame([(settings.bucket, "warm-up/none.jpg", None, None)] * 8,
-                                 "bucket string, key string, etag string, version_id string")
+    rows = spark.createDataFrame(
+        [(settings.bucket, "warm-up/none.jpg", None, None)] * 8,
+        "bucket string, key string, etag string, version_id string",
+    )
     stream.featurize(rows, model, settings, blob.model_id).select("result.reason").collect()
 
 
@@ -68,8 +76,9 @@ def original(spark: SparkSession, bucket: str, root: Path, blob: Any) -> dict[st
         import keras
         from PIL import Image
 
-        model = keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
-                                               input_shape=(224, 224, 3))
+        model = keras.applications.MobileNetV2(
+            weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+        )
         model.set_weights(weights.value)
 
         def preprocess(content: bytes) -> np.ndarray:
@@ -82,10 +91,15 @@ def original(spark: SparkSession, bucket: str, root: Path, blob: Any) -> dict[st
 
     def run(glob: str, out: str) -> tuple[int, float]:
         started = time.perf_counter()
-        images = (spark.read.format("binaryFile").option("pathGlobFilter", glob)
-                  .option("recursiveFileLookup", "true").load(f"s3a://{bucket}/uploads/"))
-        images.repartition(20).select("path", featurize_udf("content").alias("features")) \
-            .write.mode("overwrite").parquet(out)
+        images = (
+            spark.read.format("binaryFile")
+            .option("pathGlobFilter", glob)
+            .option("recursiveFileLookup", "true")
+            .load(f"s3a://{bucket}/uploads/")
+        )
+        images.repartition(20).select("path", featurize_udf("content").alias("features")).write.mode(
+            "overwrite"
+        ).parquet(out)
         seconds = time.perf_counter() - started
         return spark.read.parquet(out).count(), seconds
 
@@ -105,8 +119,9 @@ def ceiling_litert(blob: Any, images: list, total: int, batch_size: int) -> dict
     return in_memory(Featurizer(compile_model(blob)), images, total, batch_size)
 
 
-def in_memory(featurize: Callable[[np.ndarray], np.ndarray], images: list, total: int,
-              batch_size: int) -> dict[str, float]:
+def in_memory(
+    featurize: Callable[[np.ndarray], np.ndarray], images: list, total: int, batch_size: int
+) -> dict[str, float]:
     """Throughput of ``featurize`` on pre-decoded sample images, at least ``total`` of them."""
     pixels = np.stack([decode(path.read_bytes()) for _, path in images])
     featurize(pixels[:batch_size])  # trace + warm up

@@ -15,17 +15,26 @@ from typing import Any
 
 import numpy as np
 from common import bench_settings, ingested
+from pyspark.sql import SparkSession
+
 from fruits import FeatureStore, stream
 from fruits.local import ingest
 from fruits.local.upload import upload_copies
 from fruits_ingest.runner import RunStats
-from pyspark.sql import SparkSession
 
 POLL_SECONDS = 0.2
 
 
-def run(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: int, blob: Any,
-        rate: float = 8.0, timeout: float = 300.0) -> dict[str, float]:
+def run(
+    spark: SparkSession,
+    endpoint: str,
+    root: Path,
+    images: list,
+    uploads: int,
+    blob: Any,
+    rate: float = 8.0,
+    timeout: float = 300.0,
+) -> dict[str, float]:
     settings = bench_settings(endpoint, root, "latency")
     ingested(settings, images, 16, "warm")  # the first batch pays the one-off costs, unmeasured
     query = stream.start(spark, settings, trigger={"processingTime": "1 second"}, model=blob)
@@ -58,7 +67,7 @@ def run(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: i
             time.sleep(0.5)
         sent: dict[str, float] = {}
         for i in range(uploads):
-            key = upload_copies(settings, images[i % len(images):][:1], 1, f"lat{i}_")[0]
+            key = upload_copies(settings, images[i % len(images) :][:1], 1, f"lat{i}_")[0]
             sent[key] = time.time()
             time.sleep(max(0.0, 1.0 / rate))
         deadline = time.time() + timeout
@@ -70,9 +79,14 @@ def run(spark: SparkSession, endpoint: str, root: Path, images: list, uploads: i
             t.join(timeout=10)
         query.stop()
     latencies = np.array([seen[k] - t for k, t in sent.items() if k in seen])
-    return {"uploads": uploads, "visible": len(latencies), "p50_s": float(np.percentile(latencies, 50)),
-            "p95_s": float(np.percentile(latencies, 95)), "max_s": float(latencies.max()),
-            "latencies_s": sorted(round(float(v), 3) for v in latencies)}
+    return {
+        "uploads": uploads,
+        "visible": len(latencies),
+        "p50_s": float(np.percentile(latencies, 50)),
+        "p95_s": float(np.percentile(latencies, 95)),
+        "max_s": float(latencies.max()),
+        "latencies_s": sorted(round(float(v), 3) for v in latencies),
+    }
 
 
 def plot(latencies: list[float], target: float, title: str, path: Path) -> None:

@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageEnhance
+from pyspark.ml.feature import PCA
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import SparkSession
+
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
 from fruits.featurize.model import Featurizer
@@ -37,10 +42,6 @@ from fruits.pca import stats
 from fruits.pca.model import solve
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
-from PIL import Image, ImageEnhance
-from pyspark.ml.feature import PCA
-from pyspark.ml.functions import array_to_vector
-from pyspark.sql import SparkSession
 
 CHUNK = 10_000
 
@@ -71,7 +72,9 @@ def mobilenet_like(blob: Any, images: list, count: int = 3000) -> Rows:
         im = im.crop((x0, y0, x0 + cw, y0 + ch)).rotate(rng.uniform(-30, 30))
         if rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        im = ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(rng.uniform(0.7, 1.3))).enhance(rng.uniform(0.7, 1.3))
+        im = ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(rng.uniform(0.7, 1.3))).enhance(
+            rng.uniform(0.7, 1.3)
+        )
         features[i] = featurize(np.asarray(im.resize((224, 224)), dtype=np.float32)[None])[0]
     mean = features.mean(axis=0, dtype=np.float64)
     cov = np.cov(features.T.astype(np.float64))
@@ -85,14 +88,27 @@ def mobilenet_like(blob: Any, images: list, count: int = 3000) -> Rows:
 
 def append(spark: SparkSession, location: str, rows: Rows, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        frame = pd.DataFrame({
-            "image_id": [uuid.uuid4().hex for _ in range(m)], "bucket": "b", "key": "k", "label": "l", "size": 1,
-            "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now, "features": list(rows(rng, m)),
-            "model_id": "synthetic", "pca_features": None, "pca_version": None,
-        })
+        frame = pd.DataFrame(
+            {
+                "image_id": [uuid.uuid4().hex for _ in range(m)],
+                "bucket": "b",
+                "key": "k",
+                "label": "l",
+                "size": 1,
+                "etag": "e",
+                "version_id": None,
+                "event_time": now,
+                "event_date": now.date(),
+                "ingested_at": now,
+                "features": list(rows(rng, m)),
+                "model_id": "synthetic",
+                "pca_features": None,
+                "pca_version": None,
+            }
+        )
         table.frame(spark, frame, FEATURES).write.format("delta").mode("append").save(location)
 
 
@@ -107,8 +123,9 @@ def timed_refit(spark: SparkSession, settings: Settings, **args: Any) -> tuple[p
     return fit, time.perf_counter() - started
 
 
-def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: str = "synthetic",
-        whole: bool = True) -> dict[str, Any]:
+def run(
+    spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: str = "synthetic", whole: bool = True
+) -> dict[str, Any]:
     """Fit times at ``n`` rows; ``whole``: also Spark ML."""
     settings = Settings(table_root=str(root / f"pca-{name}-{n}"))
     table.ensure_tables(spark, settings)
@@ -119,8 +136,12 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
     solve(warm)
     full, full_wall = timed_refit(spark, settings, full=True)
     fulls = [full] + [timed_refit(spark, settings, full=True)[0] for _ in range(ROUNDS - 1)]
-    result: dict[str, Any] = {"rows": n, "k": full.model.k, "ours_full_s": statistics.median(map(fit_seconds, fulls)),
-                              "ours_full_solve_s": statistics.median(r.seconds["solve"] for r in fulls)}
+    result: dict[str, Any] = {
+        "rows": n,
+        "k": full.model.k,
+        "ours_full_s": statistics.median(map(fit_seconds, fulls)),
+        "ours_full_solve_s": statistics.median(r.seconds["solve"] for r in fulls),
+    }
     if whole:
         vectors = table.read(spark, settings.features_table).select(array_to_vector("features").alias("v"))
         PCA(k=full.model.k, inputCol="v").fit(vectors.limit(2000))
@@ -140,7 +161,8 @@ def run(spark: SparkSession, root: Path, n: int, rows: Rows = synthetic, name: s
         "ours_incremental_s": statistics.median(map(fit_seconds, incrementals)),
         "ours_incremental_stats_s": statistics.median(r.seconds["stats"] for r in incrementals),
         "ours_incremental_solve_s": statistics.median(r.seconds["solve"] for r in incrementals),
-        "incremental_solvers": [r.solver for r in incrementals], "incremental_k": [r.model.k for r in incrementals],
+        "incremental_solvers": [r.solver for r in incrementals],
+        "incremental_k": [r.model.k for r in incrementals],
         "incremental_rows": incremental.rows_read,
         "fits_s": {"full": [fit_seconds(r) for r in fulls], "incremental": [fit_seconds(r) for r in incrementals]},
     }

@@ -14,8 +14,13 @@ from fruits.local.upload import upload_copies
 
 
 def bench_settings(endpoint: str, root: Path, name: str, **changes: object) -> Settings:
-    settings = Settings(endpoint_url=endpoint, bucket=f"bench-{name}", queue=f"bench-{name}",
-                        table_root=str(root / name), weights=str(BUNDLED_WEIGHTS)).with_(**changes)
+    settings = Settings(
+        endpoint_url=endpoint,
+        bucket=f"bench-{name}",
+        queue=f"bench-{name}",
+        table_root=str(root / name),
+        weights=str(BUNDLED_WEIGHTS),
+    ).with_(**changes)
     emulator.provision(settings)
     return settings
 

@@ -27,17 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-import bench_api  # noqa: E402
-import bench_decode  # noqa: E402
-import bench_featurize  # noqa: E402
-import bench_latency  # noqa: E402
-import bench_pca  # noqa: E402
-from fruits.config import Settings  # noqa: E402
-from fruits.featurize.build import load_weights  # noqa: E402
-from fruits.local import emulator, upload  # noqa: E402
-from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
-from fruits.progress import Progress  # noqa: E402
-from fruits.spark.session import get_spark  # noqa: E402
+import bench_api
+import bench_decode
+import bench_featurize
+import bench_latency
+import bench_pca
+
+from fruits.config import Settings
+from fruits.featurize.build import load_weights
+from fruits.local import emulator, upload
+from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES
+from fruits.progress import Progress
+from fruits.spark.session import get_spark
 
 PARTS = ("featurize", "latency", "pca", "decode", "api")
 
@@ -64,15 +65,19 @@ def main() -> None:
     images = upload.sample_images(SAMPLE_IMAGES)
     blob = load_weights(str(BUNDLED_WEIGHTS))
     results: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
     }
     table: list[tuple[str, str, str, str]] = []
     started = time.perf_counter()
     parts = [part for part in PARTS if part in only]
     # A bar over the parts (no Spark note: nothing polls the JVM while a benchmark measures it).
-    with Progress("bench", len(parts), "part", every=Settings().progress_seconds) as bar, emulator.LocalAWS() as endpoint, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        Progress("bench", len(parts), "part", every=Settings().progress_seconds) as bar,
+        emulator.LocalAWS() as endpoint,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         root = Path(tmp)
         spark = get_spark(Settings(endpoint_url=endpoint))
         if "featurize" in only:
@@ -83,7 +88,10 @@ def main() -> None:
             top = bench_featurize.ceiling_tf_function(blob, images, args.uploads, Settings().batch_size)
             runtime = bench_featurize.ceiling_litert(blob, images, args.uploads, Settings().batch_size)
             results["featurize"] = {"ours": ours, "original": original, "ceiling": top, "ceiling_litert": runtime}
-            vs_top, vs_original = ours["images_per_s"] / top["images_per_s"], ours["images_per_s"] / original["images_per_s"]
+            vs_top, vs_original = (
+                ours["images_per_s"] / top["images_per_s"],
+                ours["images_per_s"] / original["images_per_s"],
+            )
             table += [
                 row("featurize: ours", ours["images_per_s"], "img/s"),
                 row("featurize: original notebooks' approach", original["images_per_s"], "img/s"),
@@ -99,8 +107,12 @@ def main() -> None:
             bar.write(f"latency: {args.latency_uploads} uploads through the full local path ...")
             latency = bench_latency.run(spark, endpoint, root, images, args.latency_uploads, blob)
             results["latency"] = latency
-            bench_latency.plot(latency["latencies_s"], 5.0, f"Upload to queryable, {results['date']}, "
-                               f"{results['machine']}", Path(args.json).with_name("latency.png"))
+            bench_latency.plot(
+                latency["latencies_s"],
+                5.0,
+                f"Upload to queryable, {results['date']}, {results['machine']}",
+                Path(args.json).with_name("latency.png"),
+            )
             table += [
                 row("upload -> queryable, p50", latency["p50_s"], "s", "<= 5 s", latency["p50_s"] <= 5.0),
                 row("upload -> queryable, p95", latency["p95_s"], "s"),
@@ -133,8 +145,13 @@ def main() -> None:
                 share = r["ours_incremental_s"] / r["ours_full_s"]
                 table += [
                     row(f"pca {n:,} MobileNetV2-like rows: full fit", r["ours_full_s"], "s"),
-                    row(f"pca {n:,} MobileNetV2-like: incremental (+1 %) / full (k={r['k']})", share, "", "<= 0.1",
-                        share <= 0.1),
+                    row(
+                        f"pca {n:,} MobileNetV2-like: incremental (+1 %) / full (k={r['k']})",
+                        share,
+                        "",
+                        "<= 0.1",
+                        share <= 0.1,
+                    ),
                 ]
             results["pca"] = pca_results
         if "api" in only:

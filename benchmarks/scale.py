@@ -1,8 +1,8 @@
 """``make bench-scale``: does anything per micro-batch, per restart, per refit or per query grow
 with the table? The same measures on a history of 10,000, 100,000 and 1,000,000 images, and
-discovery after 1,000 and 20,000 commits of the uploads ledger (one per Lambda invocation). Writes ``benchmarks/results/scale.json`` (the
-shape the issue fixes) and ``scale-extra.json`` (build costs, per-state status times, sizes: what
-the README's extrapolation uses).
+discovery after 1,000 and 20,000 commits of the uploads ledger (one per Lambda invocation). Writes
+``benchmarks/results/scale.json`` (the shape the issue fixes) and ``scale-extra.json`` (build costs,
+per-state status times, sizes: what the README's extrapolation uses).
 
 The history comes from ``scale_tables.py`` (synthetic rows in the stream's tables and a fitted PCA
 version, cached under ``work/scale-cache/``). On it, everything is the real pipeline: photos
@@ -54,15 +54,16 @@ from deltalake.exceptions import DeltaError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fruits import similarity  # noqa: E402
-from fruits.config import Settings  # noqa: E402
-from fruits.io import aws, lake  # noqa: E402
-from fruits.local import emulator, ingest, upload  # noqa: E402
-from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES  # noqa: E402
-from fruits_ingest import ledger  # noqa: E402
-from fruits_ingest.events import ImageEvent  # noqa: E402
-from common import vmhwm_mb  # noqa: E402
-from scale_tables import append_synthetic, cached_tables, copy_tables, synthetic_key  # noqa: E402
+from common import vmhwm_mb
+from scale_tables import append_synthetic, cached_tables, copy_tables, synthetic_key
+
+from fruits import similarity
+from fruits.config import Settings
+from fruits.io import aws, lake
+from fruits.local import emulator, ingest, upload
+from fruits.local.paths import BUNDLED_WEIGHTS, SAMPLE_IMAGES
+from fruits_ingest import ledger
+from fruits_ingest.events import ImageEvent
 
 BATCH_IMAGES = 100
 RESTART_IMAGES = 20
@@ -75,18 +76,27 @@ log = logging.getLogger("bench-scale")
 
 # --- the stream as a process ---------------------------------------------------------------
 
+
 class Stream:
     """``fruits stream --trigger "0 seconds"`` on ``settings``, in a process of its own; stopped at
     the latest when the benchmark exits (a failed run once left one polling through the next run)."""
 
     def __init__(self, settings: Settings, log_file: Path, **env: str) -> None:
-        variables = {**os.environ, **{f"FRUITS_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                                      if v is not None and k in settings.model_fields_set}, **env}
+        variables = {
+            **os.environ,
+            **{
+                f"FRUITS_{k.upper()}": str(v)
+                for k, v in settings.model_dump().items()
+                if v is not None and k in settings.model_fields_set
+            },
+            **env,
+        }
         self.settings = settings
         self.started = time.time()
         self.log = log_file.open("ab")
-        self.process = subprocess.Popen([FRUITS, "stream", "--trigger", "0 seconds"], env=variables,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [FRUITS, "stream", "--trigger", "0 seconds"], env=variables, stdout=self.log, stderr=subprocess.STDOUT
+        )
         _RUNNING.add(self)
 
     def _jvm(self) -> list[int]:
@@ -102,8 +112,9 @@ class Stream:
         live = 0.0
         for pid in self._jvm():
             subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=60, check=True)
-            info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=60,
-                                  check=True).stdout
+            info = subprocess.run(
+                ["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=60, check=True
+            ).stdout
             used = re.search(r"heap\s+total \d+K, used (\d+)K", info)
             live += int(used.group(1)) / 1024 if used else float("nan")
         return {"jvm_live_heap_mb": live, "python_rss_mb": vmhwm_mb(self.process.pid, "VmRSS")}
@@ -155,8 +166,9 @@ def _children(pid: int) -> list[int]:
 def checkpoint_times(settings: Settings, kind: str) -> dict[int, float]:
     """Batch id -> the mtime of the checkpoint's ``offsets/<n>`` or ``commits/<n>``."""
     folder = Path(settings.checkpoint) / kind
-    return {int(p.name): p.stat().st_mtime for p in folder.glob("[0-9]*") if p.name.isdigit()} \
-        if folder.is_dir() else {}
+    return (
+        {int(p.name): p.stat().st_mtime for p in folder.glob("[0-9]*") if p.name.isdigit()} if folder.is_dir() else {}
+    )
 
 
 def batches_reading(settings: Settings, versions: set[int]) -> dict[int, int]:
@@ -186,8 +198,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, stream: S
     deadline = time.time() + timeout
     while not predicate():
         if stream is not None and stream.process.poll() is not None:
-            raise RuntimeError(f"the stream exited ({stream.process.returncode}) while waiting for {what}; "
-                               f"see {stream.log.name}")
+            raise RuntimeError(
+                f"the stream exited ({stream.process.returncode}) while waiting for {what}; see {stream.log.name}"
+            )
         if time.time() > deadline:
             raise TimeoutError(f"no {what} after {timeout:.0f} s")
         time.sleep(0.05)
@@ -203,8 +216,9 @@ def ledger_version(settings: Settings) -> int:
         return -1
 
 
-def uploaded_and_ingested(settings: Settings, images: list[tuple[str, Path]], n: int, tag: str,
-                          broken: int = 0) -> tuple[list[str], set[int]]:
+def uploaded_and_ingested(
+    settings: Settings, images: list[tuple[str, Path]], n: int, tag: str, broken: int = 0
+) -> tuple[list[str], set[int]]:
     """Upload ``n`` photos (and ``broken`` corrupt ones) under new keys, then run the ingest Lambda
     until the queue is empty: returns the keys and the ledger versions it appended (one, mostly:
     the event source mapping gathers up to 100 events per invocation)."""
@@ -220,8 +234,16 @@ def uploaded_and_ingested(settings: Settings, images: list[tuple[str, Path]], n:
 
 # --- one table size ------------------------------------------------------------------------
 
-def measure_size(spark, base: Settings, n: int, model_id: str, images, args: argparse.Namespace,  # noqa: ANN001
-                 work: Path) -> dict[str, Any]:
+
+def measure_size(
+    spark,
+    base: Settings,
+    n: int,
+    model_id: str,
+    images,
+    args: argparse.Namespace,  # noqa: ANN001
+    work: Path,
+) -> dict[str, Any]:
     from fruits.pca.refit import refit
     from fruits.query.store import FeatureStore
 
@@ -229,31 +251,43 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
     settings = base.with_(bucket=f"scale-{n}", queue=f"scale-{n}", table_root=str(work / f"t{n}"))
     emulator.provision(settings)
     copy_tables(built.root, Path(settings.table_root))
-    out: dict[str, Any] = {"k": built.k, "write_s": built.write_s, "first_refit_s": built.first_refit_s,
-                           "cache_reused": built.reused}
+    out: dict[str, Any] = {
+        "k": built.k,
+        "write_s": built.write_s,
+        "first_refit_s": built.first_refit_s,
+        "cache_reused": built.reused,
+    }
 
     # Micro-batches of 100 real photos through the Lambda: one warm-up (with broken uploads, for
     # the quarantine), then `repeat`.
     stream = Stream(settings, work / f"stream-{n}.log")
     batches, quarantined = [], []
     for i in range(args.repeat + 1):
-        keys, versions = uploaded_and_ingested(settings, images, BATCH_IMAGES, f"b{n}-{i}-",
-                                               broken=STATUS_KEYS if i == 0 else 0)
+        keys, versions = uploaded_and_ingested(
+            settings, images, BATCH_IMAGES, f"b{n}-{i}-", broken=STATUS_KEYS if i == 0 else 0
+        )
         quarantined += keys[BATCH_IMAGES:]
         last = stream.wait_committed(versions, 900)
         first = min(batches_reading(settings, versions).values())
         offsets, commits = checkpoint_times(settings, "offsets"), checkpoint_times(settings, "commits")
         if i:
             batches.append(commits[last] - offsets[first])
-        log.info("%d rows: micro-batch %d took %.2f s (batches %d-%d)", n, i, commits[last] - offsets[first], first,
-                 last)
+        log.info(
+            "%d rows: micro-batch %d took %.2f s (batches %d-%d)", n, i, commits[last] - offsets[first], first, last
+        )
     out["driver_peak_rss_mb"] = stream.peak_rss_mb()
     out["driver_held_mb"] = stream.held_mb()
     stream.stop()
     out["micro_batch_s"] = statistics.median(batches)
     out["micro_batch_all_s"] = batches
-    log.info("%d rows: micro-batch %.2f s (median of %d), driver peak %.0f MB, held %s", n, out["micro_batch_s"],
-             len(batches), out["driver_peak_rss_mb"], {k: round(v) for k, v in out["driver_held_mb"].items()})
+    log.info(
+        "%d rows: micro-batch %.2f s (median of %d), driver peak %.0f MB, held %s",
+        n,
+        out["micro_batch_s"],
+        len(batches),
+        out["driver_peak_rss_mb"],
+        {k: round(v) for k, v in out["driver_held_mb"].items()},
+    )
 
     restarts = []
     for i in range(args.restarts):
@@ -282,22 +316,42 @@ def measure_size(spark, base: Settings, n: int, model_id: str, images, args: arg
         started = time.perf_counter()
         fit = refit(spark, settings, update_index=False)  # `fruits pca refit` without the index: fit, store, plots
         refits.append(time.perf_counter() - started)
-        log.info("%d rows: refit (%s, %d rows read, %s) took %.1f s", n, fit.mode, fit.rows_read, fit.solver, refits[-1])
+        log.info(
+            "%d rows: refit (%s, %d rows read, %s) took %.1f s", n, fit.mode, fit.rows_read, fit.solver, refits[-1]
+        )
     out["refit_s"], out["refit_all_s"] = statistics.median(refits), refits
     done = similarity.update(settings)
     out["index_update_s"], out["index_update_rows"], out["index_segments"] = (
-        done.seconds, done.rows_added, len(done.manifest.segments))
-    log.info("%d rows: index update (%s, %d rows) took %.1f s: %d segments", n, done.mode, done.rows_added,
-             done.seconds, out["index_segments"])
+        done.seconds,
+        done.rows_added,
+        len(done.manifest.segments),
+    )
+    log.info(
+        "%d rows: index update (%s, %d rows) took %.1f s: %d segments",
+        n,
+        done.mode,
+        done.rows_added,
+        done.seconds,
+        out["index_segments"],
+    )
     # A tail for the queries: 1 % more rows since the index's update, searched exactly.
     append_synthetic(settings, n + rows_added, n // 100, model_id)
     out["index_tail_rows"] = n // 100
 
     rng = np.random.default_rng(3)
     processed = [synthetic_key(int(i)) for i in rng.choice(n, size=max(50, 10 * args.repeat), replace=False)]
-    out.update(measure_queries(FeatureStore(settings), processed, {
-        "processed": processed[:STATUS_KEYS], "quarantined": quarantined, "pending": pending,
-        "unknown": [f"{settings.reference_prefixes[0]}never/{i}.jpg" for i in range(STATUS_KEYS)]}))
+    out.update(
+        measure_queries(
+            FeatureStore(settings),
+            processed,
+            {
+                "processed": processed[:STATUS_KEYS],
+                "quarantined": quarantined,
+                "pending": pending,
+                "unknown": [f"{settings.reference_prefixes[0]}never/{i}.jpg" for i in range(STATUS_KEYS)],
+            },
+        )
+    )
     out["table_bytes"] = folder_bytes(Path(settings.features_table))
     out["checkpoint_bytes"] = folder_bytes(Path(settings.checkpoint))
     shutil.rmtree(settings.table_root)  # a copy: the cache keeps the history
@@ -308,10 +362,15 @@ def measure_index_build(settings: Settings, n: int) -> dict[str, Any]:
     """A full build of the similarity index over the table, and its size."""
     done = similarity.update(settings, rebuild=True)
     size = folder_bytes(Path(settings.table_root) / "similarity")
-    log.info("%d rows: similarity index built in %.1f s (%d rows, %.0f MB)", n, done.seconds, done.manifest.rows,
-             size / 1e6)
-    return {"index_build_s": done.seconds, "index_rows": done.manifest.rows, "index_bytes": size,
-            "index_mb_per_million_rows": size / 1e6 / done.manifest.rows * 1e6}
+    log.info(
+        "%d rows: similarity index built in %.1f s (%d rows, %.0f MB)", n, done.seconds, done.manifest.rows, size / 1e6
+    )
+    return {
+        "index_build_s": done.seconds,
+        "index_rows": done.manifest.rows,
+        "index_bytes": size,
+        "index_mb_per_million_rows": size / 1e6 / done.manifest.rows * 1e6,
+    }
 
 
 def folder_bytes(folder: Path) -> int:
@@ -340,9 +399,14 @@ def measure_queries(store, keys: list[str], status_keys: dict[str, list[str]]) -
                 raise AssertionError(f"status({key!r}) is {answer.state!r}, expected {state!r}: {answer.detail}")
     out["status_p50_ms"] = 1000 * statistics.median([t for ts in by_state.values() for t in ts])
     out["status_p50_ms_by_state"] = {s: 1000 * statistics.median(ts) for s, ts in by_state.items()}
-    log.info("similar: first call %.1f s, p50 %.1f ms (recall@10 %.3f); status p50 %.1f ms %s", out["similar_first_s"],
-             out["similar_p50_ms"], out["similar_recall_at_10"], out["status_p50_ms"],
-             {s: round(v, 1) for s, v in out["status_p50_ms_by_state"].items()})
+    log.info(
+        "similar: first call %.1f s, p50 %.1f ms (recall@10 %.3f); status p50 %.1f ms %s",
+        out["similar_first_s"],
+        out["similar_p50_ms"],
+        out["similar_recall_at_10"],
+        out["status_p50_ms"],
+        {s: round(v, 1) for s, v in out["status_p50_ms_by_state"].items()},
+    )
     return out
 
 
@@ -375,6 +439,7 @@ def recall_at_10(store, answers: dict[str, list]) -> float:  # noqa: ANN001
 
 
 # --- discovery -----------------------------------------------------------------------------
+
 
 def append_commit(settings: Settings, key: str, etag: str) -> tuple[int, float, float, bool | None]:
     """Append one row to the uploads ledger as a Lambda invocation does (compacting when it is its
@@ -409,9 +474,17 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
     s3 = aws.client("s3", settings)
     known = upload.upload_copies(settings, images[:1], 1, "d-")[0]
     known_etag = s3.head_object(Bucket=settings.bucket, Key=known)["ETag"].strip('"')
-    out: dict[str, Any] = {"discovery_s": {}, "discovery_all_s": {}, "status_unknown_ms": {}, "prime_s": {},
-                           "status_unknown_sorted_ms": {}, "ledger_maintain_s": {}, "append_ms": {},
-                           "compactions": {}, "compactions_failed": {}}
+    out: dict[str, Any] = {
+        "discovery_s": {},
+        "discovery_all_s": {},
+        "status_unknown_ms": {},
+        "prime_s": {},
+        "status_unknown_sorted_ms": {},
+        "ledger_maintain_s": {},
+        "append_ms": {},
+        "compactions": {},
+        "compactions_failed": {},
+    }
     processed = 0
     for count in counts:
         # Started first, the stream reads the primed commits as they come (a stream started on an
@@ -425,9 +498,15 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
         out["compactions_failed"][str(count)] = sum(failed is True for *_, failed in appends)
         out["compactions"][str(count)] = sum(failed is not None for *_, failed in appends)
         stream.wait_committed({max(version for version, *_ in appends)}, 3600)  # not a compaction's
-        log.info("%d ledger commits processed (%d new, appended in %.0f s, the last 500 appends %.0f ms each "
-                 "with 8 at once) in %.0f s", count, count - processed, out["prime_s"][str(count)],
-                 out["append_ms"][str(count)], time.perf_counter() - started)
+        log.info(
+            "%d ledger commits processed (%d new, appended in %.0f s, the last 500 appends %.0f ms each "
+            "with 8 at once) in %.0f s",
+            count,
+            count - processed,
+            out["prime_s"][str(count)],
+            out["append_ms"][str(count)],
+            time.perf_counter() - started,
+        )
         processed = count
         delays = []
         for i in range(repeat + 1):
@@ -440,18 +519,26 @@ def measure_discovery(base: Settings, counts: list[int], images, repeat: int, wo
         stream.stop()
         out["discovery_s"][str(count)] = statistics.median(delays)
         out["discovery_all_s"][str(count)] = delays
+
         def unknown() -> None:  # a new store: it opens the three tables
             FeatureStore(settings).status(f"{settings.reference_prefixes[0]}never/seen.jpg")
 
         out["status_unknown_ms"][str(count)] = 1000 * timed(unknown)
         # What maintenance leaves (daily on AWS): the day sorted by key_hash, its small files replaced.
-        out["ledger_maintain_s"][str(count)] = timed(lambda: ledger.maintain(lake.delta_uri(settings.uploads_table),
-                                                                             lake.storage_options(settings)))
+        out["ledger_maintain_s"][str(count)] = timed(
+            lambda: ledger.maintain(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
+        )
         out["status_unknown_sorted_ms"][str(count)] = 1000 * timed(unknown)
-        log.info("after %d ledger commits: discovery %.2f s (median of %d), status of an unknown key %.0f ms "
-                 "(%.0f ms once maintenance sorted the day in %.1f s)", count, out["discovery_s"][str(count)],
-                 len(delays), out["status_unknown_ms"][str(count)], out["status_unknown_sorted_ms"][str(count)],
-                 out["ledger_maintain_s"][str(count)])
+        log.info(
+            "after %d ledger commits: discovery %.2f s (median of %d), status of an unknown key %.0f ms "
+            "(%.0f ms once maintenance sorted the day in %.1f s)",
+            count,
+            out["discovery_s"][str(count)],
+            len(delays),
+            out["status_unknown_ms"][str(count)],
+            out["status_unknown_sorted_ms"][str(count)],
+            out["ledger_maintain_s"][str(count)],
+        )
     return out
 
 
@@ -463,11 +550,15 @@ def timed(call: Callable[[], Any]) -> float:
 
 # --- main ----------------------------------------------------------------------------------
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--ledger-commits", default="1000,20000",
-                        help='"" skips discovery: the last run\'s figures stand in scale.json, dated in scale-extra.json')
+    parser.add_argument(
+        "--ledger-commits",
+        default="1000,20000",
+        help='"" skips discovery: the last run\'s figures stand in scale.json, dated in scale-extra.json',
+    )
     parser.add_argument("--repeat", type=int, default=5, help="micro-batches, refits (within a budget), discovery")
     parser.add_argument("--restarts", type=int, default=3, help="restarts per size (each starts Spark: ~40 s)")
     parser.add_argument("--cache", default=str(ROOT / "work" / "scale-cache"))
@@ -492,8 +583,11 @@ def main() -> None:
         compiled = Path(args.cache) / "model.tflite"
         if not compiled.exists():
             compiled.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([FRUITS, "model", "compile", "--weights", str(BUNDLED_WEIGHTS), "--out", str(compiled)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [FRUITS, "model", "compile", "--weights", str(BUNDLED_WEIGHTS), "--out", str(compiled)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         model_id = load_model(str(compiled)).model_id
         base = Settings(endpoint_url=endpoint, weights=str(compiled), spark_log_level="ERROR")
         spark = get_spark(base)
@@ -503,23 +597,38 @@ def main() -> None:
             for found in work.glob(f"{name}*.log"):
                 shutil.copy(found, ROOT / "work" / f"scale-{found.name}")
 
-    keys = ("micro_batch_s", "driver_peak_rss_mb", "restart_s", "refit_s", "similar_p50_ms", "similar_recall_at_10",
-            "status_p50_ms")
+    keys = (
+        "micro_batch_s",
+        "driver_peak_rss_mb",
+        "restart_s",
+        "refit_s",
+        "similar_p50_ms",
+        "similar_recall_at_10",
+        "status_p50_ms",
+    )
     extra_json = Path(args.json).with_name(Path(args.json).stem + "-extra.json")
     if discovery is None:  # --ledger-commits "": the last run's discovery figures stand, with their date
         last = json.loads(extra_json.read_text())
         discovery = last["discovery"]
         discovery.setdefault("measured_at", last["measured_at"])
         counts = json.loads(Path(args.json).read_text())["ledger_commits"]
-    scale = {"rows": sizes, **{k: {str(n): round(results[str(n)][k], 4) for n in sizes} for k in keys},
-             "ledger_commits": counts,
-             "discovery_s": {str(c): round(v, 4) for c, v in discovery["discovery_s"].items()}}
+    scale = {
+        "rows": sizes,
+        **{k: {str(n): round(results[str(n)][k], 4) for n in sizes} for k in keys},
+        "ledger_commits": counts,
+        "discovery_s": {str(c): round(v, 4) for c, v in discovery["discovery_s"].items()},
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(scale, indent=1) + "\n")
     load = os.getloadavg()
-    extra = {"machine": f"{os.cpu_count()} cores", "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "minutes": round((time.time() - began) / 60, 1), "load_average_at_end": [round(x, 2) for x in load],
-             "discovery": discovery, **results}
+    extra = {
+        "machine": f"{os.cpu_count()} cores",
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "minutes": round((time.time() - began) / 60, 1),
+        "load_average_at_end": [round(x, 2) for x in load],
+        "discovery": discovery,
+        **results,
+    }
     extra_json.write_text(json.dumps(extra, indent=1) + "\n")
     print_table(scale, extra)
 
@@ -545,10 +654,12 @@ def print_table(scale: dict[str, Any], extra: dict[str, Any] | None = None) -> N
     print(json.dumps(scale, indent=1))
     if extra:
         largest = extra[str(sizes[-1])]
-        print(f"similarity index at {sizes[-1]:,} rows: built in {largest['index_build_s']:.0f} s, "
-              f"{largest['index_mb_per_million_rows']:.0f} MB per million rows; an update of "
-              f"{largest['index_update_rows']:,} rows {largest['index_update_s']:.1f} s, "
-              f"{largest['index_segments']} segments")
+        print(
+            f"similarity index at {sizes[-1]:,} rows: built in {largest['index_build_s']:.0f} s, "
+            f"{largest['index_mb_per_million_rows']:.0f} MB per million rows; an update of "
+            f"{largest['index_update_rows']:,} rows {largest['index_update_s']:.1f} s, "
+            f"{largest['index_segments']} segments"
+        )
     for name, value, target in checks:
         op, bound = target.split()
         ok = {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[op]

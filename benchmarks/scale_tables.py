@@ -94,18 +94,24 @@ def synthetic_chunk(start: int, n: int, model_id: str, schema: pa.Schema) -> pa.
     now = np.full(n, int(time.time() * 1e6))
     event_time = pa.array(now - index * (86_400_000_000 // ROWS_PER_DAY), pa.timestamp("us", tz="UTC"))
     columns = {
-        "image_id": pa.array(ids), "bucket": pa.array(["synthetic"] * n),
+        "image_id": pa.array(ids),
+        "bucket": pa.array(["synthetic"] * n),
         "key": pa.array([synthetic_key(int(i)) for i in index]),
-        "label": pa.array([f"class-{c}" for c in cluster]), "size": pa.array(np.full(n, 20_000, dtype=np.int64)),
-        "etag": pa.array(ids), "version_id": pa.nulls(n, pa.string()),
-        "event_time": event_time, "event_date": event_time.cast(pa.date32()),
+        "label": pa.array([f"class-{c}" for c in cluster]),
+        "size": pa.array(np.full(n, 20_000, dtype=np.int64)),
+        "etag": pa.array(ids),
+        "version_id": pa.nulls(n, pa.string()),
+        "event_time": event_time,
+        "event_date": event_time.cast(pa.date32()),
         "ingested_at": pa.array(now, pa.timestamp("us", tz="UTC")),
         "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM).cast(pa.list_(pa.float32())),
-        "model_id": pa.array([model_id] * n), "pca_features": pa.nulls(n, pa.list_(pa.float32())),
+        "model_id": pa.array([model_id] * n),
+        "pca_features": pa.nulls(n, pa.list_(pa.float32())),
         "pca_version": pa.nulls(n, pa.int64()),
     }
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
-                                       for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays(
+        [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type) for f in schema], schema=schema
+    )
 
 
 def append_synthetic(settings: Settings, start: int, n: int, model_id: str) -> None:
@@ -144,14 +150,27 @@ def cached_tables(spark, settings: Settings, n: int, model_id: str, cache: Path)
         recorded = json.loads(marker.read_text())
         if recorded.get("builder_version") == BUILDER_VERSION:
             built = Built(**{**recorded["built"], "root": folder / "tables", "reused": True})
-            log.info("%d rows: reusing the cached tables in %s (built %s; delete the folder to rebuild)",
-                     n, folder, recorded["built_at"])
+            log.info(
+                "%d rows: reusing the cached tables in %s (built %s; delete the folder to rebuild)",
+                n,
+                folder,
+                recorded["built_at"],
+            )
             return built
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     built = build_tables(spark, settings.with_(table_root=str(folder / "tables")), n, model_id)
-    marker.write_text(json.dumps({"builder_version": BUILDER_VERSION, "built_at": time.strftime("%Y-%m-%d %H:%M UTC",
-                                  time.gmtime()), "built": {**asdict(built), "root": None}}, indent=1) + "\n")
+    marker.write_text(
+        json.dumps(
+            {
+                "builder_version": BUILDER_VERSION,
+                "built_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "built": {**asdict(built), "root": None},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return built
 
 

@@ -1,8 +1,9 @@
 """CDK entry point: ``cdk synth`` / ``cdk deploy`` (or ``make synth``) run this.
 
 Context (``-c key=value``): ``stage`` (default ``dev``), ``region`` (default ``eu-west-3``),
-``emrRelease``, ``refitSchedule``, ``maintainSchedule`` (default ``rate(1 day)``), ``startStream`` (``true`` once the job's artifacts are uploaded),
-``alarmEmail``, ``apiConcurrency`` (the HTTP API's reserved concurrency, default 50; 0 for none).
+``emrRelease``, ``refitSchedule``, ``maintainSchedule`` (default ``rate(1 day)``), ``startStream``
+(``true`` once the job's artifacts are uploaded), ``alarmEmail``, ``apiConcurrency`` (the HTTP API's
+reserved concurrency, default 50; 0 for none).
 """
 
 from __future__ import annotations

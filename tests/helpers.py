@@ -17,14 +17,23 @@ import pandas as pd
 
 from conftest import FIXTURES
 
+
 def fruits_env(settings, **overrides: str) -> dict[str, str]:  # noqa: ANN001
     """The environment of ``python -m fruits`` run as a process of its own on ``settings`` (the
     emulator, bucket, queue, tables, uploads ledger, weights and lease ttl), with a small driver;
     ``overrides`` win."""
-    return {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url, "FRUITS_BUCKET": settings.bucket,
-            "FRUITS_QUEUE": settings.queue, "FRUITS_TABLE_ROOT": settings.table_root,
-            "FRUITS_UPLOADS_LEDGER": settings.uploads_table, "FRUITS_WEIGHTS": settings.weights,
-            "FRUITS_LEASE_SECONDS": str(settings.lease_seconds), "FRUITS_DRIVER_MEMORY": "1g", **overrides}
+    return {
+        **os.environ,
+        "FRUITS_ENDPOINT_URL": settings.endpoint_url,
+        "FRUITS_BUCKET": settings.bucket,
+        "FRUITS_QUEUE": settings.queue,
+        "FRUITS_TABLE_ROOT": settings.table_root,
+        "FRUITS_UPLOADS_LEDGER": settings.uploads_table,
+        "FRUITS_WEIGHTS": settings.weights,
+        "FRUITS_LEASE_SECONDS": str(settings.lease_seconds),
+        "FRUITS_DRIVER_MEMORY": "1g",
+        **overrides,
+    }
 
 
 def on_terminal(argv: list[str], env: dict[str, str], timeout: float = 600, columns: int = 160) -> tuple[int, str]:
@@ -75,9 +84,15 @@ def aws_event(s3, bucket: str, key: str, version: dict | None = None, **object_f
     from urllib.parse import quote_plus
 
     head = version or s3.head_object(Bucket=bucket, Key=key)
-    event = json.loads(s3_event(quote_plus(key, safe="/"), eTag=(head.get("ETag") or "").strip('"'),
-                                size=head.get("ContentLength", head.get("Size")), versionId=head["VersionId"]))
-    put_at = head["LastModified"].astimezone(dt.timezone.utc)
+    event = json.loads(
+        s3_event(
+            quote_plus(key, safe="/"),
+            eTag=(head.get("ETag") or "").strip('"'),
+            size=head.get("ContentLength", head.get("Size")),
+            versionId=head["VersionId"],
+        )
+    )
+    put_at = head["LastModified"].astimezone(dt.UTC)
     event["Records"][0]["eventTime"] = put_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event["Records"][0]["s3"]["bucket"]["name"] = bucket
     event["Records"][0]["s3"]["object"].update(object_fields)
@@ -98,17 +113,31 @@ def synthetic_features(n: int, seed: int, d: int = 1280, rank: int = 8) -> np.nd
     return x.astype(np.float32)
 
 
-def append_rows(spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID,
-                first: int = 0) -> None:
+def append_rows(
+    spark, location: str, x: np.ndarray, labels: list[str] | None = None, model_id: str = MODEL_ID, first: int = 0
+) -> None:
     """A blind append of feature rows, as the stream writes them (keys numbered from ``first``)."""
     from fruits.spark import tables as table
     from fruits.spark.schema import FEATURES
-    now = dt.datetime.now(dt.timezone.utc)
+
+    now = dt.datetime.now(dt.UTC)
     labels = labels or [f"class {i % 5}" for i in range(len(x))]
-    rows = pd.DataFrame({
-        "image_id": [uuid.uuid4().hex for _ in range(len(x))], "bucket": "b",
-        "key": [f"uploads/{lab}/{first + i}.jpg" for i, lab in enumerate(labels)], "label": labels,
-        "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
-        "features": list(x), "model_id": model_id, "pca_features": None, "pca_version": None,
-    })
+    rows = pd.DataFrame(
+        {
+            "image_id": [uuid.uuid4().hex for _ in range(len(x))],
+            "bucket": "b",
+            "key": [f"uploads/{lab}/{first + i}.jpg" for i, lab in enumerate(labels)],
+            "label": labels,
+            "size": 1,
+            "etag": "e",
+            "version_id": None,
+            "event_time": now,
+            "event_date": now.date(),
+            "ingested_at": now,
+            "features": list(x),
+            "model_id": model_id,
+            "pca_features": None,
+            "pca_version": None,
+        }
+    )
     table.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(location)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyspark
+
 from fruits.spark import jars
 from fruits.spark.bundle import ARTIFACTS, ENVIRONMENT
 from fruits.spark.release import PYTHON_EXECUTABLE
@@ -77,29 +78,54 @@ class Cluster:
     _processes: list[subprocess.Popen] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
-                "SPARK_NO_DAEMONIZE": "1"}
+        return {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
         log = self.root / f"{name}.log"
-        process = subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), *args], env=self.env(),
-                                   stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [str(SPARK_HOME / "bin" / "spark-class"), *args],
+            env=self.env(),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._processes.append(process)
         return process
 
     def __enter__(self) -> Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                             "--port", str(port), "--webui-port", str(_free_port()))
+        master = self._start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(_free_port()),
+        )
         _wait_for_port(port, master, self.root / "master.log")
         self.url = f"spark://127.0.0.1:{port}"
         for i in range(self.workers):
             worker_port = _free_port()
-            worker = self._start(f"worker-{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                                 "--port", str(worker_port), "--webui-port", str(_free_port()), "--cores",
-                                 str(self.cores), "--memory", self.memory, "--work-dir", str(self.root / f"work-{i}"),
-                                 self.url)
+            worker = self._start(
+                f"worker-{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(worker_port),
+                "--webui-port",
+                str(_free_port()),
+                "--cores",
+                str(self.cores),
+                "--memory",
+                self.memory,
+                "--work-dir",
+                str(self.root / f"work-{i}"),
+                self.url,
+            )
             _wait_for_port(worker_port, worker, self.root / f"worker-{i}.log")
         return self
 
@@ -138,7 +164,7 @@ class Cluster:
 def resolve(value: object, refs: dict[str, str]) -> object:
     """A CloudFormation value with ``Ref``, ``Fn::GetAtt`` and ``Fn::Join`` replaced by ``refs``."""
     if isinstance(value, dict) and len(value) == 1:
-        (kind, arg), = value.items()
+        ((kind, arg),) = value.items()
         if kind == "Ref":
             return refs[arg]
         if kind == "Fn::GetAtt":
@@ -198,8 +224,9 @@ def driver_folder(folder: Path, bundle: Path) -> Path:
     return folder
 
 
-def submit_command(request: dict, *, cluster: Cluster, bundle: Path, workdir: Path, extra_env: dict[str, str],
-                   event_log: Path) -> Submit:
+def submit_command(
+    request: dict, *, cluster: Cluster, bundle: Path, workdir: Path, extra_env: dict[str, str], event_log: Path
+) -> Submit:
     """The spark-submit command line, driver environment and working directory of one job run."""
     bucket_artifacts = request["jobDriver"]["sparkSubmit"]["entryPoint"].rsplit(ARTIFACTS, 1)[0] + ARTIFACTS
     python = str(bare_python(workdir / "python"))
@@ -233,16 +260,24 @@ def submit_command(request: dict, *, cluster: Cluster, bundle: Path, workdir: Pa
     argv = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url, "--deploy-mode", "client"]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
-    argv += [local(request["jobDriver"]["sparkSubmit"]["entryPoint"]),
-             *request["jobDriver"]["sparkSubmit"]["entryPointArguments"]]
+    argv += [
+        local(request["jobDriver"]["sparkSubmit"]["entryPoint"]),
+        *request["jobDriver"]["sparkSubmit"]["entryPointArguments"],
+    ]
     return Submit(argv=argv, env=driver_env | extra_env, cwd=driver_folder(workdir / "driver", bundle))
 
 
 @contextmanager
 def running(submit: Submit, log: Path) -> Iterator[subprocess.Popen]:
     """A job run in the background; stopped (as CancelJobRun would) when the block ends."""
-    process = subprocess.Popen(submit.argv, env=submit.env, cwd=submit.cwd, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        submit.argv,
+        env=submit.env,
+        cwd=submit.cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield process
     finally:

@@ -18,6 +18,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from PIL import Image
+
+from conftest import SAMPLE
 from fruits.config import Settings
 from fruits.featurize.build import compile_model
 from fruits.io import lake
@@ -27,9 +30,6 @@ from fruits.local.server import serving
 from fruits.local.upload import sample_images
 from fruits.pca.refit import refit
 from fruits.spark.schema import QUARANTINE
-from PIL import Image
-
-from conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
@@ -50,9 +50,22 @@ def tables(spark, weights_blob, tmp_path_factory) -> tuple[Settings, list[tuple[
     held_out = [im for i, im in enumerate(images) if not i % HELD_OUT_EVERY]
     write_reference_rows(spark, settings, reference, compiled)
     now = dt.datetime.now(dt.UTC)
-    bad = pd.DataFrame([{"image_id": "q1", "bucket": settings.bucket, "key": "app/user-1/broken.jpg", "etag": "e",
-                         "version_id": None, "event_date": now.date(), "reason": "truncated_or_corrupt",
-                         "error": "cannot decode", "quarantined_at": now, "message_id": "m"}])
+    bad = pd.DataFrame(
+        [
+            {
+                "image_id": "q1",
+                "bucket": settings.bucket,
+                "key": "app/user-1/broken.jpg",
+                "etag": "e",
+                "version_id": None,
+                "event_date": now.date(),
+                "reason": "truncated_or_corrupt",
+                "error": "cannot decode",
+                "quarantined_at": now,
+                "message_id": "m",
+            }
+        ]
+    )
     spark.createDataFrame(bad, QUARANTINE).write.format("delta").mode("append").save(settings.quarantine_table)
     fit = refit(spark, settings, write_plots=False)
     assert fit.classifier.classifier is not None and fit.classifier.classifier.version == 1
@@ -62,15 +75,22 @@ def tables(spark, weights_blob, tmp_path_factory) -> tuple[Settings, list[tuple[
 def env_of(settings: Settings) -> dict[str, str]:
     import os
 
-    return {**os.environ, "FRUITS_TABLE_ROOT": settings.table_root, "FRUITS_WEIGHTS": settings.weights,
-            "FRUITS_REFRESH_SECONDS": "1", "FRUITS_API_MAX_BODY_BYTES": str(LIMIT)}
+    return {
+        **os.environ,
+        "FRUITS_TABLE_ROOT": settings.table_root,
+        "FRUITS_WEIGHTS": settings.weights,
+        "FRUITS_REFRESH_SECONDS": "1",
+        "FRUITS_API_MAX_BODY_BYTES": str(LIMIT),
+    }
 
 
-def call(url: str, body: bytes | None = None, content_type: str | None = None, method: str | None = None
-         ) -> tuple[int, Any]:
+def call(
+    url: str, body: bytes | None = None, content_type: str | None = None, method: str | None = None
+) -> tuple[int, Any]:
     """One request; the status and the JSON answer (whatever the status)."""
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": content_type} if content_type else {})
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": content_type} if content_type else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status, json.loads(answer.read())
@@ -92,8 +112,14 @@ def bare(url: str, method: str, path: str, body: bytes) -> tuple[int, Any]:
 
 def multipart(field: str, data: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -104,8 +130,10 @@ def jpeg(image: Image.Image) -> bytes:
 
 
 def versions(settings: Settings) -> dict[str, int]:
-    return {name: lake.delta_table(settings, f"{settings.table_root}/{name}").version()
-            for name in ("features", "quarantine", "pca_models", "classifiers")}
+    return {
+        name: lake.delta_table(settings, f"{settings.table_root}/{name}").version()
+        for name in ("features", "quarantine", "pca_models", "classifiers")
+    }
 
 
 def quoted(key: str) -> str:
@@ -153,12 +181,18 @@ def test_answers_over_http_refuses_bad_input_clearly_and_follows_new_classifiers
             "bomb": (call(f"{url}/v1/classify", bomb.getvalue(), "image/png"), 400, "decompression_bomb"),
             "type": (call(f"{url}/v1/classify", good, "text/plain"), 415, "unsupported_media_type"),
             "no type": (bare(url, "POST", "/v1/classify", good), 415, "unsupported_media_type"),
-            "bad form": (call(f"{url}/v1/classify", b"--x\r\nnot a form", "multipart/form-data; boundary=y"), 400,
-                         "bad_form"),
+            "bad form": (
+                call(f"{url}/v1/classify", b"--x\r\nnot a form", "multipart/form-data; boundary=y"),
+                400,
+                "bad_form",
+            ),
             "no file": (call(f"{url}/v1/classify", *multipart("photo", good)), 400, "missing_file"),
             "k": (call(f"{url}/v1/classify?k=0", good, "image/jpeg"), 422, "invalid_parameter"),
-            "similar k": (call(f"{url}/v1/similar/{quoted('uploads/' + held_out[1][0])}?k=1000"), 422,
-                          "invalid_parameter"),
+            "similar k": (
+                call(f"{url}/v1/similar/{quoted('uploads/' + held_out[1][0])}?k=1000"),
+                422,
+                "invalid_parameter",
+            ),
             "unknown key": (call(f"{url}/v1/uploads/{quoted('app/user-9/never.jpg')}"), 404, "unknown_key"),
             "unknown similar": (call(f"{url}/v1/similar/{quoted('app/user-9/never.jpg')}"), 404, "unknown_key"),
             "no route": (call(f"{url}/v2/classify"), 404, "not_found"),
@@ -179,8 +213,13 @@ def test_answers_over_http_refuses_bad_input_clearly_and_follows_new_classifiers
         connection.close()
         # Without a Content-Length (chunked), the reading stops at the limit.
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
-        connection.request("POST", "/v1/classify", body=iter([b"\xff" * (LIMIT + 1)]),
-                           headers={"Content-Type": "image/jpeg"}, encode_chunked=True)
+        connection.request(
+            "POST",
+            "/v1/classify",
+            body=iter([b"\xff" * (LIMIT + 1)]),
+            headers={"Content-Type": "image/jpeg"},
+            encode_chunked=True,
+        )
         answer = connection.getresponse()
         assert answer.status == 413 and json.loads(answer.read())["error"]["code"] == "too_large"
         connection.close()
@@ -228,20 +267,26 @@ def test_a_body_is_read_only_up_to_the_limit(content_type: str) -> None:
     """However the body comes (no Content-Length, raw or a form), the reading stops at the limit."""
     import asyncio
 
-    from fruits.api.body import read_photo
-    from fruits.api.errors import ApiError
     from starlette.requests import Request
 
+    from fruits.api.body import read_photo
+    from fruits.api.errors import ApiError
+
     chunks = 0
-    first = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+    first = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
 
     async def receive() -> dict:  # an endless body, as a client that never stops sending
         nonlocal chunks
         chunks += 1
         return {"type": "http.request", "body": first if chunks == 1 else b"\xff" * 65536, "more_body": True}
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "query_string": b"",
-             "headers": [(b"content-type", content_type.encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/classify",
+        "query_string": b"",
+        "headers": [(b"content-type", content_type.encode())],
+    }
     with pytest.raises(ApiError) as refused:
         asyncio.run(read_photo(Request(scope, receive), limit=1 << 20))
     assert refused.value.status == 413 and chunks <= 18  # 16 chunks of 64 KiB are the limit
@@ -250,16 +295,20 @@ def test_a_body_is_read_only_up_to_the_limit(content_type: str) -> None:
 def test_not_ready_until_the_pipeline_has_a_classifier(tmp_path, weights_blob) -> None:
     """Over tables that are not there yet the server starts, says why it is not ready, and answers
     503 with what to do rather than failing."""
-    settings = Settings(table_root=str(tmp_path / "tables"),
-                        weights=str(compile_model(weights_blob).save(tmp_path / "model.tflite")))
+    settings = Settings(
+        table_root=str(tmp_path / "tables"), weights=str(compile_model(weights_blob).save(tmp_path / "model.tflite"))
+    )
     photo = sample_images(SAMPLE, per_class=1)[0][1].read_bytes()
     with serving(env_of(settings), ready=False) as url:
         status, ready = call(f"{url}/readyz")
         assert status == 503 and not ready["ready"] and ready["model_id"], ready
         assert any("no classifier yet" in p for p in ready["problems"]), ready
         assert any("no features table" in p for p in ready["problems"]), ready
-        for answer in (call(f"{url}/v1/classify", photo, "image/jpeg"), call(f"{url}/v1/uploads/uploads/a/b.jpg"),
-                       call(f"{url}/v1/similar/uploads/a/b.jpg")):
+        for answer in (
+            call(f"{url}/v1/classify", photo, "image/jpeg"),
+            call(f"{url}/v1/uploads/uploads/a/b.jpg"),
+            call(f"{url}/v1/similar/uploads/a/b.jpg"),
+        ):
             assert answer[0] == 503 and answer[1]["error"]["code"] in ("not_ready", "index_unavailable"), answer
 
 
@@ -278,18 +327,34 @@ def test_the_lambda_handler_answers_function_url_events(tables, monkeypatch) -> 
     sys.modules.pop("fruits.api.function")  # another test's import is a cold start of its own
 
     def event(method: str, path: str, body: bytes = b"", **headers: str) -> dict:
-        return {"version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-                "headers": {"host": "abc.lambda-url.eu-west-3.on.aws", **headers},
-                "requestContext": {"http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                                            "sourceIp": "203.0.113.1", "userAgent": "test"},
-                                   "domainName": "abc.lambda-url.eu-west-3.on.aws", "stage": "$default"},
-                "body": base64.b64encode(body).decode(), "isBase64Encoded": True}
+        return {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": {"host": "abc.lambda-url.eu-west-3.on.aws", **headers},
+            "requestContext": {
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "203.0.113.1",
+                    "userAgent": "test",
+                },
+                "domainName": "abc.lambda-url.eu-west-3.on.aws",
+                "stage": "$default",
+            },
+            "body": base64.b64encode(body).decode(),
+            "isBase64Encoded": True,
+        }
 
     context = SimpleNamespace(aws_request_id="r", function_name="fruits-qa-api")
     label, path = held_out[2]
     photo = path.read_bytes()
-    answer = function.handler(event("POST", "/v1/classify", photo, **{"content-type": "image/jpeg",
-                                                                       "content-length": str(len(photo))}), context)
+    answer = function.handler(
+        event("POST", "/v1/classify", photo, **{"content-type": "image/jpeg", "content-length": str(len(photo))}),
+        context,
+    )
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["label"] == label, answer
     answer = function.handler(event("POST", "/v1/classify", b"not a photo", **{"content-type": "image/jpeg"}), context)
     assert answer["statusCode"] == 400 and json.loads(answer["body"])["error"]["code"] == "not_an_image"

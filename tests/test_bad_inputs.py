@@ -8,13 +8,13 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.io import aws
 from fruits.local import ingest
 from fruits.query.sql import sql as spark_sql
-from PIL import Image
-
-from conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 

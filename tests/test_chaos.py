@@ -29,12 +29,12 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
+from faults import FlakyProxy
+
+from conftest import SAMPLE
 from fruits.io import aws
 from fruits.local import ingest, upload
 from fruits.query.store import FeatureStore
-
-from conftest import SAMPLE
-from faults import FlakyProxy
 from helpers import aws_event, fruits_env
 
 pytestmark = pytest.mark.slow
@@ -67,16 +67,22 @@ def finished(done: subprocess.CompletedProcess | tuple[int, str], what: str) -> 
 
 
 def fruits(settings, *args: str, endpoint: str | None = None, background: bool = False):  # noqa: ANN001, ANN201
-    env = fruits_env(settings, FRUITS_ENDPOINT_URL=endpoint or settings.endpoint_url, FRUITS_BATCH_SIZE="16",
-                     FRUITS_MAX_FILES_PER_TRIGGER="4", FRUITS_SPARK_MASTER="local[2, 4]",
-                     FRUITS_MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES))
+    env = fruits_env(
+        settings,
+        FRUITS_ENDPOINT_URL=endpoint or settings.endpoint_url,
+        FRUITS_BATCH_SIZE="16",
+        FRUITS_MAX_FILES_PER_TRIGGER="4",
+        FRUITS_SPARK_MASTER="local[2, 4]",
+        FRUITS_MAX_IMAGE_BYTES=str(MAX_IMAGE_BYTES),
+    )
     command = [sys.executable, "-m", "fruits", *args]
     if background:
         # Standard error into a file, not a pipe: nobody reads a pipe while the process runs, and a
         # stream that fills one (64 KB) blocks on its next line and never stops.
-        log = tempfile.TemporaryFile("w+")
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
-                                   start_new_session=True)
+        log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the process's, read after it ends)
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True
+        )
         process.log = log
         return process
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -124,14 +130,24 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
             accepted.add(key)
             body = aws_event(s3, s.bucket, key, size=1)
             forged = json.loads(json.dumps(body["Records"][0]))
-            forged["s3"]["object"].update(key=quote_plus(f"uploads/Forged/never-r{round_}.jpg", safe="/"),
-                                          eTag="\ud800\r\n")
+            forged["s3"]["object"].update(
+                key=quote_plus(f"uploads/Forged/never-r{round_}.jpg", safe="/"), eTag="\ud800\r\n"
+            )
             body["Records"].append(forged)
             sqs.send_message(QueueUrl=aws.queue_url(s), MessageBody=json.dumps(body))
         ingest.drain(s, visibility_timeout=5)
 
-        action = rng.choice(["stream", "two streams", "killed stream", "outage", "refit during stream",
-                             "maintain during stream", "two refits"])
+        action = rng.choice(
+            [
+                "stream",
+                "two streams",
+                "killed stream",
+                "outage",
+                "refit during stream",
+                "maintain during stream",
+                "two refits",
+            ]
+        )
         happened.append(action)
         if action == "stream":
             finished(fruits(s, "stream", "--wait", "30"), "a stream")
@@ -156,8 +172,9 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
                 ready = feature_rows(s) >= 2
                 done = fruits(s, "pca", "refit")  # a conflict is retried; before two rows, a clean refusal
                 # rows may land meanwhile: not ready before may be ready now
-                assert done.returncode == 0 or not ready and "at least 2 feature rows" in done.stderr, \
-                    done.stderr[-3000:]
+                assert done.returncode == 0 or not ready and "at least 2 feature rows" in done.stderr, done.stderr[
+                    -3000:
+                ]
             elif action == "maintain during stream":
                 fruits(s, "maintain")
             os.killpg(stream.pid, signal.SIGKILL if action == "killed stream" else signal.SIGINT)
@@ -175,7 +192,7 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
     quarantine_count = Counter(r[0] for r in store.sql("SELECT key FROM quarantine").rows)
     assert max(rows.values()) == 1 and max(quarantine_count.values(), default=1) == 1, "a key landed twice"
     assert not set(rows) & set(quarantined), "a key is both a row and quarantined"
-    assert set(rows) | set(quarantined) == accepted, (accepted - set(rows) - set(quarantined))
+    assert set(rows) | set(quarantined) == accepted, accepted - set(rows) - set(quarantined)
     assert {k for k, reason in quarantined.items() if reason == "not_an_image"} == broken
     assert {k for k, reason in quarantined.items() if reason == "object_missing"} == deleted
     assert {k for k, reason in quarantined.items() if reason == "too_many_bytes"} == huge
@@ -183,6 +200,8 @@ def test_chaos_every_upload_ends_exactly_once(settings, tmp_path: Path) -> None:
     assert len(versions) == len(set(versions)), versions
     assert ingest.dead_letter_depth(s) == 0
     assert aws.queue_depth(sqs, aws.queue_url(s)) == 0
-    print(f"{len(accepted)} uploads: {len(rows)} rows, {len(quarantined)} quarantined "
-          f"({len(broken)} broken, {len(huge)} over the byte limit, {len(deleted)} deleted before the fetch); "
-          f"PCA versions {versions}")
+    print(
+        f"{len(accepted)} uploads: {len(rows)} rows, {len(quarantined)} quarantined "
+        f"({len(broken)} broken, {len(huge)} over the byte limit, {len(deleted)} deleted before the fetch); "
+        f"PCA versions {versions}"
+    )

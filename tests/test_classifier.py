@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import SAMPLE, WEIGHTS
 from fruits import FeatureStore
 from fruits.classifier import fit as fit_module
 from fruits.classifier import registry, update
@@ -27,10 +29,7 @@ from fruits.pca.refit import refit
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
 from fruits.stream.job import CurrentClassifier, feature_rows
-
 from fruits_ingest.ledger import key_hash
-
-from conftest import SAMPLE, WEIGHTS
 from helpers import MODEL_ID, synthetic_features
 
 pytestmark = pytest.mark.spark
@@ -43,22 +42,31 @@ def sample_features(weights_blob) -> tuple[list[tuple[str, Path]], np.ndarray]:
     featurizer = Featurizer(compile_model(weights_blob))
     images = sample_images(SAMPLE)
     pixels = np.stack([decode(p.read_bytes()) for _, p in images])
-    return images, np.concatenate([featurizer(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+    return images, np.concatenate([featurizer(pixels[i : i + 32]) for i in range(0, len(pixels), 32)])
 
 
-def write(spark, settings: Settings, keys: list[str], labels: list[str | None], features: np.ndarray,
-          model_id: str) -> None:
+def write(
+    spark, settings: Settings, keys: list[str], labels: list[str | None], features: np.ndarray, model_id: str
+) -> None:
     now = dt.datetime.now(dt.UTC)
-    rows = pd.DataFrame({
-        "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, k).hex for k in keys], "bucket": settings.bucket, "key": keys,
-        "label": labels, "event_date": now.date(), "ingested_at": now, "features": list(features),
-        "model_id": model_id,
-    })
+    rows = pd.DataFrame(
+        {
+            "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, k).hex for k in keys],
+            "bucket": settings.bucket,
+            "key": keys,
+            "label": labels,
+            "event_date": now.date(),
+            "ingested_at": now,
+            "features": list(features),
+            "model_id": model_id,
+        }
+    )
     table.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
 
 
-def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_features, weights_blob, tmp_path,
-                                                                 capsys) -> None:
+def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(
+    spark, sample_features, weights_blob, tmp_path, capsys
+) -> None:
     images, features = sample_features
     settings = Settings(table_root=str(tmp_path / "tables"), weights=str(WEIGHTS))
     table.ensure_tables(spark, settings)
@@ -76,8 +84,14 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
         FeatureStore(settings).classify(app_keys[0])
 
     # The reference set: labels from the reference prefix. Version 1 knows 10 classes.
-    write(spark, settings, [f"uploads/{images[i][0]}/{images[i][1].name}" for i in first],
-          [images[i][0] for i in first], features[first], model_id)
+    write(
+        spark,
+        settings,
+        [f"uploads/{images[i][0]}/{images[i][1].name}" for i in first],
+        [images[i][0] for i in first],
+        features[first],
+        model_id,
+    )
     fit = refit(spark, settings, write_plots=False)
     v1 = fit.classifier.classifier
     assert fit.classifier.mode == "fitted" and v1.version == 1 and v1.labels == tuple(labels[:KNOWN])
@@ -107,8 +121,14 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
     assert (mark.classifier_version, mark.features_version) == (1, fit.model.source_table_version)
 
     # More reference rows: version 2 merges them into the sample; version 1 stays readable.
-    write(spark, settings, [f"uploads/{images[i][0]}/{images[i][1].name}" for i in rest],
-          [images[i][0] for i in rest], features[rest], model_id)
+    write(
+        spark,
+        settings,
+        [f"uploads/{images[i][0]}/{images[i][1].name}" for i in rest],
+        [images[i][0] for i in rest],
+        features[rest],
+        model_id,
+    )
     fit = refit(spark, settings, write_plots=False)
     v2 = fit.classifier.classifier
     assert (fit.classifier.mode, v2.version, v2.labels, fit.classifier.added) == ("fitted", 2, tuple(labels), len(rest))
@@ -121,18 +141,40 @@ def test_versions_known_fruit_non_fruit_and_the_answer_in_the_row(spark, sample_
     assert [v["version"] for v in listed] == [1, 2] and listed[1]["classes"] == len(labels)
 
     # The stream's rows carry the answer of the classifier at ingest.
-    scored = spark.createDataFrame(pd.DataFrame({
-        "image_id": ["a", "b"], "bucket": "b", "key": ["app/u/1.jpg", "app/u/2.jpg"], "label": None, "size": 1,
-        "etag": "e", "version_id": None, "event_time": None, "event_date": dt.date.today(),
-        "result": [{"features": list(features[rest[0]]), "reason": None, "error": None},
-                   {"features": list(Featurizer(compile_model(weights_blob))(decode(not_fruit_images(1)[0][1])[None])[0]),
-                    "reason": None, "error": None}],
-        "model_id": model_id,
-    }), "image_id string, bucket string, key string, label string, size long, etag string, version_id string, "
+    scored = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "image_id": ["a", "b"],
+                "bucket": "b",
+                "key": ["app/u/1.jpg", "app/u/2.jpg"],
+                "label": None,
+                "size": 1,
+                "etag": "e",
+                "version_id": None,
+                "event_time": None,
+                "event_date": dt.date.today(),
+                "result": [
+                    {"features": list(features[rest[0]]), "reason": None, "error": None},
+                    {
+                        "features": list(
+                            Featurizer(compile_model(weights_blob))(decode(not_fruit_images(1)[0][1])[None])[0]
+                        ),
+                        "reason": None,
+                        "error": None,
+                    },
+                ],
+                "model_id": model_id,
+            }
+        ),
+        "image_id string, bucket string, key string, label string, size long, etag string, version_id string, "
         "event_time timestamp, event_date date, result struct<features:array<float>,reason:string,error:string>, "
-        "model_id string")
-    rows = feature_rows(scored, None, CurrentClassifier(v2, registry.answer_column(spark, v2))) \
-        .orderBy("image_id").collect()
+        "model_id string",
+    )
+    rows = (
+        feature_rows(scored, None, CurrentClassifier(v2, registry.answer_column(spark, v2)))
+        .orderBy("image_id")
+        .collect()
+    )
     assert [r.suggested_label for r in rows] == [images[rest[0]][0], None]
     assert [r.unknown for r in rows] == [False, True] and [r.classifier_version for r in rows] == [2, 2]
     assert 0 < rows[0].confidence <= 1
@@ -157,12 +199,18 @@ def test_update_rules(spark, tmp_path, monkeypatch) -> None:
 
     # The sample is full (2 a class here): rows whose hashes are above it leave the version standing.
     monkeypatch.setattr(fit_module, "PROTOTYPES_PER_CLASS", 2)
-    above = [k for k in (f"uploads/a/{i}.jpg" for i in range(2, 200))
-             if key_hash(uuid.uuid5(uuid.NAMESPACE_URL, k).hex) > done.classifier.prototype_hashes.max()][:5]
-    write(spark, settings, above, ["a"] * len(above), x[2:2 + len(above)], MODEL_ID)
+    above = [
+        k
+        for k in (f"uploads/a/{i}.jpg" for i in range(2, 200))
+        if key_hash(uuid.uuid5(uuid.NAMESPACE_URL, k).hex) > done.classifier.prototype_hashes.max()
+    ][:5]
+    write(spark, settings, above, ["a"] * len(above), x[2 : 2 + len(above)], MODEL_ID)
     done = update(spark, settings)
     assert (done.mode, done.version, done.added) == ("unchanged", 1, len(above))
-    assert registry.read_progress(settings).features_version == lake.delta_table(settings, settings.features_table).version()
+    assert (
+        registry.read_progress(settings).features_version
+        == lake.delta_table(settings, settings.features_table).version()
+    )
 
     # Another reject quantile: a new version from the same sample, which the next refits keep.
     done = update(spark, settings, reject_quantile=0.5)
@@ -174,7 +222,8 @@ def test_update_rules(spark, tmp_path, monkeypatch) -> None:
     # A features table made anew is another table: the classifier starts over from its rows.
     shutil.rmtree(tmp_path / "tables" / "features")
     table.ensure_tables(spark, settings)
-    write(spark, settings, ["uploads/b/0.jpg", "uploads/c/0.jpg", "uploads/c/1.jpg"], ["b", "c", "c"], x[30:33],
-          MODEL_ID)
+    write(
+        spark, settings, ["uploads/b/0.jpg", "uploads/c/0.jpg", "uploads/c/1.jpg"], ["b", "c", "c"], x[30:33], MODEL_ID
+    )
     done = update(spark, settings)
     assert (done.mode, done.version, done.classifier.labels, done.added) == ("fitted", 3, ("b", "c"), 3)

@@ -18,19 +18,20 @@ import uuid
 from pathlib import Path
 
 import pytest
+from standalone import Cluster, job_runs, python_rows_by_executor, running, submit_command
+from standalone import events as events_of
+
+from conftest import ROOT, SAMPLE
 from fruits.config import Settings
 from fruits.io import aws
 from fruits.local import emulator, ingest, upload
 from fruits.query.store import FeatureStore
 from fruits.spark.bundle import MODEL_DIR, MODEL_FILE, artifact_files
 
-from conftest import ROOT, SAMPLE
-from standalone import Cluster, job_runs, python_rows_by_executor, running, submit_command
-from standalone import events as events_of
-
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Template  # noqa: E402
+
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -43,8 +44,9 @@ REGION = "eu-west-3"
 @pytest.fixture(scope="module")
 def template() -> dict:
     app = cdk.App(context={"aws:cdk:bundling-stacks": []})  # the job runs only: no Lambda package
-    stack = FruitsStack(app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True),
-                        env=cdk.Environment(region=REGION))
+    stack = FruitsStack(
+        app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True), env=cdk.Environment(region=REGION)
+    )
     return Template.from_stack(stack).to_json()
 
 
@@ -55,8 +57,9 @@ def rows(store: FeatureStore) -> int:
         return 0
 
 
-def kill_an_executor_after_the_batch_checkpoint(settings: Settings, cluster: Cluster, process,
-                                                timeout: float = 600) -> int | None:
+def kill_an_executor_after_the_batch_checkpoint(
+    settings: Settings, cluster: Cluster, process, timeout: float = 600
+) -> int | None:
     """Once the first micro-batch's scored rows are staged (the staging folder's ``_SUCCESS`` under
     the stream's checkpoint, ``batches/``) and before they are written to Delta, SIGKILL worker 1's
     executor: rows it held would be lost (``localCheckpoint`` keeps them in executors' memory) unless
@@ -83,9 +86,15 @@ def wait_for_rows(store: FeatureStore, wanted: int, process, timeout: float = 90
 def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template: dict, tmp_path: Path) -> None:
     artifact_files(BUNDLE)  # a clear error if make emr-artifacts has not run
     bucket = f"fruits-cluster-{uuid.uuid4().hex[:8]}"
-    settings = Settings(endpoint_url=endpoint, region=REGION, bucket=bucket, queue=f"uploads-{bucket}",
-                        table_root=f"s3a://{bucket}/tables", weights=str(BUNDLE / MODEL_DIR / MODEL_FILE),
-                        index_cache=str(tmp_path / "index"))
+    settings = Settings(
+        endpoint_url=endpoint,
+        region=REGION,
+        bucket=bucket,
+        queue=f"uploads-{bucket}",
+        table_root=f"s3a://{bucket}/tables",
+        weights=str(BUNDLE / MODEL_DIR / MODEL_FILE),
+        index_cache=str(tmp_path / "index"),
+    )
     emulator.provision(settings, visibility_timeout=5)
     keys = upload.upload_images(settings, upload.sample_images(SAMPLE, per_class=2)[:UPLOADS])
     ingest.drain(settings, visibility_timeout=5)
@@ -96,9 +105,16 @@ def test_the_templates_jobs_run_on_a_standalone_cluster(endpoint: str, template:
     logs, events = tmp_path / "logs", tmp_path / "events"
     logs.mkdir()
     with Cluster(tmp_path / "cluster") as cluster:
+
         def submit(name: str):
-            return submit_command(runs[name], cluster=cluster, bundle=BUNDLE, workdir=tmp_path / "run",
-                                  extra_env={"FRUITS_ENDPOINT_URL": endpoint}, event_log=events / name)
+            return submit_command(
+                runs[name],
+                cluster=cluster,
+                bundle=BUNDLE,
+                workdir=tmp_path / "run",
+                extra_env={"FRUITS_ENDPOINT_URL": endpoint},
+                event_log=events / name,
+            )
 
         # The stream runs until cancelled, as on EMR: stopped once every upload has its row. An
         # executor dies between the batch's checkpoint and its write: the batch still lands whole.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from fruits.config import Settings, SettingsError
 
 
@@ -55,9 +56,13 @@ def test_copies_are_checked_too_and_settings_are_frozen() -> None:
 
 
 def test_the_cli_reports_a_bad_variable_in_one_line(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-m", "fruits", "status", "uploads/a.jpg"], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FRUITS_MAX_IMAGE_BYTES": "lots"},
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "fruits", "status", "uploads/a.jpg"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FRUITS_MAX_IMAGE_BYTES": "lots"},
+        timeout=60,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "fruits: invalid settings: FRUITS_MAX_IMAGE_BYTES='lots': Input should be a valid integer, "

@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.local import upload
 from fruits.query.sql import sql as spark_sql
-
-from conftest import SAMPLE
 from helpers import fruits_env
 
 pytestmark = pytest.mark.spark
@@ -40,12 +40,16 @@ def test_local_cluster_run_matches_local_run(spark, settings, weights_blob, tmp_
     ingest.drain(settings, visibility_timeout=5)
     cluster = settings.with_(table_root=str(tmp_path / "cluster"), uploads_ledger=settings.uploads_table)
     env = fruits_env(
-        cluster.with_(weights=str(artifact)), FRUITS_SPARK_MASTER="local-cluster[2,1,2048]", FRUITS_BATCH_SIZE="4",
-        PYTHONPATH=os.pathsep.join([unimportable(tmp_path / "blocked", "tensorflow", "keras"),
-                                    os.environ.get("PYTHONPATH", "")]),
+        cluster.with_(weights=str(artifact)),
+        FRUITS_SPARK_MASTER="local-cluster[2,1,2048]",
+        FRUITS_BATCH_SIZE="4",
+        PYTHONPATH=os.pathsep.join(
+            [unimportable(tmp_path / "blocked", "tensorflow", "keras"), os.environ.get("PYTHONPATH", "")]
+        ),
     )
-    done = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "fruits", "stream"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     stream.start(spark, settings, model=weights_blob).awaitTermination()

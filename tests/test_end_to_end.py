@@ -8,20 +8,18 @@ import json
 import urllib.parse
 import urllib.request
 
-import pytest
 import numpy as np
-from fruits import FeatureStore
-from fruits import stream
-from fruits.local import ingest
-from fruits.local import upload
-from fruits.local.not_fruit import not_fruit_images
-from fruits.local.server import serving
-from fruits.pca.refit import refit
-from fruits.query.sql import sql as spark_sql
-from fruits.io import lake
-from fruits.pca import stats as pca_stats
+import pytest
 
 from conftest import SAMPLE
+from fruits import FeatureStore, stream
+from fruits.io import lake
+from fruits.local import ingest, upload
+from fruits.local.not_fruit import not_fruit_images
+from fruits.local.server import serving
+from fruits.pca import stats as pca_stats
+from fruits.pca.refit import refit
+from fruits.query.sql import sql as spark_sql
 from helpers import fruits_env
 
 pytestmark = pytest.mark.spark
@@ -39,8 +37,9 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     model = refit(spark, settings).model
 
     # features_pca: the rows (ingested before the first fit) projected onto it as they are read.
-    result = spark_sql(spark, settings,
-                       "SELECT key, label, features, pca_features, pca_version, model_id FROM features_pca")
+    result = spark_sql(
+        spark, settings, "SELECT key, label, features, pca_features, pca_version, model_id FROM features_pca"
+    )
     rows = {r[0]: r for r in result.rows}
     assert sorted(rows) == sorted(keys) and len(result.rows) == len(keys)
     for label, path in images:
@@ -58,7 +57,8 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     ingest.drain(settings, visibility_timeout=5)
     stream.start(spark, settings).awaitTermination()
     projected = spark_sql(
-        spark, settings,
+        spark,
+        settings,
         f"SELECT count(*) FROM features WHERE pca_version = {model.version} AND size(pca_features) = {model.k}",
     )
     assert projected.rows == [(len(late),)]  # the earlier rows keep what they were written with
@@ -75,7 +75,9 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
 
     # The JVM-free store reads the same tables over the emulator's S3: same rows, one model version.
     store = FeatureStore(settings)
-    assert store.sql("SELECT count(*), max(pca_version) FROM features").rows == [(len(keys) + len(late), model.version - 1)]
+    assert store.sql("SELECT count(*), max(pca_version) FROM features").rows == [
+        (len(keys) + len(late), model.version - 1)
+    ]
     assert store.pca_model().version == model.version  # similar() projects the older rows itself
     label, path = images[0]
     assert store.status(f"uploads/{label}/{path.name}").state == "processed"
@@ -92,12 +94,20 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     classifier = fit.classifier.classifier
     assert fit.classifier.mode == "fitted" and classifier.version == 2 and len(classifier.labels) == len(keys)
     photo = upload.sample_images(SAMPLE, per_class=4)[3::4][0][1]  # a new photo of the first class
-    app_keys = upload.upload_app_photos(settings, [(photo.suffix, photo.read_bytes()),
-                                                   (".png", not_fruit_images(1, seed=2)[0][1])])
+    app_keys = upload.upload_app_photos(
+        settings, [(photo.suffix, photo.read_bytes()), (".png", not_fruit_images(1, seed=2)[0][1])]
+    )
     ingest.drain(settings, visibility_timeout=5)
     stream.start(spark, settings).awaitTermination()
-    answers = {r[0]: r[1:] for r in spark_sql(spark, settings, "SELECT key, label, suggested_label, unknown, "
-                                              "classifier_version, confidence FROM features WHERE key LIKE 'app/%'").rows}
+    answers = {
+        r[0]: r[1:]
+        for r in spark_sql(
+            spark,
+            settings,
+            "SELECT key, label, suggested_label, unknown, "
+            "classifier_version, confidence FROM features WHERE key LIKE 'app/%'",
+        ).rows
+    }
     assert sorted(answers) == sorted(app_keys)
     assert answers[app_keys[1]][:4] == (None, None, True, classifier.version)  # no fruit: unknown
     fruit = answers[app_keys[0]]
@@ -107,6 +117,7 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
     # The HTTP API over the same tables on S3: the stream's stored answer, the answer to the photo
     # itself (the same classifier, the same features: the same answer).
     with serving(fruits_env(settings)) as url:
+
         def get(path: str) -> dict:
             with urllib.request.urlopen(f"{url}{path}", timeout=60) as answer:
                 return json.loads(answer.read())
@@ -114,9 +125,13 @@ def test_uploads_become_one_delta_row_each(spark, settings) -> None:
         stored = get(f"/v1/uploads/{urllib.parse.quote(app_keys[0], safe='')}")
         assert stored["state"] == "processed" and stored["label"] is None
         assert (stored["suggested_label"], stored["unknown"]) == fruit[1:3]
-        asked = urllib.request.Request(f"{url}/v1/classify", data=photo.read_bytes(),
-                                       headers={"Content-Type": "image/jpeg"})
+        asked = urllib.request.Request(
+            f"{url}/v1/classify", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"}
+        )
         with urllib.request.urlopen(asked, timeout=60) as answer:
             answered = json.loads(answer.read())
-        assert (answered["label"], answered["unknown"], answered["classifier_version"]) == \
-            (fruit[1], fruit[2], classifier.version)
+        assert (answered["label"], answered["unknown"], answered["classifier_version"]) == (
+            fruit[1],
+            fruit[2],
+            classifier.version,
+        )

@@ -8,6 +8,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+
 from fruits.featurize.fetch import S3Unavailable, fetch
 from fruits.featurize.images import ImageError, Reason
 
@@ -15,21 +16,25 @@ from fruits.featurize.images import ImageError, Reason
 def s3_answering(code: str, status: int, message: str = "") -> tuple[object, Stubber]:
     client = boto3.client("s3", region_name="eu-west-3", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
-    stub.add_client_error("get_object", service_error_code=code, service_message=message or code,
-                          http_status_code=status)
+    stub.add_client_error(
+        "get_object", service_error_code=code, service_message=message or code, http_status_code=status
+    )
     stub.activate()
     return client, stub
 
 
-@pytest.mark.parametrize(("code", "status", "reason"), [
-    ("NoSuchKey", 404, Reason.MISSING),
-    ("PreconditionFailed", 412, Reason.CHANGED),
-    ("NoSuchBucket", 404, Reason.FETCH_FAILED),
-    ("AccessDenied", 403, Reason.FETCH_FAILED),
-    ("InvalidObjectState", 403, Reason.FETCH_FAILED),  # archived (Glacier) and not restored
-    ("KMS.DisabledException", 400, Reason.FETCH_FAILED),
-    ("InvalidRequest", 400, Reason.FETCH_FAILED),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [
+        ("NoSuchKey", 404, Reason.MISSING),
+        ("PreconditionFailed", 412, Reason.CHANGED),
+        ("NoSuchBucket", 404, Reason.FETCH_FAILED),
+        ("AccessDenied", 403, Reason.FETCH_FAILED),
+        ("InvalidObjectState", 403, Reason.FETCH_FAILED),  # archived (Glacier) and not restored
+        ("KMS.DisabledException", 400, Reason.FETCH_FAILED),
+        ("InvalidRequest", 400, Reason.FETCH_FAILED),
+    ],
+)
 def test_permanent_failures_are_the_uploads(code: str, status: int, reason: Reason) -> None:
     client, stub = s3_answering(code, status, message=f"S3 says {code}")
     with pytest.raises(ImageError) as raised:
@@ -40,10 +45,18 @@ def test_permanent_failures_are_the_uploads(code: str, status: int, reason: Reas
     stub.assert_no_pending_responses()
 
 
-@pytest.mark.parametrize(("code", "status"), [
-    ("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("BadGateway", 502),
-    ("GatewayTimeout", 504), ("RequestTimeout", 400), ("TooManyRequestsException", 429),
-])
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("SlowDown", 503),
+        ("InternalError", 500),
+        ("ServiceUnavailable", 503),
+        ("BadGateway", 502),
+        ("GatewayTimeout", 504),
+        ("RequestTimeout", 400),
+        ("TooManyRequestsException", 429),
+    ],
+)
 def test_transient_failures_raise_for_spark_to_retry(code: str, status: int) -> None:
     client, _ = s3_answering(code, status)
     with pytest.raises(S3Unavailable) as raised:
@@ -94,16 +107,25 @@ def test_a_body_longer_than_announced_is_read_no_further_than_the_limit() -> Non
     assert fetch(Answering(size=1000, announced=1000), "bkt", "k.jpg", "etag", None, max_bytes=1000) == b"\xff" * 1000
 
 
-@pytest.mark.parametrize(("bucket", "etag", "version_id"), [
-    ("bkt", "d41d8cd98f00b204\r\nX-Injected: 1", None),
-    ("bkt", "caf\u00e9", None),
-    ("bkt", None, "v1\n"),
-    ("not a bucket name!", "etag", None),
-], ids=["etag-crlf", "etag-non-ascii", "version-newline", "bucket-name"])
+@pytest.mark.parametrize(
+    ("bucket", "etag", "version_id"),
+    [
+        ("bkt", "d41d8cd98f00b204\r\nX-Injected: 1", None),
+        ("bkt", "caf\u00e9", None),
+        ("bkt", None, "v1\n"),
+        ("not a bucket name!", "etag", None),
+    ],
+    ids=["etag-crlf", "etag-non-ascii", "version-newline", "bucket-name"],
+)
 def test_a_line_no_request_can_be_made_from_is_quarantined_not_an_outage(bucket, etag, version_id) -> None:
     # Nothing listens there: a request sent would fail as an outage, not as this line's fault.
-    client = boto3.client("s3", region_name="eu-west-3", aws_access_key_id="x", aws_secret_access_key="x",
-                          endpoint_url="http://127.0.0.1:9")
+    client = boto3.client(
+        "s3",
+        region_name="eu-west-3",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        endpoint_url="http://127.0.0.1:9",
+    )
     with pytest.raises(ImageError) as raised:
         fetch(client, bucket, "uploads/a.jpg", etag, version_id, patience=0)
     assert raised.value.reason == Reason.INVALID_EVENT

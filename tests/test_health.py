@@ -6,26 +6,40 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.cli import main
 from fruits.io import aws, lake
 from fruits.local import ingest, upload
-
-from conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
 
 def health(settings, capsys, *flags: str) -> tuple[int, str]:  # noqa: ANN001
     with pytest.raises(SystemExit) as done:
-        main(["health", "--endpoint-url", settings.endpoint_url, "--bucket", settings.bucket, "--queue",
-              settings.queue, "--table-root", settings.table_root, *flags])
+        main(
+            [
+                "health",
+                "--endpoint-url",
+                settings.endpoint_url,
+                "--bucket",
+                settings.bucket,
+                "--queue",
+                settings.queue,
+                "--table-root",
+                settings.table_root,
+                *flags,
+            ]
+        )
     return int(done.value.code or 0), capsys.readouterr().out
 
 
 def versions(settings) -> dict[str, int]:  # noqa: ANN001
-    return {name: lake.delta_table(settings, location).version()
-            for name, location in (("features", settings.features_table), ("uploads", settings.uploads_table))}
+    return {
+        name: lake.delta_table(settings, location).version()
+        for name, location in (("features", settings.features_table), ("uploads", settings.uploads_table))
+    }
 
 
 def test_waiting_uploads_a_stale_stream_and_dead_letters_are_problems(spark, settings, capsys) -> None:

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from fruits.featurize.images import ImageError, Reason, decode
 from PIL import Image
 
 from conftest import SAMPLE
+from fruits.featurize.images import ImageError, Reason, decode
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -28,7 +28,7 @@ def test_sample_photo() -> None:
     path = next(SAMPLE.glob("Banana/*.jpg"))
     pixels = decode(path.read_bytes())
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
-    assert 0 <= pixels.min() and pixels.max() <= 255
+    assert pixels.min() >= 0 and pixels.max() <= 255
 
 
 @pytest.mark.parametrize(

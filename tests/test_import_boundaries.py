@@ -37,8 +37,13 @@ print(json.dumps(sorted(sys.modules)))
 
 def loaded_after(code: str, **env: str) -> set[str]:
     """The modules a fresh interpreter holds after running ``code`` (with ``env`` added)."""
-    done = subprocess.run([sys.executable, "-c", _LOADED.format(code=code)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED.format(code=code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return set(json.loads(done.stdout.splitlines()[-1]))
 
@@ -61,8 +66,9 @@ def test_the_jvm_free_store_loads_no_spark_plotting_model_or_emulator() -> None:
 
 def test_the_api_lambda_loads_no_spark_plotting_or_tensorflow(tmp_path: Path) -> None:
     # Over no tables, with a compiled model path: the cold start's warm-up runs, and fails softly.
-    modules = loaded_after("import fruits.api.function", FRUITS_TABLE_ROOT=str(tmp_path),
-                           FRUITS_WEIGHTS=str(tmp_path / "model.tflite"))
+    modules = loaded_after(
+        "import fruits.api.function", FRUITS_TABLE_ROOT=str(tmp_path), FRUITS_WEIGHTS=str(tmp_path / "model.tflite")
+    )
     assert "fastapi" in modules and "mangum" in modules and "fruits.query.store" in modules
     assert forbidden(modules, JVM_FREE_STORE_FORBIDS) == []
 
@@ -79,10 +85,11 @@ def test_the_stream_udf_as_shipped_to_a_worker_loads_only_the_worker_side(tmp_pa
     the worker must import ``fruits.featurize``, not the driver's modules."""
     from types import SimpleNamespace
 
+    from pyspark import cloudpickle
+
     from fruits.config import Settings
     from fruits.featurize.model import CompiledModel
     from fruits.stream.job import featurize_udf
-    from pyspark import cloudpickle
 
     broadcast = SimpleNamespace(value=CompiledModel("m", b""))  # stands for the broadcast model
     shipped = tmp_path / "udf.pickle"
@@ -90,8 +97,10 @@ def test_the_stream_udf_as_shipped_to_a_worker_loads_only_the_worker_side(tmp_pa
     baseline = loaded_after("import pyspark.cloudpickle")  # every Python worker has these
     modules = loaded_after(f"import pickle, pyspark.cloudpickle\npickle.loads(open({str(shipped)!r}, 'rb').read())")
     assert "fruits.featurize.batch" in modules
-    assert forbidden(modules - baseline, ("fruits.stream", "fruits.pca", "fruits.spark", "fruits.query",
-                                          *WORKER_FORBIDS)) == []
+    assert (
+        forbidden(modules - baseline, ("fruits.stream", "fruits.pca", "fruits.spark", "fruits.query", *WORKER_FORBIDS))
+        == []
+    )
 
 
 def test_the_stream_reads_pca_models_through_the_registry_not_the_refit_job() -> None:
@@ -102,17 +111,21 @@ def test_the_stream_reads_pca_models_through_the_registry_not_the_refit_job() ->
 
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"]])
 def test_the_cli_parser_loads_no_spark_or_emulator(argv: list[str]) -> None:
-    modules = loaded_after(f"import sys\nfrom fruits.cli import main\nsys.argv = ['fruits', *{argv!r}]\n"
-                           "try:\n    main()\nexcept SystemExit:\n    pass")
+    modules = loaded_after(
+        f"import sys\nfrom fruits.cli import main\nsys.argv = ['fruits', *{argv!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass"
+    )
     assert "argparse" in modules
     assert forbidden(modules, CLI_FORBIDS) == []
 
 
 def test_fruits_status_loads_no_spark_or_emulator(tmp_path) -> None:
     """``fruits status`` reads the tables with delta-rs: here, an empty table root (no table yet)."""
-    code = (f"import sys, os\nos.environ['FRUITS_TABLE_ROOT'] = {str(tmp_path)!r}\n"
-            "from fruits.cli import main\nsys.argv = ['fruits', 'status', 'uploads/Kiwi/a.jpg']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass")
+    code = (
+        f"import sys, os\nos.environ['FRUITS_TABLE_ROOT'] = {str(tmp_path)!r}\n"
+        "from fruits.cli import main\nsys.argv = ['fruits', 'status', 'uploads/Kiwi/a.jpg']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass"
+    )
     modules = loaded_after(code)
     assert "fruits.query.store" in modules and "deltalake" in modules
     assert forbidden(modules, CLI_FORBIDS) == []

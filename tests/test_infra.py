@@ -14,10 +14,16 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 cdk = pytest.importorskip("aws_cdk")
 from aws_cdk.assertions import Match, Template  # noqa: E402
+
 from fruits.spark.release import PYTHON_EXECUTABLE  # noqa: E402
 from fruits_infra import FruitsStack, StageConfig  # noqa: E402
 from fruits_ingest.config import (  # noqa: E402
-    BATCH_SIZE, BATCHING_WINDOW_SECONDS, IMAGE_SUFFIXES, MAX_RECEIVE_COUNT, METRICS_NAMESPACE, IngestConfig,
+    BATCH_SIZE,
+    BATCHING_WINDOW_SECONDS,
+    IMAGE_SUFFIXES,
+    MAX_RECEIVE_COUNT,
+    METRICS_NAMESPACE,
+    IngestConfig,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +35,9 @@ CFN_LINT_IGNORED = "W3005"
 def template() -> Template:
     # No asset bundling: the Lambda's package (pip, from PyPI) is built by make lambda-zip and at deploy.
     app = cdk.App(context={"aws:cdk:bundling-stacks": []})
-    stack = FruitsStack(app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True),
-                        env=cdk.Environment(region="eu-west-3"))
+    stack = FruitsStack(
+        app, "fruits-qa", config=StageConfig(stage="qa", start_stream=True), env=cdk.Environment(region="eu-west-3")
+    )
     return Template.from_stack(stack)
 
 
@@ -62,17 +69,23 @@ def test_bucket_is_private_encrypted_tls_only_and_expires_old_versions(template:
     buckets = {name: b["Properties"] for name, b in resources(template, "AWS::S3::Bucket").items()}
     bucket = next(b for name, b in buckets.items() if name.startswith("Images"))
     assert bucket["PublicAccessBlockConfiguration"] == {
-        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
     }
     sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert sse["SSEAlgorithm"] == "AES256"
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert "expire-manifests" not in rules  # no manifests since the uploads ledger
     assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
-    policies = [p["Properties"]["PolicyDocument"]["Statement"] for p in resources(template, "AWS::S3::BucketPolicy").values()]
+    policies = [
+        p["Properties"]["PolicyDocument"]["Statement"] for p in resources(template, "AWS::S3::BucketPolicy").values()
+    ]
     assert len(policies) == 2 and all(
         any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policy)
-        for policy in policies)
+        for policy in policies
+    )
 
 
 def test_photos_are_versioned_and_access_logged(template: Template) -> None:
@@ -119,8 +132,11 @@ def test_queue_has_dead_letters_and_visibility_six_times_the_lambda_timeout(temp
 
 
 def ingest_function(template: Template) -> dict:
-    functions = [f["Properties"] for f in resources(template, "AWS::Lambda::Function").values()
-                 if f["Properties"].get("FunctionName") == "fruits-qa-ingest"]
+    functions = [
+        f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"].get("FunctionName") == "fruits-qa-ingest"
+    ]
     assert len(functions) == 1
     return functions[0]
 
@@ -132,7 +148,9 @@ def test_every_upload_notifies_the_queue_and_the_lambda_filters_images(template:
     configs = notifications["QueueConfigurations"]
     assert all(config["Events"] == ["s3:ObjectCreated:*"] for config in configs)
     assert [config["Filter"]["Key"]["FilterRules"] for config in configs] == [
-        [{"Name": "prefix", "Value": "uploads/"}], [{"Name": "prefix", "Value": "app/"}]]
+        [{"Name": "prefix", "Value": "uploads/"}],
+        [{"Name": "prefix", "Value": "app/"}],
+    ]
 
 
 def test_ingest_lambda_with_its_package_and_partial_batch_responses(template: Template) -> None:
@@ -166,8 +184,13 @@ def test_ingest_role_reads_its_queue_and_writes_the_ledger_only(template: Templa
     [listing] = [s for s in s3_statements if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["tables/uploads/*"]}}
     sqs_actions = {a for s in statements for a in listify(s["Action"]) if a.startswith("sqs:")}
-    assert sqs_actions <= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                           "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+    assert sqs_actions <= {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+    }
     assert "sqs:DeleteMessage" in sqs_actions and "sqs:ReceiveMessage" in sqs_actions
     for s in statements:
         assert s["Resource"] != "*" and "*" not in listify(s["Action"])
@@ -189,12 +212,16 @@ def test_spark_role_reads_inputs_and_writes_tables_only(template: Template) -> N
     trust = resources(template, "AWS::IAM::Role")
     job_role = next(r for name, r in trust.items() if name.startswith("JobRole"))["Properties"]
     assert job_role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
-        "Service": "emr-serverless.amazonaws.com"}
+        "Service": "emr-serverless.amazonaws.com"
+    }
 
 
 def test_the_api_is_a_read_only_container_lambda_behind_an_iam_function_url(template: Template) -> None:
-    [api] = [f["Properties"] for f in resources(template, "AWS::Lambda::Function").values()
-             if f["Properties"].get("PackageType") == "Image"]
+    [api] = [
+        f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"].get("PackageType") == "Image"
+    ]
     env = api["Environment"]["Variables"]
     dockerfile = (ROOT / "infra" / "api" / "Dockerfile").read_text()
     # The model where the Dockerfile copies it; the handler its command.
@@ -228,8 +255,12 @@ def test_emr_serverless_application_and_the_streaming_job(template: Template) ->
 
 def job_requests(template: Template) -> list[dict]:
     """Every StartJobRun request the template holds: the scheduled ones and the stream's."""
-    requests = [json.loads(s["Properties"]["Target"]["Input"]) if isinstance(s["Properties"]["Target"]["Input"], str)
-                else s["Properties"]["Target"]["Input"] for s in resources(template, "AWS::Scheduler::Schedule").values()]
+    requests = [
+        json.loads(s["Properties"]["Target"]["Input"])
+        if isinstance(s["Properties"]["Target"]["Input"], str)
+        else s["Properties"]["Target"]["Input"]
+        for s in resources(template, "AWS::Scheduler::Schedule").values()
+    ]
     return requests + [one(template, "Custom::AWS")["Create"]]
 
 
@@ -240,8 +271,15 @@ def test_job_definitions_leave_master_and_jars_to_the_release(template: Template
         assert "sparkSubmitParameters" in text and "fruits_job.py" in text
         # The compiled model, not weights to download and convert: no TensorFlow, no internet.
         assert "artifacts/model/mobilenet_v2.tflite" in text and "FRUITS_WEIGHTS=mobilenet_v2.tflite" in text
-        for local_only in ("--master", "spark.master", "local[", "spark.jars.packages", "--packages",
-                           "repo1.maven", "spark.jars.ivy"):
+        for local_only in (
+            "--master",
+            "spark.master",
+            "local[",
+            "spark.jars.packages",
+            "--packages",
+            "repo1.maven",
+            "spark.jars.ivy",
+        ):
             assert local_only not in text, (local_only, text[:300])
         # Delta from the release's own jars, its single-driver S3 log store, the local session's
         # tuning as --conf, and the packed environment on the release's interpreter.
@@ -265,10 +303,14 @@ def test_no_commit_service_one_driver_per_table(template: Template) -> None:
 def test_the_api_reserves_no_concurrency_when_told(tmp_path: Path) -> None:
     """-c apiConcurrency=0, for an account whose Lambda concurrency quota is still 10."""
     app = cdk.App(context={"aws:cdk:bundling-stacks": [], "apiConcurrency": "0"}, outdir=str(tmp_path))
-    stack = FruitsStack(app, "fruits-small", config=StageConfig.from_context(app.node),
-                        env=cdk.Environment(region="eu-west-3"))
-    [api] = [f["Properties"] for f in resources(Template.from_stack(stack), "AWS::Lambda::Function").values()
-             if f["Properties"].get("PackageType") == "Image"]
+    stack = FruitsStack(
+        app, "fruits-small", config=StageConfig.from_context(app.node), env=cdk.Environment(region="eu-west-3")
+    )
+    [api] = [
+        f["Properties"]
+        for f in resources(Template.from_stack(stack), "AWS::Lambda::Function").values()
+        if f["Properties"].get("PackageType") == "Image"
+    ]
     assert "ReservedConcurrentExecutions" not in api
 
 
@@ -278,10 +320,17 @@ def test_a_release_the_local_stack_is_not_pinned_to_is_refused() -> None:
 
 
 def test_pca_refit_and_maintenance_are_scheduled_with_least_privilege(template: Template) -> None:
-    schedules = {s["Properties"]["Name"]: s["Properties"] for s in resources(template, "AWS::Scheduler::Schedule").values()}
+    schedules = {
+        s["Properties"]["Name"]: s["Properties"] for s in resources(template, "AWS::Scheduler::Schedule").values()
+    }
     assert {name: s["ScheduleExpression"] for name, s in schedules.items()} == {
-        "fruits-qa-pca-refit": "rate(1 hour)", "fruits-qa-maintain": "rate(1 day)"}
-    for name, arguments in (("fruits-qa-pca-refit", '[\\"pca\\",\\"refit\\"]'), ("fruits-qa-maintain", '[\\"maintain\\"]')):
+        "fruits-qa-pca-refit": "rate(1 hour)",
+        "fruits-qa-maintain": "rate(1 day)",
+    }
+    for name, arguments in (
+        ("fruits-qa-pca-refit", '[\\"pca\\",\\"refit\\"]'),
+        ("fruits-qa-maintain", '[\\"maintain\\"]'),
+    ):
         target = schedules[name]["Target"]
         assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:emrserverless:startJobRun"
         assert arguments in json.dumps(target["Input"]), (name, json.dumps(target["Input"])[:300])
@@ -290,8 +339,10 @@ def test_pca_refit_and_maintenance_are_scheduled_with_least_privilege(template: 
 
 
 def test_alarms_on_dead_letters_and_queue_age(template: Template) -> None:
-    alarms = {a["Properties"].get("MetricName", "math"): a["Properties"]
-              for a in resources(template, "AWS::CloudWatch::Alarm").values()}
+    alarms = {
+        a["Properties"].get("MetricName", "math"): a["Properties"]
+        for a in resources(template, "AWS::CloudWatch::Alarm").values()
+    }
     assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "math"}
     assert alarms["ApproximateNumberOfMessagesVisible"]["Threshold"] == 0
     assert all(a["AlarmActions"] for a in alarms.values())
@@ -299,8 +350,11 @@ def test_alarms_on_dead_letters_and_queue_age(template: Template) -> None:
 
 
 def test_a_stalled_stream_alarms_when_uploads_arrive_and_no_batch_commits(template: Template) -> None:
-    [alarm] = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()
-               if a["Properties"]["AlarmName"] == "fruits-qa-stream-stalled"]
+    [alarm] = [
+        a["Properties"]
+        for a in resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["AlarmName"] == "fruits-qa-stream-stalled"
+    ]
     queries = {q["Id"]: q for q in alarm["Metrics"]}
     assert queries["expr_1"]["Expression"] == "IF(received > 0 AND FILL(committed, 0) == 0, 1, 0)"
     committed = queries["committed"]["MetricStat"]["Metric"]
@@ -319,15 +373,22 @@ def test_a_stalled_stream_alarms_when_uploads_arrive_and_no_batch_commits(templa
 
 def test_names_derive_from_the_stage_and_the_region_defaults_to_paris(template: Template) -> None:
     assert StageConfig().region == "eu-west-3"
-    named = [("AWS::Lambda::Function", "FunctionName"), ("AWS::SQS::Queue", "QueueName"),
-             ("AWS::IAM::Role", "RoleName"), ("AWS::EMRServerless::Application", "Name"),
-             ("AWS::Scheduler::Schedule", "Name"), ("AWS::CloudWatch::Alarm", "AlarmName")]
+    named = [
+        ("AWS::Lambda::Function", "FunctionName"),
+        ("AWS::SQS::Queue", "QueueName"),
+        ("AWS::IAM::Role", "RoleName"),
+        ("AWS::EMRServerless::Application", "Name"),
+        ("AWS::Scheduler::Schedule", "Name"),
+        ("AWS::CloudWatch::Alarm", "AlarmName"),
+    ]
     for kind, prop in named:
         for r in resources(template, kind).values():
             value = r["Properties"].get(prop)
             if value is not None:
                 assert value.startswith("fruits-qa-"), (kind, value)
-    template.has_resource_properties("AWS::S3::Bucket", {"BucketName": Match.object_like({"Fn::Join": Match.any_value()})})
+    template.has_resource_properties(
+        "AWS::S3::Bucket", {"BucketName": Match.object_like({"Fn::Join": Match.any_value()})}
+    )
 
 
 def test_make_synth_template_passes_cfn_lint(tmp_path: Path) -> None:
@@ -335,8 +396,11 @@ def test_make_synth_template_passes_cfn_lint(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "app.py"], cwd=ROOT / "infra", env=env, check=True, capture_output=True)
     template_file = tmp_path / "fruits-dev.template.json"
     assert json.loads(template_file.read_text())["Resources"]
-    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), "--ignore-checks", CFN_LINT_IGNORED, "--",
-                           str(template_file)], capture_output=True, text=True)
+    lint = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), "--ignore-checks", CFN_LINT_IGNORED, "--", str(template_file)],
+        capture_output=True,
+        text=True,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 

@@ -6,11 +6,11 @@ import json
 from urllib.parse import quote_plus
 
 import pytest
+
+from conftest import FIXTURES
 from fruits_ingest.config import IngestConfig
 from fruits_ingest.events import SkipReason, parse_message
 from fruits_ingest.exceptions import ConfigurationError, MalformedMessage
-
-from conftest import FIXTURES
 from helpers import S3_PUT, s3_event
 
 CONFIG = IngestConfig(uploads_bucket="fruits-images")
@@ -80,7 +80,10 @@ def test_sns_wrapped_test_event_is_skipped() -> None:
     ("body", "reason"),
     [
         ((FIXTURES / "events" / "s3_test_event.json").read_text(), SkipReason.TEST_EVENT),
-        (s3_event("uploads/Kiwi/a.jpg").replace("ObjectCreated:Put", "ObjectRemoved:Delete"), SkipReason.NOT_OBJECT_CREATED),
+        (
+            s3_event("uploads/Kiwi/a.jpg").replace("ObjectCreated:Put", "ObjectRemoved:Delete"),
+            SkipReason.NOT_OBJECT_CREATED,
+        ),
         (s3_event("uploads/Kiwi/"), SkipReason.FOLDER_KEY),
         (s3_event("elsewhere/Kiwi/a.jpg"), SkipReason.OUTSIDE_PREFIX),
         (s3_event("uploads/Kiwi/notes.txt"), SkipReason.NOT_AN_IMAGE),
@@ -112,10 +115,24 @@ def forged(field: str, value: object) -> str:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("eTag", "d41d8cd98f00b204\r\nX-Injected: 1"), ("eTag", "\ud800"), ("eTag", 12), ("eTag", '"quoted"'),
-     ("versionId", "\udfff"), ("versionId", "has space"), ("key", "uploads/Kiwi/\ud800.jpg")],
-    ids=["etag-crlf", "etag-surrogate", "etag-number", "etag-quoted", "version-surrogate", "version-space",
-         "key-surrogate"],
+    [
+        ("eTag", "d41d8cd98f00b204\r\nX-Injected: 1"),
+        ("eTag", "\ud800"),
+        ("eTag", 12),
+        ("eTag", '"quoted"'),
+        ("versionId", "\udfff"),
+        ("versionId", "has space"),
+        ("key", "uploads/Kiwi/\ud800.jpg"),
+    ],
+    ids=[
+        "etag-crlf",
+        "etag-surrogate",
+        "etag-number",
+        "etag-quoted",
+        "version-surrogate",
+        "version-space",
+        "key-surrogate",
+    ],
 )
 def test_a_record_whose_object_cannot_be_asked_for_is_skipped_and_the_others_kept(field: str, value: object) -> None:
     """Skipped as invalid_field (said in ``invalid``); the good record of the same message goes on,
@@ -130,9 +147,18 @@ def test_a_record_whose_object_cannot_be_asked_for_is_skipped_and_the_others_kep
 
 @pytest.mark.parametrize(
     ("field", "value", "attribute"),
-    [("size", "4702", "size"), ("size", "many", "size"), ("size", -1, "size"), ("size", 2**70, "size"),
-     ("size", True, "size"), ("size", 1.5, "size"), ("sequencer", "not hex", "sequencer"),
-     ("eventTime", "yesterday", "event_time"), ("eventTime", "\ud800", "event_time"), ("eventTime", 5, "event_time")],
+    [
+        ("size", "4702", "size"),
+        ("size", "many", "size"),
+        ("size", -1, "size"),
+        ("size", 2**70, "size"),
+        ("size", True, "size"),
+        ("size", 1.5, "size"),
+        ("sequencer", "not hex", "sequencer"),
+        ("eventTime", "yesterday", "event_time"),
+        ("eventTime", "\ud800", "event_time"),
+        ("eventTime", 5, "event_time"),
+    ],
 )
 def test_a_field_only_recorded_is_nulled_and_the_upload_kept(field: str, value: object, attribute: str) -> None:
     parsed = parse_message(forged(field, value), "m", CONFIG)
@@ -189,8 +215,14 @@ def test_suffixes_are_case_insensitive() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["not json", "[1, 2]", "{}", '{"Records": "x"}', '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
-     '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}}]}'],
+    [
+        "not json",
+        "[1, 2]",
+        "{}",
+        '{"Records": "x"}',
+        '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
+        '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}}]}',
+    ],
     ids=["text", "list", "empty", "records-not-list", "no-s3", "key-not-string"],
 )
 def test_malformed_messages_raise(body: str) -> None:

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
 from deltalake import DeltaTable
+
+from conftest import FIXTURES
 from fruits.io import aws, lake
 from fruits.local.ingest import dead_letter_depth, event_source_mapping, ingest_config
 from fruits_ingest.ledger import image_id, key_hash
 from fruits_ingest.runner import EventSourceMapping, LocalContext, queue_depth
-
-from conftest import FIXTURES
 from helpers import s3_event
 
 SQS_EVENT = json.loads((FIXTURES / "events" / "sqs_event.json").read_text())
@@ -61,11 +61,30 @@ def test_one_malformed_record_fails_alone(lambda_env) -> None:
     response = handler(event, LocalContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
     rows = ledger(lambda_env)  # one commit: the two good records, typed, with each image's identity
-    assert [(r["key"], r["message_id"]) for r in rows] == [("uploads/Kiwi/a.jpg", "msg-0"), ("uploads/Tomato 1/b.jpg", "msg-2")]
-    assert set(rows[0]) == {"image_id", "bucket", "key", "key_hash", "size", "etag", "version_id", "sequencer",
-                            "event_time", "event_name", "message_id", "received_at", "event_date"}
+    assert [(r["key"], r["message_id"]) for r in rows] == [
+        ("uploads/Kiwi/a.jpg", "msg-0"),
+        ("uploads/Tomato 1/b.jpg", "msg-2"),
+    ]
+    assert set(rows[0]) == {
+        "image_id",
+        "bucket",
+        "key",
+        "key_hash",
+        "size",
+        "etag",
+        "version_id",
+        "sequencer",
+        "event_time",
+        "event_name",
+        "message_id",
+        "received_at",
+        "event_date",
+    }
     assert (rows[0]["size"], rows[0]["etag"], rows[0]["version_id"]) == (
-        4702, "d41d8cd98f00b204e9800998ecf8427e", "096fKKXTRTtl3on89fVO.nfljtsv6qko")
+        4702,
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "096fKKXTRTtl3on89fVO.nfljtsv6qko",
+    )
     assert rows[0]["event_time"].isoformat() == "2026-11-21T10:15:30.123000+00:00"  # the fixture's eventTime
     assert (rows[0]["event_date"].isoformat(), rows[0]["key_hash"]) == ("2026-11-21", key_hash("uploads/Kiwi/a.jpg"))
     assert all(r["image_id"] == image_id(r["bucket"], r["key"], r["etag"], r["version_id"]) for r in rows)
@@ -114,6 +133,7 @@ def test_concurrent_invocations_append_every_row_once(settings) -> None:
     """Six invocations append to one ledger on the emulator's S3 at the same moment: delta-rs's
     conditional commits (put-if-absent, no lock table) keep all 60 rows, none twice."""
     on_s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables")
+
     def ours(key: str) -> str:
         event = json.loads(s3_event(key))
         event["Records"][0]["s3"]["bucket"]["name"] = settings.bucket
@@ -124,8 +144,16 @@ def test_concurrent_invocations_append_every_row_once(settings) -> None:
         for record in event["Records"]:
             record["messageId"] = f"invocation-{n}-{record['messageId']}"
     env = dict(os.environ, AWS_EC2_METADATA_DISABLED="true")
-    calls = [subprocess.Popen([sys.executable, "-c", _INVOCATION, on_s3.model_dump_json(), json.dumps(event)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for event in events]
+    calls = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INVOCATION, on_s3.model_dump_json(), json.dumps(event)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for event in events
+    ]
     try:
         assert [c.stdout.readline().strip() for c in calls] == ["ready"] * 6
         for c in calls:
@@ -166,6 +194,7 @@ def test_every_nth_commit_compacts_the_days_it_appended_to(lambda_env, monkeypat
 def test_a_failed_compaction_is_logged_and_the_batch_stands(lambda_env, monkeypatch) -> None:
     """delta-rs gives a compaction up when appends keep committing first: the batch is recorded."""
     from deltalake.exceptions import CommitFailedError
+
     from fruits_ingest import handler as module
 
     def racing(*_: object) -> int:
@@ -183,7 +212,8 @@ def test_a_failed_compaction_is_logged_and_the_batch_stands(lambda_env, monkeypa
     assert [r["key"] for r in ledger(lambda_env)] == ["uploads/Kiwi/a.jpg"]
     warnings = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert [(w["message"], w["error"]) for w in warnings if w["level"] == "WARNING"] == [
-        ("the ledger compaction failed; the next one will do it", "Failed to commit transaction: 15")]
+        ("the ledger compaction failed; the next one will do it", "Failed to commit transaction: 15")
+    ]
 
 
 def test_batch_of_only_skips_appends_nothing(lambda_env) -> None:
@@ -289,8 +319,9 @@ def test_the_mapping_gathers_a_backlog_into_batches_as_on_aws(settings) -> None:
 
 def test_mapping_settings_aws_would_refuse(settings) -> None:
     with pytest.raises(ValueError, match="batching_window of at least 1 second"):
-        EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=11,
-                           batching_window=0)
+        EventSourceMapping(
+            aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, batch_size=11, batching_window=0
+        )
     with pytest.raises(ValueError, match="visibility_timeout must be longer"):
         EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), lambda e, c: {}, visibility_timeout=1)
     with pytest.raises(ValueError, match="10,000"):
@@ -315,8 +346,18 @@ def test_replay_dlq_moves_whatever_a_dead_letter_queue_holds(settings, capsys, m
 
     def replay(code: int, *flags: str) -> str:
         with pytest.raises(SystemExit) as done:
-            main(["replay-dlq", "--endpoint-url", settings.endpoint_url, "--bucket", settings.bucket,
-                  "--queue", settings.queue, *flags])
+            main(
+                [
+                    "replay-dlq",
+                    "--endpoint-url",
+                    settings.endpoint_url,
+                    "--bucket",
+                    settings.bucket,
+                    "--queue",
+                    settings.queue,
+                    *flags,
+                ]
+            )
         assert done.value.code == code
         return capsys.readouterr().out
 
@@ -358,19 +399,39 @@ def test_a_dead_lettered_event_is_replayed_once_its_cause_is_fixed(settings, cap
 
     s3 = aws.client("s3", settings)
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/late.jpg", Body=b"x")
-    broken = make_handler(IngestConfig(uploads_bucket=settings.bucket,
-                                       ledger_uri="s3://fruits-no-such-ledger-bucket/tables/uploads",
-                                       storage_options=lake.storage_options(settings)))
-    EventSourceMapping(aws.client("sqs", settings), aws.queue_url(settings), broken, batch_size=10,
-                       batching_window=0, visibility_timeout=1).drain()
+    broken = make_handler(
+        IngestConfig(
+            uploads_bucket=settings.bucket,
+            ledger_uri="s3://fruits-no-such-ledger-bucket/tables/uploads",
+            storage_options=lake.storage_options(settings),
+        )
+    )
+    EventSourceMapping(
+        aws.client("sqs", settings),
+        aws.queue_url(settings),
+        broken,
+        batch_size=10,
+        batching_window=0,
+        visibility_timeout=1,
+    ).drain()
     # The upload's event, and the emulator's s3:TestEvent that shared its failed batch.
     dead = ingest.dead_letter_depth(settings)
     assert dead >= 1 and ledger(settings) == []
 
     def replay(*flags: str) -> str:
         with pytest.raises(SystemExit) as done:
-            main(["replay-dlq", "--endpoint-url", settings.endpoint_url, "--bucket", settings.bucket,
-                  "--queue", settings.queue, *flags])
+            main(
+                [
+                    "replay-dlq",
+                    "--endpoint-url",
+                    settings.endpoint_url,
+                    "--bucket",
+                    settings.bucket,
+                    "--queue",
+                    settings.queue,
+                    *flags,
+                ]
+            )
         assert done.value.code == 0
         return capsys.readouterr().out
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from fruits.io.lease import Lease, LeaseHeld, LeaseLost
 
 
@@ -109,8 +110,15 @@ except LeaseHeld:
 
 
 def test_processes_racing_for_a_lease_have_one_winner(root_settings) -> None:
-    racers = [subprocess.Popen([sys.executable, "-c", _CONTENDER, root_settings.model_dump_json()],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, root_settings.model_dump_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     try:
         assert [p.stdout.readline().strip() for p in racers] == ["ready"] * 4  # imports done, lease made
         for p in racers:

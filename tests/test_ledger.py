@@ -14,6 +14,7 @@ import arro3.core as ac
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+
 from fruits_ingest import ledger
 from fruits_ingest.events import ImageEvent
 from fruits_ingest.exceptions import LedgerLayoutError
@@ -47,8 +48,7 @@ def interleaved(uri: str, keys: list[str], invocations: int = 4) -> None:
         ledger.append(uri, [event(k) for k in keys[n::invocations]])
 
 
-def test_maintenance_sorts_the_earlier_days_with_new_uploads_and_changes_no_data(tmp_path: Path,
-                                                                                monkeypatch) -> None:
+def test_maintenance_sorts_the_earlier_days_with_new_uploads_and_changes_no_data(tmp_path: Path, monkeypatch) -> None:
     uri = str(tmp_path / "uploads")
     keys = [f"uploads/Kiwi/{n:04d}.jpg" for n in range(4000)]
     interleaved(uri, keys, invocations=16)
@@ -69,8 +69,9 @@ def test_maintenance_sorts_the_earlier_days_with_new_uploads_and_changes_no_data
     # The commit changes no data: the stream's Delta source skips it.
     log = (tmp_path / "uploads" / "_delta_log" / f"{table.version():020d}.json").read_text().splitlines()
     actions = [json.loads(line) for line in log]
-    assert {a.get("add", a.get("remove", {})).get("dataChange") for a in actions if "add" in a or "remove" in a} \
-        == {False}
+    assert {a.get("add", a.get("remove", {})).get("dataChange") for a in actions if "add" in a or "remove" in a} == {
+        False
+    }
     assert done.vacuumed == 0  # the replaced files stay for the retention: a stream 30 days behind reads them
 
     again = ledger.maintain(uri)  # nothing new: nothing rewritten
@@ -133,5 +134,3 @@ def test_the_ledger_keeps_thirty_days_of_log_and_ten_minutes_of_removal_records(
     configuration = ledger.ensure_ledger(str(tmp_path / "uploads")).metadata().configuration
     assert configuration["delta.logRetentionDuration"] == "interval 30 days"
     assert configuration["delta.deletedFileRetentionDuration"] == "interval 10 minutes"
-
-

@@ -8,13 +8,12 @@ the same test at 400 uploads, so CI covers this kind too.
 from __future__ import annotations
 
 import pytest
-from fruits import stream
-from fruits.io import aws
-from fruits.local import ingest
-from fruits.local import upload
-from fruits.query.sql import sql as spark_sql
 
 from conftest import SAMPLE
+from fruits import stream
+from fruits.io import aws
+from fruits.local import ingest, upload
+from fruits.query.sql import sql as spark_sql
 
 pytestmark = pytest.mark.spark
 

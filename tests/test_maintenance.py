@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.config import Settings
 from fruits.io import changes, lake
@@ -21,9 +24,6 @@ from fruits.spark.schema import PARTITION
 from fruits.stream.written import WrittenImages
 from fruits_ingest import ledger
 from fruits_ingest.events import ImageEvent
-from pyspark.sql import functions as F
-
-from conftest import SAMPLE
 from helpers import append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
@@ -92,7 +92,10 @@ def test_vacuum_deletes_replaced_files_and_old_log_readers_read_everything(spark
     append_rows(spark, settings.features_table, synthetic_features(10, seed=9))
     monkeypatch.setattr(maintenance, "COMPACT_MIN_FILES", 2)
     maintenance.compact(spark, settings, settings.features_table)
-    on_disk, kept = len(data_files(settings.features_table)), len(lake.table_files(settings, settings.features_table).files)
+    on_disk, kept = (
+        len(data_files(settings.features_table)),
+        len(lake.table_files(settings, settings.features_table).files),
+    )
     assert on_disk > kept
 
     with spark_conf(spark, **NO_RETENTION_CHECK):
@@ -112,13 +115,19 @@ def test_the_retention_given_is_the_retention_vacuum_keeps(spark, tmp_path: Path
     append_rows(spark, settings.features_table, synthetic_features(5, seed=1))
     for hours in (200, 168):
         maintenance.vacuum(spark, settings.features_table, retain_hours=hours)
-        start = (DeltaTable.forPath(spark, settings.features_table).history()
-                 .where("operation = 'VACUUM START'").orderBy(F.desc("version")).first())
+        start = (
+            DeltaTable.forPath(spark, settings.features_table)
+            .history()
+            .where("operation = 'VACUUM START'")
+            .orderBy(F.desc("version"))
+            .first()
+        )
         assert start.operationParameters["specifiedRetentionMillis"] == str(hours * 3600 * 1000), start
 
 
 def test_the_stream_compacts_and_vacuums_its_own_tables_and_goes_on_when_that_fails(
-        spark, tmp_path: Path, weights_blob, monkeypatch, caplog) -> None:
+    spark, tmp_path: Path, weights_blob, monkeypatch, caplog
+) -> None:
     settings = Settings(table_root=str(tmp_path / "tables"), compact_every=2, vacuum_every=4)
     writer = stream.BatchWriter(spark, settings, weights_blob)
     for seed in range(2):
@@ -173,7 +182,12 @@ def test_the_uploads_ledger_is_maintained_with_the_tables(spark, tmp_path: Path)
     settings = Settings(table_root=str(tmp_path / "tables"))
     day = dt.date(2026, 12, 1)
     for n in range(2):  # two invocations on an earlier day: two small files to sort
-        ledger.append(lake.delta_uri(settings.uploads_table),
-                      [ImageEvent("b", f"uploads/Kiwi/{n}.jpg", 1, "e", None, None, f"{day}T10:00:00Z",
-                                  "ObjectCreated:Put", "m")])
+        ledger.append(
+            lake.delta_uri(settings.uploads_table),
+            [
+                ImageEvent(
+                    "b", f"uploads/Kiwi/{n}.jpg", 1, "e", None, None, f"{day}T10:00:00Z", "ObjectCreated:Put", "m"
+                )
+            ],
+        )
     assert maintain(spark, settings).ledger == ledger.Maintenance((day,), 2, 1, 0)

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import SAMPLE
 from fruits.featurize.batch import WorkerOptions, featurize_batches
 from fruits.featurize.build import compile_model, keras_model
 from fruits.featurize.images import decode
 from fruits.featurize.model import FEATURE_DIM, Featurizer, get_featurizer
 from fruits.io import aws
 from fruits.local.upload import sample_images
-
-from conftest import SAMPLE
 
 
 def sample_pixels(n: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_a_pool_runs_photos_from_threads_at_once_with_the_same_features(weights_
     alone = Featurizer(compiled, threads=1)(pixels)
     pool = FeaturizerPool(compiled, size=2)
     with ThreadPoolExecutor(4) as threads:
-        together = np.concatenate(list(threads.map(lambda i: pool(pixels[i:i + 1]), range(len(pixels)))))
+        together = np.concatenate(list(threads.map(lambda i: pool(pixels[i : i + 1]), range(len(pixels)))))
     np.testing.assert_array_equal(together, alone)
     assert pool.model_id == compiled.model_id
 
@@ -70,8 +70,12 @@ def test_the_udf_body_keeps_rows_in_order_across_chunks_and_failures(settings, w
     for key, body in zip(keys, bodies):
         s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
     column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
-    batch = (column([settings.bucket] * len(keys)), column(keys), column([None] * len(keys)),
-             column([None] * len(keys)))
+    batch = (
+        column([settings.bucket] * len(keys)),
+        column(keys),
+        column([None] * len(keys)),
+        column([None] * len(keys)),
+    )
     options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region, batch_size=2)
     compiled = compile_model(weights_blob)
     [frame] = list(featurize_batches(compiled, options, [batch]))
@@ -130,8 +134,12 @@ def test_an_object_the_job_cannot_read_is_quarantined_and_the_rest_land(settings
     photo = sample_images(SAMPLE)[0][1]
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/x/good.jpg", Body=photo.read_bytes())
     column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
-    batch = (column([settings.bucket, "fruits-no-such-bucket"]), column(["uploads/x/good.jpg", "uploads/x/a.jpg"]),
-             column([None, None]), column([None, None]))
+    batch = (
+        column([settings.bucket, "fruits-no-such-bucket"]),
+        column(["uploads/x/good.jpg", "uploads/x/a.jpg"]),
+        column([None, None]),
+        column([None, None]),
+    )
     options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region)
     [frame] = list(featurize_batches(compile_model(weights_blob), options, [batch]))
     assert frame["reason"].iloc[0] is None and len(frame["features"].iloc[0]) == FEATURE_DIM
@@ -144,7 +152,9 @@ def test_non_finite_features_fail_the_batch_before_any_row(settings, weights_blo
 
     photo = sample_images(SAMPLE)[0][1]
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="uploads/x/good.jpg", Body=photo.read_bytes())
-    monkeypatch.setattr(worker, "get_featurizer", lambda model, threads: lambda x: np.full((len(x), FEATURE_DIM), np.nan))
+    monkeypatch.setattr(
+        worker, "get_featurizer", lambda model, threads: lambda x: np.full((len(x), FEATURE_DIM), np.nan)
+    )
     column = lambda values: pd.Series(values, dtype=object)  # noqa: E731
     batch = (column([settings.bucket]), column(["uploads/x/good.jpg"]), column([None]), column([None]))
     options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region)

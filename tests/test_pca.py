@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from delta.tables import DeltaTable
+
 from fruits.io import lake
-from fruits.pca import stats
+from fruits.pca import registry, stats
 from fruits.pca.model import solve
-from fruits.pca import registry
 from fruits.pca.refit import STEPS, refit, run_periodically
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES
-
 from helpers import MODEL_ID, append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
@@ -75,8 +74,9 @@ def test_incremental_refit_reads_only_new_rows_and_equals_a_full_one(spark, tmp_
     # The incremental solve is a Rayleigh-Ritz step (``pca.model.update``), accurate to its residual
     # check; the mean is exact.
     np.testing.assert_allclose(fit2.model.mean, fit3.model.mean, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(fit2.model.explained_variance_ratio[:8], fit3.model.explained_variance_ratio[:8],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        fit2.model.explained_variance_ratio[:8], fit3.model.explained_variance_ratio[:8], rtol=1e-6
+    )
     assert fit2.model.k == fit3.model.k
     assert np.allclose(np.abs(np.sum(fit2.model.components * fit3.model.components, axis=1)), 1.0, atol=1e-6)
 
@@ -107,7 +107,9 @@ def test_a_delete_makes_the_next_refit_full(spark, tmp_path: Path, deletion_vect
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     if deletion_vectors:
-        spark.sql(f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+        spark.sql(
+            f"ALTER TABLE delta.`{settings.features_table}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
+        )
     append_rows(spark, settings.features_table, synthetic_features(60, seed=4))
     refit(spark, settings, write_plots=False)
     DeltaTable.forPath(spark, settings.features_table).delete("label = 'class 0'")
@@ -247,7 +249,6 @@ def test_rows_are_pending_when_the_log_no_longer_has_the_commits_since_the_fit(s
     assert (fit.mode, fit.model.row_count) == ("full", 35) and stats.pending_rows(settings) == 0
 
 
-
 def test_a_pca_version_is_committed_at_most_once(spark, tmp_path: Path, monkeypatch) -> None:
     """A refit that computes a version another refit has committed meanwhile (it missed the newer
     model, as one that lost its lease would) writes nothing and says so."""
@@ -270,9 +271,8 @@ def test_a_scheduled_refit_skips_while_another_runs(settings, capsys) -> None:
     from fruits.cli import main
     from fruits.io.lease import Lease
 
-    with Lease(settings, "refit"):
-        with pytest.raises(SystemExit) as done:
-            main(["pca", "refit", "--table-root", settings.table_root])
+    with Lease(settings, "refit"), pytest.raises(SystemExit) as done:
+        main(["pca", "refit", "--table-root", settings.table_root])
     assert done.value.code == 0 and "refit skipped: another refit holds the tables" in capsys.readouterr().err
 
 

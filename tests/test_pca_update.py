@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from fruits.pca.model import Stats, basis_size, solve, update
 
 D = 256
@@ -62,7 +63,7 @@ def test_an_update_finds_a_direction_the_old_basis_lacks() -> None:
     assert fit.k == exact.k
     assert abs(exact.components[0] @ fresh) > 0.99  # the new direction leads the exact fit ...
     assert abs(fit.components[0] @ exact.components[0]) > 1 - 1e-9  # ... and the update's
-    np.testing.assert_allclose(fit.ratios[:fit.k], exact.ratios[:fit.k], rtol=1e-8)
+    np.testing.assert_allclose(fit.ratios[: fit.k], exact.ratios[: fit.k], rtol=1e-8)
 
 
 def test_an_update_declines_when_it_would_be_wrong_or_not_cheaper() -> None:

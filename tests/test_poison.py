@@ -8,13 +8,13 @@ import sys
 import textwrap
 
 import pytest
+
+from conftest import SAMPLE
 from fruits.config import Settings
 from fruits.io import aws
 from fruits.local import ingest
 from fruits.query.sql import sql as spark_sql
 from fruits.stream.poison import Attempts, isolate, summary, systemic
-
-from conftest import SAMPLE
 from helpers import fruits_env
 
 
@@ -28,6 +28,7 @@ def scorer(bad: set[int], calls: list[list[int]]):  # noqa: ANN201
         if bad & set(part):
             raise Crash("org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)")
         return part
+
     return score
 
 
@@ -59,8 +60,10 @@ def test_an_image_that_fails_once_alone_is_not_poison() -> None:
 
 def test_a_systemic_failure_is_never_blamed_on_an_image() -> None:
     def score(part: list[int]) -> list[int]:
-        raise Crash("pyspark.errors.exceptions.captured.PythonException: fruits.featurize.fetch.S3Unavailable: "
-                    "s3://b/k: S3 unreachable for over 60s")
+        raise Crash(
+            "pyspark.errors.exceptions.captured.PythonException: fruits.featurize.fetch.S3Unavailable: "
+            "s3://b/k: S3 unreachable for over 60s"
+        )
 
     with pytest.raises(Crash):
         isolate(4, score)
@@ -91,7 +94,7 @@ def test_attempts_are_counted_in_the_checkpoint_and_cleared(tmp_path) -> None:
 
 # A native decoder that crashes on certain bytes, as libjpeg or a codec plugin can: every Python
 # worker of the stream (started with this folder on PYTHONPATH) dies when asked to open them.
-CRASHING_DECODER = '''
+CRASHING_DECODER = """
 import os
 from PIL import Image
 
@@ -105,7 +108,7 @@ def _crashing_open(fp, *args, **kwargs):
 
 
 Image.open = _crashing_open
-'''
+"""
 
 
 def run_stream(settings: Settings, tmp_path, **env: str) -> subprocess.CompletedProcess:
@@ -113,8 +116,9 @@ def run_stream(settings: Settings, tmp_path, **env: str) -> subprocess.Completed
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(CRASHING_DECODER)
     environment = fruits_env(settings, PYTHONPATH=str(hook), FRUITS_SPARK_MASTER="local[2, 2]", **env)
-    return subprocess.run([sys.executable, "-m", "fruits", "stream"], env=environment, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fruits", "stream"], env=environment, capture_output=True, text=True, timeout=600
+    )
 
 
 def upload(settings: Settings, objects: dict[str, bytes]) -> None:
@@ -127,8 +131,11 @@ def upload(settings: Settings, objects: dict[str, bytes]) -> None:
 @pytest.mark.spark
 def test_an_upload_that_crashes_its_worker_is_quarantined_and_the_stream_goes_on(spark, settings, tmp_path) -> None:
     photos = sorted(SAMPLE.glob("Kiwi/*.jpg"))[:4]
-    upload(settings, {f"uploads/Kiwi/{p.name}": p.read_bytes() for p in photos}
-           | {"uploads/Kiwi/crash-1.jpg": b"POISON" + photos[0].read_bytes()})
+    upload(
+        settings,
+        {f"uploads/Kiwi/{p.name}": p.read_bytes() for p in photos}
+        | {"uploads/Kiwi/crash-1.jpg": b"POISON" + photos[0].read_bytes()},
+    )
 
     # The batch of five fails (each task attempt's worker dies); its parts then find the culprit.
     first = run_stream(settings, tmp_path)
@@ -151,8 +158,10 @@ def test_an_upload_that_crashes_its_worker_is_quarantined_and_the_stream_goes_on
 
 
 def test_summary_of_a_worker_that_died_is_sparks_last_task_failure() -> None:
-    report = ("An error occurred while calling o43.localCheckpoint.\n: org.apache.spark.SparkException: Job aborted "
-              "due to stage failure: Task 0 in stage 0.0 failed 2 times, most recent failure: Lost task 0.1 in stage "
-              "0.0 (TID 1) (192.0.2.2 executor driver): org.apache.spark.SparkException: Python worker exited "
-              "unexpectedly (crashed).\n\tat org.apache.spark.api.python.BasePythonRunner\nCaused by: java.io.EOFException")
+    report = (
+        "An error occurred while calling o43.localCheckpoint.\n: org.apache.spark.SparkException: Job aborted "
+        "due to stage failure: Task 0 in stage 0.0 failed 2 times, most recent failure: Lost task 0.1 in stage "
+        "0.0 (TID 1) (192.0.2.2 executor driver): org.apache.spark.SparkException: Python worker exited "
+        "unexpectedly (crashed).\n\tat org.apache.spark.api.python.BasePythonRunner\nCaused by: java.io.EOFException"
+    )
     assert summary(Crash(report)) == ("org.apache.spark.SparkException: Python worker exited unexpectedly (crashed).")

@@ -4,11 +4,11 @@ command, a path or a JVM call is refused before anything runs."""
 from __future__ import annotations
 
 import pytest
+
 from fruits.config import Settings
 from fruits.query.result import ReadOnlyError
 from fruits.query.sql import sql
 from fruits.spark import tables as table
-
 from helpers import append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
@@ -59,8 +59,10 @@ REFUSED = [
     ("SELECT reflect('java.lang.System', 'getenv', 'HOME')", "reflect"),
     ("SELECT key FROM features WHERE key = java_method('java.lang.System', 'getenv', 'HOME')", "java_method"),
     ("SELECT IDENTIFIER('refl' || 'ect')('java.lang.System', 'getenv', 'HOME')", "IDENTIFIER"),
-    ("SELECT count(*) OVER w FROM features WINDOW w AS (PARTITION BY reflect('java.lang.System', 'getenv', 'HOME'))",
-     "WithWindowDefinition"),
+    (
+        "SELECT count(*) OVER w FROM features WINDOW w AS (PARTITION BY reflect('java.lang.System', 'getenv', 'HOME'))",
+        "WithWindowDefinition",
+    ),
     ("SELECT * FROM features; DELETE FROM features", "not valid SQL"),
 ]
 

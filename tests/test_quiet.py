@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from fruits.local import ingest, upload
 
 from conftest import SAMPLE, WEIGHTS
+from fruits.local import ingest, upload
 from helpers import fruits_env, on_terminal
 
 pytestmark = pytest.mark.spark
@@ -18,12 +18,26 @@ pytestmark = pytest.mark.spark
 # What `make demo` printed before: Spark's log4j banner and unactionable warnings, TensorFlow's and
 # LiteRT's C++ start-up notices. (The JVM's own "Using incubator modules" line is not Spark's to
 # silence: it stays.)
-NOISE = re.compile("|".join([
-    r"NativeCodeLoader", r"Using Spark's default log4j profile", r"Setting default log level",
-    r"To adjust logging level", r"ResolveWriteToStream", r"Truncated the string representation",
-    r"locally checkpointed", r"task of very large size", r"oneDNN custom operations", r"cuInit",
-    r"cuda drivers", r"absl::InitializeLog", r"XNNPACK delegate", r"Deleted \d+ files",
-]))
+NOISE = re.compile(
+    "|".join(
+        [
+            r"NativeCodeLoader",
+            r"Using Spark's default log4j profile",
+            r"Setting default log level",
+            r"To adjust logging level",
+            r"ResolveWriteToStream",
+            r"Truncated the string representation",
+            r"locally checkpointed",
+            r"task of very large size",
+            r"oneDNN custom operations",
+            r"cuInit",
+            r"cuda drivers",
+            r"absl::InitializeLog",
+            r"XNNPACK delegate",
+            r"Deleted \d+ files",
+        ]
+    )
+)
 
 
 # Printed by the JVM itself (Spark's launcher adds the module), not through any logger we configure.
@@ -34,8 +48,7 @@ PROGRESS = re.compile(r"(refit|maintain): \d+/\d+ step \[")
 
 
 def fruits(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fruits", *argv], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "fruits", *argv], env=env, capture_output=True, text=True, timeout=600)
 
 
 def noise(output: str) -> list[str]:

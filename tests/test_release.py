@@ -6,11 +6,10 @@ from __future__ import annotations
 import tomllib
 from importlib.metadata import version
 
+from conftest import ROOT
 from fruits.spark import jars
 from fruits.spark.release import DELTA_VERSION, PYTHON_VERSION, SPARK_MINOR
 from fruits.spark.session import REQUIRED, session_conf
-
-from conftest import ROOT
 
 
 def pins() -> dict[str, str]:

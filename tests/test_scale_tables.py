@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT
 from fruits.config import Settings
 from fruits.pca.refit import refit
@@ -16,7 +17,7 @@ from fruits.spark.schema import FEATURES, PARTITION
 from fruits.stream.written import WrittenImages
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import scale_tables  # noqa: E402
+import scale_tables
 
 pytestmark = pytest.mark.spark
 ROWS = 500
@@ -46,7 +47,9 @@ def test_the_builder_writes_a_history_the_pipeline_reads(spark, tmp_path: Path, 
     assert table.read(spark, settings.quarantine_table).count() == 0
 
     # The stream would take these uploads as processed.
-    assert all(WrittenImages(settings, spark).among(rows.select("image_id", PARTITION, "event_time").toArrow()).to_pylist())
+    assert all(
+        WrittenImages(settings, spark).among(rows.select("image_id", PARTITION, "event_time").toArrow()).to_pylist()
+    )
 
     # The JVM-free store: SQL, and neighbours from the same synthetic cluster.
     store = FeatureStore(settings)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from fruits import FeatureStore
 from fruits.pca.refit import refit
 from fruits.similarity import builder, index, read_manifest, update
 from fruits.similarity.segment import Segment, new_index, write
 from fruits.spark import tables as table
-
 from helpers import append_rows, synthetic_features
 
 
@@ -26,14 +26,22 @@ def test_a_segment_searches_finds_keys_and_gives_rows_back(tmp_path: Path) -> No
     rng = np.random.default_rng(1)
     vectors = unit(rng.normal(size=(300, 8)).astype(np.float32))
     keys = [f"uploads/x/{i % 250}.jpg" for i in range(300)]  # keys 0-49 twice: an overwritten upload
-    rows = pa.table({"image_id": [f"id{i}" for i in range(300)], "key": keys,
-                     "label": [None if i % 3 else "Apple" for i in range(300)]})
+    rows = pa.table(
+        {
+            "image_id": [f"id{i}" for i in range(300)],
+            "key": keys,
+            "label": [None if i % 3 else "Apple" for i in range(300)],
+        }
+    )
     info = write(tmp_path, 1000, rows, new_index(8), vectors)
     segment = Segment.open(tmp_path, info)
     found, distances = segment.search(vectors[7], 3)
     assert found[0] == 1007 and distances[0] < 1e-3 and list(distances) == sorted(distances)
-    assert segment.rows_at(np.array([1007, 1003])) == {"image_id": ["id7", "id3"], "key": keys[7:8] + keys[3:4],
-                                                       "label": [None, "Apple"]}
+    assert segment.rows_at(np.array([1007, 1003])) == {
+        "image_id": ["id7", "id3"],
+        "key": keys[7:8] + keys[3:4],
+        "label": [None, "Apple"],
+    }
     assert sorted(segment.find("uploads/x/10.jpg")) == [1010, 1260]
     assert segment.find("uploads/x/nope.jpg") == []
     np.testing.assert_allclose(segment.vectors([1010, 1299]), vectors[[10, 299]], atol=2e-3)  # stored as f16
@@ -102,8 +110,9 @@ def test_refits_append_merge_and_rebuild_and_readers_follow(spark, settings, mon
 
 @pytest.mark.spark
 def test_the_index_on_s3_is_read_from_a_local_copy(spark, settings, tmp_path, monkeypatch) -> None:
-    s3 = settings.with_(table_root=f"s3a://{settings.bucket}/tables", index_cache=str(tmp_path / "cache"),
-                        refresh_seconds=0)
+    s3 = settings.with_(
+        table_root=f"s3a://{settings.bucket}/tables", index_cache=str(tmp_path / "cache"), refresh_seconds=0
+    )
     table.ensure_tables(spark, s3)
     append_rows(spark, s3.features_table, synthetic_features(120, seed=6))
     refit(spark, s3, write_plots=False, k=5)
@@ -157,6 +166,7 @@ def test_compaction_a_lost_segment_and_a_table_made_anew(spark, settings) -> Non
 
     # The table made anew (moved aside): readers refuse the old index, the next update rebuilds.
     import shutil
+
     shutil.rmtree(settings.features_table)
     table.ensure_tables(spark, settings)
     append_rows(spark, settings.features_table, synthetic_features(30, seed=12))
@@ -177,6 +187,7 @@ def test_queries_from_threads_while_the_table_grows(spark, settings) -> None:
     refit(spark, settings, write_plots=False, k=5)
     store = FeatureStore(settings)
     with ThreadPoolExecutor(4) as pool:
+
         def ask(i: int) -> list:
             return [store.classify(f"uploads/class {j % 5}/{j}.jpg", k=5) for j in range(i, 100, 4)]
 

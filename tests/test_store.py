@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import SAMPLE, WEIGHTS
 from fruits import FeatureStore
 from fruits.cli import main
 from fruits.config import Settings
@@ -22,8 +24,6 @@ from fruits.pca.refit import refit
 from fruits.query.sql import sql
 from fruits.spark import tables as table
 from fruits.spark.schema import FEATURES, QUARANTINE
-
-from conftest import SAMPLE, WEIGHTS
 
 pytestmark = pytest.mark.spark
 
@@ -55,27 +55,47 @@ def sample_split(weights_blob):
     return train, features, held_out
 
 
-def write_features(spark, settings: Settings, images: list[tuple[str, Path]], features: np.ndarray,
-                   model_id: str, pca: PcaModel | None = None, vectors: np.ndarray | None = None) -> None:
+def write_features(
+    spark,
+    settings: Settings,
+    images: list[tuple[str, Path]],
+    features: np.ndarray,
+    model_id: str,
+    pca: PcaModel | None = None,
+    vectors: np.ndarray | None = None,
+) -> None:
     """Append rows as the stream does: projected with ``pca`` if given (the newest model at ingest),
     or carrying ``vectors`` as their projection onto it."""
-    now = dt.datetime.now(dt.timezone.utc)
-    rows = pd.DataFrame({
-        "image_id": [f"id-{i}" for i in range(len(images))], "bucket": settings.bucket,
-        "key": [f"uploads/{label}/{p.name}" for label, p in images], "label": [label for label, _ in images],
-        "size": 1, "etag": "e", "version_id": None, "event_time": now, "event_date": now.date(), "ingested_at": now,
-        "features": list(features), "model_id": model_id,
-        "pca_features": None if pca is None else list(pca.project(features) if vectors is None else vectors),
-        "pca_version": None if pca is None else pca.version,
-    })
+    now = dt.datetime.now(dt.UTC)
+    rows = pd.DataFrame(
+        {
+            "image_id": [f"id-{i}" for i in range(len(images))],
+            "bucket": settings.bucket,
+            "key": [f"uploads/{label}/{p.name}" for label, p in images],
+            "label": [label for label, _ in images],
+            "size": 1,
+            "etag": "e",
+            "version_id": None,
+            "event_time": now,
+            "event_date": now.date(),
+            "ingested_at": now,
+            "features": list(features),
+            "model_id": model_id,
+            "pca_features": None if pca is None else list(pca.project(features) if vectors is None else vectors),
+            "pca_version": None if pca is None else pca.version,
+        }
+    )
     table.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
 
 
 @pytest.fixture(scope="module")
 def store_settings(spark, sample_split, weights_blob, tmp_path_factory) -> Settings:
     train, features, _ = sample_split
-    settings = Settings(table_root=str(tmp_path_factory.mktemp("store") / "tables"), weights=str(WEIGHTS),
-                        endpoint_url="http://127.0.0.1:9")  # status must not need S3 for rows in the tables
+    settings = Settings(
+        table_root=str(tmp_path_factory.mktemp("store") / "tables"),
+        weights=str(WEIGHTS),
+        endpoint_url="http://127.0.0.1:9",
+    )  # status must not need S3 for rows in the tables
     table.ensure_tables(spark, settings)
     write_features(spark, settings, train, features, weights_blob.model_id)
     refit(spark, settings, write_plots=False)
@@ -90,8 +110,10 @@ def test_classify_held_out_images_above_the_floor(store_settings, sample_split) 
     suggestions = [store.classify(path, k=5) for _, path in held_out]
     best = sum(s.candidates[0].label == label for s, (label, _) in zip(suggestions, held_out)) / len(held_out)
     answered = [(s, label) for s, (label, _) in zip(suggestions, held_out) if not s.unknown]
-    print(f"\nclassify on {len(held_out)} held-out sample images: best candidate right {best:.1%}, "
-          f"{len(answered)} answered, {sum(s.label == label for s, label in answered)} of them right")
+    print(
+        f"\nclassify on {len(held_out)} held-out sample images: best candidate right {best:.1%}, "
+        f"{len(answered)} answered, {sum(s.label == label for s, label in answered)} of them right"
+    )
     assert len(held_out) == 100 and best >= ACCURACY_FLOOR
     assert sum(s.label == label for s, label in answered) >= ACCURACY_FLOOR * len(answered)
     for s in suggestions:
@@ -135,8 +157,9 @@ def test_similar_by_key_finds_its_class_and_leaves_itself_out(store_settings, sa
         store.similar("uploads/nope.jpg")
 
 
-def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_settings, sample_split,
-                                                                weights_blob) -> None:
+def test_rows_on_other_pca_versions_are_projected_at_query_time(
+    spark, store_settings, sample_split, weights_blob
+) -> None:
     """A stream batch written before the newest PCA version is still comparable."""
     train, features, _ = sample_split
     settings = store_settings.with_(table_root=store_settings.table_root + "-stale")
@@ -150,10 +173,19 @@ def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_set
     # the newest version whose stored vector is the first image's over another image's features:
     # the store takes a stored vector as it is.
     write_features(spark, settings, train[:1], features[:1] * 1.0, weights_blob.model_id)
-    write_features(spark, settings, [("Stored", path)], features[1:2], weights_blob.model_id, pca=newest,
-                   vectors=newest.project(features[:1]))
+    write_features(
+        spark,
+        settings,
+        [("Stored", path)],
+        features[1:2],
+        weights_blob.model_id,
+        pca=newest,
+        vectors=newest.project(features[:1]),
+    )
     nearest = store.similar(path, k=3)
-    assert sorted(n.key for n in nearest) == sorted([f"uploads/{label}/{path.name}"] * 2 + [f"uploads/Stored/{path.name}"])
+    assert sorted(n.key for n in nearest) == sorted(
+        [f"uploads/{label}/{path.name}"] * 2 + [f"uploads/Stored/{path.name}"]
+    )
     assert all(n.distance < 1e-4 for n in nearest)
 
     # Another append: the next look reads that commit only (the index's tail), and finds its row.
@@ -163,8 +195,9 @@ def test_rows_on_other_pca_versions_are_projected_at_query_time(spark, store_set
     assert store._similar._view.manifest == manifest and len(store._similar._view.tail.keys) == 3
 
 
-def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, store_settings, sample_split,
-                                                                       weights_blob, capsys) -> None:
+def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(
+    spark, store_settings, sample_split, weights_blob, capsys
+) -> None:
     """``features_pca`` has every row in one chosen PCA space, whatever the stream projected it with
     at ingest: (x - mean) @ components.T of that version, in Spark SQL and in the JVM-free store."""
     train, features, _ = sample_split
@@ -178,8 +211,10 @@ def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, sto
     statement = "SELECT key, pca_features, pca_version FROM features_pca"
     store = FeatureStore(settings)
     for model, asked in ((v2, None), (v1, 1)):
-        for engine, rows in (("spark", sql(spark, settings, statement, pca_version=asked).rows),
-                             ("duckdb", store.sql(statement, pca_version=asked).rows)):
+        for engine, rows in (
+            ("spark", sql(spark, settings, statement, pca_version=asked).rows),
+            ("duckdb", store.sql(statement, pca_version=asked).rows),
+        ):
             assert len(rows) == len(train) and {r[2] for r in rows} == {model.version}, engine
             got = np.array([r[1] for r in rows])
             expected = model.project(np.stack([by_key[r[0]] for r in rows]))
@@ -192,9 +227,19 @@ def test_features_pca_is_the_exact_projection_in_spark_sql_and_duckdb(spark, sto
     assert sql(spark, settings, other).rows == store.sql(other).rows == [(None,)]
     # The command line passes the version through.
     with pytest.raises(SystemExit):
-        main(["query", "--engine", "duckdb", "--pca-version", "1", "--json", "--table-root", settings.table_root,
-              "SELECT DISTINCT pca_version, len(pca_features) AS k FROM features_pca "
-              "WHERE pca_features IS NOT NULL"])
+        main(
+            [
+                "query",
+                "--engine",
+                "duckdb",
+                "--pca-version",
+                "1",
+                "--json",
+                "--table-root",
+                settings.table_root,
+                "SELECT DISTINCT pca_version, len(pca_features) AS k FROM features_pca WHERE pca_features IS NOT NULL",
+            ]
+        )
     assert json.loads(capsys.readouterr().out)["rows"] == [{"pca_version": 1, "k": v1.k}]
 
 
@@ -206,14 +251,17 @@ def test_duckdb_sql_reads_the_versions_and_time_travels(store_settings) -> None:
     assert store.sql("SELECT count(*) FROM features", as_of_version=0).rows == [(0,)]
 
 
-@pytest.mark.parametrize("statement", [
-    "SELECT * FROM read_text('/etc/hostname')",
-    "COPY (SELECT 1 AS x) TO '{out}' (FORMAT csv)",
-    "SET enable_external_access = true",
-    "ATTACH '{out}.db' AS other",
-    "CREATE TABLE t AS SELECT 1 AS x",
-    "SELECT 1; SELECT 2",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM read_text('/etc/hostname')",
+        "COPY (SELECT 1 AS x) TO '{out}' (FORMAT csv)",
+        "SET enable_external_access = true",
+        "ATTACH '{out}.db' AS other",
+        "CREATE TABLE t AS SELECT 1 AS x",
+        "SELECT 1; SELECT 2",
+    ],
+)
 def test_sql_sees_the_tables_and_nothing_else(store_settings, tmp_path, statement: str) -> None:
     """A user's SQL passed through reads no local file, writes none, and cannot turn that back on."""
     from fruits.query.result import QueryError
@@ -242,10 +290,23 @@ def test_a_duckdb_query_is_bounded_in_time_and_memory(store_settings) -> None:
 
 def test_status_of_processed_quarantined_and_unknown_keys(spark, store_settings, sample_split) -> None:
     train, _, _ = sample_split
-    now = dt.datetime.now(dt.timezone.utc)
-    bad = pd.DataFrame([{"image_id": "q1", "bucket": "b", "key": "uploads/Kiwi/broken.jpg", "etag": "e",
-                         "version_id": None, "event_date": now.date(), "reason": "truncated_or_corrupt", "error": "cannot decode",
-                         "quarantined_at": now, "message_id": "m"}])
+    now = dt.datetime.now(dt.UTC)
+    bad = pd.DataFrame(
+        [
+            {
+                "image_id": "q1",
+                "bucket": "b",
+                "key": "uploads/Kiwi/broken.jpg",
+                "etag": "e",
+                "version_id": None,
+                "event_date": now.date(),
+                "reason": "truncated_or_corrupt",
+                "error": "cannot decode",
+                "quarantined_at": now,
+                "message_id": "m",
+            }
+        ]
+    )
     spark.createDataFrame(bad, QUARANTINE).write.format("delta").mode("append").save(store_settings.quarantine_table)
     store = FeatureStore(store_settings)
     label, path = train[3]

@@ -9,6 +9,10 @@ import json
 import deltalake
 import pytest
 from delta.tables import DeltaTable
+from faults import FlakyProxy
+from PIL import Image
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.featurize import fetch
 from fruits.io import aws, lake
@@ -16,10 +20,6 @@ from fruits.local import ingest
 from fruits.query.sql import sql as spark_sql
 from fruits_ingest import ledger
 from fruits_ingest.events import ImageEvent
-from PIL import Image
-
-from conftest import SAMPLE
-from faults import FlakyProxy
 from helpers import aws_event, fruits_env
 
 pytestmark = pytest.mark.spark
@@ -74,8 +74,14 @@ def client_without_retries(settings, url: str):  # noqa: ANN201
     from botocore.config import Config
 
     key, secret = aws.emulator_credentials()
-    return boto3.client("s3", endpoint_url=url, region_name=settings.region, aws_access_key_id=key,
-                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name=settings.region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 def png_bomb() -> bytes:
@@ -122,7 +128,9 @@ def test_bad_images_are_quarantined_and_good_ones_land(spark, settings, weights_
     )
     # The overwritten key's row is the second upload's (its first bytes are object_changed).
     etag = s3.head_object(Bucket=settings.bucket, Key="uploads/Kiwi/overwritten.jpg")["ETag"].strip('"')
-    assert table_rows(spark, settings, "SELECT etag FROM features WHERE key = 'uploads/Kiwi/overwritten.jpg'") == [(etag,)]
+    assert table_rows(spark, settings, "SELECT etag FROM features WHERE key = 'uploads/Kiwi/overwritten.jpg'") == [
+        (etag,)
+    ]
     quarantined = dict(table_rows(spark, settings, "SELECT key, reason FROM quarantine"))
     assert quarantined == {
         "uploads/Kiwi/text.jpg": "not_an_image",
@@ -155,11 +163,23 @@ def test_no_ledger_row_or_object_can_stop_the_stream(spark, settings, weights_bl
     photo = s3.get_object(Bucket=settings.bucket, Key=good)["Body"].read()
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/crlf.jpg", Body=photo)
     s3.put_object(Bucket=settings.bucket, Key="uploads/Kiwi/huge.jpg", Body=b"\xff" * 3_000_000)
-    etag = lambda key: s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')  # noqa: E731
-    row = lambda key, tag: ImageEvent(settings.bucket, key, 1, tag, None, None, "2026-12-01T00:00:00Z",  # noqa: E731
-                                      "ObjectCreated:Put", "forged")
-    append_to_ledger(settings, [row(good, etag(good)), row("uploads/Kiwi/crlf.jpg", etag("uploads/Kiwi/crlf.jpg") + "\r\nX: 1"),
-                                row("uploads/Kiwi/huge.jpg", etag("uploads/Kiwi/huge.jpg"))])
+
+    def etag(key: str) -> str:
+        return s3.head_object(Bucket=settings.bucket, Key=key)["ETag"].strip('"')
+
+    def row(key: str, tag: str) -> ImageEvent:
+        return ImageEvent(
+            settings.bucket, key, 1, tag, None, None, "2026-12-01T00:00:00Z", "ObjectCreated:Put", "forged"
+        )
+
+    append_to_ledger(
+        settings,
+        [
+            row(good, etag(good)),
+            row("uploads/Kiwi/crlf.jpg", etag("uploads/Kiwi/crlf.jpg") + "\r\nX: 1"),
+            row("uploads/Kiwi/huge.jpg", etag("uploads/Kiwi/huge.jpg")),
+        ],
+    )
 
     run_stream(spark, settings, weights_blob)
 
@@ -173,8 +193,10 @@ def test_rows_appended_twice_add_no_rows(spark, settings, weights_blob) -> None:
     twice in one micro-batch, then again in a later one, are one row per image."""
     put_samples(settings, "Tomato 1", 3)
     ingest.drain(settings, visibility_timeout=5)
-    images = [ImageEvent(r.bucket, r.key, r.size, r.etag, r.version_id, r.sequencer, None, r.event_name, r.message_id)
-              for r in ledger_rows(spark, settings).collect()]
+    images = [
+        ImageEvent(r.bucket, r.key, r.size, r.etag, r.version_id, r.sequencer, None, r.event_name, r.message_id)
+        for r in ledger_rows(spark, settings).collect()
+    ]
     append_to_ledger(settings, images + images)
     run_stream(spark, settings, weights_blob)
     append_to_ledger(settings, images)
@@ -191,8 +213,17 @@ def test_the_stream_reads_on_across_the_ledgers_maintenance(spark, settings, wei
     ingest.drain(settings, visibility_timeout=5)
     uri, options = lake.delta_uri(settings.uploads_table), lake.storage_options(settings)
     first = deltalake.DeltaTable(uri, storage_options=options).to_pyarrow_table().to_pylist()[0]
-    again = ImageEvent(first["bucket"], first["key"], first["size"], first["etag"], first["version_id"],
-                       first["sequencer"], first["event_time"].isoformat(), first["event_name"], first["message_id"])
+    again = ImageEvent(
+        first["bucket"],
+        first["key"],
+        first["size"],
+        first["etag"],
+        first["version_id"],
+        first["sequencer"],
+        first["event_time"].isoformat(),
+        first["event_name"],
+        first["message_id"],
+    )
     append_to_ledger(settings, [again])  # redelivered: a second small file in its day, something to sort
     run_stream(spark, settings, weights_blob)
     done = ledger.maintain(uri, options)
@@ -206,10 +237,17 @@ def test_the_stream_reads_on_across_the_ledgers_maintenance(spark, settings, wei
 
 
 def test_transforms_work_without_a_stream(spark) -> None:
-    uploads = [("b", "uploads/Apple Red 1/x.jpg", "e1"), ("b", "uploads/Apple Red 1/x.jpg", "e1"),
-               ("b", "uploads/Apple Red 1/x.jpg", "e2"), ("b", "uploads/loose.jpg", "e3"), ("b", "elsewhere/Kiwi/y.jpg", "e4")]
-    rows = spark.createDataFrame([(ledger.image_id(b, k, e, None), b, k, e) for b, k, e in uploads],
-                                 "image_id string, bucket string, key string, etag string")
+    uploads = [
+        ("b", "uploads/Apple Red 1/x.jpg", "e1"),
+        ("b", "uploads/Apple Red 1/x.jpg", "e1"),
+        ("b", "uploads/Apple Red 1/x.jpg", "e2"),
+        ("b", "uploads/loose.jpg", "e3"),
+        ("b", "elsewhere/Kiwi/y.jpg", "e4"),
+    ]
+    rows = spark.createDataFrame(
+        [(ledger.image_id(b, k, e, None), b, k, e) for b, k, e in uploads],
+        "image_id string, bucket string, key string, etag string",
+    )
     images = stream.dedupe(stream.labelled(rows, ("uploads/",)))
     got = sorted((r.key, r.etag, r.label) for r in images.collect())
     assert got == [
@@ -229,12 +267,16 @@ def test_a_micro_batch_replayed_after_its_commit_adds_no_rows(spark, settings, w
     lines = ledger_rows(spark, settings)
     writer = stream.BatchWriter(spark, settings, weights_blob)
     writer(lines, 0)
-    versions = [DeltaTable.forPath(spark, t).history(1).first().version
-                for t in (settings.features_table, settings.quarantine_table)]
+    versions = [
+        DeltaTable.forPath(spark, t).history(1).first().version
+        for t in (settings.features_table, settings.quarantine_table)
+    ]
     writer(lines, 0)  # the replay
     stream.BatchWriter(spark, settings, weights_blob)(lines, 0)  # and one after a restart
-    assert [DeltaTable.forPath(spark, t).history(1).first().version
-            for t in (settings.features_table, settings.quarantine_table)] == versions  # no commit at all
+    assert [
+        DeltaTable.forPath(spark, t).history(1).first().version
+        for t in (settings.features_table, settings.quarantine_table)
+    ] == versions  # no commit at all
     assert table_rows(spark, settings, "SELECT count(*), count(DISTINCT key) FROM features") == [(2, 2)]
     assert table_rows(spark, settings, "SELECT key, reason FROM quarantine") == [(keys[-1], "not_an_image")]
 
@@ -370,19 +412,25 @@ def test_each_micro_batch_publishes_its_metrics_to_cloudwatch(spark, settings, w
     cloudwatch = aws.client("cloudwatch", settings)
 
     def total(name: str) -> float:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         points = cloudwatch.get_metric_statistics(
-            Namespace=settings.metrics_namespace, MetricName=name, Statistics=["Sum"], Period=3600,
+            Namespace=settings.metrics_namespace,
+            MetricName=name,
+            Statistics=["Sum"],
+            Period=3600,
             Dimensions=[{"Name": "Bucket", "Value": settings.bucket}],
-            StartTime=now - dt.timedelta(hours=1), EndTime=now + dt.timedelta(minutes=5))["Datapoints"]
+            StartTime=now - dt.timedelta(hours=1),
+            EndTime=now + dt.timedelta(minutes=5),
+        )["Datapoints"]
         return sum(p["Sum"] for p in points)
 
     assert (total("ImagesFeaturized"), total("ImagesQuarantined")) == (2, 1)
     assert total("BatchesCommitted") >= 1 and total("FeaturizeSeconds") > 0
 
 
-def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_them(spark, settings,
-                                                                                     weights_blob) -> None:
+def test_a_cluster_micro_batch_checkpoints_its_rows_where_executors_cannot_lose_them(
+    spark, settings, weights_blob
+) -> None:
     """On a cluster the scored rows go to the checkpoint directory (S3 there), not to executors'
     memory that dynamic allocation may take away; the batch writes the same rows."""
     from contextlib import contextmanager
@@ -417,8 +465,14 @@ def stream_process(settings, tmp_path):  # noqa: ANN001, ANN201
     import sys
 
     env = fruits_env(settings, FRUITS_SPARK_MASTER="local[1]")
-    return subprocess.Popen([sys.executable, "-m", "fruits", "stream", "--trigger", "2 seconds"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fruits", "stream", "--trigger", "2 seconds"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 def wait_for_features(settings, n: int, process, timeout: float = 300) -> None:  # noqa: ANN001
@@ -484,8 +538,13 @@ def test_a_second_stream_on_the_same_tables_refuses_to_start(settings, tmp_path)
     ingest.drain(settings, visibility_timeout=5)
     first = stream_process(settings, tmp_path)
     wait_for_features(settings, 1, first)
-    second = subprocess.run([sys.executable, "-m", "fruits", "stream"], env=fruits_env(settings), capture_output=True,
-                            text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "fruits", "stream"],
+        env=fruits_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 1 and "another stream holds the tables" in second.stderr, second.stderr[-2000:]
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=120) == 130

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import SAMPLE
 from fruits import stream
 from fruits.io import aws
 from fruits.local import ingest
 from fruits.query.sql import sql as spark_sql
-
-from conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
@@ -38,6 +38,7 @@ def test_sigkill_mid_stream_then_restart_gives_each_image_once(spark, settings, 
         s3.put_object(Bucket=settings.bucket, Key=f"uploads/{path.parent.name}/{path.name}", Body=path.read_bytes())
     ingest.event_source_mapping(settings, visibility_timeout=5, batch_size=3).drain(timeout_seconds=120)
     from deltalake import DeltaTable
+
     from fruits.io import lake
 
     ledger = DeltaTable(lake.delta_uri(settings.uploads_table), storage_options=lake.storage_options(settings))
@@ -45,13 +46,21 @@ def test_sigkill_mid_stream_then_restart_gives_each_image_once(spark, settings, 
 
     env = dict(
         os.environ,
-        FRUITS_ENDPOINT_URL=settings.endpoint_url, FRUITS_BUCKET=settings.bucket, FRUITS_QUEUE=settings.queue,
-        FRUITS_TABLE_ROOT=settings.table_root, FRUITS_WEIGHTS=settings.weights,
-        FRUITS_MAX_FILES_PER_TRIGGER="1", FRUITS_SPARK_MASTER="local[2]",
+        FRUITS_ENDPOINT_URL=settings.endpoint_url,
+        FRUITS_BUCKET=settings.bucket,
+        FRUITS_QUEUE=settings.queue,
+        FRUITS_TABLE_ROOT=settings.table_root,
+        FRUITS_WEIGHTS=settings.weights,
+        FRUITS_MAX_FILES_PER_TRIGGER="1",
+        FRUITS_SPARK_MASTER="local[2]",
     )
-    log = open(tmp_path / "stream.log", "w")
+    log = open(tmp_path / "stream.log", "w")  # noqa: SIM115 (the process's, read after it ends)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fruits", "stream"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [sys.executable, "-m", "fruits", "stream"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         # Version 0 creates the table; kill once the first micro-batch has committed (version 1),

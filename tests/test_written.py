@@ -8,17 +8,17 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from delta.tables import DeltaTable
+
 from fruits.config import Settings
 from fruits.io import lake
 from fruits.spark import tables as table
 from fruits.spark.schema import QUARANTINE
 from fruits.stream.written import WrittenImages, candidates, lookup_dates
-
 from helpers import append_rows, synthetic_features
 
 pytestmark = pytest.mark.spark
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOON = dt.datetime(2026, 12, 5, 12, tzinfo=UTC)
 
 
@@ -30,8 +30,13 @@ def quarantine(spark, settings: Settings, ids: list[str], at: dt.datetime = NOON
 
 def batch(ids: list[str], at: dt.datetime | None = NOON, date: dt.date | None = None) -> pa.Table:
     """A micro-batch's ledger rows, as the lookup sees them (``at``: the event time, None if it had none)."""
-    return pa.table({"image_id": ids, "event_date": pa.array([date or at.date()] * len(ids), pa.date32()),
-                     "event_time": pa.array([at] * len(ids), pa.timestamp("us", tz="UTC"))})
+    return pa.table(
+        {
+            "image_id": ids,
+            "event_date": pa.array([date or at.date()] * len(ids), pa.date32()),
+            "event_time": pa.array([at] * len(ids), pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def written_of(written: WrittenImages, rows: pa.Table) -> list[str]:
@@ -88,7 +93,9 @@ def test_an_event_without_a_time_redelivered_the_next_day_is_found(spark, tmp_pa
     settings = Settings(table_root=str(tmp_path / "tables"))
     table.ensure_tables(spark, settings)
     quarantine(spark, settings, ["a" * 64], at=NOON)
-    assert written_of(WrittenImages(settings, spark), batch(["a" * 64], None, NOON.date() + dt.timedelta(days=1))) == ["a" * 64]
+    assert written_of(WrittenImages(settings, spark), batch(["a" * 64], None, NOON.date() + dt.timedelta(days=1))) == [
+        "a" * 64
+    ]
     assert written_of(WrittenImages(settings, spark), batch(["a" * 64], None, NOON.date() + dt.timedelta(days=2))) == []
 
 
@@ -104,7 +111,9 @@ def test_a_lookup_reads_only_the_files_that_could_hold_the_ids(spark, tmp_path: 
     assert len(delta.file_uris()) == 3
 
     def files(ids: list[str]) -> int:
-        return len(list(candidates(settings, settings.quarantine_table, delta, pa.array(ids), [NOON.date()]).get_fragments()))
+        return len(
+            list(candidates(settings, settings.quarantine_table, delta, pa.array(ids), [NOON.date()]).get_fragments())
+        )
 
     assert files([low[0]]) == 1 and files([high[1]]) == 1 and files([low[0], high[0]]) == 2
     assert files(["0" * 64]) == 0  # below every file's range

@@ -90,7 +90,9 @@ class IngestConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestConfig:
         env = os.environ if environ is None else environ
         if "UPLOADS_BUCKET" not in env:
-            raise ConfigurationError("UPLOADS_BUCKET is not set: give the Lambda the name of the bucket the app uploads to.")
+            raise ConfigurationError(
+                "UPLOADS_BUCKET is not set: give the Lambda the name of the bucket the app uploads to."
+            )
         return cls(
             uploads_bucket=env["UPLOADS_BUCKET"],
             accepted_prefixes=split_list(env.get("ACCEPTED_PREFIXES", f"{UPLOAD_PREFIX},{APP_PREFIX}")),

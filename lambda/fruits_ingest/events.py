@@ -80,8 +80,9 @@ def _unwrap(body: str, enveloped: bool = False) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise MalformedMessage(f"message body is not JSON ({type(exc).__name__}: {str(exc)[:200]}); "
-                               "expected an S3 event notification") from None
+        raise MalformedMessage(
+            f"message body is not JSON ({type(exc).__name__}: {str(exc)[:200]}); expected an S3 event notification"
+        ) from None
     if not isinstance(payload, dict):
         raise MalformedMessage("message body is JSON but not an object; expected an S3 event notification")
     # SNS envelope: the S3 event is a JSON string in "Message" (S3 -> SNS -> SQS: one envelope, never two).
@@ -100,9 +101,7 @@ def _image_event(record: Any, message_id: str) -> ImageEvent:
         obj = s3["object"]
         raw_key = obj["key"]
     except (KeyError, TypeError) as exc:
-        raise MalformedMessage(
-            f"S3 record lacks {exc}; expected eventName, s3.bucket.name and s3.object.key"
-        ) from exc
+        raise MalformedMessage(f"S3 record lacks {exc}; expected eventName, s3.bucket.name and s3.object.key") from exc
     if not isinstance(raw_key, str) or not isinstance(bucket, str) or not isinstance(event_name, str):
         raise MalformedMessage("S3 record has a non-string eventName, bucket name or object key")
     return ImageEvent(

@@ -49,6 +49,7 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 Handler = Callable[[dict[str, Any], Any], PartialItemFailureResponse]
 
+
 def _all_failed(event: dict[str, Any]) -> PartialItemFailureResponse:
     return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
 
@@ -57,9 +58,7 @@ def _record_skips(skipped: Counter[str]) -> None:
     if is_metrics_disabled():  # single_metric prints regardless (local runs switch metrics off)
         return
     for reason, count in skipped.items():
-        with single_metric(
-            name="RecordsSkipped", unit=MetricUnit.Count, value=count, namespace=NAMESPACE
-        ) as metric:
+        with single_metric(name="RecordsSkipped", unit=MetricUnit.Count, value=count, namespace=NAMESPACE) as metric:
             metric.add_dimension(name="reason", value=reason)
 
 
@@ -91,12 +90,15 @@ def handle(event: dict[str, Any], context: Any, config: IngestConfig) -> Partial
         for image in parsed.images:
             logger.debug("accepted", extra={"bucket": image.bucket, "key": image.key})
         if parsed.invalid:
-            logger.warning("invalid fields: records skipped or fields recorded as null", extra={"invalid": parsed.invalid})
+            logger.warning(
+                "invalid fields: records skipped or fields recorded as null", extra={"invalid": parsed.invalid}
+            )
         if parsed.skipped:
             logger.info("skipped", extra={"skipped": dict(parsed.skipped)})
 
-    response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                        context=context)
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
     logger.set_correlation_id(None)
     failed = len(response["batchItemFailures"])
     if failed:

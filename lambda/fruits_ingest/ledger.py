@@ -53,23 +53,25 @@ from .exceptions import LedgerLayoutError, LedgerWriteError
 _TIME = ac.DataType.timestamp("us", tz="UTC")
 
 # The ledger's columns: the S3 event's facts the stream needs, typed.
-SCHEMA = ac.Schema([
-    ac.Field("image_id", ac.DataType.string(), nullable=False),  # see image_id()
-    ac.Field("bucket", ac.DataType.string(), nullable=False),
-    ac.Field("key", ac.DataType.string(), nullable=False),
-    ac.Field("key_hash", ac.DataType.int64(), nullable=False),  # see key_hash(); the days' sort order
-    ac.Field("size", ac.DataType.int64()),
-    ac.Field("etag", ac.DataType.string()),
-    ac.Field("version_id", ac.DataType.string()),
-    ac.Field("sequencer", ac.DataType.string()),
-    ac.Field("event_time", _TIME),
-    ac.Field("event_name", ac.DataType.string(), nullable=False),
-    ac.Field("message_id", ac.DataType.string(), nullable=False),
-    ac.Field("received_at", _TIME, nullable=False),  # when the Lambda appended it
-    # The partition: event_time's UTC date (received_at's if the event had none). A redelivered or
-    # replayed event repeats its event time, so it lands in its first delivery's day (if it has one).
-    ac.Field("event_date", ac.DataType.date32(), nullable=False),
-])
+SCHEMA = ac.Schema(
+    [
+        ac.Field("image_id", ac.DataType.string(), nullable=False),  # see image_id()
+        ac.Field("bucket", ac.DataType.string(), nullable=False),
+        ac.Field("key", ac.DataType.string(), nullable=False),
+        ac.Field("key_hash", ac.DataType.int64(), nullable=False),  # see key_hash(); the days' sort order
+        ac.Field("size", ac.DataType.int64()),
+        ac.Field("etag", ac.DataType.string()),
+        ac.Field("version_id", ac.DataType.string()),
+        ac.Field("sequencer", ac.DataType.string()),
+        ac.Field("event_time", _TIME),
+        ac.Field("event_name", ac.DataType.string(), nullable=False),
+        ac.Field("message_id", ac.DataType.string(), nullable=False),
+        ac.Field("received_at", _TIME, nullable=False),  # when the Lambda appended it
+        # The partition: event_time's UTC date (received_at's if the event had none). A redelivered or
+        # replayed event repeats its event time, so it lands in its first delivery's day (if it has one).
+        ac.Field("event_date", ac.DataType.date32(), nullable=False),
+    ]
+)
 PARTITION = "event_date"
 
 # Delta's own settings of the table. The log, and every data file, are kept 30 days: a stream
@@ -83,8 +85,11 @@ PARTITION = "event_date"
 RETENTION = "interval 30 days"
 RETENTION_HOURS = 30 * 24
 REMOVAL_RECORDS = "interval 10 minutes"
-CONFIGURATION = {"delta.logRetentionDuration": RETENTION, "delta.deletedFileRetentionDuration": REMOVAL_RECORDS,
-                 "delta.checkpointInterval": "100"}
+CONFIGURATION = {
+    "delta.logRetentionDuration": RETENTION,
+    "delta.deletedFileRetentionDuration": REMOVAL_RECORDS,
+    "delta.checkpointInterval": "100",
+}
 # Every COMPACT_EVERY-th commit, the invocation that made it bin-packs the days it appended to
 # (``compact``): each append adds a small file, and opening the table (every append, the stream's
 # start) costs about 20 us per live file (one append took 27 ms at 500 files, 85 ms at 3,000, on one
@@ -149,8 +154,12 @@ def rows(images: Sequence[ImageEvent], received_at: dt.datetime | None = None) -
         "event_date": [_days(t or received) for t in times],
     }
     integers = {_TIME: ac.DataType.int64(), ac.DataType.date32(): ac.DataType.int32()}
-    arrays = [ac.Array(columns[f.name], integers[f.type]).cast(f.type) if f.type in integers
-              else ac.Array(columns[f.name], f.type) for f in SCHEMA]
+    arrays = [
+        ac.Array(columns[f.name], integers[f.type]).cast(f.type)
+        if f.type in integers
+        else ac.Array(columns[f.name], f.type)
+        for f in SCHEMA
+    ]
     return ac.Table.from_arrays(arrays, schema=SCHEMA)
 
 
@@ -163,10 +172,16 @@ def ensure_ledger(uri: str, storage_options: Mapping[str, str] | None = None) ->
     except TableNotFoundError:
         pass
     try:
-        return DeltaTable.create(uri, SCHEMA, mode="error", name="uploads", partition_by=[PARTITION],
-                                 configuration=CONFIGURATION,
-                                 description="one row per accepted upload event (the ingest Lambda appends)",
-                                 storage_options=options)
+        return DeltaTable.create(
+            uri,
+            SCHEMA,
+            mode="error",
+            name="uploads",
+            partition_by=[PARTITION],
+            configuration=CONFIGURATION,
+            description="one row per accepted upload event (the ingest Lambda appends)",
+            storage_options=options,
+        )
     except DeltaError:  # created by someone else meanwhile: it opens
         return _laid_out(DeltaTable(uri, storage_options=options), uri)
 
@@ -179,7 +194,8 @@ def _laid_out(table: DeltaTable, uri: str) -> DeltaTable:
             f"the uploads ledger at {uri} has columns {columns} partitioned by {partitions}; this version writes "
             f"{SCHEMA.names} partitioned by [{PARTITION!r}]. An older version created it: stop the Lambda's event "
             "source mapping, let the stream featurize what the ledger holds, then delete the ledger and the "
-            "stream's checkpoint (the tables keep every image) and start both again.")
+            "stream's checkpoint (the tables keep every image) and start both again."
+        )
     return table
 
 
@@ -188,8 +204,9 @@ def _laid_out(table: DeltaTable, uri: str) -> DeltaTable:
 _APPEND_HOOKS = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
 
 
-def append(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None,
-           attempts: int = 5) -> int:
+def append(
+    uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str, str] | None = None, attempts: int = 5
+) -> int:
     """Append ``images`` as one commit and return its version; ``LedgerWriteError`` if that cannot
     be done. delta-rs retries an append that lost the race to another append; a commit that
     conflicts otherwise (the table's creation racing, a maintenance commit) is tried again from the
@@ -229,8 +246,11 @@ def compact(uri: str, images: Sequence[ImageEvent], storage_options: Mapping[str
     # gives up after 15 tries (CommitFailedError), whatever max_commit_retries says; that happens
     # beside 8 writers appending in a tight loop (bench-scale counts it; delta-rs issue 2700), and
     # the next turn compacts what this one left.
-    done = table.optimize.compact(partition_filters=[(PARTITION, "in", days)], target_size=COMPACT_TARGET_BYTES,
-                                  post_commithook_properties=_APPEND_HOOKS)
+    done = table.optimize.compact(
+        partition_filters=[(PARTITION, "in", days)],
+        target_size=COMPACT_TARGET_BYTES,
+        post_commithook_properties=_APPEND_HOOKS,
+    )
     return done["numFilesRemoved"]
 
 
@@ -245,8 +265,9 @@ class Maintenance:
     vacuumed: int
 
 
-def maintain(uri: str, storage_options: Mapping[str, str] | None = None,
-             today: dt.date | None = None) -> Maintenance | None:
+def maintain(
+    uri: str, storage_options: Mapping[str, str] | None = None, today: dt.date | None = None
+) -> Maintenance | None:
     """Bin-pack today's small files (``optimize.compact``: files under the 100 MB target), sort by
     ``key_hash`` (``optimize.z_order``) each earlier day that has two or more small files, then
     delete the files no longer in the table, and the log entries, written more than ``RETENTION``
@@ -272,17 +293,27 @@ def maintain(uri: str, storage_options: Mapping[str, str] | None = None,
         return None
     today = today or dt.datetime.now(dt.UTC).date()
     files = table.get_add_actions(flatten=True)
-    small = Counter(day for day, size in zip(files.column(f"partition.{PARTITION}").to_pylist(),
-                                             files.column("size_bytes").to_pylist(), strict=True)
-                    if size < TARGET_FILE_BYTES // 3)
+    small = Counter(
+        day
+        for day, size in zip(
+            files.column(f"partition.{PARTITION}").to_pylist(), files.column("size_bytes").to_pylist(), strict=True
+        )
+        if size < TARGET_FILE_BYTES // 3
+    )
     days = tuple(sorted(day for day, count in small.items() if count > 1 and day < today))
-    runs = [table.optimize.z_order(["key_hash"], partition_filters=[(PARTITION, "=", day.isoformat())],
-                                   target_size=TARGET_FILE_BYTES) for day in days]
-    runs.append(table.optimize.compact(partition_filters=[(PARTITION, ">=", today.isoformat())],
-                                       target_size=TARGET_FILE_BYTES))
+    runs = [
+        table.optimize.z_order(
+            ["key_hash"], partition_filters=[(PARTITION, "=", day.isoformat())], target_size=TARGET_FILE_BYTES
+        )
+        for day in days
+    ]
+    runs.append(
+        table.optimize.compact(partition_filters=[(PARTITION, ">=", today.isoformat())], target_size=TARGET_FILE_BYTES)
+    )
     # full: every unreferenced file written more than RETENTION_HOURS ago (its age, found by listing
     # the folder), not only those whose removal records the log still holds (10 minutes).
     vacuumed = table.vacuum(retention_hours=RETENTION_HOURS, dry_run=False, full=True)
     table.cleanup_metadata()  # the log entries older than its logRetentionDuration: RETENTION
-    return Maintenance(days, sum(r["numFilesRemoved"] for r in runs), sum(r["numFilesAdded"] for r in runs),
-                       len(vacuumed))
+    return Maintenance(
+        days, sum(r["numFilesRemoved"] for r in runs), sum(r["numFilesAdded"] for r in runs), len(vacuumed)
+    )

@@ -150,13 +150,15 @@ class EventSourceMapping:
         try:
             result = self.handler(event, LocalContext()) or {}
             failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
-        except Exception:  # as in Lambda: an unhandled error fails the whole batch
+        except Exception:  # noqa: BLE001 (as in Lambda: an unhandled error fails the whole batch)
             failed = {m["MessageId"] for m in messages}
         done = [m for m in messages if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):  # DeleteMessageBatch takes 10 entries at most
             self.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])],
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])
+                ],
             )
         stats.invocations += 1
         stats.received += len(messages)

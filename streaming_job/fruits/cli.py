@@ -22,8 +22,8 @@ from typing import Any
 
 from . import version
 from .config import VACUUM_RETAIN_HOURS, Settings, SettingsError
-from .progress import progress_for
 from .local.paths import BUNDLED_WEIGHTS, DEMO_WORK, SAMPLE_IMAGES
+from .progress import progress_for
 from .query.result import QueryError
 
 # Every command imports what it needs when it runs: `fruits --help` and `fruits status` load no
@@ -32,8 +32,12 @@ from .query.result import QueryError
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
-        endpoint_url=args.endpoint_url, region=args.region, bucket=args.bucket,
-        table_root=args.table_root, weights=getattr(args, "weights", None), queue=args.queue,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        bucket=args.bucket,
+        table_root=args.table_root,
+        weights=getattr(args, "weights", None),
+        queue=args.queue,
     )
 
 
@@ -50,9 +54,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     with emulator.LocalAWS(port=args.port) as endpoint:
         emulator.provision(_settings(args).with_(endpoint_url=endpoint))
-        print(f"local AWS emulator on {endpoint}, provisioned. In another shell:\n"
-              f"  export FRUITS_ENDPOINT_URL={endpoint}\n"
-              "Ctrl-C stops it (its contents are in memory only).", flush=True)
+        print(
+            f"local AWS emulator on {endpoint}, provisioned. In another shell:\n"
+            f"  export FRUITS_ENDPOINT_URL={endpoint}\n"
+            "Ctrl-C stops it (its contents are in memory only).",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)
@@ -83,8 +90,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with progress_for(settings, "ingest", ingest.backlog(settings), "message") as bar:
-        stats = ingest.drain(settings, visibility_timeout=args.visibility_timeout,
-                             on_progress=lambda done: bar.advance_to(done.deleted))
+        stats = ingest.drain(
+            settings, visibility_timeout=args.visibility_timeout, on_progress=lambda done: bar.advance_to(done.deleted)
+        )
     print(f"{stats.invocations} invocations, {stats.deleted} acknowledged, {stats.failed} failed deliveries")
     return 0
 
@@ -128,8 +136,9 @@ def _until_done(handle: Any, on_tick: Callable[[], None] | None = None, say: Cal
     from pyspark.errors import StreamingQueryException
 
     interrupted: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: interrupted.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         while True:
             finished = handle.awaitTermination(1)
@@ -181,20 +190,32 @@ def _refit(args: argparse.Namespace, settings: Settings, guard: Callable[[], Non
     from .spark.session import get_spark
 
     spark = get_spark(settings)
-    fit_args: dict[str, Any] = {"threshold": args.threshold, "k": args.k, "full": args.full, "guard": guard,
-                                "reject_quantile": args.reject_quantile}
+    fit_args: dict[str, Any] = {
+        "threshold": args.threshold,
+        "k": args.k,
+        "full": args.full,
+        "guard": guard,
+        "reject_quantile": args.reject_quantile,
+    }
     if args.every is None and args.min_new_rows is None:
         with progress_for(settings, "refit", len(refit.STEPS), "step", spark) as bar:
             fit = refit.refit(spark, settings, on_step=bar.stage, **fit_args)
         _print_refit(fit)
         return 0
-    print(f"refitting every {args.every} min (if rows arrived) or after {args.min_new_rows} new rows; Ctrl-C stops",
-          flush=True)
-    try:
-        refit.run_periodically(spark, settings, every_minutes=args.every, min_new_rows=args.min_new_rows,
-                             poll_seconds=args.poll, on_fit=_print_refit, **fit_args)
-    except KeyboardInterrupt:
-        pass
+    print(
+        f"refitting every {args.every} min (if rows arrived) or after {args.min_new_rows} new rows; Ctrl-C stops",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the loop between fits
+        refit.run_periodically(
+            spark,
+            settings,
+            every_minutes=args.every,
+            min_new_rows=args.min_new_rows,
+            poll_seconds=args.poll,
+            on_fit=_print_refit,
+            **fit_args,
+        )
     return 0
 
 
@@ -210,39 +231,57 @@ def _quantile(value: str) -> float:
 
 def _print_refit(fit: Any) -> None:
     m = fit.model
-    print(f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read, {fit.solver}): k={m.k}, "
-          f"explained variance {m.explained_variance_ratio[: m.k].sum():.4f}, rows {m.row_count}, "
-          f"table version {m.source_table_version}; "
-          + ", ".join(f"{name} {s:.1f}s" for name, s in fit.seconds.items()), flush=True)
+    print(
+        f"PCA version {m.version} ({fit.mode}, {fit.rows_read} rows read, {fit.solver}): k={m.k}, "
+        f"explained variance {m.explained_variance_ratio[: m.k].sum():.4f}, rows {m.row_count}, "
+        f"table version {m.source_table_version}; " + ", ".join(f"{name} {s:.1f}s" for name, s in fit.seconds.items()),
+        flush=True,
+    )
     for uri in fit.plots:
         print(f"  plot: {uri}", flush=True)
     if (index := fit.index) is not None and index.manifest is not None:
         m = index.manifest
-        print(f"  similarity index: {index.mode} ({index.reason}), {m.rows} rows in {len(m.segments)} segment(s), "
-              f"PCA version {m.pca_version}, features version {m.features_version}, {index.seconds:.1f}s", flush=True)
+        print(
+            f"  similarity index: {index.mode} ({index.reason}), {m.rows} rows in {len(m.segments)} segment(s), "
+            f"PCA version {m.pca_version}, features version {m.features_version}, {index.seconds:.1f}s",
+            flush=True,
+        )
     if (done := fit.classifier) is not None:
         c = done.classifier
-        found = f": version {done.version}" if c is None and done.version is not None else "" if c is None else (
-            f": version {c.version}, {len(c.labels)} classes, {len(c.prototype_hashes)} prototypes of "
-            f"{c.reference_rows} reference rows, threshold {c.threshold:.3f}, held-out top-1 {c.held_out_top1:.3f}, "
-            f"rejected {c.held_out_rejected:.3f}")
+        found = (
+            f": version {done.version}"
+            if c is None and done.version is not None
+            else ""
+            if c is None
+            else (
+                f": version {c.version}, {len(c.labels)} classes, {len(c.prototype_hashes)} prototypes of "
+                f"{c.reference_rows} reference rows, threshold {c.threshold:.3f}, "
+                f"held-out top-1 {c.held_out_top1:.3f}, rejected {c.held_out_rejected:.3f}"
+            )
+        )
         print(f"  classifier: {done.mode} ({done.reason}){found}, {done.seconds:.1f}s", flush=True)
 
 
 def cmd_pca_list(args: argparse.Namespace) -> int:
     from .pca import registry
 
-    return _print_versions(registry.versions(_settings(args)), args.json,
-                           "no PCA version yet: run `fruits pca refit` once the table has rows")
+    return _print_versions(
+        registry.versions(_settings(args)),
+        args.json,
+        "no PCA version yet: run `fruits pca refit` once the table has rows",
+    )
 
 
 def cmd_classifier_list(args: argparse.Namespace) -> int:
     from .classifier import registry
 
     settings = _settings(args)
-    return _print_versions(registry.versions(settings), args.json,
-                           "no classifier yet: `fruits pca refit` fits one once the table has reference rows "
-                           f"(uploads under {', '.join(settings.reference_prefixes)})")
+    return _print_versions(
+        registry.versions(settings),
+        args.json,
+        "no classifier yet: `fruits pca refit` fits one once the table has reference rows "
+        f"(uploads under {', '.join(settings.reference_prefixes)})",
+    )
 
 
 def _print_versions(versions: list[dict[str, Any]], as_json: bool, none_yet: str) -> int:
@@ -267,14 +306,17 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     with lease or contextlib.nullcontext():
         spark = get_spark(settings)
         with progress_for(settings, "maintain", len(steps(settings, lease is not None)), "step", spark) as bar:
-            report = maintain(spark, settings, retain_hours=args.retain_hours, pca_tables=lease is not None,
-                              on_step=bar.stage)
+            report = maintain(
+                spark, settings, retain_hours=args.retain_hours, pca_tables=lease is not None, on_step=bar.stage
+            )
     for location, deleted in report.vacuumed.items():
         print(f"VACUUM {location}: {deleted} files deleted ({args.retain_hours:g} h retained)")
     if (done := report.ledger) is not None:
         days = ", ".join(d.isoformat() for d in done.days) or "none needed"
-        print(f"uploads ledger {settings.uploads_table}: earlier days sorted by key: {days}; {done.files_removed} "
-              f"files rewritten into {done.files_added} (today's compacted too); {done.vacuumed} replaced files deleted")
+        print(
+            f"uploads ledger {settings.uploads_table}: earlier days sorted by key: {days}; {done.files_removed} "
+            f"files rewritten into {done.files_added} (today's compacted too); {done.vacuumed} replaced files deleted"
+        )
     return 0
 
 
@@ -290,11 +332,15 @@ def cmd_query(args: argparse.Namespace) -> int:
         from .query.sql import sql
         from .spark.session import get_spark
 
-        result = sql(get_spark(settings), settings, args.sql, as_of_version=args.as_of_version,
-                     pca_version=args.pca_version)
+        result = sql(
+            get_spark(settings), settings, args.sql, as_of_version=args.as_of_version, pca_version=args.pca_version
+        )
     if args.json:
-        print(json.dumps({"versions": result.versions,
-                          "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str))
+        print(
+            json.dumps(
+                {"versions": result.versions, "rows": [dict(zip(result.columns, r)) for r in result.rows]}, default=str
+            )
+        )
     else:
         print(format_table(result))
     return 0
@@ -329,15 +375,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .query.result import to_json
     from .query.store import FeatureStore
 
-    s = FeatureStore(_settings(args)).classify(_target(args.target), k=args.k,
-                                               classifier_version=args.classifier_version)
+    s = FeatureStore(_settings(args)).classify(
+        _target(args.target), k=args.k, classifier_version=args.classifier_version
+    )
     if args.json:
         print(to_json(s))
         return 0
     candidates = ", ".join(f"{c.label} {c.similarity:.3f}" for c in s.candidates)
-    answer = "unknown: resembles no reference photo enough" if s.unknown else f"{s.label} (confidence {s.confidence:.0%})"
-    print(f"{answer}; similarity {s.similarity:.3f}, threshold {s.threshold:.3f}; classifier version "
-          f"{s.classifier_version}\ncandidates: {candidates}")
+    answer = (
+        "unknown: resembles no reference photo enough" if s.unknown else f"{s.label} (confidence {s.confidence:.0%})"
+    )
+    print(
+        f"{answer}; similarity {s.similarity:.3f}, threshold {s.threshold:.3f}; classifier version "
+        f"{s.classifier_version}\ncandidates: {candidates}"
+    )
     if s.neighbours:
         print(f"nearest labelled rows:\n{_neighbour_table(s.neighbours, {'pca_models': s.pca_version})}")
     return 0
@@ -381,16 +432,31 @@ def _health_screen(report: Any) -> str:
         f"{report.rows.get('last_hour', '?')} last hour, {report.rows.get('last_day', '?')} last day",
         f"  quarantined  last hour: {reasons('last_hour')}; last day: {reasons('last_day')}",
         "  latency      upload to row, last hour: "
-        + (f"p50 {report.latency_s['p50']:g} s, p95 {report.latency_s['p95']:g} s ({report.latency_s['rows']} rows)"
-           if report.latency_s else "no rows"),
-        "  versions     " + "; ".join([
-            f"PCA v{pca['version']} ({age(pca['age_s'])})" if pca else "no PCA yet",
-            f"classifier v{classifier['version']} ({age(classifier['age_s'])})" if classifier else "no classifier yet",
-            f"index in PCA v{index['pca_version']}, {index['rows']:,} rows" if index else "no index yet"]),
-        "  leases       " + "; ".join(
-            f"{name}: " + ("free" if held is None else f"{held['owner']} until {held['expires_at']}"
-                           + (" (expired)" if held["expired"] else ""))
-            for name, held in report.leases.items()),
+        + (
+            f"p50 {report.latency_s['p50']:g} s, p95 {report.latency_s['p95']:g} s ({report.latency_s['rows']} rows)"
+            if report.latency_s
+            else "no rows"
+        ),
+        "  versions     "
+        + "; ".join(
+            [
+                f"PCA v{pca['version']} ({age(pca['age_s'])})" if pca else "no PCA yet",
+                f"classifier v{classifier['version']} ({age(classifier['age_s'])})"
+                if classifier
+                else "no classifier yet",
+                f"index in PCA v{index['pca_version']}, {index['rows']:,} rows" if index else "no index yet",
+            ]
+        ),
+        "  leases       "
+        + "; ".join(
+            f"{name}: "
+            + (
+                "free"
+                if held is None
+                else f"{held['owner']} until {held['expires_at']}" + (" (expired)" if held["expired"] else "")
+            )
+            for name, held in report.leases.items()
+        ),
     ]
     lines += [f"PROBLEM: {p}" for p in report.problems] or ["OK"]
     lines += [f"  (could not read {n})" for n in report.notes]
@@ -408,8 +474,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.with_(api_max_body_bytes=args.max_body_bytes)
     print(f"fruits serve: http://{args.host}:{args.port} (the API's page: /docs; Ctrl-C stops it)", flush=True)
     # Access lines with -v only: under load they would be most of the log.
-    uvicorn.run(create_app(FeatureStore(settings)), host=args.host, port=args.port,
-                log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    uvicorn.run(
+        create_app(FeatureStore(settings)),
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+        access_log=args.verbose,
+    )
     return 0
 
 
@@ -438,23 +509,28 @@ def cmd_model_compile(args: argparse.Namespace) -> int:
         return 2
     compiled = compile_model(load_weights(spec))
     path = compiled.save(Path(args.out))
-    print(f"{compiled.model_id}: {path} ({len(compiled.data) / 1e6:.1f} MB) and {path.with_suffix('.json').name}; "
-          f"FRUITS_WEIGHTS={path} runs the pipeline on it without TensorFlow")
+    print(
+        f"{compiled.model_id}: {path} ({len(compiled.data) / 1e6:.1f} MB) and {path.with_suffix('.json').name}; "
+        f"FRUITS_WEIGHTS={path} runs the pipeline on it without TensorFlow"
+    )
     return 0
 
 
 def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number in ``low..high``, checked before anything starts (the JVM)."""
+
     def parse(value: str) -> int:
         if not value.isascii() or not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
             span = f"from {low} to {high}" if high is not None else f"of at least {low}"
             raise argparse.ArgumentTypeError(f"expected a whole number {span}, not {value!r}")
         return int(value)
+
     return parse
 
 
 def _number(accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """An argparse type: a number ``accepts`` takes, checked before anything starts."""
+
     def parse(value: str) -> float:
         try:
             number = float(value)
@@ -463,6 +539,7 @@ def _number(accepts: Callable[[float], bool], expected: str) -> Callable[[str], 
         if not accepts(number):
             raise argparse.ArgumentTypeError(f"expected {expected}, not {value!r}")
         return number
+
     return parse
 
 
@@ -471,9 +548,11 @@ _fraction = _number(lambda x: 0 < x <= 1, "a share above 0 and at most 1 (0.95 f
 _positive = _whole(1)
 # Delta refuses a shorter VACUUM retention (its retentionDurationCheck): a reader of last week's
 # versions, and the incremental PCA statistics, need those files. Refused here, before the JVM.
-_retention = _number(lambda x: VACUUM_RETAIN_HOURS <= x < math.inf,
-                     f"at least {VACUUM_RETAIN_HOURS} hours (Delta's safety check: readers of the last "
-                     f"{VACUUM_RETAIN_HOURS // 24} days' versions need their files)")
+_retention = _number(
+    lambda x: VACUUM_RETAIN_HOURS <= x < math.inf,
+    f"at least {VACUUM_RETAIN_HOURS} hours (Delta's safety check: readers of the last "
+    f"{VACUUM_RETAIN_HOURS // 24} days' versions need their files)",
+)
 
 
 def cmd_replay_dlq(args: argparse.Namespace) -> int:
@@ -482,12 +561,18 @@ def cmd_replay_dlq(args: argparse.Namespace) -> int:
     replayed = dead_letters.replay(_settings(args), limit=args.max, dry_run=args.dry_run)
     verb = "would move" if args.dry_run else "moved"
     for message in replayed:
-        done = f"left {message.message_id} in the dead-letter queue ({message.error})" if message.error \
+        done = (
+            f"left {message.message_id} in the dead-letter queue ({message.error})"
+            if message.error
             else f"{verb} {message.message_id}"
+        )
         print(f"{done} (received {message.receive_count}x): {message.summary}")
     left = sum(1 for m in replayed if m.error)
-    print(f"{verb} {len(replayed) - left} message(s) from the dead-letter queue back to the event queue"
-          + (f"; {left} left in place (run again to retry them)" if left else ""), flush=True)
+    print(
+        f"{verb} {len(replayed) - left} message(s) from the dead-letter queue back to the event queue"
+        + (f"; {left} left in place (run again to retry them)" if left else ""),
+        flush=True,
+    )
     return 1 if left else 0
 
 
@@ -496,8 +581,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     bundle.write(out, project=Path(args.project))
-    print(f"{out / bundle.ENTRY_POINT} and {out / bundle.ENVIRONMENT}; the model: fruits model compile "
-          f"--out {out / bundle.MODEL_DIR / bundle.MODEL_FILE}")
+    print(
+        f"{out / bundle.ENTRY_POINT} and {out / bundle.ENVIRONMENT}; the model: fruits model compile "
+        f"--out {out / bundle.MODEL_DIR / bundle.MODEL_FILE}"
+    )
     return 0
 
 
@@ -524,12 +611,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--queue", help="default FRUITS_QUEUE or fruits-uploads")
     common.add_argument("--table-root", help="Delta tables root (s3a://... or a path); default s3a://<bucket>/tables")
     # -v after the subcommand too; SUPPRESS keeps a -v given before it (argparse would reset it).
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log at INFO, and show the traceback of an error")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log at INFO, and show the traceback of an error",
+    )
 
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log at INFO (the Lambda's JSON logs too), and show the traceback of an error")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at INFO (the Lambda's JSON logs too), and show the traceback of an error",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -560,8 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stream", parents=[common], help="run the featurizer stream")
     p.add_argument("--trigger", default="availableNow", help="availableNow, or a processing-time interval")
     p.add_argument("--weights", help="imagenet or a weights file; default FRUITS_WEIGHTS or imagenet")
-    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="if another stream holds the tables, wait this long for it instead of refusing")
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another stream holds the tables, wait this long for it instead of refusing",
+    )
     p.set_defaults(func=cmd_stream)
 
     pca_parser = sub.add_parser("pca", help="PCA over the features table")
@@ -570,37 +671,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_fraction, default=0.95, help="explained-variance threshold choosing k")
     p.add_argument("--k", type=_positive, help="fixed number of components instead of the threshold")
     p.add_argument("--full", action="store_true", help="recompute the statistics from every row")
-    p.add_argument("--reject-quantile", type=_quantile, metavar="Q",
-                   help="the classifier answers 'unknown' to this share of held-out reference photos (default: as "
-                        "the newest classifier, first 0.02); a new value fits a new classifier version")
+    p.add_argument(
+        "--reject-quantile",
+        type=_quantile,
+        metavar="Q",
+        help="the classifier answers 'unknown' to this share of held-out reference photos (default: as "
+        "the newest classifier, first 0.02); a new value fits a new classifier version",
+    )
     p.add_argument("--every", type=_seconds, metavar="MINUTES", help="keep running: refit every N minutes")
     p.add_argument("--min-new-rows", type=_positive, metavar="M", help="keep running: refit after M new rows")
     p.add_argument("--poll", type=_seconds, default=30.0, help="seconds between checks for new rows")
-    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="if another refit is running, wait this long for it instead of skipping")
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another refit is running, wait this long for it instead of skipping",
+    )
     p.set_defaults(func=cmd_pca_refit)
     p = pca_sub.add_parser("list", parents=[common], help="the PCA versions kept: k, variance, rows, when")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pca_list)
 
-    p = sub.add_parser("maintain", parents=[common],
-                       help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
-                            "(the stream maintains its own tables)")
-    p.add_argument("--retain-hours", type=_retention, default=VACUUM_RETAIN_HOURS,
-                   help=f"VACUUM of the PCA tables keeps files no version needs for this long, {VACUUM_RETAIN_HOURS} "
-                        "or more (default); the ledger keeps its own (30 days)")
-    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run")
+    p = sub.add_parser(
+        "maintain",
+        parents=[common],
+        help="delete the PCA tables' unneeded files (VACUUM), compact and sort the uploads ledger "
+        "(the stream maintains its own tables)",
+    )
+    p.add_argument(
+        "--retain-hours",
+        type=_retention,
+        default=VACUUM_RETAIN_HOURS,
+        help=f"VACUUM of the PCA tables keeps files no version needs for this long, {VACUUM_RETAIN_HOURS} "
+        "or more (default); the ledger keeps its own (30 days)",
+    )
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="if a refit is running, wait this long for it instead of leaving the PCA tables for the next run",
+    )
     p.set_defaults(func=cmd_maintain)
 
-    p = sub.add_parser("query", parents=[common],
-                       help="SQL over the tables features, quarantine, pca_models and the view features_pca")
+    p = sub.add_parser(
+        "query", parents=[common], help="SQL over the tables features, quarantine, pca_models and the view features_pca"
+    )
     p.add_argument("sql")
-    p.add_argument("--engine", choices=("spark", "duckdb"), default="spark",
-                   help="spark: Spark SQL (default); duckdb: JVM-free, delta-rs + DuckDB, for interactive use")
+    p.add_argument(
+        "--engine",
+        choices=("spark", "duckdb"),
+        default="spark",
+        help="spark: Spark SQL (default); duckdb: JVM-free, delta-rs + DuckDB, for interactive use",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--as-of-version", type=_whole(0), help="read the features table at this Delta version")
-    p.add_argument("--pca-version", type=_positive, help="the PCA version features_pca projects onto (default: the newest)")
+    p.add_argument(
+        "--pca-version", type=_positive, help="the PCA version features_pca projects onto (default: the newest)"
+    )
     p.set_defaults(func=cmd_query)
 
     lookup = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -608,36 +737,65 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("-k", type=_whole(1, 100), default=10, help="number of neighbours")
     lookup.add_argument("--weights", help="for a local image: the weights the table was featurized with")
     lookup.add_argument("--json", action="store_true")
-    sub.add_parser("similar", parents=[lookup], help="nearest images (cosine, the similarity index's PCA space)") \
-        .set_defaults(func=cmd_similar)
-    p = sub.add_parser("classify", parents=[lookup],
-                       help="what fruit is it: the classifier's answer (or unknown), candidates, nearest labelled rows")
-    p.add_argument("--classifier-version", type=_positive, help="answer with this classifier version (default: the newest)")
+    sub.add_parser(
+        "similar", parents=[lookup], help="nearest images (cosine, the similarity index's PCA space)"
+    ).set_defaults(func=cmd_similar)
+    p = sub.add_parser(
+        "classify",
+        parents=[lookup],
+        help="what fruit is it: the classifier's answer (or unknown), candidates, nearest labelled rows",
+    )
+    p.add_argument(
+        "--classifier-version", type=_positive, help="answer with this classifier version (default: the newest)"
+    )
     p.set_defaults(func=cmd_classify)
     classifier_parser = sub.add_parser("classifier", help="the label classifier the refit fits")
     classifier_sub = classifier_parser.add_subparsers(dest="classifier_command", required=True)
-    p = classifier_sub.add_parser("list", parents=[common],
-                                  help="the classifier versions kept: classes, reference rows, threshold, held-out metrics")
+    p = classifier_sub.add_parser(
+        "list",
+        parents=[common],
+        help="the classifier versions kept: classes, reference rows, threshold, held-out metrics",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classifier_list)
 
-    p = sub.add_parser("health", parents=[common],
-                       help="the pipeline at a glance: queues, waiting uploads, the stream, quarantines, latency, "
-                            "versions, leases; exits 1 on a problem")
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help="the pipeline at a glance: queues, waiting uploads, the stream, quarantines, latency, "
+        "versions, leases; exits 1 on a problem",
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--stale-after", type=_seconds, default=600.0, metavar="SECONDS",
-                   help="a problem when uploads wait and the stream has committed nothing for this long (default 600)")
-    p.add_argument("--max-dead-letters", type=_whole(0), default=0, metavar="N",
-                   help="a problem when the dead-letter queue holds more than this (default 0)")
+    p.add_argument(
+        "--stale-after",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="a problem when uploads wait and the stream has committed nothing for this long (default 600)",
+    )
+    p.add_argument(
+        "--max-dead-letters",
+        type=_whole(0),
+        default=0,
+        metavar="N",
+        help="a problem when the dead-letter queue holds more than this (default 0)",
+    )
     p.set_defaults(func=cmd_health)
 
-    p = sub.add_parser("serve", parents=[common],
-                       help="the HTTP API for the app's backend: classify a photo, an upload's status, similar images")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the HTTP API for the app's backend: classify a photo, an upload's status, similar images",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=_whole(0, 65535), default=8080, help="port to listen on (default 8080)")
     p.add_argument("--weights", help="the weights (or compiled .tflite) the table was featurized with")
-    p.add_argument("--max-body-bytes", type=_positive, default=None,
-                   help="refuse larger photos with 413 (default FRUITS_API_MAX_BODY_BYTES, 20 MiB)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=None,
+        help="refuse larger photos with 413 (default FRUITS_API_MAX_BODY_BYTES, 20 MiB)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", parents=[common], help="processed, quarantined, pending or unknown")
@@ -652,8 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the artifact to write, <name>.tflite (its .json goes beside it)")
     p.set_defaults(func=cmd_model_compile)
 
-    p = sub.add_parser("replay-dlq", parents=[common],
-                       help="move dead-lettered upload events back to the event queue, once their cause is fixed")
+    p = sub.add_parser(
+        "replay-dlq",
+        parents=[common],
+        help="move dead-lettered upload events back to the event queue, once their cause is fixed",
+    )
     p.add_argument("--max", type=_positive, default=None, help="move at most this many (default: all)")
     p.add_argument("--dry-run", action="store_true", help="list them only; move nothing")
     p.set_defaults(func=cmd_replay_dlq)
@@ -661,8 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/emr", help="folder to write (default: build/emr)")
     p.add_argument("--project", default=".", help="the project's root (default: .)")
     p.set_defaults(func=cmd_bundle)
-    p = sub.add_parser("deploy-artifacts", parents=[common],
-                       help="upload make emr-artifacts' bundle to s3://<FRUITS_BUCKET>/artifacts/, where the jobs run from")
+    p = sub.add_parser(
+        "deploy-artifacts",
+        parents=[common],
+        help="upload make emr-artifacts' bundle to s3://<FRUITS_BUCKET>/artifacts/, where the jobs run from",
+    )
     p.add_argument("--from", dest="source", default="build/emr", help="the bundle's folder (default: build/emr)")
     p.set_defaults(func=cmd_deploy_artifacts)
     sub.add_parser("jars", help="fetch the Delta and S3A jars once (make does this)").set_defaults(func=cmd_jars)
@@ -703,9 +867,9 @@ def main(argv: list[str] | None = None) -> None:
 # A set-up mistake rather than a bug: what to do about it, after the AWS SDK's own words.
 AWS_HINTS = {
     "NoCredentialsError": "set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) for AWS, or "
-                          "FRUITS_ENDPOINT_URL (--endpoint-url) for the local emulator",
+    "FRUITS_ENDPOINT_URL (--endpoint-url) for the local emulator",
     "EndpointConnectionError": "is the emulator running (fruits emulator), and FRUITS_ENDPOINT_URL (--endpoint-url) "
-                               "its address?",
+    "its address?",
 }
 
 

@@ -51,9 +51,10 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX, split_list
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fruits_ingest.config import APP_PREFIX, UPLOAD_PREFIX, split_list
 
 ENV_PREFIX = "FRUITS_"
 
@@ -135,8 +136,10 @@ class Settings(BaseSettings):
     def _renamed(cls, values: Any) -> Any:
         # A deployment that set the old variable would silently stop labelling its uploads.
         if os.environ.get("FRUITS_UPLOAD_PREFIX"):
-            raise ValueError("FRUITS_UPLOAD_PREFIX is gone: set FRUITS_REFERENCE_PREFIXES (labelled reference photos, "
-                             "comma-separated) and FRUITS_APP_PREFIX (the app's unlabelled photos) instead")
+            raise ValueError(
+                "FRUITS_UPLOAD_PREFIX is gone: set FRUITS_REFERENCE_PREFIXES (labelled reference photos, "
+                "comma-separated) and FRUITS_APP_PREFIX (the app's unlabelled photos) instead"
+            )
         return values
 
     @model_validator(mode="after")
@@ -145,10 +148,15 @@ class Settings(BaseSettings):
         root = self.table_root or f"s3a://{self.bucket}/tables"
         object.__setattr__(self, "table_root", root.rstrip("/"))
         prefixes = self.upload_prefixes
-        if not self.reference_prefixes or any(a != b and b.startswith(a) for a in prefixes for b in prefixes) \
-                or len(set(prefixes)) < len(prefixes):
-            raise ValueError(f"the reference prefixes {list(self.reference_prefixes)} and the app prefix "
-                             f"{self.app_prefix!r} must be at least one reference prefix, none inside another")
+        if (
+            not self.reference_prefixes
+            or any(a != b and b.startswith(a) for a in prefixes for b in prefixes)
+            or len(set(prefixes)) < len(prefixes)
+        ):
+            raise ValueError(
+                f"the reference prefixes {list(self.reference_prefixes)} and the app prefix "
+                f"{self.app_prefix!r} must be at least one reference prefix, none inside another"
+            )
         return self
 
     @property

@@ -106,8 +106,11 @@ def pending_uploads(settings: Settings, offset: int | None = None) -> int:
         offset = stream_offset(settings)
     after = -1 if offset is None else offset - 1
     history = ledger.history(limit=max(ledger.version() - after, 1))
-    return sum(int((h.get("operationMetrics") or {}).get("num_added_rows", 0))
-               for h in history if int(h["version"]) > after and h.get("operation") == "WRITE")
+    return sum(
+        int((h.get("operationMetrics") or {}).get("num_added_rows", 0))
+        for h in history
+        if int(h["version"]) > after and h.get("operation") == "WRITE"
+    )
 
 
 def stream_offset(settings: Settings) -> int | None:
@@ -141,8 +144,10 @@ def _written(settings: Settings, report: Report, now: dt.datetime) -> None:
         limit *= 4
     writes = [h for h in history if h.get("operation") == "WRITE" and int(h.get("timestamp", 0)) >= since_ms]
     rows = [(int(h["timestamp"]), int((h.get("operationMetrics") or {}).get("numOutputRows", 0))) for h in writes]
-    report.rows = {"last_hour": sum(n for t, n in rows if t >= (now - HOUR).timestamp() * 1000),
-                   "last_day": sum(n for _, n in rows)}
+    report.rows = {
+        "last_hour": sum(n for t, n in rows if t >= (now - HOUR).timestamp() * 1000),
+        "last_day": sum(n for _, n in rows),
+    }
     newest = next((h for h in history if h.get("operation") == "WRITE"), None)
     if newest is not None:
         at = dt.datetime.fromtimestamp(int(newest["timestamp"]) / 1000, dt.UTC)
@@ -150,8 +155,9 @@ def _written(settings: Settings, report: Report, now: dt.datetime) -> None:
         report.newest_commit_age_s = round((now - at).total_seconds(), 1)
 
 
-def _recent(settings: Settings, location: str, column: str, since: dt.datetime, columns: list[str],
-            now: dt.datetime) -> Any:
+def _recent(
+    settings: Settings, location: str, column: str, since: dt.datetime, columns: list[str], now: dt.datetime
+) -> Any:
     """``columns`` of the rows whose ``column`` is at or after ``since``, from the partitions of
     the days that can hold them (``event_date``, the upload's UTC day)."""
     days = {(since - DAY).date() + dt.timedelta(days=i) for i in range((now.date() - since.date()).days + 2)}
@@ -161,8 +167,7 @@ def _recent(settings: Settings, location: str, column: str, since: dt.datetime, 
 
 
 def _quarantined(settings: Settings, report: Report, now: dt.datetime) -> None:
-    found = _recent(settings, settings.quarantine_table, "quarantined_at", now - DAY, ["reason", "quarantined_at"],
-                    now)
+    found = _recent(settings, settings.quarantine_table, "quarantined_at", now - DAY, ["reason", "quarantined_at"], now)
     for window, since in (("last_hour", now - HOUR), ("last_day", now - DAY)):
         rows = found.filter(pc.field("quarantined_at") >= since)
         counts = rows.group_by("reason").aggregate([("reason", "count")]).to_pylist()
@@ -176,25 +181,36 @@ def _latency(settings: Settings, report: Report, now: dt.datetime) -> None:
     if found.num_rows:
         seconds = pc.divide(pc.cast(pc.subtract(found["ingested_at"], found["event_time"]), "int64"), 1e6)
         values = seconds.to_numpy(zero_copy_only=False)
-        report.latency_s = {"p50": round(float(np.percentile(values, 50)), 2),
-                            "p95": round(float(np.percentile(values, 95)), 2), "rows": int(found.num_rows)}
+        report.latency_s = {
+            "p50": round(float(np.percentile(values, 50)), 2),
+            "p95": round(float(np.percentile(values, 95)), 2),
+            "rows": int(found.num_rows),
+        }
 
 
 def _versions(settings: Settings, report: Report, now: dt.datetime) -> None:
-    for name, location, newest in (("pca", settings.pca_models_table, pca_registry.newest_version),
-                                   ("classifier", settings.classifiers_table, classifier_registry.newest_version)):
+    for name, location, newest in (
+        ("pca", settings.pca_models_table, pca_registry.newest_version),
+        ("classifier", settings.classifiers_table, classifier_registry.newest_version),
+    ):
         version = newest(settings)
         if version is None:
             continue
         row = versions_table.row(settings, location, version, ["version", "fitted_at"]) or {}
         fitted = row.get("fitted_at")
-        report.versions[name] = {"version": version, "fitted_at": str(fitted),
-                                 "age_s": round((now - fitted.replace(tzinfo=dt.UTC)).total_seconds())
-                                 if fitted else None}
+        report.versions[name] = {
+            "version": version,
+            "fitted_at": str(fitted),
+            "age_s": round((now - fitted.replace(tzinfo=dt.UTC)).total_seconds()) if fitted else None,
+        }
     manifest = read_manifest(settings)
     if manifest is not None:
-        report.versions["index"] = {"pca_version": manifest.pca_version, "rows": manifest.rows,
-                                    "features_version": manifest.features_version, "updated_at": manifest.updated_at}
+        report.versions["index"] = {
+            "pca_version": manifest.pca_version,
+            "rows": manifest.rows,
+            "features_version": manifest.features_version,
+            "updated_at": manifest.updated_at,
+        }
 
 
 def _leases(settings: Settings, report: Report, _: dt.datetime) -> None:
@@ -204,12 +220,16 @@ def _leases(settings: Settings, report: Report, _: dt.datetime) -> None:
 
 def _judge(report: Report, thresholds: Thresholds) -> None:
     if report.dead_letters is not None and report.dead_letters > thresholds.max_dead_letters:
-        report.problems.append(f"{report.dead_letters} upload event(s) in the dead-letter queue: see why with "
-                               "`fruits replay-dlq --dry-run`, fix the cause, then `fruits replay-dlq`")
+        report.problems.append(
+            f"{report.dead_letters} upload event(s) in the dead-letter queue: see why with "
+            "`fruits replay-dlq --dry-run`, fix the cause, then `fruits replay-dlq`"
+        )
     if report.pending_uploads:
         age = report.newest_commit_age_s
         if age is None or age > thresholds.stale_after_s:
             since = "has never committed" if age is None else f"last committed {age:.0f} s ago"
-            report.problems.append(f"{report.pending_uploads} upload(s) wait in the ledger and the stream {since} "
-                                   f"(over {thresholds.stale_after_s:g} s): is `fruits stream` running? (lease: "
-                                   f"{(report.leases.get('stream') or {}).get('owner', 'free')})")
+            report.problems.append(
+                f"{report.pending_uploads} upload(s) wait in the ledger and the stream {since} "
+                f"(over {thresholds.stale_after_s:g} s): is `fruits stream` running? (lease: "
+                f"{(report.leases.get('stream') or {}).get('owner', 'free')})"
+            )

@@ -49,8 +49,16 @@ class Progress:
     """One long piece of work: ``advance`` (or ``advance_to``) as items finish, ``stage`` as named
     steps start; a context manager that ends the bar or the lines."""
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "it", *, every: float = 30.0,
-                 detail: Callable[[], str] | None = None, file: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "it",
+        *,
+        every: float = 30.0,
+        detail: Callable[[], str] | None = None,
+        file: TextIO | None = None,
+    ) -> None:
         self.what, self.total, self.unit, self.every, self.detail = what, total, unit, every, detail
         self.file = file or sys.stderr
         self.done = 0
@@ -60,8 +68,11 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # tqdm only on a terminal: off one, its carriage returns would garble a log.
-        self._bar = (tqdm(total=total, desc=what, unit=unit, file=self.file, leave=False, dynamic_ncols=True)
-                     if every > 0 and _is_terminal(self.file) else None)
+        self._bar = (
+            tqdm(total=total, desc=what, unit=unit, file=self.file, leave=False, dynamic_ncols=True)
+            if every > 0 and _is_terminal(self.file)
+            else None
+        )
         self._redirect = logging_redirect_tqdm() if self._bar is not None else contextlib.nullcontext()
         self._ticker = threading.Thread(target=self._tick, name=f"progress-{what}", daemon=True)
 
@@ -71,8 +82,9 @@ class Progress:
             self._ticker.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._ticker.is_alive():
             self._ticker.join(timeout=5)  # a note's call can hang (a stuck JVM): not this exit too
@@ -132,8 +144,9 @@ class Progress:
         eta = tqdm.format_interval((self.total - self.done) / rate) if self.total and rate > 0 else "?"
         count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
         postfix = self._postfix()
-        return (f"{self.what}: {count} {self.unit} [{tqdm.format_interval(elapsed)}<{eta}, {rate:.1f} {self.unit}/s]"
-                + (f" {postfix}" if postfix else ""))
+        return f"{self.what}: {count} {self.unit} [{tqdm.format_interval(elapsed)}<{eta}, {rate:.1f} {self.unit}/s]" + (
+            f" {postfix}" if postfix else ""
+        )
 
     def _tick(self) -> None:
         last_line = time.monotonic()
@@ -174,8 +187,9 @@ def _is_terminal(file: TextIO) -> bool:
         return False
 
 
-def progress_for(settings: Settings, what: str, total: int | None, unit: str,
-             spark: SparkSession | None = None) -> Progress:
+def progress_for(
+    settings: Settings, what: str, total: int | None, unit: str, spark: SparkSession | None = None
+) -> Progress:
     """A ``Progress`` every ``settings.progress_seconds``; with ``spark``, noted with the Spark
     tasks running (``spark.session.running_tasks``)."""
     detail = None

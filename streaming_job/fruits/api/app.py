@@ -51,11 +51,21 @@ PHOTOS_AT_ONCE = 4  # per core: photos read and answered at once (a body may be 
 
 # The request body of POST /v1/classify as the OpenAPI page shows it (the handler reads it itself,
 # to refuse a body past the limit before reading it).
-_PHOTO_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
-    FORM: {"schema": {"type": "object", "required": [FILE_FIELD],
-                      "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
-}}}
+_PHOTO_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
+            FORM: {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
 _ERRORS = {
     400: "an empty body, or bytes that are no image the pipeline can decode (code: the pipeline's reason)",
     404: "a key the pipeline never saw",
@@ -85,16 +95,26 @@ def create_app(store: FeatureStore) -> FastAPI:
             log.warning("fruits serve: not ready yet: %s", "; ".join(ready.problems))
         yield
 
-    app = FastAPI(title="Fruits API", version=version(), lifespan=lifespan,
-                  description="What fruit a photo shows (or that it is none the classifier knows), where an "
-                              "upload is in the pipeline, and similar images. Errors are "
-                              '`{"error": {"code": ..., "message": ...}}`.')
+    app = FastAPI(
+        title="Fruits API",
+        version=version(),
+        lifespan=lifespan,
+        description="What fruit a photo shows (or that it is none the classifier knows), where an "
+        "upload is in the pipeline, and similar images. Errors are "
+        '`{"error": {"code": ..., "message": ...}}`.',
+    )
     errors.install(app)
 
-    @app.post("/v1/classify", response_model=Classification, openapi_extra=_PHOTO_BODY, tags=["photos"],
-              responses=_errors(400, 413, 415, 422, 503))
-    async def classify(request: Request, k: int = Query(5, ge=1, le=MAX_K, description="neighbours to return")
-                       ) -> Classification:
+    @app.post(
+        "/v1/classify",
+        response_model=Classification,
+        openapi_extra=_PHOTO_BODY,
+        tags=["photos"],
+        responses=_errors(400, 413, 415, 422, 503),
+    )
+    async def classify(
+        request: Request, k: int = Query(5, ge=1, le=MAX_K, description="neighbours to return")
+    ) -> Classification:
         """What fruit the photo shows: the body is the photo's bytes (`Content-Type: image/jpeg`,
         `image/png` or `image/webp`) or a multipart form with the photo in the field `file`."""
         async with photos:
@@ -102,8 +122,7 @@ def create_app(store: FeatureStore) -> FastAPI:
             return await run_in_threadpool(_classify, store, photo, k)
 
     @app.get("/v1/uploads/{key:path}", response_model=Upload, tags=["uploads"], responses=_errors(404, 503))
-    def upload(key: str = Path(description="the upload's key, URL-encoded (slashes as %2F or as they are)")
-               ) -> Upload:
+    def upload(key: str = Path(description="the upload's key, URL-encoded (slashes as %2F or as they are)")) -> Upload:
         """Where an upload is: processed (its row's label and the classifier's answer), quarantined
         (the reason), pending (recorded, not yet featurized) or skipped (not an image)."""
         try:
@@ -112,14 +131,17 @@ def create_app(store: FeatureStore) -> FastAPI:
             raise ApiError(503, "not_ready", _first_line(exc)) from None
 
     @app.get("/v1/similar/{key:path}", response_model=Similar, tags=["uploads"], responses=_errors(404, 422, 503))
-    def similar(key: str = Path(description="the upload's key, URL-encoded"),
-                k: int = Query(10, ge=1, le=MAX_K, description="neighbours to return")) -> Similar:
+    def similar(
+        key: str = Path(description="the upload's key, URL-encoded"),
+        k: int = Query(10, ge=1, le=MAX_K, description="neighbours to return"),
+    ) -> Similar:
         """The `k` rows nearest the upload's (cosine, in the similarity index's PCA space)."""
         try:
             found = store.similar(key, k)
         except UnknownKeyError:
-            raise ApiError(404, "unknown_key", f"{key} is not in the features table: GET /v1/uploads/{key} says "
-                                               "where it is") from None
+            raise ApiError(
+                404, "unknown_key", f"{key} is not in the features table: GET /v1/uploads/{key} says where it is"
+            ) from None
         except (LookupError, FileNotFoundError) as exc:
             raise ApiError(503, "index_unavailable", _first_line(exc)) from None
         except NoDirectionError as exc:
@@ -131,8 +153,12 @@ def create_app(store: FeatureStore) -> FastAPI:
         """The process answers (a liveness probe)."""
         return Health()
 
-    @app.get("/readyz", response_model=Readiness, tags=["operations"],
-             responses={503: {"model": Readiness, "description": "not ready: see problems"}})
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        tags=["operations"],
+        responses={503: {"model": Readiness, "description": "not ready: see problems"}},
+    )
     def readyz() -> Any:
         """Whether the model, a classifier and the features table are loaded or found (a
         readiness probe: 503 with the problems until they are)."""
@@ -156,8 +182,10 @@ def readiness(store: FeatureStore) -> Readiness:
         found = store.classifier()
         version = found.version
         if model_id is not None and found.feature_model_id != model_id:
-            problems.append(f"the classifier answers features of {found.feature_model_id}, but FRUITS_WEIGHTS are "
-                            f"{model_id}: set FRUITS_WEIGHTS to the weights the pipeline runs")
+            problems.append(
+                f"the classifier answers features of {found.feature_model_id}, but FRUITS_WEIGHTS are "
+                f"{model_id}: set FRUITS_WEIGHTS to the weights the pipeline runs"
+            )
     except Exception as exc:  # noqa: BLE001 - none yet, or the table unreadable (S3 denied, throttled)
         problems.append(_first_line(exc))
     try:
@@ -166,8 +194,9 @@ def readiness(store: FeatureStore) -> Readiness:
         pca_version = store.index_version()  # not needed to answer: the neighbours are left out without it
     except Exception as exc:  # noqa: BLE001
         problems.append(f"the tables at {store.settings.table_root} cannot be read: {_first_line(exc)}")
-    return Readiness(ready=not problems, model_id=model_id, classifier_version=version, pca_version=pca_version,
-                     problems=problems)
+    return Readiness(
+        ready=not problems, model_id=model_id, classifier_version=version, pca_version=pca_version, problems=problems
+    )
 
 
 def _classify(store: FeatureStore, photo: bytes, k: int) -> Classification:
@@ -175,19 +204,27 @@ def _classify(store: FeatureStore, photo: bytes, k: int) -> Classification:
         found: Suggestion = store.classify(photo, k=k)
     except ImageError as exc:
         too_large = exc.reason == Reason.TOO_LARGE  # FRUITS_MAX_IMAGE_BYTES below the API's own limit
-        raise ApiError(413 if too_large else 400, "too_large" if too_large else exc.reason.value,
-                       f"{exc}: send a JPEG, PNG or WebP photo (the pipeline would quarantine this one as "
-                       f"{exc.reason.value})") from None
+        raise ApiError(
+            413 if too_large else 400,
+            "too_large" if too_large else exc.reason.value,
+            f"{exc}: send a JPEG, PNG or WebP photo (the pipeline would quarantine this one as {exc.reason.value})",
+        ) from None
     except ModelMismatchError as exc:
         raise ApiError(503, "model_mismatch", _first_line(exc)) from None
     except (LookupError, FileNotFoundError) as exc:  # no classifier yet
         raise ApiError(503, "not_ready", _first_line(exc)) from None
     return Classification(
-        label=found.label, unknown=found.unknown, confidence=found.confidence, similarity=found.similarity,
-        threshold=found.threshold, candidates=[Candidate(label=c.label, score=c.similarity) for c in found.candidates],
+        label=found.label,
+        unknown=found.unknown,
+        confidence=found.confidence,
+        similarity=found.similarity,
+        threshold=found.threshold,
+        candidates=[Candidate(label=c.label, score=c.similarity) for c in found.candidates],
         neighbours=[Neighbour(key=n.key, label=n.label, distance=n.distance) for n in found.neighbours],
-        model_id=store.featurizer().model_id, classifier_version=found.classifier_version,
-        pca_version=found.pca_version)
+        model_id=store.featurizer().model_id,
+        classifier_version=found.classifier_version,
+        pca_version=found.pca_version,
+    )
 
 
 def _upload(status: Status) -> Upload:
@@ -195,10 +232,17 @@ def _upload(status: Status) -> Upload:
         raise ApiError(404, "unknown_key", f"the pipeline never saw {status.key}: {status.detail}")
     newest = max(status.rows, key=lambda r: r.get("ingested_at") or r.get("quarantined_at") or "", default={})
     reason = newest.get("reason") or (Reason.NOT_AN_IMAGE.value if status.state == "skipped" else None)
-    return Upload(key=status.key, state=status.state, label=newest.get("label"),
-                  suggested_label=newest.get("suggested_label"), confidence=newest.get("confidence"),
-                  unknown=newest.get("unknown"), reason=reason, ingested_at=newest.get("ingested_at"),
-                  detail=status.detail)
+    return Upload(
+        key=status.key,
+        state=status.state,
+        label=newest.get("label"),
+        suggested_label=newest.get("suggested_label"),
+        confidence=newest.get("confidence"),
+        unknown=newest.get("unknown"),
+        reason=reason,
+        ingested_at=newest.get("ingested_at"),
+        detail=status.detail,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

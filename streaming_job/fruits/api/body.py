@@ -30,9 +30,12 @@ async def read_photo(request: Request, limit: int) -> bytes:
     type, 400 for an empty body or a form without its ``file``)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in (*IMAGE_TYPES, FORM):
-        raise ApiError(415, "unsupported_media_type",
-                       f"got {media or 'no Content-Type'}: send the photo's bytes with Content-Type "
-                       f"{', '.join(IMAGE_TYPES)}, or a {FORM} form with the photo in the field '{FILE_FIELD}'")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"got {media or 'no Content-Type'}: send the photo's bytes with Content-Type "
+            f"{', '.join(IMAGE_TYPES)}, or a {FORM} form with the photo in the field '{FILE_FIELD}'",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number of bytes")
@@ -74,5 +77,7 @@ async def _form_file(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> str:
-    return (f"the photo is over the limit of {limit} bytes ({limit / 2**20:g} MiB; FRUITS_API_MAX_BODY_BYTES): "
-            "scale it down first (the model sees 224x224 pixels: about 1000 pixels a side loses nothing it uses)")
+    return (
+        f"the photo is over the limit of {limit} bytes ({limit / 2**20:g} MiB; FRUITS_API_MAX_BODY_BYTES): "
+        "scale it down first (the model sees 224x224 pixels: about 1000 pixels a side loses nothing it uses)"
+    )

@@ -37,8 +37,11 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
     hint = {404: "see /docs for the API's paths", 405: "see /docs for the methods each path takes"}
-    return response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                    f"{exc.detail}: {hint[exc.status_code]}" if exc.status_code in hint else str(exc.detail))
+    return response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        f"{exc.detail}: {hint[exc.status_code]}" if exc.status_code in hint else str(exc.detail),
+    )
 
 
 def _invalid(_: Request, exc: Exception) -> JSONResponse:
@@ -49,8 +52,11 @@ def _invalid(_: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     # The server logs the traceback (Starlette raises it on after this answer).
-    return response(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); it is logged, "
-                                           "and retrying later may succeed")
+    return response(
+        500,
+        "internal_error",
+        f"the server failed on this request ({type(exc).__name__}); it is logged, and retrying later may succeed",
+    )
 
 
 def install(app: FastAPI) -> None:

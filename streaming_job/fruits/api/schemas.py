@@ -9,8 +9,10 @@ from pydantic import BaseModel, Field
 
 class Candidate(BaseModel):
     label: str
-    score: float = Field(description="cosine similarity of the fruit's nearest reference prototype, 1 = same "
-                                     "direction (the first candidate is the vote's winner)")
+    score: float = Field(
+        description="cosine similarity of the fruit's nearest reference prototype, 1 = same "
+        "direction (the first candidate is the vote's winner)"
+    )
 
 
 class Neighbour(BaseModel):
@@ -22,8 +24,10 @@ class Neighbour(BaseModel):
 class Classification(BaseModel):
     label: str | None = Field(description="the fruit, or null when the photo resembles no reference photo enough")
     unknown: bool
-    confidence: float = Field(description="the vote winner's (the first candidate's) share of the nearest reference "
-                                          "prototypes' weighted vote, also when unknown")
+    confidence: float = Field(
+        description="the vote winner's (the first candidate's) share of the nearest reference "
+        "prototypes' weighted vote, also when unknown"
+    )
     similarity: float = Field(description="cosine similarity to the nearest reference prototype")
     threshold: float = Field(description="the classifier's: below it, the answer is unknown")
     candidates: list[Candidate] = Field(description="the best labels, also when unknown")
@@ -58,8 +62,9 @@ class Readiness(BaseModel):
     ready: bool = Field(description="the model, a classifier and the features table are loaded or found")
     model_id: str | None = None
     classifier_version: int | None = None
-    pca_version: int | None = Field(None, description="the similarity index's; null before it exists (answers then "
-                                                      "have no neighbours)")
+    pca_version: int | None = Field(
+        None, description="the similarity index's; null before it exists (answers then have no neighbours)"
+    )
     problems: list[str] = Field(default_factory=list, description="what is missing, and what makes it")
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
+
 from fruits_ingest.ledger import key_hash
 
 from ..config import Settings
@@ -58,8 +59,9 @@ HELD_OUT_ROWS = 2000
 HELD_OUT_CHUNK = 256  # held-out rows compared with every prototype at a time (bounds the fit's memory)
 MIN_REFERENCE_ROWS = 2  # leave-one-out needs another row
 # What the fit reads of a reference row.
-ROWS = pa.schema([("image_id", pa.string()), ("label", pa.string()), ("features", pa.list_(pa.float32())),
-                  ("model_id", pa.string())])
+ROWS = pa.schema(
+    [("image_id", pa.string()), ("label", pa.string()), ("features", pa.list_(pa.float32())), ("model_id", pa.string())]
+)
 COLUMNS = ROWS.names
 
 
@@ -94,7 +96,9 @@ class ClassifierUpdate:
 
 def check_quantile(reject_quantile: float | None) -> None:
     if reject_quantile is not None and not 0.0 <= reject_quantile < 1.0:
-        raise ValueError(f"a reject quantile is a share of the held-out reference rows, 0 <= q < 1, not {reject_quantile}")
+        raise ValueError(
+            f"a reject quantile is a share of the held-out reference rows, 0 <= q < 1, not {reject_quantile}"
+        )
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -112,8 +116,14 @@ def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None)
     names = np.array(rows.column("label").to_pylist())
     labels = np.array(sorted(set(base.labels) | set(names.tolist())))
     # The base's indexes name base.labels: mapped onto the merged list.
-    index = np.concatenate([np.searchsorted(labels, np.array(base.labels, dtype=labels.dtype))[base.label_index]
-                            if base.labels else np.zeros(0, np.int64), np.searchsorted(labels, names)])
+    index = np.concatenate(
+        [
+            np.searchsorted(labels, np.array(base.labels, dtype=labels.dtype))[base.label_index]
+            if base.labels
+            else np.zeros(0, np.int64),
+            np.searchsorted(labels, names),
+        ]
+    )
     hashes = np.concatenate([base.hashes, [key_hash(i) for i in rows.column("image_id").to_pylist()]]).astype(np.int64)
     # Once per image (a replayed row), then per label the smallest hashes.
     _, first = np.unique(hashes, return_index=True)
@@ -127,14 +137,24 @@ def sample(base: Reference | None, rows: pa.Table, per_class: int | None = None)
     # Unit length as the classifiers table keeps them (float16), then read back.
     vectors[~old] = _unit(_unit(new[kept[~old] - len(base.hashes)]).astype(np.float16).astype(np.float32))
     used, label_index = np.unique(index[kept], return_inverse=True)  # the labels that kept a prototype
-    return Reference(tuple(labels[used].tolist()), vectors, label_index.astype(np.int32), hashes[kept],
-                     base.rows_seen + rows.num_rows)
+    return Reference(
+        tuple(labels[used].tolist()),
+        vectors,
+        label_index.astype(np.int32),
+        hashes[kept],
+        base.rows_seen + rows.num_rows,
+    )
 
 
 def of(classifier: Classifier) -> Reference:
     """The sample behind ``classifier``."""
-    return Reference(classifier.labels, classifier.prototypes, classifier.prototype_labels,
-                     classifier.prototype_hashes, classifier.reference_rows)
+    return Reference(
+        classifier.labels,
+        classifier.prototypes,
+        classifier.prototype_labels,
+        classifier.prototype_hashes,
+        classifier.reference_rows,
+    )
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:
@@ -143,32 +163,56 @@ def _rank_within(groups: np.ndarray) -> np.ndarray:
     return np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
 
 
-def fit(reference: Reference, *, version: int, feature_model_id: str, source_table_version: int, table_id: str,
-        reject_quantile: float = REJECT_QUANTILE, k: int = VOTERS) -> Classifier:
+def fit(
+    reference: Reference,
+    *,
+    version: int,
+    feature_model_id: str,
+    source_table_version: int,
+    table_id: str,
+    reject_quantile: float = REJECT_QUANTILE,
+    k: int = VOTERS,
+) -> Classifier:
     """A classifier on ``reference`` (``MIN_REFERENCE_ROWS`` at least), its threshold and metrics
     from leave-one-out held-out rows."""
     held = np.argsort(reference.hashes, kind="stable")[:HELD_OUT_ROWS]
     voters = min(k, len(reference.hashes) - 1)
     best, right = np.empty(len(held)), 0
     for start in range(0, len(held), HELD_OUT_CHUNK):
-        part = held[start:start + HELD_OUT_CHUNK]
+        part = held[start : start + HELD_OUT_CHUNK]
         sims = reference.vectors[part] @ reference.vectors.T
         sims[np.arange(len(part)), part] = -np.inf  # itself left out
-        best[start:start + len(part)] = sims.max(axis=1)
+        best[start : start + len(part)] = sims.max(axis=1)
         for row, truth in zip(sims, reference.label_index[part]):
             right += int(vote(row, reference.label_index, voters, len(reference.labels)).argmax() == truth)
     threshold = float(np.quantile(best, reject_quantile))
     return Classifier(
-        version=version, feature_model_id=feature_model_id, labels=reference.labels, prototypes=reference.vectors,
-        prototype_labels=reference.label_index, prototype_hashes=reference.hashes, threshold=threshold, k=k,
-        reject_quantile=reject_quantile, reference_rows=reference.rows_seen, held_out_rows=len(held),
-        held_out_top1=right / len(held), held_out_rejected=float((best < threshold).mean()),
-        source_table_version=source_table_version, table_id=table_id,
+        version=version,
+        feature_model_id=feature_model_id,
+        labels=reference.labels,
+        prototypes=reference.vectors,
+        prototype_labels=reference.label_index,
+        prototype_hashes=reference.hashes,
+        threshold=threshold,
+        k=k,
+        reject_quantile=reject_quantile,
+        reference_rows=reference.rows_seen,
+        held_out_rows=len(held),
+        held_out_top1=right / len(held),
+        held_out_rejected=float((best < threshold).mean()),
+        source_table_version=source_table_version,
+        table_id=table_id,
     )
 
 
-def update(spark: SparkSession, settings: Settings, *, guard: Callable[[], None] | None = None,
-           rebuild: bool = False, reject_quantile: float | None = None) -> ClassifierUpdate:
+def update(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    guard: Callable[[], None] | None = None,
+    rebuild: bool = False,
+    reject_quantile: float | None = None,
+) -> ClassifierUpdate:
     """Bring the classifier up to the ``features`` table's newest version (see the module): the
     reference rows added since the last read, merged into the newest version's sample, fitted as
     a new version if the sample changed. ``rebuild``: from every reference row. ``reject_quantile``:
@@ -180,16 +224,26 @@ def update(spark: SparkSession, settings: Settings, *, guard: Callable[[], None]
     table = lake.delta_table(settings, settings.features_table)
     version, table_id = table.version(), table.metadata().id
     newest = registry.summary(settings)
-    quantile = reject_quantile if reject_quantile is not None else \
-        newest["reject_quantile"] if newest is not None else REJECT_QUANTILE
+    quantile = (
+        reject_quantile
+        if reject_quantile is not None
+        else newest["reject_quantile"]
+        if newest is not None
+        else REJECT_QUANTILE
+    )
     # The newest version's sample grows only on its own table (one made anew is another table).
     own = newest if newest is not None and newest["table_id"] == table_id and not rebuild else None
     current = newest["version"] if newest is not None else None
 
     def result(mode: str, reason: str, added: int = 0, new: Classifier | None = None) -> ClassifierUpdate:
-        return ClassifierUpdate(mode if current is not None or mode == "fitted" else "none",
-                                new.version if new is not None else current, new, added,
-                                time.perf_counter() - started, reason)
+        return ClassifierUpdate(
+            mode if current is not None or mode == "fitted" else "none",
+            new.version if new is not None else current,
+            new,
+            added,
+            time.perf_counter() - started,
+            reason,
+        )
 
     def mark(classifier_version: int | None) -> None:
         registry.write_progress(settings, registry.Progress(classifier_version or 0, version, table_id))
@@ -213,8 +267,10 @@ def update(spark: SparkSession, settings: Settings, *, guard: Callable[[], None]
         reference, model_ids = _sample_every_row(settings, table, spark)
         reason = "from every reference row"
     if len(model_ids) > 1:
-        raise ValueError(f"the reference rows mix feature models {sorted(model_ids)}; the classifier needs one. "
-                         "Re-featurize or filter first.")
+        raise ValueError(
+            f"the reference rows mix feature models {sorted(model_ids)}; the classifier needs one. "
+            "Re-featurize or filter first."
+        )
     added = reference.rows_seen - (base.rows_seen if base is not None else 0)
     if base is not None and not requantile and np.array_equal(reference.hashes, base.hashes):
         mark(own["version"])  # type: ignore[index]
@@ -222,19 +278,35 @@ def update(spark: SparkSession, settings: Settings, *, guard: Callable[[], None]
     if len(reference.hashes) < MIN_REFERENCE_ROWS:
         if reference.rows_seen == 0:  # nothing to keep: the next refit reads from here
             mark(None)
-        return result("none", f"{reference.rows_seen} reference row(s): a classifier needs {MIN_REFERENCE_ROWS} "
-                              f"(uploads under {', '.join(settings.reference_prefixes)})", added)
-    new = fit(reference, version=(current or 0) + 1,
-              feature_model_id=model_ids.pop() if model_ids else own["feature_model_id"],  # type: ignore[index]
-              source_table_version=version, table_id=table_id, reject_quantile=quantile)
+        return result(
+            "none",
+            f"{reference.rows_seen} reference row(s): a classifier needs {MIN_REFERENCE_ROWS} "
+            f"(uploads under {', '.join(settings.reference_prefixes)})",
+            added,
+        )
+    new = fit(
+        reference,
+        version=(current or 0) + 1,
+        feature_model_id=model_ids.pop() if model_ids else own["feature_model_id"],  # type: ignore[index]
+        source_table_version=version,
+        table_id=table_id,
+        reject_quantile=quantile,
+    )
     if guard is not None:
         guard()
     registry.commit(spark, settings, new)
     mark(new.version)
     done = result("fitted", reason, added, new)
-    log.info("classifier v%d (%s): %d classes, %d prototypes, threshold %.3f, held-out top-1 %.3f, %.1f s",
-             new.version, reason, len(new.labels), len(new.prototype_hashes), new.threshold, new.held_out_top1,
-             done.seconds)
+    log.info(
+        "classifier v%d (%s): %d classes, %d prototypes, threshold %.3f, held-out top-1 %.3f, %.1f s",
+        new.version,
+        reason,
+        len(new.labels),
+        len(new.prototype_hashes),
+        new.threshold,
+        new.held_out_top1,
+        done.seconds,
+    )
     return done
 
 
@@ -242,8 +314,11 @@ def _read_up_to(mark: registry.Progress | None, own: dict | None, table_id: str,
     """The features version the classifier has read up to on this table; None: read every
     reference row. ``own``: the newest version's summary, if it covers this table."""
     covered = own["source_table_version"] if own is not None else None
-    if mark is not None and mark.table_id == table_id \
-            and mark.classifier_version == (own["version"] if own is not None else 0):
+    if (
+        mark is not None
+        and mark.table_id == table_id
+        and mark.classifier_version == (own["version"] if own is not None else 0)
+    ):
         covered = max(mark.features_version, covered if covered is not None else -1)
     return covered if covered is not None and covered <= version else None
 

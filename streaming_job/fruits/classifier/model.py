@@ -105,11 +105,15 @@ class Classifier:
         winner = int(votes.argmax())
         best = np.maximum.reduceat(sims, self._starts)
         similarity = float(best.max())
-        others = [int(i) for i in np.argsort(-best, kind="stable") if i != winner][:CANDIDATES - 1]
+        others = [int(i) for i in np.argsort(-best, kind="stable") if i != winner][: CANDIDATES - 1]
         unknown = similarity < self.threshold
-        return Answer(label=None if unknown else self.labels[winner], unknown=bool(unknown),
-                      confidence=float(votes[winner] / votes.sum()), similarity=similarity,
-                      candidates=[Candidate(self.labels[i], float(best[i])) for i in (winner, *others)])
+        return Answer(
+            label=None if unknown else self.labels[winner],
+            unknown=bool(unknown),
+            confidence=float(votes[winner] / votes.sum()),
+            similarity=similarity,
+            candidates=[Candidate(self.labels[i], float(best[i])) for i in (winner, *others)],
+        )
 
     def answer_arrow(self, features: pa.Array, model_ids: pa.Array) -> pa.StructArray:
         """``ANSWER_TYPE`` per row: null for a row of another feature model (or without features)."""
@@ -126,19 +130,29 @@ class Classifier:
                 labels[row], confidence[row], unknown[row] = found.label, found.confidence, found.unknown
         return pa.StructArray.from_arrays(
             [pa.array(labels, pa.string()), pa.array(confidence, pa.float32()), pa.array(unknown, pa.bool_())],
-            fields=list(ANSWER_TYPE), mask=pa.array(~mine))
+            fields=list(ANSWER_TYPE),
+            mask=pa.array(~mine),
+        )
 
     def to_record(self) -> dict[str, Any]:
         """The ``classifiers`` table's row (``spark.schema.CLASSIFIERS``)."""
         return {
-            "version": self.version, "feature_model_id": self.feature_model_id, "labels": list(self.labels),
-            "dim": int(self.prototypes.shape[1]), "prototypes": self.prototypes.astype("<f2").tobytes(),
+            "version": self.version,
+            "feature_model_id": self.feature_model_id,
+            "labels": list(self.labels),
+            "dim": int(self.prototypes.shape[1]),
+            "prototypes": self.prototypes.astype("<f2").tobytes(),
             "prototype_labels": self.prototype_labels.astype("<i4").tobytes(),
             "prototype_hashes": self.prototype_hashes.astype("<i8").tobytes(),
-            "threshold": self.threshold, "k": self.k, "reject_quantile": self.reject_quantile,
-            "reference_rows": self.reference_rows, "held_out_rows": self.held_out_rows,
-            "held_out_top1": self.held_out_top1, "held_out_rejected": self.held_out_rejected,
-            "source_table_version": self.source_table_version, "table_id": self.table_id,
+            "threshold": self.threshold,
+            "k": self.k,
+            "reject_quantile": self.reject_quantile,
+            "reference_rows": self.reference_rows,
+            "held_out_rows": self.held_out_rows,
+            "held_out_top1": self.held_out_top1,
+            "held_out_rejected": self.held_out_rejected,
+            "source_table_version": self.source_table_version,
+            "table_id": self.table_id,
             "fitted_at": self.fitted_at,
         }
 
@@ -148,11 +162,20 @@ class Classifier:
         # Unit again after float16 storage.
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return cls(
-            version=r["version"], feature_model_id=r["feature_model_id"], labels=tuple(r["labels"]),
-            prototypes=vectors, prototype_labels=np.frombuffer(r["prototype_labels"], dtype="<i4").astype(np.int32),
+            version=r["version"],
+            feature_model_id=r["feature_model_id"],
+            labels=tuple(r["labels"]),
+            prototypes=vectors,
+            prototype_labels=np.frombuffer(r["prototype_labels"], dtype="<i4").astype(np.int32),
             prototype_hashes=np.frombuffer(r["prototype_hashes"], dtype="<i8").astype(np.int64),
-            threshold=r["threshold"], k=r["k"], reject_quantile=r["reject_quantile"],
-            reference_rows=r["reference_rows"], held_out_rows=r["held_out_rows"], held_out_top1=r["held_out_top1"],
-            held_out_rejected=r["held_out_rejected"], source_table_version=r["source_table_version"],
-            table_id=r["table_id"], fitted_at=r.get("fitted_at"),
+            threshold=r["threshold"],
+            k=r["k"],
+            reject_quantile=r["reject_quantile"],
+            reference_rows=r["reference_rows"],
+            held_out_rows=r["held_out_rows"],
+            held_out_top1=r["held_out_top1"],
+            held_out_rejected=r["held_out_rejected"],
+            source_table_version=r["source_table_version"],
+            table_id=r["table_id"],
+            fitted_at=r.get("fitted_at"),
         )

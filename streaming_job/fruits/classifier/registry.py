@@ -67,15 +67,27 @@ def summary(settings: Settings) -> dict[str, Any] | None:
 def classifier(settings: Settings, version: int | None = None) -> Classifier | None:
     """Classifier ``version`` (the newest when None), or None before the first fit. ``LookupError``
     for a version never fitted."""
-    found = versions_table.read(settings, settings.classifiers_table,
-                                newest_version(settings) if version is None else version, _never_fitted)
+    found = versions_table.read(
+        settings, settings.classifiers_table, newest_version(settings) if version is None else version, _never_fitted
+    )
     return None if found is None else Classifier.from_record(found)
 
 
 def versions(settings: Settings) -> list[dict[str, Any]]:
     """One line per version, oldest first: its classes, reference rows, threshold, held-out metrics."""
-    columns = ["version", "labels", "reference_rows", "threshold", "reject_quantile", "held_out_rows",
-               "held_out_top1", "held_out_rejected", "source_table_version", "fitted_at", "feature_model_id"]
+    columns = [
+        "version",
+        "labels",
+        "reference_rows",
+        "threshold",
+        "reject_quantile",
+        "held_out_rows",
+        "held_out_top1",
+        "held_out_rejected",
+        "source_table_version",
+        "fitted_at",
+        "feature_model_id",
+    ]
     rows = versions_table.listed(settings, settings.classifiers_table, columns)
     return [{**{k: v for k, v in r.items() if k != "labels"}, "classes": len(r["labels"])} for r in rows]
 
@@ -86,12 +98,15 @@ def commit(spark: SparkSession, settings: Settings, new: Classifier) -> None:
     from ..spark.schema import CLASSIFIERS
 
     record = {**new.to_record(), "fitted_at": new.fitted_at or dt.datetime.now(dt.UTC)}
-    versions_table.append(spark, settings.classifiers_table, pd.DataFrame([record]), CLASSIFIERS, TXN_APP_ID,
-                          new.version)
+    versions_table.append(
+        spark, settings.classifiers_table, pd.DataFrame([record]), CLASSIFIERS, TXN_APP_ID, new.version
+    )
     committed = versions_table.row(settings, settings.classifiers_table, new.version, ["prototype_hashes"])
     if committed is None or committed["prototype_hashes"] != record["prototype_hashes"]:
-        raise RuntimeError(f"classifier version {new.version} was committed by another refit meanwhile; this one "
-                           "wrote nothing. Run the refit again.")
+        raise RuntimeError(
+            f"classifier version {new.version} was committed by another refit meanwhile; this one "
+            "wrote nothing. Run the refit again."
+        )
 
 
 def read_progress(settings: Settings) -> Progress | None:

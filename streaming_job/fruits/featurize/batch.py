@@ -44,6 +44,7 @@ class BrokenModel(FloatingPointError):
 
 Columns = tuple[pd.Series, pd.Series, pd.Series, pd.Series]  # bucket, key, etag, version_id
 
+
 @functools.cache
 def _client(endpoint_url: str | None, region: str) -> Any:
     """One S3 client per Python worker and endpoint, kept across tasks (Spark reuses the workers):
@@ -51,7 +52,21 @@ def _client(endpoint_url: str | None, region: str) -> Any:
     return make_client("s3", endpoint_url, region, pool=2 * FETCH_THREADS)
 
 
-def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Iterable[Columns]) -> Iterator[pd.DataFrame]:
+def _load(client: Any, options: WorkerOptions, columns: Columns, i: int) -> np.ndarray | ImageError:
+    """The pixels of row ``i`` of ``columns`` (bucket, key, etag, version), or why there are none."""
+    buckets, keys, etags, versions = columns
+    try:
+        data = fetch(
+            client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i], max_bytes=options.max_image_bytes
+        )
+        return decode(data, max_bytes=options.max_image_bytes)
+    except ImageError as exc:
+        return exc
+
+
+def featurize_batches(
+    model: CompiledModel, options: WorkerOptions, batches: Iterable[Columns]
+) -> Iterator[pd.DataFrame]:
     """One ``features | reason | error`` frame per input batch, rows in input order.
 
     Threads fetch and decode the next images while the model runs on the current chunk of
@@ -60,20 +75,12 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
     featurizer = get_featurizer(model, options.model_threads)
     client = _client(options.endpoint_url, options.region)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        for buckets, keys, etags, versions in batches:
-            n = len(keys)
+        for columns in batches:
+            n = len(columns[1])
             features: list[Any] = [None] * n
             reasons: list[str | None] = [None] * n
             errors: list[str | None] = [None] * n
-
-            def load(i: int) -> np.ndarray | ImageError:
-                try:
-                    data = fetch(client, buckets.iat[i], keys.iat[i], etags.iat[i], versions.iat[i],
-                                 max_bytes=options.max_image_bytes)
-                    return decode(data, max_bytes=options.max_image_bytes)
-                except ImageError as exc:
-                    return exc
-
+            load = functools.partial(_load, client, options, columns)
             rows: list[int] = []
             pixels: list[np.ndarray] = []
             for i, result in enumerate(prefetched(load, n, pool, ahead=2 * options.batch_size)):
@@ -86,8 +93,10 @@ def featurize_batches(model: CompiledModel, options: WorkerOptions, batches: Ite
                     vectors = featurizer(np.stack(pixels))
                     if not np.isfinite(vectors).all():
                         # A bad model, not bad images: fail the task (then the batch) before any write.
-                        raise BrokenModel("the model put out NaN or infinite features for valid images: "
-                                                 "check its weights (fruits model compile refuses broken ones)")
+                        raise BrokenModel(
+                            "the model put out NaN or infinite features for valid images: "
+                            "check its weights (fruits model compile refuses broken ones)"
+                        )
                     for row, vector in zip(rows, vectors):
                         features[row] = vector
                     rows, pixels = [], []

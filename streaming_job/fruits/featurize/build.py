@@ -45,8 +45,10 @@ class WeightsBlob:
         return f"{ARCHITECTURE}:{self.sha256}"
 
 
-_NO_TENSORFLOW = ("building the model from weights needs TensorFlow and Keras: pip install 'fruits-pipeline[model]', "
-                  "or set FRUITS_WEIGHTS to a compiled model (`fruits model compile --out model.tflite` where they are)")
+_NO_TENSORFLOW = (
+    "building the model from weights needs TensorFlow and Keras: pip install 'fruits-pipeline[model]', "
+    "or set FRUITS_WEIGHTS to a compiled model (`fruits model compile --out model.tflite` where they are)"
+)
 
 
 def _keras() -> Any:
@@ -98,8 +100,10 @@ def keras_model(blob: WeightsBlob) -> Any:
         )
     broken = [w.path for w in model.weights if not np.isfinite(np.asarray(w.numpy())).all()]
     if broken:
-        raise ValueError(f"weights {blob.name} hold NaN or infinite values ({', '.join(broken[:3])}"
-                         f"{', ...' if len(broken) > 3 else ''}): the file is corrupt; use imagenet or a good copy")
+        raise ValueError(
+            f"weights {blob.name} hold NaN or infinite values ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}): the file is corrupt; use imagenet or a good copy"
+        )
     return model
 
 
@@ -145,5 +149,3 @@ def compile_model(blob: WeightsBlob) -> CompiledModel:
             converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], infer)
             compiled = _COMPILED[blob.sha256] = CompiledModel(blob.model_id, converter.convert())
     return compiled
-
-

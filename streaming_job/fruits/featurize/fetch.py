@@ -83,9 +83,23 @@ class S3Unavailable(Exception):
 
 # Client errors that a later attempt can fix (S3's throttling and timeouts); any 5xx is too.
 # Expired or refreshing credentials are the job's, not the object's: retried, never quarantined.
-TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                             "TooManyRequestsException", "InternalError", "ServiceUnavailable", "429",
-                             "ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "TooManyRequestsException",
+        "InternalError",
+        "ServiceUnavailable",
+        "429",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
+        "RequestExpired",
+    }
+)
 
 
 def transient(exc: ClientError) -> bool:
@@ -117,8 +131,16 @@ def read_bounded(response: dict[str, Any], max_bytes: int | None, where: str) ->
     raise ImageError(Reason.TOO_LARGE, f"{where} has {size} bytes, over the limit of {max_bytes}: not read")
 
 
-def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str | None,
-          patience: float | None = None, outage: Outage = OUTAGE, max_bytes: int | None = None) -> bytes:
+def fetch(
+    client: Any,
+    bucket: str,
+    key: str,
+    etag: str | None,
+    version_id: str | None,
+    patience: float | None = None,
+    outage: Outage = OUTAGE,
+    max_bytes: int | None = None,
+) -> bytes:
     """The bytes of the key's current object, if it is still the one the event announced;
     ``ImageError`` if it is gone, was replaced since, is over ``max_bytes``, or cannot be asked for.
 
@@ -141,8 +163,11 @@ def fetch(client: Any, bucket: str, key: str, etag: str | None, version_id: str 
             response = client.get_object(**args)
             if not etag and version_id and response.get("VersionId") not in (None, version_id):
                 response["Body"].close()
-                raise ImageError(Reason.CHANGED, f"{where} was overwritten since the event (version {version_id}); "
-                                                 "the newer upload has its own event")
+                raise ImageError(
+                    Reason.CHANGED,
+                    f"{where} was overwritten since the event (version {version_id}); "
+                    "the newer upload has its own event",
+                )
             data = read_bounded(response, max_bytes, where)
             outage.ended()
             return data

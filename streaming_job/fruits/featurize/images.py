@@ -95,5 +95,5 @@ def decode(data: bytes, max_bytes: int | None = None, size: int = IMAGE_SIZE) ->
         raise ImageError(Reason.TRUNCATED, f"cannot decode: {exc}") from exc
     except MemoryError:
         raise  # this worker's memory, not the image's fault: the task fails and is retried
-    except Exception as exc:  # noqa: BLE001 - any other decoder failure is this upload's, not the batch's
+    except Exception as exc:
         raise ImageError(Reason.DECODER_ERROR, f"the decoder raised {type(exc).__name__}: {exc}") from exc

@@ -58,8 +58,12 @@ class CompiledModel:
             raise ValueError(f"a compiled model is a {COMPILED_SUFFIX} file, not {path.name}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.data)
-        identity = {"model_id": self.model_id, "sha256": hashlib.sha256(self.data).hexdigest(),
-                    "feature_dim": FEATURE_DIM, "image_size": IMAGE_SIZE}
+        identity = {
+            "model_id": self.model_id,
+            "sha256": hashlib.sha256(self.data).hexdigest(),
+            "feature_dim": FEATURE_DIM,
+            "image_size": IMAGE_SIZE,
+        }
         path.with_suffix(".json").write_text(json.dumps(identity, indent=2) + "\n")
         return path
 
@@ -68,8 +72,10 @@ class CompiledModel:
         """A model ``save`` wrote; refuses a file that is not the one its ``.json`` describes."""
         identity_file = path.with_suffix(".json")
         if not path.is_file() or not identity_file.is_file():
-            raise FileNotFoundError(f"compiled model {path} (and {identity_file.name} beside it) not found; "
-                                    "write it with `fruits model compile --out <file>.tflite`")
+            raise FileNotFoundError(
+                f"compiled model {path} (and {identity_file.name} beside it) not found; "
+                "write it with `fruits model compile --out <file>.tflite`"
+            )
         data, identity = path.read_bytes(), json.loads(identity_file.read_text())
         if identity.get("sha256") != hashlib.sha256(data).hexdigest():
             raise ValueError(f"{path} is not the model {identity_file.name} describes; compile it again")

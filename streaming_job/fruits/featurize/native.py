@@ -22,14 +22,24 @@ import tempfile
 from collections.abc import Iterator
 
 # Start-up notices of TensorFlow, XLA and LiteRT on a machine without a GPU.
-NOISE = re.compile("|".join([
-    r"oneDNN custom operations are on", r"Could not find cuda drivers", r"failed call to cuInit",
-    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"Created TensorFlow Lite XNNPACK delegate for CPU", r"Unable to register cu(DNN|FFT|BLAS) factory",
-    r"TF-TRT Warning", r"This TensorFlow binary is optimized to use available CPU instructions",
-    r"To enable the following instructions", r"computation placer already registered",
-    r"cudart_stub\.cc", r"cuda_(platform|executor|dnn|fft|blas)\.cc",
-]))
+NOISE = re.compile(
+    "|".join(
+        [
+            r"oneDNN custom operations are on",
+            r"Could not find cuda drivers",
+            r"failed call to cuInit",
+            r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+            r"Created TensorFlow Lite XNNPACK delegate for CPU",
+            r"Unable to register cu(DNN|FFT|BLAS) factory",
+            r"TF-TRT Warning",
+            r"This TensorFlow binary is optimized to use available CPU instructions",
+            r"To enable the following instructions",
+            r"computation placer already registered",
+            r"cudart_stub\.cc",
+            r"cuda_(platform|executor|dnn|fft|blas)\.cc",
+        ]
+    )
+)
 
 
 @contextlib.contextmanager
@@ -49,8 +59,11 @@ def filtered_stderr() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
-                    if not NOISE.search(line)]
+            kept = [
+                line
+                for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                if not NOISE.search(line)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

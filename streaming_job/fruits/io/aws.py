@@ -19,14 +19,23 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
 from fruits_ingest.config import RETRIES
 from fruits_ingest.runner import queue_depth
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["client", "emulator_credentials", "is_s3", "make_client", "queue_depth", "queue_url", "split_s3_uri",
-           "write_bytes"]
+__all__ = [
+    "client",
+    "emulator_credentials",
+    "is_s3",
+    "make_client",
+    "queue_depth",
+    "queue_url",
+    "split_s3_uri",
+    "write_bytes",
+]
 
 # What moto accepts; used only against an endpoint, when the environment names no credentials.
 _PLACEHOLDER = ("testing", "testing")
@@ -34,8 +43,10 @@ _PLACEHOLDER = ("testing", "testing")
 
 def emulator_credentials() -> tuple[str, str]:
     """The access key and secret for an emulator endpoint: the environment's, else placeholders."""
-    return (os.environ.get("AWS_ACCESS_KEY_ID", _PLACEHOLDER[0]),
-            os.environ.get("AWS_SECRET_ACCESS_KEY", _PLACEHOLDER[1]))
+    return (
+        os.environ.get("AWS_ACCESS_KEY_ID", _PLACEHOLDER[0]),
+        os.environ.get("AWS_SECRET_ACCESS_KEY", _PLACEHOLDER[1]),
+    )
 
 
 def make_client(service: str, endpoint_url: str | None, region: str, pool: int = 10) -> Any:
@@ -44,8 +55,13 @@ def make_client(service: str, endpoint_url: str | None, region: str, pool: int =
     if endpoint_url:
         key, secret = emulator_credentials()
         credentials = {"aws_access_key_id": key, "aws_secret_access_key": secret}
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url,
-                        config=Config(retries=dict(RETRIES), max_pool_connections=pool), **credentials)
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(retries=dict(RETRIES), max_pool_connections=pool),
+        **credentials,
+    )
 
 
 def client(service: str, settings: Settings) -> Any:

@@ -60,8 +60,13 @@ def commits(table: DeltaTable, after: int, upto: int) -> list[Commit] | None:
     if upto <= after:
         return []
     found = [
-        Commit(int(h["version"]), int(h.get("timestamp", 0)), str(h.get("operation", "")),
-               bool(h.get("isBlindAppend", False)), dict(h.get("operationMetrics") or {}))
+        Commit(
+            int(h["version"]),
+            int(h.get("timestamp", 0)),
+            str(h.get("operation", "")),
+            bool(h.get("isBlindAppend", False)),
+            dict(h.get("operationMetrics") or {}),
+        )
         for h in table.history(limit=table.version() - after)
         if after < int(h["version"]) <= upto
     ]
@@ -85,7 +90,11 @@ def followable(found: list[Commit] | None) -> bool:
 
 
 def appended_rows(
-    settings: Settings, location: str, after: int, upto: int, columns: list[str],
+    settings: Settings,
+    location: str,
+    after: int,
+    upto: int,
+    columns: list[str],
     table: DeltaTable | None = None,
 ) -> pa.Table | None:
     """The ``columns`` of the rows that commits ``after + 1 .. upto`` added; None when those
@@ -103,8 +112,9 @@ def rows_of(table: DeltaTable, found: list[Commit], columns: list[str]) -> pa.Ta
     parts = []
     for start, end in _ranges([c.version for c in found]):
         try:
-            changes = pa.table(table.load_cdf(starting_version=start, ending_version=end,
-                                              columns=[*columns, CHANGE_TYPE]))
+            changes = pa.table(
+                table.load_cdf(starting_version=start, ending_version=end, columns=[*columns, CHANGE_TYPE])
+            )
         except DeltaError as exc:
             log.info("no change data for commits %d..%d (%s)", start, end, exc)
             return None

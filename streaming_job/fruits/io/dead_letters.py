@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
+
 from fruits_ingest.events import announced
 
 from ..config import Settings
@@ -65,9 +66,13 @@ def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) 
     try:
         while limit is None or len(done) < limit:
             want = 10 if limit is None else min(10, limit - len(done))
-            messages = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=want, WaitTimeSeconds=1,
-                                           VisibilityTimeout=30, AttributeNames=["ApproximateReceiveCount"]
-                                           ).get("Messages", [])
+            messages = sqs.receive_message(
+                QueueUrl=source,
+                MaxNumberOfMessages=want,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=30,
+                AttributeNames=["ApproximateReceiveCount"],
+            ).get("Messages", [])
             fresh = [m for m in messages if m["MessageId"] not in seen]
             if not fresh:
                 break
@@ -85,8 +90,14 @@ def replay(settings: Settings, limit: int | None = None, dry_run: bool = False) 
                     except (BotoCoreError, ClientError) as exc:  # left in place: visible again after 30 s
                         # Sent but not deleted: it will be replayed twice, which the pipeline absorbs.
                         error = f"{'sent, but not deleted: ' if sent else ''}{type(exc).__name__}: {exc}"
-                done.append(Replayed(message["MessageId"], int(message["Attributes"]["ApproximateReceiveCount"]),
-                                     _summary(message["Body"]), error))
+                done.append(
+                    Replayed(
+                        message["MessageId"],
+                        int(message["Attributes"]["ApproximateReceiveCount"]),
+                        _summary(message["Body"]),
+                        error,
+                    )
+                )
     finally:  # a dry run leaves nothing hidden, even when it fails half-way
         for handle in looked_at:
             sqs.change_message_visibility(QueueUrl=source, ReceiptHandle=handle, VisibilityTimeout=0)

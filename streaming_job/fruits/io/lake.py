@@ -46,8 +46,12 @@ def storage_options(settings: Settings) -> dict[str, str]:
     options = {"AWS_REGION": settings.region}
     if settings.endpoint_url:
         key, secret = aws.emulator_credentials()
-        options.update(AWS_ENDPOINT_URL=settings.endpoint_url, AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID=key,
-                       AWS_SECRET_ACCESS_KEY=secret)
+        options.update(
+            AWS_ENDPOINT_URL=settings.endpoint_url,
+            AWS_ALLOW_HTTP="true",
+            AWS_ACCESS_KEY_ID=key,
+            AWS_SECRET_ACCESS_KEY=secret,
+        )
     return options
 
 
@@ -88,12 +92,14 @@ def dataset(settings: Settings, location: str, version: int | None = None) -> Sn
     return Snapshot(as_dataset(settings, location, table), table.version())
 
 
-def as_dataset(settings: Settings, location: str, table: DeltaTable,
-               files: list[tuple[str, str, Any]] | None = None) -> ds.Dataset:
+def as_dataset(
+    settings: Settings, location: str, table: DeltaTable, files: list[tuple[str, str, Any]] | None = None
+) -> ds.Dataset:
     """``table`` as a pyarrow dataset; ``files``: delta-rs tuple filters that select the files (exactly
     on partition columns, by their min/max statistics on others: a superset of the matching files)."""
-    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(path_in(location), filesystem(settings)),
-                                    file_pruning_predicate=files)
+    return table.to_pyarrow_dataset(
+        filesystem=pa_fs.SubTreeFileSystem(path_in(location), filesystem(settings)), file_pruning_predicate=files
+    )
 
 
 def filesystem(settings: Settings) -> pa_fs.FileSystem:
@@ -106,9 +112,11 @@ def filesystem(settings: Settings) -> pa_fs.FileSystem:
         return pa_fs.LocalFileSystem()
     options = storage_options(settings)
     return pa_fs.S3FileSystem(
-        region=settings.region, endpoint_override=settings.endpoint_url,
+        region=settings.region,
+        endpoint_override=settings.endpoint_url,
         scheme="http" if (settings.endpoint_url or "").startswith("http://") else "https",
-        access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+        access_key=options.get("AWS_ACCESS_KEY_ID"),
+        secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
     )
 
 
@@ -128,8 +136,9 @@ def plain_files(table: DeltaTable) -> bool:
     return not {"deletionVectors", "columnMapping"} & set(protocol.reader_features or [])
 
 
-def batches(settings: Settings, location: str, table: DeltaTable, columns: list[str],
-            spark: SparkSession | None = None) -> Iterator[pa.RecordBatch]:
+def batches(
+    settings: Settings, location: str, table: DeltaTable, columns: list[str], spark: SparkSession | None = None
+) -> Iterator[pa.RecordBatch]:
     """The ``columns`` of ``table``'s rows (as loaded) a batch at a time; through Spark, all at
     once, for a table with deletion vectors or column mapping (Arrow reads files, which would bring
     deleted rows back)."""
@@ -137,12 +146,15 @@ def batches(settings: Settings, location: str, table: DeltaTable, columns: list[
         yield from as_dataset(settings, location, table).to_batches(columns=columns, batch_size=8192)
         return
     if spark is None:
-        raise LookupError(f"the table {location} has deletion vectors or column mapping: only a job with Spark "
-                          "(the refit) can read it whole")
+        raise LookupError(
+            f"the table {location} has deletion vectors or column mapping: only a job with Spark "
+            "(the refit) can read it whole"
+        )
     from ..spark import tables
 
-    yield from tables.read(spark, location, version=table.version()).select(*columns).toArrow() \
-        .to_batches(max_chunksize=8192)
+    yield from (
+        tables.read(spark, location, version=table.version()).select(*columns).toArrow().to_batches(max_chunksize=8192)
+    )
 
 
 @dataclass(frozen=True)
@@ -156,8 +168,9 @@ class TableFiles(NamedTuple):
     version: int
 
 
-def table_files(settings: Settings, location: str, version: int | None = None,
-                table: DeltaTable | None = None) -> TableFiles | None:
+def table_files(
+    settings: Settings, location: str, version: int | None = None, table: DeltaTable | None = None
+) -> TableFiles | None:
     """The table's data files at ``version`` (or the newest), or those of ``table`` as loaded, and
     that version; None when its rows are not just its files' rows (deletion vectors, column mapping)."""
     table = table or delta_table(settings, location, version)

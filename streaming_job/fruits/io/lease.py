@@ -63,7 +63,7 @@ def _now() -> float:
 
 
 def _stamp(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 # A holder stops counting on its lease this far into the ttl without a renewal: a margin for the
@@ -91,8 +91,14 @@ class Lease:
 
     def _body(self) -> bytes:
         now = _now()
-        return json.dumps({"owner": self.owner, "acquired": _stamp(now), "expires": now + self.ttl,
-                           "expires_at": _stamp(now + self.ttl)}).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "acquired": _stamp(now),
+                "expires": now + self.ttl,
+                "expires_at": _stamp(now + self.ttl),
+            }
+        ).encode()
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
         """The current holder and the token a conditional write must name (None, None when free)."""
@@ -117,8 +123,12 @@ class Lease:
         found, _ = self._read()
         if found is None:
             return None
-        return {"owner": found.get("owner"), "acquired": found.get("acquired"), "expires_at": found.get("expires_at"),
-                "expired": float(found.get("expires", 0)) < _now()}
+        return {
+            "owner": found.get("owner"),
+            "acquired": found.get("acquired"),
+            "expires_at": found.get("expires_at"),
+            "expired": float(found.get("expires", 0)) < _now(),
+        }
 
     def _write_if(self, expected: str | None, body: bytes | None) -> str | None:
         """Write ``body`` (None: delete) if the lease is still ``expected`` (None: absent); the new
@@ -160,8 +170,12 @@ class Lease:
             holder, token = self._read()
             if holder is None or holder["expires"] < _now():
                 if holder is not None:
-                    log.warning("taking over the expired %s lease of %s (expired %s)", self.name, holder["owner"],
-                                holder["expires_at"])
+                    log.warning(
+                        "taking over the expired %s lease of %s (expired %s)",
+                        self.name,
+                        holder["owner"],
+                        holder["expires_at"],
+                    )
                 with contextlib.suppress(LeaseHeld):  # another contender won: look again
                     self._write(token)
                     self._lost = None
@@ -171,7 +185,8 @@ class Lease:
                 raise LeaseHeld(
                     f"another {self.name} holds the tables under {self.settings.table_root}: {holder['owner']}, "
                     f"until {holder['expires_at']} unless it renews. Stop it first, or wait for it (--wait); a "
-                    f"crashed one's lease expires within {self.ttl:.0f} s")
+                    f"crashed one's lease expires within {self.ttl:.0f} s"
+                )
             time.sleep(min(2.0, max(0.1, deadline - _now())))
 
     def _write(self, expected: str | None) -> None:
@@ -202,8 +217,10 @@ class Lease:
     def check(self) -> None:
         """Raise ``LeaseLost`` if this process no longer holds the lease."""
         if not self._lost and time.monotonic() > self._valid_until:
-            self._lost = (f"the {self.name} lease expired without a renewal for {TRUSTED_SHARE * self.ttl:.0f} s "
-                          "(S3 unreachable or throttled?): another process may hold it now")
+            self._lost = (
+                f"the {self.name} lease expired without a renewal for {TRUSTED_SHARE * self.ttl:.0f} s "
+                "(S3 unreachable or throttled?): another process may hold it now"
+            )
         if self._lost:
             raise LeaseLost(self._lost)
 
@@ -242,6 +259,7 @@ class Lease:
     def __enter__(self) -> Lease:
         return self if self._etag is not None else self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

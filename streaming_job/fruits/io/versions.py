@@ -62,13 +62,17 @@ def row(settings: Settings, location: str, version: int, columns: list[str] | No
     loaded = table(settings, location)
     if loaded is None:
         return None
-    rows = lake.as_dataset(settings, location, loaded, files=[("version", "=", version)]) \
-        .to_table(columns=columns, filter=pc.field("version") == version).to_pylist()
+    rows = (
+        lake.as_dataset(settings, location, loaded, files=[("version", "=", version)])
+        .to_table(columns=columns, filter=pc.field("version") == version)
+        .to_pylist()
+    )
     return rows[0] if rows else None
 
 
-def read(settings: Settings, location: str, version: int | None,
-         never_fitted: Callable[[int], LookupError]) -> dict[str, Any] | None:
+def read(
+    settings: Settings, location: str, version: int | None, never_fitted: Callable[[int], LookupError]
+) -> dict[str, Any] | None:
     """Version ``version``'s row (None for None: the table holds no version yet, as its registry's
     newest says); ``never_fitted(version)`` is raised for a version the table does not hold."""
     if version is None:
@@ -110,10 +114,12 @@ def listed(settings: Settings, location: str, columns: list[str]) -> list[dict[s
     return sorted(rows, key=lambda r: r["version"])
 
 
-def append(spark: SparkSession, location: str, frame: pd.DataFrame, schema: StructType, txn_app_id: str,
-           version: int) -> None:
+def append(
+    spark: SparkSession, location: str, frame: pd.DataFrame, schema: StructType, txn_app_id: str, version: int
+) -> None:
     """Append ``frame`` (one version's row) at most once: Delta skips an append whose ``txnVersion``
     is not above the highest committed for ``txn_app_id``. The caller reads the version back to
     learn whether the row is its own."""
-    spark.createDataFrame(frame, schema).write.format("delta").mode("append") \
-        .option("txnAppId", txn_app_id).option("txnVersion", version).save(location)
+    spark.createDataFrame(frame, schema).write.format("delta").mode("append").option("txnAppId", txn_app_id).option(
+        "txnVersion", version
+    ).save(location)

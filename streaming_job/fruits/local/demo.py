@@ -59,7 +59,9 @@ def run(
         kept_back = {label: path for label, path in everything}
         app_photos = [(label, kept_back[label]) for label in sorted(kept_back)[::APP_EVERY]]
         files = [image for image in everything if image not in app_photos]
-        done = _step(f"uploading {len(files)} labelled reference photos ({settings.reference_prefixes[0]}<Class Name>/<file>)")
+        done = _step(
+            f"uploading {len(files)} labelled reference photos ({settings.reference_prefixes[0]}<Class Name>/<file>)"
+        )
         with progress_for(settings, "upload", len(files), "image") as bar:
             upload.upload_images(settings, files, on_progress=lambda done, _: bar.advance_to(done))
         done(f"{len(files)} uploads")
@@ -74,45 +76,69 @@ def run(
             fit = refit.refit(spark, settings, on_step=bar.stage)
         model = fit.model
         kept = model.explained_variance_ratio[: model.k].sum()
-        done(f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, {model.row_count} rows")
+        done(
+            f"version {model.version}: k={model.k} components explain {kept:.1%} of the variance, "
+            f"{model.row_count} rows"
+        )
         for uri in fit.plots:
             print(f"    plot: {uri}")
         if fit.index is not None and fit.index.manifest is not None:
-            print(f"    similarity index: {fit.index.mode}, {fit.index.manifest.rows} rows "
-                  f"({settings.table_root}/similarity)")
+            print(
+                f"    similarity index: {fit.index.mode}, {fit.index.manifest.rows} rows "
+                f"({settings.table_root}/similarity)"
+            )
         if fit.classifier is not None and (c := fit.classifier.classifier) is not None:
-            print(f"    classifier: version {c.version}, {len(c.labels)} classes, threshold {c.threshold:.3f} "
-                  f"(held-out top-1 {c.held_out_top1:.3f}, {c.held_out_rejected:.1%} of held-out photos rejected)")
+            print(
+                f"    classifier: version {c.version}, {len(c.labels)} classes, threshold {c.threshold:.3f} "
+                f"(held-out top-1 {c.held_out_top1:.3f}, {c.held_out_rejected:.1%} of held-out photos rejected)"
+            )
 
         others = not_fruit_images(3, seed=5)
-        done = _step(f"the app uploads {len(app_photos)} photos of known fruits and {len(others)} that are no fruit "
-                     f"({settings.app_prefix}<user>/<n>.<suffix>)")
-        app_keys = upload.upload_app_photos(settings, [(path.suffix, path.read_bytes()) for _, path in app_photos]
-                                            + [(".png", data) for _, data in others])
+        done = _step(
+            f"the app uploads {len(app_photos)} photos of known fruits and {len(others)} that are no fruit "
+            f"({settings.app_prefix}<user>/<n>.<suffix>)"
+        )
+        app_keys = upload.upload_app_photos(
+            settings,
+            [(path.suffix, path.read_bytes()) for _, path in app_photos] + [(".png", data) for _, data in others],
+        )
         done(f"{len(app_keys)} uploads")
         _ingest_and_stream(settings, spark, blob)
         truth = [f"a photo of {label}" for label, _ in app_photos] + [f"no fruit: {kind}" for kind, _ in others]
-        answers = sql.sql(spark, settings, "SELECT key, suggested_label, round(CAST(confidence AS DOUBLE), 2) AS confidence, unknown, "
-                                           f"classifier_version FROM features WHERE key LIKE '{settings.app_prefix}%'")
+        answers = sql.sql(
+            spark,
+            settings,
+            "SELECT key, suggested_label, round(CAST(confidence AS DOUBLE), 2) AS confidence, unknown, "
+            f"classifier_version FROM features WHERE key LIKE '{settings.app_prefix}%'",
+        )
         by_key = {row[0]: row for row in answers.rows}
         print("\nthe app's photos, answered at ingest (stored in their rows):")
-        print(format_table(QueryResult(["key", "what it is", *answers.columns[1:]],
-                                       [(key, what, *by_key[key][1:]) for key, what in zip(app_keys, truth)
-                                        if key in by_key], {})))
+        print(
+            format_table(
+                QueryResult(
+                    ["key", "what it is", *answers.columns[1:]],
+                    [(key, what, *by_key[key][1:]) for key, what in zip(app_keys, truth) if key in by_key],
+                    {},
+                )
+            )
+        )
 
         counts = sql.sql(
-            spark, settings,
+            spark,
+            settings,
             "SELECT label, count(*) AS images FROM features WHERE label IS NOT NULL GROUP BY label ORDER BY label",
         )
         print("\n" + format_table(counts))
         sample = sql.sql(
-            spark, settings,
+            spark,
+            settings,
             # features_pca: every row projected onto the newest PCA version as it is read
             "SELECT key, label, features, pca_features, pca_version FROM features_pca ORDER BY key LIMIT 5",
         )
         print("\n" + format_table(sample))
         totals = sql.sql(
-            spark, settings,
+            spark,
+            settings,
             "SELECT (SELECT count(*) FROM features) AS rows, (SELECT count(DISTINCT label) FROM features) AS labels, "
             "(SELECT count(*) FROM quarantine) AS quarantined",
         )
@@ -122,16 +148,21 @@ def run(
             f"\n{rows} rows across {labels} labels, {quarantined} quarantined, {dlq} dead-letter messages."
             f"\nDelta table: {settings.features_table}"
             f"\nQuery it:    .venv/bin/fruits query --table-root {settings.table_root} "
-            "\"SELECT label, count(*) FROM features GROUP BY label\""
+            '"SELECT label, count(*) FROM features GROUP BY label"'
             f"\n  no JVM:    .venv/bin/fruits query --engine duckdb --table-root {settings.table_root} "
-            "\"SELECT count(*) FROM features\""
+            '"SELECT count(*) FROM features"'
             f"\n  a fruit?:  .venv/bin/fruits classify --table-root {settings.table_root} --weights {weights} "
-            f"\"{app_photos[0][1]}\""
+            f'"{app_photos[0][1]}"'
             f"\nPCA plots:   {settings.pca_plots}/v{model.version}/"
         )
         spark.stop()
-        _ask_over_http(settings, blob, work_dir, [(f"a photo of {label}", path.read_bytes()) for label, path in app_photos]
-                       + [(f"no fruit: {kind}", data) for kind, data in others])
+        _ask_over_http(
+            settings,
+            blob,
+            work_dir,
+            [(f"a photo of {label}", path.read_bytes()) for label, path in app_photos]
+            + [(f"no fruit: {kind}", data) for kind, data in others],
+        )
         ok = rows + quarantined == len(files) + len(app_keys) and dlq == 0
         return 0 if ok else 1
 
@@ -140,21 +171,30 @@ def _ask_over_http(settings: Settings, blob: WeightsBlob, work_dir: Path, photos
     """The app's backend's question, over HTTP: ``fruits serve`` over the demo's tables."""
     model = compile_model(blob).save(work_dir / "model.tflite")  # the server needs no TensorFlow
     done = _step("the app's backend asks over HTTP: fruits serve, POST /v1/classify")
-    env = {**os.environ, "FRUITS_ENDPOINT_URL": settings.endpoint_url or "", "FRUITS_TABLE_ROOT": settings.table_root,
-           "FRUITS_WEIGHTS": str(model)}
+    env = {
+        **os.environ,
+        "FRUITS_ENDPOINT_URL": settings.endpoint_url or "",
+        "FRUITS_TABLE_ROOT": settings.table_root,
+        "FRUITS_WEIGHTS": str(model),
+    }
     with serving(env) as url:
         for what, data in photos:
-            asked = urllib.request.Request(f"{url}/v1/classify", data=data, headers={"Content-Type": "image/png"
-                                           if data.startswith(b"\x89PNG") else "image/jpeg"})
+            asked = urllib.request.Request(
+                f"{url}/v1/classify",
+                data=data,
+                headers={"Content-Type": "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"},
+            )
             with urllib.request.urlopen(asked, timeout=60) as answer:
                 found = json.loads(answer.read())
             said = "unknown" if found["unknown"] else f"{found['label']} (confidence {found['confidence']:.2f})"
             print(f"    {what:32} -> {said}, classifier v{found['classifier_version']}")
     done(f"{len(photos)} answers from {url}")
-    print(f"    try it:  .venv/bin/fruits serve --table-root {settings.table_root} --weights {model}\n"
-          "    then:    curl -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
-          "http://127.0.0.1:8080/v1/classify\n"
-          "    the API's page: http://127.0.0.1:8080/docs")
+    print(
+        f"    try it:  .venv/bin/fruits serve --table-root {settings.table_root} --weights {model}\n"
+        "    then:    curl -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+        "http://127.0.0.1:8080/v1/classify\n"
+        "    the API's page: http://127.0.0.1:8080/docs"
+    )
 
 
 def _ingest_and_stream(settings: Settings, spark: SparkSession, blob: WeightsBlob) -> None:

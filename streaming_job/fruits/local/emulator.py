@@ -20,6 +20,7 @@ Limitations: the emulator keeps everything in memory; it is gone when it stops. 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -50,7 +51,7 @@ class LocalAWS:
         self.start_timeout = start_timeout
         self.endpoint_url = ""
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's log, kept for its lifetime)
 
     def __enter__(self) -> str:
         if importlib.util.find_spec("moto") is None:
@@ -59,8 +60,12 @@ class LocalAWS:
             raise RuntimeError(f"port {self.port} is taken: stop what listens there, or choose another --port")
         port = self.port or _free_port()
         # moto logs every request on stderr: kept in a file, shown only if the server fails to start.
-        self._process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.endpoint_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + self.start_timeout
         while not _listening(port):
@@ -73,7 +78,9 @@ class LocalAWS:
         log.info("local AWS emulator on %s (pid %d)", self.endpoint_url, self._process.pid)
         return self.endpoint_url
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._process is not None:
             self._process.terminate()
             try:
@@ -103,13 +110,11 @@ def provision(settings: Settings, visibility_timeout: int = 30) -> None:
     """Create the bucket, the queue and its DLQ, and the bucket notification (idempotent)."""
     s3 = aws.client("s3", settings)
     sqs = aws.client("sqs", settings)
-    try:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(
             Bucket=settings.bucket,
             CreateBucketConfiguration={"LocationConstraint": settings.region},
         )
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     # Versioned, as infra/ makes it on AWS: events carry version ids, overwrites keep old versions.
     s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
     dlq_url = sqs.create_queue(QueueName=settings.dead_letter_queue)["QueueUrl"]

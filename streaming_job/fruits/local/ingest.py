@@ -32,7 +32,9 @@ def ingest_config(settings: Settings) -> IngestConfig:
 
 
 def event_source_mapping(
-    settings: Settings, visibility_timeout: int = 30, batch_size: int = BATCH_SIZE,
+    settings: Settings,
+    visibility_timeout: int = 30,
+    batch_size: int = BATCH_SIZE,
     batching_window: float = BATCHING_WINDOW_SECONDS,
 ) -> EventSourceMapping:
     # Imported here: the handler module sets up powertools' logger, whose level the CLI chooses first.
@@ -40,8 +42,12 @@ def event_source_mapping(
 
     handler = make_handler(ingest_config(settings))
     return EventSourceMapping(
-        aws.client("sqs", settings), aws.queue_url(settings), handler,
-        batch_size=batch_size, batching_window=batching_window, visibility_timeout=visibility_timeout,
+        aws.client("sqs", settings),
+        aws.queue_url(settings),
+        handler,
+        batch_size=batch_size,
+        batching_window=batching_window,
+        visibility_timeout=visibility_timeout,
     )
 
 

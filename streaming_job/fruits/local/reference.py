@@ -25,8 +25,9 @@ from ..spark import tables
 from ..spark.schema import FEATURES
 
 
-def write_reference_rows(spark: SparkSession, settings: Settings, images: list[tuple[str, Path]],
-                         model: CompiledModel) -> list[str]:
+def write_reference_rows(
+    spark: SparkSession, settings: Settings, images: list[tuple[str, Path]], model: CompiledModel
+) -> list[str]:
     """Append one row per ``(label, photo)`` under the first reference prefix, featurized with
     ``model``; the tables are made if missing. Returns the rows' keys."""
     tables.ensure_tables(spark, settings)
@@ -34,10 +35,17 @@ def write_reference_rows(spark: SparkSession, settings: Settings, images: list[t
     features = np.concatenate([featurizer(decode(path.read_bytes())[None]) for _, path in images])
     keys = [f"{settings.reference_prefixes[0]}{label}/{path.name}" for label, path in images]
     now = dt.datetime.now(dt.UTC)
-    rows = pd.DataFrame({
-        "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, key).hex for key in keys], "bucket": settings.bucket,
-        "key": keys, "label": [label for label, _ in images], "event_date": now.date(), "ingested_at": now,
-        "features": list(features), "model_id": model.model_id,
-    })
+    rows = pd.DataFrame(
+        {
+            "image_id": [uuid.uuid5(uuid.NAMESPACE_URL, key).hex for key in keys],
+            "bucket": settings.bucket,
+            "key": keys,
+            "label": [label for label, _ in images],
+            "event_date": now.date(),
+            "ingested_at": now,
+            "features": list(features),
+            "model_id": model.model_id,
+        }
+    )
     tables.frame(spark, rows, FEATURES).write.format("delta").mode("append").save(settings.features_table)
     return keys

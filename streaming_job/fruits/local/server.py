@@ -36,8 +36,13 @@ def serving(env: Mapping[str, str], *, ready: bool = True, within: float = 120.0
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen([sys.executable, "-m", "fruits", "serve", "--port", str(port)], env=dict(env),
-                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fruits", "serve", "--port", str(port)],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
         def logged() -> str:
             log.seek(0)

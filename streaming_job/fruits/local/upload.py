@@ -57,8 +57,10 @@ def upload_copies(settings: Settings, images: list[tuple[str, Path]], total: int
     ``<reference prefix><label>/<tag><n>_<file>``, uploaded by 8 threads; returns the keys."""
     s3 = aws.client("s3", settings)
     blobs = [(label, path.name, path.read_bytes()) for label, path in images]
-    jobs = [(f"{settings.reference_prefixes[0]}{label}/{tag}{i // len(blobs)}_{name}", data)
-            for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))]
+    jobs = [
+        (f"{settings.reference_prefixes[0]}{label}/{tag}{i // len(blobs)}_{name}", data)
+        for i, (label, name, data) in ((i, blobs[i % len(blobs)]) for i in range(total))
+    ]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda job: s3.put_object(Bucket=settings.bucket, Key=job[0], Body=job[1]), jobs))
     return [key for key, _ in jobs]

@@ -75,20 +75,27 @@ class PcaModel:
         """A model from one ``pca_models`` row, as Spark (``Row.asDict()``) or Arrow gives it."""
         mean = np.asarray(r["mean"])
         return cls(
-            version=r["version"], k=r["k"], mean=mean, components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
-            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]), row_count=r["row_count"],
-            source_table_version=r["source_table_version"], feature_model_id=r["feature_model_id"],
+            version=r["version"],
+            k=r["k"],
+            mean=mean,
+            components=np.asarray(r["components"]).reshape(r["k"], len(mean)),
+            explained_variance_ratio=np.asarray(r["explained_variance_ratio"]),
+            row_count=r["row_count"],
+            source_table_version=r["source_table_version"],
+            feature_model_id=r["feature_model_id"],
         )
 
     def project(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T).astype(np.float32)
 
-    def project_arrow(self, features: pa.Array | pa.ChunkedArray,
-                      model_ids: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    def project_arrow(
+        self, features: pa.Array | pa.ChunkedArray, model_ids: pa.Array | pa.ChunkedArray
+    ) -> pa.ListArray:
         """An Arrow column of ``features`` (1280-float lists) projected, as float lists; null where a
         row has no features or is of another feature model (``model_ids``): another space."""
-        features, model_ids = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-                               for c in (features, model_ids))
+        features, model_ids = (
+            c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (features, model_ids)
+        )
         same_model = pc.fill_null(pc.equal(model_ids, self.feature_model_id), False)
         mine = pc.and_(same_model, pc.is_valid(features)).to_numpy(zero_copy_only=False)
         vectors = np.zeros((len(features), self.k), dtype=np.float32)
@@ -122,7 +129,6 @@ class Fit:
     k: int
 
 
-
 def solve(stats: Stats, threshold: float = 0.95, k: int | None = None) -> Fit:
     """The exact fit: every component, descending, and the chosen k."""
     if stats.n < 2:
@@ -152,8 +158,13 @@ def basis_size(k: int, d: int) -> int:
 
 
 def update(
-    stats: Stats, added: np.ndarray, basis: np.ndarray, threshold: float = 0.95, k: int | None = None,
-    tol: float = RESIDUAL_TOL, sketch: int = SKETCH_COLUMNS,
+    stats: Stats,
+    added: np.ndarray,
+    basis: np.ndarray,
+    threshold: float = 0.95,
+    k: int | None = None,
+    tol: float = RESIDUAL_TOL,
+    sketch: int = SKETCH_COLUMNS,
 ) -> Fit | None:
     """The fit of ``stats`` from the previous fit's leading vectors ``basis`` and the rows
     ``added`` since (already in ``stats``), by one Rayleigh-Ritz step; None when that is not
@@ -179,8 +190,14 @@ def update(
     cumulative ratio sits within that error of the threshold.
     """
     d = len(stats.total)
-    if basis.ndim != 2 or basis.shape[1] != d or added.ndim != 2 or added.shape[1] != d or stats.n < 2 \
-            or not len(added):
+    if (
+        basis.ndim != 2
+        or basis.shape[1] != d
+        or added.ndim != 2
+        or added.shape[1] != d
+        or stats.n < 2
+        or not len(added)
+    ):
         return None
     if len(basis) + min(len(added), sketch) > SUBSPACE_SHARE * d:
         return None  # the small eigenproblem would cost about what the full one does
@@ -217,7 +234,5 @@ def _orthonormal(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
     singular value are dropped: rounding, where the columns depend on each other (equal rows)."""
     y = y - basis.T @ (basis @ y)
     values, vectors = np.linalg.eigh(y.T @ y)
-    keep = values > (1e-7 ** 2) * values[-1]
+    keep = values > (1e-7**2) * values[-1]
     return (y @ vectors[:, keep]) / np.sqrt(values[keep])
-
-

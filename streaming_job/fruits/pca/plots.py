@@ -66,8 +66,15 @@ def pc_scatter(points: np.ndarray, labels: list[str], version: int, total_rows: 
     label_array = np.asarray(labels)
     for i, name in enumerate(names):
         mask = label_array == name
-        ax.scatter(points[mask, 0], points[mask, 1], s=14, alpha=0.8, color=colors[i % len(colors)],
-                   marker=markers[(i // len(colors)) % len(markers)], label=name)
+        ax.scatter(
+            points[mask, 0],
+            points[mask, 1],
+            s=14,
+            alpha=0.8,
+            color=colors[i % len(colors)],
+            marker=markers[(i // len(colors)) % len(markers)],
+            label=name,
+        )
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
     shown = f"{len(points):,} of {total_rows:,} rows" if len(points) < total_rows else f"{len(points):,} rows"
@@ -83,8 +90,7 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def sample_rows(spark: SparkSession, settings: Settings, seed: int,
-                size: int = SCATTER_SAMPLE) -> tuple[pa.Table, int]:
+def sample_rows(spark: SparkSession, settings: Settings, seed: int, size: int = SCATTER_SAMPLE) -> tuple[pa.Table, int]:
     """Up to ``size`` rows (``label``, ``features``) of the features table, and how many rows it has.
 
     Files are picked at random and read from their start, at most an eighth of the sample from each
@@ -107,8 +113,8 @@ def sample_rows(spark: SparkSession, settings: Settings, seed: int,
     for i in rng.permutation(len(fragments)):
         taken = 0
         # The dataset's schema: files written by other writers may type strings otherwise (string_view).
-        for batch in fragments[i].to_batches(schema=dataset.schema, columns=["label", "features"], batch_size=1024):
-            batch = batch.slice(0, min(per_file - taken, size - held))
+        for whole in fragments[i].to_batches(schema=dataset.schema, columns=["label", "features"], batch_size=1024):
+            batch = whole.slice(0, min(per_file - taken, size - held))
             parts.append(batch)
             taken, held = taken + batch.num_rows, held + batch.num_rows
             if taken >= per_file or held >= size:

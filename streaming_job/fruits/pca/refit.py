@@ -46,11 +46,11 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from ..config import Settings
-from ..io import lake
 from .. import classifier as classifiers
 from .. import similarity
 from ..classifier import ClassifierUpdate
+from ..config import Settings
+from ..io import lake
 from ..similarity import IndexUpdate
 from ..spark import tables as table
 from . import registry
@@ -136,17 +136,20 @@ def refit(
     fit = fit or solve(stats, threshold, k)
     seconds["solve"] = time.perf_counter() - started
     last = registry.model(settings)
-    if mode == "incremental" and rows_read == 0 and last is not None and last.k == fit.k \
-            and last.row_count == stats.n:
+    if mode == "incremental" and rows_read == 0 and last is not None and last.k == fit.k and last.row_count == stats.n:
         # The same statistics and k give the same model: the newest version stands.
         log.info("PCA v%d is up to date: no new rows since it was fitted", last.version)
         index = _update_index(update_index, spark, settings, seconds, guard, step)
-        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full,
-                                        step)
+        classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full, step)
         return Refit(last, "unchanged", 0, solver, seconds, index=index, classifier=classifier)
     model = PcaModel(
-        version=(last.version + 1) if last else 1, k=fit.k, mean=fit.mean, components=fit.components[:fit.k],
-        explained_variance_ratio=fit.ratios, row_count=stats.n, source_table_version=source_version,
+        version=(last.version + 1) if last else 1,
+        k=fit.k,
+        mean=fit.mean,
+        components=fit.components[: fit.k],
+        explained_variance_ratio=fit.ratios,
+        row_count=stats.n,
+        source_table_version=source_version,
         feature_model_id=model_ids.pop(),
     )
     step("store")
@@ -154,8 +157,11 @@ def refit(
     if guard is not None:
         guard()
     registry.commit(spark, settings, model)
-    store_stats(spark, settings, StoredStats(stats, source_version, model.feature_model_id,
-                                             fit.components[:basis_size(fit.k, len(fit.mean))]))
+    store_stats(
+        spark,
+        settings,
+        StoredStats(stats, source_version, model.feature_model_id, fit.components[: basis_size(fit.k, len(fit.mean))]),
+    )
     seconds["store"] = time.perf_counter() - started
 
     written = []
@@ -168,14 +174,28 @@ def refit(
         seconds["plots"] = time.perf_counter() - started
     index = _update_index(update_index, spark, settings, seconds, guard, step)
     classifier = _update_classifier(update_classifier, spark, settings, seconds, guard, reject_quantile, full, step)
-    log.info("PCA v%d (%s over %d new rows, %s): k=%d; %s", model.version, mode, rows_read, solver, model.k,
-             ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()))
+    log.info(
+        "PCA v%d (%s over %d new rows, %s): k=%d; %s",
+        model.version,
+        mode,
+        rows_read,
+        solver,
+        model.k,
+        ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items()),
+    )
     return Refit(model, mode, rows_read, solver, seconds, written, index, classifier)
 
 
-def _update_classifier(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
-                       guard: Callable[[], None] | None, reject_quantile: float | None,
-                       rebuild: bool, step: Callable[[str], None]) -> ClassifierUpdate | None:
+def _update_classifier(
+    wanted: bool,
+    spark: SparkSession,
+    settings: Settings,
+    seconds: dict[str, float],
+    guard: Callable[[], None] | None,
+    reject_quantile: float | None,
+    rebuild: bool,
+    step: Callable[[str], None],
+) -> ClassifierUpdate | None:
     if not wanted:
         return None
     step("classifier")
@@ -184,8 +204,14 @@ def _update_classifier(wanted: bool, spark: SparkSession, settings: Settings, se
     return done
 
 
-def _update_index(wanted: bool, spark: SparkSession, settings: Settings, seconds: dict[str, float],
-                  guard: Callable[[], None] | None, step: Callable[[str], None]) -> IndexUpdate | None:
+def _update_index(
+    wanted: bool,
+    spark: SparkSession,
+    settings: Settings,
+    seconds: dict[str, float],
+    guard: Callable[[], None] | None,
+    step: Callable[[str], None],
+) -> IndexUpdate | None:
     if not wanted:
         return None
     step("index")

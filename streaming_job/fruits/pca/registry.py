@@ -63,20 +63,34 @@ def _never_fitted(version: int) -> LookupError:
 def model(settings: Settings, version: int | None = None) -> PcaModel | None:
     """PCA ``version`` (the newest when None), or None when no refit has run yet. Reads the one
     file whose statistics can hold that version. ``LookupError`` for a version never fitted."""
-    found = versions_table.read(settings, settings.pca_models_table,
-                                newest_version(settings) if version is None else version, _never_fitted)
+    found = versions_table.read(
+        settings, settings.pca_models_table, newest_version(settings) if version is None else version, _never_fitted
+    )
     return None if found is None else PcaModel.from_record(found)
 
 
 def versions(settings: Settings) -> list[dict[str, Any]]:
     """One line per version kept, oldest first: version, k, the variance its k components explain,
     rows and table version fitted on, when, the feature model (the vectors are not read)."""
-    columns = ["version", "k", "explained_variance_ratio", "row_count", "source_table_version", "fitted_at",
-               "feature_model_id"]
+    columns = [
+        "version",
+        "k",
+        "explained_variance_ratio",
+        "row_count",
+        "source_table_version",
+        "fitted_at",
+        "feature_model_id",
+    ]
     rows = versions_table.listed(settings, settings.pca_models_table, columns)
-    return [{"version": r["version"], "k": r["k"],
-             "explained_variance": round(float(sum(r["explained_variance_ratio"][: r["k"]])), 4),
-             **{name: r[name] for name in columns[3:]}} for r in rows]
+    return [
+        {
+            "version": r["version"],
+            "k": r["k"],
+            "explained_variance": round(float(sum(r["explained_variance_ratio"][: r["k"]])), 4),
+            **{name: r[name] for name in columns[3:]},
+        }
+        for r in rows
+    ]
 
 
 def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
@@ -85,19 +99,31 @@ def commit(spark: SparkSession, settings: Settings, new: PcaModel) -> None:
     from ..spark.schema import PCA_MODELS
 
     # One row through pandas and Arrow: as Python lists, k x 1280 floats took seconds at k = 340.
-    row = pd.DataFrame({
-        "version": [new.version], "k": [new.k], "mean": [new.mean], "components": [new.components.ravel()],
-        "explained_variance_ratio": [new.explained_variance_ratio], "row_count": [new.row_count],
-        "source_table_version": [new.source_table_version], "fitted_at": [dt.datetime.now(dt.timezone.utc)],
-        "feature_model_id": [new.feature_model_id],
-    })
+    row = pd.DataFrame(
+        {
+            "version": [new.version],
+            "k": [new.k],
+            "mean": [new.mean],
+            "components": [new.components.ravel()],
+            "explained_variance_ratio": [new.explained_variance_ratio],
+            "row_count": [new.row_count],
+            "source_table_version": [new.source_table_version],
+            "fitted_at": [dt.datetime.now(dt.UTC)],
+            "feature_model_id": [new.feature_model_id],
+        }
+    )
     versions_table.append(spark, settings.pca_models_table, row, PCA_MODELS, TXN_APP_ID, new.version)
     # Ours if it holds our components (read back as float32: compared within float32's precision).
     committed = model(settings, new.version)
-    if committed is None or committed.components.shape != new.components.shape \
-            or not np.allclose(committed.components, new.components, rtol=1e-5, atol=1e-6):
-        raise RuntimeError(f"PCA version {new.version} was committed by another refit meanwhile; this one wrote "
-                           "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare).")
+    if (
+        committed is None
+        or committed.components.shape != new.components.shape
+        or not np.allclose(committed.components, new.components, rtol=1e-5, atol=1e-6)
+    ):
+        raise RuntimeError(
+            f"PCA version {new.version} was committed by another refit meanwhile; this one wrote "
+            "nothing. Run the refit again (fruits pca refit takes a lease so that this is rare)."
+        )
 
 
 def project_column(spark: SparkSession, pca: PcaModel) -> Column:

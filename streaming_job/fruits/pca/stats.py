@@ -70,6 +70,7 @@ class StoredStats:
 
 # --- computing them -------------------------------------------------------------------------
 
+
 def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> Collected:
     """The statistics of a DataFrame's ``features`` and its set of ``model_id`` values, in one
     pass through Spark: for tables whose files Arrow cannot read alone."""
@@ -80,12 +81,15 @@ def collect_stats(features: DataFrame, d: int = FEATURE_DIM) -> Collected:
             if len(batch):
                 acc = acc + Stats.of(np.stack(batch["features"].to_numpy()))
                 ids.update(batch["model_id"].unique())
-        yield pd.DataFrame({"n": [acc.n], "total": [acc.total.tobytes()], "outer": [acc.outer.tobytes()],
-                            "model_ids": [sorted(ids)]})
+        yield pd.DataFrame(
+            {"n": [acc.n], "total": [acc.total.tobytes()], "outer": [acc.outer.tobytes()], "model_ids": [sorted(ids)]}
+        )
 
-    parts = features.select("features", "model_id").mapInPandas(
-        partition_stats, "n long, total binary, outer binary, model_ids array<string>"
-    ).toLocalIterator()
+    parts = (
+        features.select("features", "model_id")
+        .mapInPandas(partition_stats, "n long, total binary, outer binary, model_ids array<string>")
+        .toLocalIterator()
+    )
     acc, ids = Stats.empty(d), set()
     for row in parts:
         if row.n:
@@ -113,7 +117,10 @@ def _read_stats(fs: pa_fs.FileSystem, uris: Iterable[str], d: int) -> Collected:
 
 
 def file_stats(
-    spark: SparkSession, settings: Settings, files: list[DataFile], d: int = FEATURE_DIM,
+    spark: SparkSession,
+    settings: Settings,
+    files: list[DataFile],
+    d: int = FEATURE_DIM,
     driver_bytes: int = DRIVER_BYTES,
 ) -> Collected:
     """The statistics of the rows in ``files`` and their ``model_id`` values.
@@ -149,6 +156,7 @@ def _floats(data: bytes) -> np.ndarray:
 
 # --- storing them ---------------------------------------------------------------------------
 
+
 def latest_stats(settings: Settings) -> StoredStats | None:
     """The stored statistics, read with delta-rs (13-18 MB: no Spark job for it)."""
     rows = lake.dataset(settings, settings.pca_stats_table).dataset.to_table().to_pylist()
@@ -166,16 +174,26 @@ def store_stats(spark: SparkSession, settings: Settings, stored: StoredStats) ->
     """Replace the stored statistics (older ones stay in the Delta history until VACUUM)."""
     s = stored.stats
     basis = None if stored.basis is None else stored.basis.astype("<f8").tobytes()
-    row = (stored.source_table_version, s.n, len(s.total), s.total.astype("<f8").tobytes(),
-           s.outer.astype("<f8").tobytes(), stored.feature_model_id, dt.datetime.now(dt.timezone.utc), basis)
+    row = (
+        stored.source_table_version,
+        s.n,
+        len(s.total),
+        s.total.astype("<f8").tobytes(),
+        s.outer.astype("<f8").tobytes(),
+        stored.feature_model_id,
+        dt.datetime.now(dt.UTC),
+        basis,
+    )
     from ..spark.schema import PCA_STATS
 
     # overwriteSchema: a table written before ``basis`` existed takes the new column
-    spark.createDataFrame([row], PCA_STATS).write.format("delta").mode("overwrite") \
-        .option("overwriteSchema", "true").save(settings.pca_stats_table)
+    spark.createDataFrame([row], PCA_STATS).write.format("delta").mode("overwrite").option(
+        "overwriteSchema", "true"
+    ).save(settings.pca_stats_table)
 
 
 # --- keeping them up to date ----------------------------------------------------------------
+
 
 @dataclass
 class Increment:
@@ -198,7 +216,11 @@ def _rows_stats(table: pa.Table, d: int) -> tuple[np.ndarray, set[str]]:
 
 
 def added_since(
-    spark: SparkSession, settings: Settings, after: int, upto: int, d: int = FEATURE_DIM,
+    spark: SparkSession,
+    settings: Settings,
+    after: int,
+    upto: int,
+    d: int = FEATURE_DIM,
     driver_bytes: int = DRIVER_BYTES,
 ) -> Increment | None:
     """The rows that blind appends added to ``features`` in commits ``after + 1 .. upto``, through
@@ -262,8 +284,9 @@ def _balanced(weights: list[tuple[int, int]], groups: int) -> list[tuple[int, in
 def pending_rows(settings: Settings) -> int:
     """Rows appended to the features table since the stored statistics (from the log's commits)."""
     # Only the version: the periodic loop asks often, and the statistics themselves are 13 MB.
-    covered = pc.max(lake.dataset(settings, settings.pca_stats_table).dataset.to_table(
-        columns=["source_table_version"]).column(0)).as_py()
+    covered = pc.max(
+        lake.dataset(settings, settings.pca_stats_table).dataset.to_table(columns=["source_table_version"]).column(0)
+    ).as_py()
     features = lake.delta_table(settings, settings.features_table)
     found = None if covered is None else changes.commits(features, covered, features.version())
     if found is None:  # never fitted, or log retention removed the commits since: every row counts

@@ -65,5 +65,6 @@ def format_table(result: QueryResult, max_width: int = 60) -> str:
 
 def to_json(value: Any) -> str:
     """JSON for the API's results (a dataclass or a list of them; numpy scalars and timestamps as text)."""
-    return json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else
-                      [asdict(v) for v in value], default=str)
+    return json.dumps(
+        asdict(value) if hasattr(value, "__dataclass_fields__") else [asdict(v) for v in value], default=str
+    )

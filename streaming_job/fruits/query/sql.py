@@ -35,13 +35,43 @@ from .result import QueryResult, ReadOnlyError
 VIEWS = ("features", "quarantine", "pca_models", "features_pca")
 
 # The parser's nodes of a query (Spark 4.1's unresolved logical plans). Anything else is refused.
-QUERY_NODES = frozenset({
-    "Aggregate", "Deduplicate", "Distinct", "Except", "Expand", "Filter", "Generate", "GlobalLimit", "Intersect",
-    "Join", "LateralJoin", "LocalLimit", "LocalRelation", "Offset", "OneRowRelation", "Pivot", "Project",
-    "RebalancePartitions", "Repartition", "RepartitionByExpression", "Sample", "Sort", "SubqueryAlias", "Tail",
-    "Union", "UnresolvedHaving", "UnresolvedHint", "UnresolvedInlineTable", "UnresolvedRelation",
-    "UnresolvedSubqueryColumnAliases", "UnresolvedWith", "Unpivot", "Window",
-})  # not WithWindowDefinition (``WINDOW w AS (...)``): its definitions are not among its expressions
+QUERY_NODES = frozenset(
+    {
+        "Aggregate",
+        "Deduplicate",
+        "Distinct",
+        "Except",
+        "Expand",
+        "Filter",
+        "Generate",
+        "GlobalLimit",
+        "Intersect",
+        "Join",
+        "LateralJoin",
+        "LocalLimit",
+        "LocalRelation",
+        "Offset",
+        "OneRowRelation",
+        "Pivot",
+        "Project",
+        "RebalancePartitions",
+        "Repartition",
+        "RepartitionByExpression",
+        "Sample",
+        "Sort",
+        "SubqueryAlias",
+        "Tail",
+        "Union",
+        "UnresolvedHaving",
+        "UnresolvedHint",
+        "UnresolvedInlineTable",
+        "UnresolvedRelation",
+        "UnresolvedSubqueryColumnAliases",
+        "UnresolvedWith",
+        "Unpivot",
+        "Window",
+    }
+)  # not WithWindowDefinition (``WINDOW w AS (...)``): its definitions are not among its expressions
 # Functions that call into the JVM: a query could stop the process or read what it likes.
 JVM_FUNCTIONS = frozenset({"reflect", "java_method", "try_reflect"})
 
@@ -63,8 +93,10 @@ def read_only(spark: SparkSession, statement: str) -> set[str]:
         node = pending.pop()
         kind = node.getClass().getSimpleName()
         if kind not in QUERY_NODES:
-            raise ReadOnlyError(f"fruits query runs reads only: {_what(kind)} is not allowed. Query the views "
-                                f"{', '.join(VIEWS)} with SELECT (WITH, JOIN, GROUP BY, ORDER BY... are fine).")
+            raise ReadOnlyError(
+                f"fruits query runs reads only: {_what(kind)} is not allowed. Query the views "
+                f"{', '.join(VIEWS)} with SELECT (WITH, JOIN, GROUP BY, ORDER BY... are fine)."
+            )
         if kind == "UnresolvedWith":  # its names are readable below it (a one-part name is the CTE's first)
             readable |= {str(pair._1()).lower() for pair in _items(node.cteRelations())}
         if kind == "UnresolvedRelation":
@@ -100,15 +132,29 @@ def _items(seq: Any) -> list[Any]:
 
 def _what(kind: str) -> str:
     """A parser node's name as the SQL a user wrote (``DeleteFromTable`` -> DELETE)."""
-    known = {"DeleteFromTable": "DELETE", "InsertIntoStatement": "INSERT", "UpdateTable": "UPDATE",
-             "MergeIntoTable": "MERGE", "AddJarsCommand": "ADD JAR", "AddFilesCommand": "ADD FILE",
-             "SetCommand": "SET", "UnresolvedTableValuedFunction": "a table function (read_files, range...)",
-             "CreateTableAsSelect": "CREATE TABLE", "DropView": "DROP VIEW", "CacheTable": "CACHE TABLE"}
+    known = {
+        "DeleteFromTable": "DELETE",
+        "InsertIntoStatement": "INSERT",
+        "UpdateTable": "UPDATE",
+        "MergeIntoTable": "MERGE",
+        "AddJarsCommand": "ADD JAR",
+        "AddFilesCommand": "ADD FILE",
+        "SetCommand": "SET",
+        "UnresolvedTableValuedFunction": "a table function (read_files, range...)",
+        "CreateTableAsSelect": "CREATE TABLE",
+        "DropView": "DROP VIEW",
+        "CacheTable": "CACHE TABLE",
+    }
     return known.get(kind, kind)
 
 
-def register_views(spark: SparkSession, settings: Settings, as_of_version: int | None = None,
-                   pca_version: int | None = None, with_pca: bool = True) -> dict[str, int]:
+def register_views(
+    spark: SparkSession,
+    settings: Settings,
+    as_of_version: int | None = None,
+    pca_version: int | None = None,
+    with_pca: bool = True,
+) -> dict[str, int]:
     """The views: the tables at their newest versions (``features`` at ``as_of_version``), and, if
     ``with_pca``, ``features_pca``: ``features`` with each row of the model's feature model
     projected onto PCA version ``pca_version`` (the newest when None; null vectors before the first
@@ -137,17 +183,24 @@ def register_views(spark: SparkSession, settings: Settings, as_of_version: int |
         return versions
     model = registry.model(settings, pca_version)
     vectors = F.lit(None) if model is None else registry.project_column(spark, model)
-    spark.table("features").withColumns({
-        "pca_features": vectors.cast("array<float>"),
-        "pca_version": F.lit(None if model is None else model.version).cast("long"),
-    }).createOrReplaceTempView("features_pca")
+    spark.table("features").withColumns(
+        {
+            "pca_features": vectors.cast("array<float>"),
+            "pca_version": F.lit(None if model is None else model.version).cast("long"),
+        }
+    ).createOrReplaceTempView("features_pca")
     if model is not None:
         versions["pca"] = model.version
     return versions
 
 
-def sql(spark: SparkSession, settings: Settings, statement: str, as_of_version: int | None = None,
-        pca_version: int | None = None) -> QueryResult:
+def sql(
+    spark: SparkSession,
+    settings: Settings,
+    statement: str,
+    as_of_version: int | None = None,
+    pca_version: int | None = None,
+) -> QueryResult:
     """Run one read-only SQL statement; ``as_of_version`` time-travels the ``features`` table,
     ``pca_version`` chooses the PCA space of ``features_pca``. Raises ``ReadOnlyError`` (nothing
     run) for anything else."""

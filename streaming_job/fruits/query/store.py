@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
+
 from fruits_ingest import ledger
 from fruits_ingest.config import IMAGE_SUFFIXES, is_image_key
 
@@ -157,8 +158,10 @@ class FeatureStore:
             except duckdb.Error as exc:  # not SQL
                 raise QueryError(f"DuckDB: {str(exc).strip().splitlines()[0]}") from None
             if kinds != [duckdb.StatementType.SELECT]:
-                raise ReadOnlyError(f"fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, "
-                                    f"not {', '.join(k.name for k in kinds) or 'nothing'}")
+                raise ReadOnlyError(
+                    f"fruits query runs one read (SELECT, WITH ... SELECT, FROM ...) at a time, "
+                    f"not {', '.join(k.name for k in kinds) or 'nothing'}"
+                )
             tables = {name: self.table(name, as_of_version if name == "features" else None) for name in TABLES}
             for name, delta in tables.items():
                 con.register(name, lake.as_dataset(self.settings, self._location(name), delta))
@@ -178,11 +181,13 @@ class FeatureStore:
             except duckdb.InterruptException:
                 raise QueryLimitError(
                     f"the query ran past {self.settings.query_timeout_seconds:g} s and was stopped; narrow it "
-                    "(a filter, a LIMIT) or raise FRUITS_QUERY_TIMEOUT_SECONDS") from None
+                    "(a filter, a LIMIT) or raise FRUITS_QUERY_TIMEOUT_SECONDS"
+                ) from None
             except duckdb.OutOfMemoryException as exc:
                 raise QueryLimitError(
-                    f"the query needs more than {self.settings.query_memory_limit} of memory ({str(exc).splitlines()[0]}); "
-                    "narrow it or raise FRUITS_QUERY_MEMORY_LIMIT") from None
+                    f"the query needs more than {self.settings.query_memory_limit} of memory "
+                    f"({str(exc).splitlines()[0]}); narrow it or raise FRUITS_QUERY_MEMORY_LIMIT"
+                ) from None
             except duckdb.Error as exc:  # refused (external access is off) or invalid: one line that says why
                 raise QueryError(f"DuckDB: {str(exc).strip().splitlines()[0]}") from None
             finally:
@@ -195,15 +200,25 @@ class FeatureStore:
         from duckdb.sqltypes import FLOAT, VARCHAR
 
         if version is None:
-            con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (CAST(NULL AS FLOAT[]) AS pca_features, "
-                        "CAST(NULL AS BIGINT) AS pca_version) FROM features")
+            con.execute(
+                "CREATE TEMP VIEW features_pca AS SELECT * REPLACE (CAST(NULL AS FLOAT[]) AS pca_features, "
+                "CAST(NULL AS BIGINT) AS pca_version) FROM features"
+            )
             return None
         floats = con.list_type(FLOAT)
         # null_handling "special": the function returns nulls itself (rows of another feature model).
-        con.create_function("fruits_pca_project", lambda features, ids: self._pca(version).project_arrow(features, ids),
-                            [floats, VARCHAR], floats, type="arrow", null_handling="special")
-        con.execute("CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features, model_id) "
-                    f"AS pca_features, CAST({int(version)} AS BIGINT) AS pca_version) FROM features")
+        con.create_function(
+            "fruits_pca_project",
+            lambda features, ids: self._pca(version).project_arrow(features, ids),
+            [floats, VARCHAR],
+            floats,
+            type="arrow",
+            null_handling="special",
+        )
+        con.execute(
+            "CREATE TEMP VIEW features_pca AS SELECT * REPLACE (fruits_pca_project(features, model_id) "
+            f"AS pca_features, CAST({int(version)} AS BIGINT) AS pca_version) FROM features"
+        )
         return version
 
     def _pca(self, version: int) -> PcaModel:
@@ -222,13 +237,17 @@ class FeatureStore:
 
     # --- similar images and labels ----------------------------------------------------------
 
-    def _vector(self, view: IndexView, target: Target, features: tuple[np.ndarray, str] | None = None
-                ) -> tuple[np.ndarray, str | None]:
+    def _vector(
+        self, view: IndexView, target: Target, features: tuple[np.ndarray, str] | None = None
+    ) -> tuple[np.ndarray, str | None]:
         """``target``'s vector in the index's PCA space and its image id if it is in the table
         (``features``: a photo already featurized, and by which feature model)."""
         if isinstance(target, Path | bytes):
-            found = features[0] if features is not None and features[1] == view.model.feature_model_id \
+            found = (
+                features[0]
+                if features is not None and features[1] == view.model.feature_model_id
                 else self.featurize(target, view.model.feature_model_id)
+            )
             return view.model.project(found)[0], None
         return view.vector_of(_bucket_and_key(target)[1])
 
@@ -243,7 +262,8 @@ class FeatureStore:
         if model_id is not None and featurizer.model_id != model_id:
             raise ModelMismatchError(
                 f"the table was featurized with {model_id}, but the weights {self.settings.weights!r} are "
-                f"{featurizer.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model")
+                f"{featurizer.model_id}; set FRUITS_WEIGHTS (or --weights) to the same weights or compiled model"
+            )
         pixels = decode(photo.read_bytes() if isinstance(photo, Path) else photo, self.settings.max_image_bytes)
         return featurizer(pixels[None])
 
@@ -258,24 +278,28 @@ class FeatureStore:
             return self._featurizer
         with self._loading:
             if self._featurizer is None:
-                self._featurizer = FeaturizerPool(load_model(self.settings.weights),
-                                                  threads=self.settings.model_threads or os.cpu_count() or 1)
+                self._featurizer = FeaturizerPool(
+                    load_model(self.settings.weights), threads=self.settings.model_threads or os.cpu_count() or 1
+                )
             return self._featurizer
 
     def similar(self, target: Target, k: int = 10, *, labelled_only: bool = False) -> list[Neighbour]:
         """The ``k`` rows nearest to ``target`` (cosine), the target itself left out."""
         return self._nearest(target, k, labelled_only)[0]
 
-    def _nearest(self, target: Target, k: int, labelled_only: bool,
-                 features: tuple[np.ndarray, str] | None = None) -> tuple[list[Neighbour], int]:
+    def _nearest(
+        self, target: Target, k: int, labelled_only: bool, features: tuple[np.ndarray, str] | None = None
+    ) -> tuple[list[Neighbour], int]:
         """The neighbours and the PCA version they were found in."""
         view = self._similar.refresh()
         query, own_id = self._vector(view, target, features)
         if float(np.linalg.norm(query)) == 0.0:
             raise NoDirectionError("the target's PCA vector is all zeros; no direction to compare")
         hits = view.nearest(query, k, exclude=own_id, labelled_only=labelled_only)
-        return ([Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
-                view.manifest.pca_version)
+        return (
+            [Neighbour(key=h.key, label=h.label, distance=h.distance, image_id=h.image_id) for h in hits],
+            view.manifest.pca_version,
+        )
 
     def classify(self, target: Target, k: int = 10, classifier_version: int | None = None) -> Suggestion:
         """What fruit ``target`` is, by the newest classifier (or ``classifier_version``), with its
@@ -285,13 +309,22 @@ class FeatureStore:
         # A reference row asked about is not its own prototype (as its neighbours leave it out).
         answer = found.answer(features, leave_out=None if image_id is None else ledger.key_hash(image_id))[0]
         try:
-            neighbours, pca_version = self._nearest(target, k, labelled_only=True,
-                                                    features=(features, found.feature_model_id))
+            neighbours, pca_version = self._nearest(
+                target, k, labelled_only=True, features=(features, found.feature_model_id)
+            )
         except (LookupError, NoDirectionError):  # no PCA version or index yet: the answer stands without evidence
             neighbours, pca_version = [], None
-        return Suggestion(label=answer.label, unknown=answer.unknown, confidence=answer.confidence,
-                          similarity=answer.similarity, threshold=found.threshold, candidates=answer.candidates,
-                          neighbours=neighbours, classifier_version=found.version, pca_version=pca_version)
+        return Suggestion(
+            label=answer.label,
+            unknown=answer.unknown,
+            confidence=answer.confidence,
+            similarity=answer.similarity,
+            threshold=found.threshold,
+            candidates=answer.candidates,
+            neighbours=neighbours,
+            classifier_version=found.version,
+            pca_version=pca_version,
+        )
 
     def classifier(self, version: int | None = None) -> Classifier:
         """Classifier ``version`` or the newest (whose number is looked up every
@@ -310,8 +343,10 @@ class FeatureStore:
                 self._newest_classifier = classifier_registry.newest_version(self.settings)
         wanted = self._newest_classifier if version is None else version
         if wanted is None:
-            raise LookupError("no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
-                              f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})")
+            raise LookupError(
+                "no classifier yet: the refit (`fruits pca refit`) fits one once the table has "
+                f"reference rows (uploads under {', '.join(self.settings.reference_prefixes)})"
+            )
         kept = self._classifier_kept
         if kept is None or kept.version != wanted:
             kept = classifier_registry.classifier(self.settings, wanted)  # a new version: read once, then kept
@@ -333,15 +368,19 @@ class FeatureStore:
         if isinstance(target, Path | bytes):
             return self.featurize(target, model_id), None
         bucket, key = _bucket_and_key(target)
-        rows = _rows_with_key(self.dataset("features").dataset, key, ["image_id", "features", "model_id", "ingested_at"],
-                              bucket)
+        rows = _rows_with_key(
+            self.dataset("features").dataset, key, ["image_id", "features", "model_id", "ingested_at"], bucket
+        )
         if not rows:
-            raise LookupError(f"{key} is not in the features table (`fruits status {key}` says where an upload is; "
-                              "a local photo is given as a Path, on the command line as an existing file)")
+            raise LookupError(
+                f"{key} is not in the features table (`fruits status {key}` says where an upload is; "
+                "a local photo is given as a Path, on the command line as an existing file)"
+            )
         row = max(rows, key=lambda r: r["ingested_at"])
         if row["model_id"] != model_id:
-            raise LookupError(f"{key} was featurized with {row['model_id']}, not the classifier's feature model "
-                              f"{model_id}")
+            raise LookupError(
+                f"{key} was featurized with {row['model_id']}, not the classifier's feature model {model_id}"
+            )
         return np.asarray(row["features"], dtype=np.float32)[None], row["image_id"]
 
     # --- where is an upload -----------------------------------------------------------------
@@ -351,33 +390,67 @@ class FeatureStore:
         not yet in a table), skipped (an upload the Lambda does not featurize: not an image suffix)
         or unknown."""
         bucket, key = _bucket_and_key(key)
-        cols = ["image_id", "bucket", "key", "label", "suggested_label", "confidence", "unknown", "classifier_version",
-                "etag", "size", "event_time", "ingested_at", "pca_version"]
+        cols = [
+            "image_id",
+            "bucket",
+            "key",
+            "label",
+            "suggested_label",
+            "confidence",
+            "unknown",
+            "classifier_version",
+            "etag",
+            "size",
+            "event_time",
+            "ingested_at",
+            "pca_version",
+        ]
         rows = _rows_with_key(self.dataset("features").dataset, key, cols, bucket)
         if rows:
             return Status(key, "processed", f"{len(rows)} row(s) in the features table", rows)
-        rows = _rows_with_key(self.dataset("quarantine").dataset, key, ["image_id", "bucket", "key", "etag", "reason",
-                                                                        "error", "quarantined_at", "message_id"], bucket)
+        rows = _rows_with_key(
+            self.dataset("quarantine").dataset,
+            key,
+            ["image_id", "bucket", "key", "etag", "reason", "error", "quarantined_at", "message_id"],
+            bucket,
+        )
         if rows:
             return Status(key, "quarantined", "; ".join(f"{r['reason']}: {r['error']}" for r in rows), rows)
         if key.startswith(self.settings.upload_prefixes) and not is_image_key(key):
-            return Status(key, "skipped", f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
-                                          "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)")
+            return Status(
+                key,
+                "skipped",
+                f"not an image suffix ({', '.join(IMAGE_SUFFIXES)}, in any case): the "
+                "ingest Lambda skips it (metric RecordsSkipped, reason not_an_image)",
+            )
         try:
             # key_hash prunes the ledger's files: each maintained day is sorted by it.
-            rows = _rows_with_key(self.dataset(LEDGER).dataset, key, ["image_id", "bucket", "key", "etag", "event_time",
-                                                                      "received_at", "message_id"], bucket,
-                                  pc.field("key_hash") == ledger.key_hash(key))
+            rows = _rows_with_key(
+                self.dataset(LEDGER).dataset,
+                key,
+                ["image_id", "bucket", "key", "etag", "event_time", "received_at", "message_id"],
+                bucket,
+                pc.field("key_hash") == ledger.key_hash(key),
+            )
         except FileNotFoundError:
-            return Status(key, "unknown", f"in no table, and there is no uploads ledger at {self.settings.uploads_table} "
-                                          "yet (no upload has reached the ingest Lambda)")
+            return Status(
+                key,
+                "unknown",
+                f"in no table, and there is no uploads ledger at {self.settings.uploads_table} "
+                "yet (no upload has reached the ingest Lambda)",
+            )
         except (DeltaError, OSError) as exc:
             return Status(key, "unknown", f"in no table; the uploads ledger could not be read ({exc})")
         if rows:
-            return Status(key, "pending", f"in the uploads ledger since {rows[0]['received_at']}, not yet featurized",
-                          rows)
-        return Status(key, "unknown", "in no table and not in the uploads ledger: not uploaded, or its event has not "
-                                      "reached the ingest Lambda yet")
+            return Status(
+                key, "pending", f"in the uploads ledger since {rows[0]['received_at']}, not yet featurized", rows
+            )
+        return Status(
+            key,
+            "unknown",
+            "in no table and not in the uploads ledger: not uploaded, or its event has not "
+            "reached the ingest Lambda yet",
+        )
 
 
 def _bucket_and_key(target: str) -> tuple[str | None, str]:
@@ -385,8 +458,9 @@ def _bucket_and_key(target: str) -> tuple[str | None, str]:
     return aws.split_s3_uri(target) if "://" in target else (None, target)
 
 
-def _rows_with_key(dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None,
-                   also: pc.Expression | None = None) -> list[dict[str, Any]]:
+def _rows_with_key(
+    dataset: ds.Dataset, key: str, columns: list[str], bucket: str | None = None, also: pc.Expression | None = None
+) -> list[dict[str, Any]]:
     """The rows of ``key`` (in ``bucket`` only, when the caller named one; matching ``also``, a
     filter that prunes files by their statistics), with those of ``columns`` the table has (a
     table from before a column was added has none)."""

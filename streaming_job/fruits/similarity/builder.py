@@ -75,8 +75,13 @@ class IndexUpdate:
     reason: str
 
 
-def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], None] | None = None,
-           spark: SparkSession | None = None) -> IndexUpdate:
+def update(
+    settings: Settings,
+    *,
+    rebuild: bool = False,
+    guard: Callable[[], None] | None = None,
+    spark: SparkSession | None = None,
+) -> IndexUpdate:
     """Bring the index up to the ``features`` table's newest version (see the module). ``guard`` is
     called right before the manifest is written (the caller's lease is still its own); ``spark``
     reads a table with deletion vectors for a build (Arrow reads files, which would bring deleted
@@ -94,10 +99,12 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
     if manifest is not None and reason is None:
         if version == manifest.features_version:
             _collect_garbage(settings, manifest)
-            return IndexUpdate("unchanged", manifest, 0, time.perf_counter() - started,
-                               f"covers features version {version}")
-        rows = changes.appended_rows(settings, settings.features_table, manifest.features_version, version,
-                                     SOURCE_COLUMNS, table=table)
+            return IndexUpdate(
+                "unchanged", manifest, 0, time.perf_counter() - started, f"covers features version {version}"
+            )
+        rows = changes.appended_rows(
+            settings, settings.features_table, manifest.features_version, version, SOURCE_COLUMNS, table=table
+        )
         if rows is None:
             reason = f"the commits since features version {manifest.features_version} cannot be followed"
     with tempfile.TemporaryDirectory(prefix="fruits-index-") as work:
@@ -117,8 +124,17 @@ def update(settings: Settings, *, rebuild: bool = False, guard: Callable[[], Non
         _publish(settings, new, Path(work))
     _collect_garbage(settings, new)
     seconds = time.perf_counter() - started
-    log.info("similarity index %s (%s): %d rows added, %d rows in %d segments, PCA v%d, features version %d, %.1f s",
-             mode, reason, added, new.rows, len(new.segments), new.pca_version, new.features_version, seconds)
+    log.info(
+        "similarity index %s (%s): %d rows added, %d rows in %d segments, PCA v%d, features version %d, %.1f s",
+        mode,
+        reason,
+        added,
+        new.rows,
+        len(new.segments),
+        new.pca_version,
+        new.features_version,
+        seconds,
+    )
     return IndexUpdate(mode, new, added, seconds, reason or "")
 
 
@@ -136,8 +152,9 @@ def _indexed_model(settings: Settings, manifest: Manifest | None, newest: PcaMod
     return model if model is not None and manifest.built_in(model) else None
 
 
-def _build_reason(manifest: Manifest | None, indexed: PcaModel | None, newest: PcaModel, table: DeltaTable,
-                  rebuild: bool) -> str | None:
+def _build_reason(
+    manifest: Manifest | None, indexed: PcaModel | None, newest: PcaModel, table: DeltaTable, rebuild: bool
+) -> str | None:
     if manifest is None:
         return "no index yet"
     if rebuild:
@@ -151,8 +168,10 @@ def _build_reason(manifest: Manifest | None, indexed: PcaModel | None, newest: P
     if newest.feature_model_id != manifest.feature_model_id:
         return f"the feature model is now {newest.feature_model_id}"
     if newest.row_count >= REBUILD_GROWTH * manifest.pca_rows:
-        return (f"PCA v{newest.version} was fitted on {newest.row_count} rows, v{manifest.pca_version} "
-                f"on {manifest.pca_rows}")
+        return (
+            f"PCA v{newest.version} was fitted on {newest.row_count} rows, v{manifest.pca_version} "
+            f"on {manifest.pca_rows}"
+        )
     return None
 
 
@@ -160,8 +179,9 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _build(settings: Settings, model: PcaModel, table: DeltaTable, work: Path, old: Manifest | None,
-           spark: SparkSession | None) -> Manifest:
+def _build(
+    settings: Settings, model: PcaModel, table: DeltaTable, work: Path, old: Manifest | None, spark: SparkSession | None
+) -> Manifest:
     """Every row in ``model``'s space, one segment, in a new build folder."""
     build = f"v{model.version}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
     index, parts, done = new_index(model.k), [], 0
@@ -174,8 +194,18 @@ def _build(settings: Settings, model: PcaModel, table: DeltaTable, work: Path, o
             done += batch.num_rows
     segments = (write(work / build, 0, _strings(parts), index),) if done else ()
     retired = _retire(old, old.segments) if old is not None else ()
-    return Manifest(build, model.version, model.row_count, model.feature_model_id, model.k, table.version(),
-                    table.metadata().id, segments, _now(), retired)
+    return Manifest(
+        build,
+        model.version,
+        model.row_count,
+        model.feature_model_id,
+        model.k,
+        table.version(),
+        table.metadata().id,
+        segments,
+        _now(),
+        retired,
+    )
 
 
 def _retire(manifest: Manifest, segments: list[SegmentInfo] | tuple[SegmentInfo, ...]) -> tuple[tuple[str, str], ...]:
@@ -191,27 +221,47 @@ def _strings(parts: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([p.select(list(ROW_COLUMNS)).cast(schema) for p in parts])
 
 
-def _append(settings: Settings, manifest: Manifest, model: PcaModel, rows: pa.Table, version: int,
-            work: Path) -> Manifest:
+def _append(
+    settings: Settings, manifest: Manifest, model: PcaModel, rows: pa.Table, version: int, work: Path
+) -> Manifest:
     """``rows`` as a new segment (in ``model``'s space, the index's), then the log-structured merge."""
     if not rows.num_rows:
         return replace(manifest, features_version=version, updated_at=_now())
     folder = work / manifest.build
-    segments = [*manifest.segments, write(folder, manifest.next_key, _strings([rows]), new_index(model.k),
-                                          in_space(rows, model))]
+    segments = [
+        *manifest.segments,
+        write(folder, manifest.next_key, _strings([rows]), new_index(model.k), in_space(rows, model)),
+    ]
     merges = _merges([s.rows for s in segments])
-    merging = manifest.segments[len(manifest.segments) - merges:]
+    merging = manifest.segments[len(manifest.segments) - merges :]
     # The segments the merge rewrites, and only those: the index's own folder, or copies from S3.
-    existing = (Path(storage(settings)[1]) / manifest.build if not aws.is_s3(settings.table_root)
-                else copy_segments(settings, manifest.build, merging, work / "merging"))
+    existing = (
+        Path(storage(settings)[1]) / manifest.build
+        if not aws.is_s3(settings.table_root)
+        else copy_segments(settings, manifest.build, merging, work / "merging")
+    )
     for _ in range(merges):
-        older, newer = (Segment.open(folder if (folder / s.files[0]).exists() else existing, s, view=view)
-                        for s, view in ((segments[-2], False), (segments[-1], True)))
-        segments[-2:] = [write(folder, older.info.first, _strings([older.rows, newer.rows]), older.index,
-                               newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))),
-                               np.concatenate([older.key_hashes(), newer.key_hashes()]))]
-    return replace(manifest, features_version=version, segments=tuple(segments), updated_at=_now(),
-                   retired=_retire(manifest, merging))
+        older, newer = (
+            Segment.open(folder if (folder / s.files[0]).exists() else existing, s, view=view)
+            for s, view in ((segments[-2], False), (segments[-1], True))
+        )
+        segments[-2:] = [
+            write(
+                folder,
+                older.info.first,
+                _strings([older.rows, newer.rows]),
+                older.index,
+                newer.vectors(list(range(newer.info.first, newer.info.first + newer.info.rows))),
+                np.concatenate([older.key_hashes(), newer.key_hashes()]),
+            )
+        ]
+    return replace(
+        manifest,
+        features_version=version,
+        segments=tuple(segments),
+        updated_at=_now(),
+        retired=_retire(manifest, merging),
+    )
 
 
 def _merges(sizes: list[int]) -> int:
@@ -232,8 +282,12 @@ def _publish(settings: Settings, manifest: Manifest, work: Path) -> None:
     for info in manifest.segments:
         for name in info.files:
             if (work / manifest.build / name).exists():
-                pa_fs.copy_files(str(work / manifest.build / name), f"{base}/{manifest.build}/{name}",
-                                 source_filesystem=local, destination_filesystem=fs)
+                pa_fs.copy_files(
+                    str(work / manifest.build / name),
+                    f"{base}/{manifest.build}/{name}",
+                    source_filesystem=local,
+                    destination_filesystem=fs,
+                )
     aws.write_bytes(settings, f"{root(settings)}/{MANIFEST}", manifest.to_json().encode(), "application/json")
 
 
@@ -245,7 +299,7 @@ def _collect_garbage(settings: Settings, manifest: Manifest) -> None:
     horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=GRACE_SECONDS)
     recent = {path for path, at in manifest.retired if dt.datetime.fromisoformat(at) > horizon}
     for info in fs.get_file_info(pa_fs.FileSelector(base, recursive=True)):
-        relative = info.path[len(base) + 1:]
+        relative = info.path[len(base) + 1 :]
         if info.type != pa_fs.FileType.File or relative in named or relative in recent:
             continue
         if info.mtime is None or info.mtime.astimezone(dt.UTC) < horizon:

@@ -33,6 +33,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,8 +90,13 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
-        return cls(**{**raw, "segments": tuple(SegmentInfo(**s) for s in raw["segments"]),
-                      "retired": tuple((path, at) for path, at in raw.get("retired", ()))})
+        return cls(
+            **{
+                **raw,
+                "segments": tuple(SegmentInfo(**s) for s in raw["segments"]),
+                "retired": tuple((path, at) for path, at in raw.get("retired", ())),
+            }
+        )
 
 
 class UnknownKeyError(KeyError):
@@ -154,8 +160,12 @@ def copy_segments(settings: Settings, build: str, segments: tuple[SegmentInfo, .
         for name in info.files:
             if not (folder / name).exists():
                 partial = folder / f"{name}.{uuid.uuid4().hex}.partial"
-                pa_fs.copy_files(f"{base}/{build}/{name}", str(partial), source_filesystem=fs,
-                                 destination_filesystem=pa_fs.LocalFileSystem())
+                pa_fs.copy_files(
+                    f"{base}/{build}/{name}",
+                    str(partial),
+                    source_filesystem=fs,
+                    destination_filesystem=pa_fs.LocalFileSystem(),
+                )
                 partial.rename(folder / name)
     return folder
 
@@ -192,9 +202,10 @@ class _Tail:
         """A new tail with ``rows`` too (this one stays as it is for the queries reading it)."""
         if not rows.num_rows:
             return replace(self, upto=upto)
-        image_ids, keys, labels = (np.concatenate([old, rows.column(name).to_numpy(zero_copy_only=False)])
-                                   for old, name in ((self.image_ids, "image_id"), (self.keys, "key"),
-                                                     (self.labels, "label")))
+        image_ids, keys, labels = (
+            np.concatenate([old, rows.column(name).to_numpy(zero_copy_only=False)])
+            for old, name in ((self.image_ids, "image_id"), (self.keys, "key"), (self.labels, "label"))
+        )
         return _Tail(upto, image_ids, keys, labels, np.concatenate([self.unit, in_space(rows, model)]))
 
 
@@ -234,9 +245,11 @@ class IndexView:
             while True:
                 keys, distances = segment.search(query, count)
                 rows = segment.rows_at(keys)
-                kept = [Hit(float(d), i, key, label)
-                        for d, i, key, label in zip(distances, rows["image_id"], rows["key"], rows["label"])
-                        if i != exclude and (label is not None or not labelled_only)]
+                kept = [
+                    Hit(float(d), i, key, label)
+                    for d, i, key, label in zip(distances, rows["image_id"], rows["key"], rows["label"])
+                    if i != exclude and (label is not None or not labelled_only)
+                ]
                 if len(kept) >= k or count >= min(segment.info.rows, MAX_DEPTH):
                     break
                 count *= 4  # the labelled rows are further down: look deeper
@@ -276,8 +289,10 @@ class SimilarityIndex:
             elif self._committed_after(self._table.version()):
                 self._table.update_incremental()
             if self._table.metadata().id != view.manifest.table_id:
-                raise LookupError(f"the similarity index was built over another {self.settings.features_table} "
-                                  "(the table was made anew): the next `fruits pca refit` rebuilds it")
+                raise LookupError(
+                    f"the similarity index was built over another {self.settings.features_table} "
+                    "(the table was made anew): the next `fruits pca refit` rebuilds it"
+                )
             self._view = view = self._follow(view, self._table.version())
             return view
 
@@ -295,9 +310,10 @@ class SimilarityIndex:
                 break
             except FileNotFoundError as exc:
                 if attempt == 2:
-                    raise LookupError(f"the similarity index's manifest names a file that is gone ({exc}); "
-                                      "`similarity.update(settings, rebuild=True)` or the next refit rebuilds it") \
-                        from exc
+                    raise LookupError(
+                        f"the similarity index's manifest names a file that is gone ({exc}); "
+                        "`similarity.update(settings, rebuild=True)` or the next refit rebuilds it"
+                    ) from exc
         assert view is not None
         self._read_at = time.monotonic()
         return view
@@ -312,25 +328,35 @@ class SimilarityIndex:
         same_model = old is not None and old.model.version == manifest.pca_version
         model = old.model if same_model else registry.model(self.settings, manifest.pca_version)
         if model is None or not manifest.built_in(model):
-            raise LookupError(f"PCA version {manifest.pca_version} is not the one the similarity index was built in "
-                              "(the PCA tables were made anew): the next `fruits pca refit` rebuilds it")
+            raise LookupError(
+                f"PCA version {manifest.pca_version} is not the one the similarity index was built in "
+                "(the PCA tables were made anew): the next `fruits pca refit` rebuilds it"
+            )
         folder = local_folder(self.settings, manifest.build, manifest.segments)
         opened = {s.info: s for s in old.segments} if old is not None and old.manifest.build == manifest.build else {}
         segments = tuple(opened.get(info) or Segment.open(folder, info) for info in manifest.segments)
         keep_tail = old is not None and same_model and old.manifest.features_version == manifest.features_version
         tail = old.tail if keep_tail else _Tail.empty(manifest.features_version, manifest.k)
-        log.info("similarity index %s: PCA v%d, %d rows in %d segments, table version %d", manifest.build,
-                 manifest.pca_version, manifest.rows, len(manifest.segments), manifest.features_version)
+        log.info(
+            "similarity index %s: PCA v%d, %d rows in %d segments, table version %d",
+            manifest.build,
+            manifest.pca_version,
+            manifest.rows,
+            len(manifest.segments),
+            manifest.features_version,
+        )
         return IndexView(manifest, model, segments, tail)
 
     def _follow(self, view: IndexView, version: int) -> IndexView:
         if version <= view.tail.upto:
             return view
-        rows = changes.appended_rows(self.settings, self.settings.features_table, view.tail.upto, version,
-                                     SOURCE_COLUMNS, table=self._table)
+        rows = changes.appended_rows(
+            self.settings, self.settings.features_table, view.tail.upto, version, SOURCE_COLUMNS, table=self._table
+        )
         if rows is None:
             raise LookupError(
                 f"the similarity index covers features version {view.manifest.features_version}, and the commits "
                 "since then cannot be followed (rows changed, or older than VACUUM's retention); the refit's next "
-                "index update brings it up to date (`fruits pca refit`)")
+                "index update brings it up to date (`fruits pca refit`)"
+            )
         return replace(view, tail=view.tail.extended(rows, view.model, version))

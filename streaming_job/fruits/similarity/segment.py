@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from fruits_ingest.ledger import key_hash
 from usearch.index import Index
+
+from fruits_ingest.ledger import key_hash
 
 # f16 halves the vectors' memory against f32 for the same recall (0.998 at 100,000 of bench-scale's
 # rows, k = 60); i8 lost recall (0.88 against 0.99 on 100,000 clustered rows at k = 340). usearch's
@@ -51,12 +52,24 @@ class SegmentInfo:
 
 
 def new_index(k: int) -> Index:
-    return Index(ndim=k, metric="cos", dtype=DTYPE, connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
-                 expansion_search=EXPANSION_SEARCH)
+    return Index(
+        ndim=k,
+        metric="cos",
+        dtype=DTYPE,
+        connectivity=CONNECTIVITY,
+        expansion_add=EXPANSION_ADD,
+        expansion_search=EXPANSION_SEARCH,
+    )
 
 
-def write(folder: Path, first: int, rows: pa.Table, index: Index, vectors: np.ndarray | None = None,
-          hashes: np.ndarray | None = None) -> SegmentInfo:
+def write(
+    folder: Path,
+    first: int,
+    rows: pa.Table,
+    index: Index,
+    vectors: np.ndarray | None = None,
+    hashes: np.ndarray | None = None,
+) -> SegmentInfo:
     """Write a segment of ``rows`` (``ROW_COLUMNS``) into ``folder``: ``index`` holds the vectors of
     its first rows (keys from ``first`` on), ``vectors`` are those of the rest, added here;
     ``hashes``: the rows' key hashes when known (a merge has its segments'), else computed."""

@@ -86,11 +86,31 @@ def tested_versions(exclude: frozenset[str] = CLUSTER_PROVIDED | {DISTRIBUTION})
 def _pip_target(target: Path, requirements: list[str], *, deps: bool, constraints: Path) -> None:
     # pip takes the platforms literally: the legacy aliases name wheels tagged only with them.
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[1], 35)] + [
-        "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--upgrade",
-               "--target", str(target), "--python-version", PYTHON_VERSION, "--implementation", "cp",
-               "--only-binary=:all:", "--constraint", str(constraints), *(f"--platform={p}" for p in platforms),
-               *requirements]
+        "manylinux2014_x86_64",
+        "manylinux2010_x86_64",
+        "manylinux1_x86_64",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--upgrade",
+        "--target",
+        str(target),
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        "cp",
+        "--only-binary=:all:",
+        "--constraint",
+        str(constraints),
+        *(f"--platform={p}" for p in platforms),
+        *requirements,
+    ]
     if not deps:
         command.insert(4, "--no-deps")
     subprocess.run(command, check=True)
@@ -101,13 +121,28 @@ def pack_environment(out: Path, project: Path) -> Path:
     Python on Linux x86_64, at the archive's top level."""
     with tempfile.TemporaryDirectory(prefix="fruits-env-") as tmp:
         wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                        "--wheel-dir", str(wheels), str(project)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--wheel-dir",
+                str(wheels),
+                str(project),
+            ],
+            check=True,
+        )
         requirements = runtime_requirements()
         delta = [r for r in requirements if r.startswith("delta-spark")]
         if delta != [f"delta-spark=={DELTA_VERSION}"]:
-            raise RuntimeError(f"pyproject pins {delta or 'no delta-spark'}, the release ships Delta {DELTA_VERSION}: "
-                               "fix pyproject.toml (tests/test_release.py says the same)")
+            raise RuntimeError(
+                f"pyproject pins {delta or 'no delta-spark'}, the release ships Delta {DELTA_VERSION}: "
+                "fix pyproject.toml (tests/test_release.py says the same)"
+            )
         constraints = Path(tmp) / "constraints.txt"
         constraints.write_text("\n".join(tested_versions()) + "\n")
         _pip_target(site, [r for r in requirements if r not in delta], deps=True, constraints=constraints)
@@ -135,8 +170,12 @@ def write(folder: Path, project: Path) -> None:
 
 def artifact_files(folder: Path) -> list[Path]:
     """The files the jobs need, relative to ``folder``; a clear error names any that is missing."""
-    files = [Path(ENTRY_POINT), Path(ENVIRONMENT), Path(MODEL_DIR) / MODEL_FILE,
-             Path(MODEL_DIR) / MODEL_FILE.replace(".tflite", ".json")]
+    files = [
+        Path(ENTRY_POINT),
+        Path(ENVIRONMENT),
+        Path(MODEL_DIR) / MODEL_FILE,
+        Path(MODEL_DIR) / MODEL_FILE.replace(".tflite", ".json"),
+    ]
     missing = [str(folder / f) for f in files if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}: run `make emr-artifacts` first")
@@ -154,5 +193,15 @@ def upload(settings: Settings, folder: Path) -> list[str]:
     return written
 
 
-__all__ = ["ARTIFACTS", "ENTRY_POINT", "ENVIRONMENT", "MODEL_FILE", "PYTHON_EXECUTABLE", "artifact_files",
-           "pack_environment", "runtime_requirements", "upload", "write"]
+__all__ = [
+    "ARTIFACTS",
+    "ENTRY_POINT",
+    "ENVIRONMENT",
+    "MODEL_FILE",
+    "PYTHON_EXECUTABLE",
+    "artifact_files",
+    "pack_environment",
+    "runtime_requirements",
+    "upload",
+    "write",
+]

@@ -42,8 +42,10 @@ def packages() -> tuple[str, str]:
     """Delta as the EMR release ships it (spark/release.py), built for this pyspark's minor version,
     and the S3A connector of its Hadoop client. A function, not a constant: under spark-submit on a
     cluster pyspark comes as a zip without jars, and this module must still import."""
-    return (f"io.delta:delta-spark_{SPARK_MINOR}_{SCALA_VERSION}:{DELTA_VERSION}",
-            f"org.apache.hadoop:hadoop-aws:{hadoop_version()}")
+    return (
+        f"io.delta:delta-spark_{SPARK_MINOR}_{SCALA_VERSION}:{DELTA_VERSION}",
+        f"org.apache.hadoop:hadoop-aws:{hadoop_version()}",
+    )
 
 
 def _cache_dir(root: str | None, wanted: tuple[str, ...]) -> Path:
@@ -81,7 +83,7 @@ def fetch(root: str | None = None) -> list[Path]:
     ivy = target / "ivy"
     log.info("resolving %s from Maven Central into %s (once)", ", ".join(wanted), target)
     code = _RESOLVE.format(packages=",".join(wanted), ivy=str(ivy))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(
             f"could not resolve {wanted} from Maven Central (exit {proc.returncode}):\n{proc.stderr[-3000:]}"

@@ -43,11 +43,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-
 from delta.tables import DeltaTable
-from fruits_ingest import ledger
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
+
+from fruits_ingest import ledger
 
 from ..config import VACUUM_RETAIN_HOURS, Settings
 from ..io import lake
@@ -74,17 +74,27 @@ def compact(spark: SparkSession, settings: Settings, location: str) -> tuple[int
     or more; the numbers of files removed and added."""
     small = int(spark.conf.get("spark.databricks.delta.optimize.minFileSize", str(1 << 30)))
     files = pa.table(lake.delta_table(settings, location).get_add_actions(flatten=True))
-    days = Counter(day for day, size in zip(files.column(f"partition.{PARTITION}").to_pylist(),
-                                            files.column("size_bytes").to_pylist()) if size < small)
+    days = Counter(
+        day
+        for day, size in zip(files.column(f"partition.{PARTITION}").to_pylist(), files.column("size_bytes").to_pylist())
+        if size < small
+    )
     crowded = sorted(day for day, count in days.items() if count >= COMPACT_MIN_FILES)
     if not crowded:
         return 0, 0
     dates = ", ".join(f"DATE'{day}'" for day in crowded)
     where = f"{PARTITION} IN ({dates})"
-    metrics = table.retried(lambda: DeltaTable.forPath(spark, location).optimize().where(where).executeCompaction()
-                            .first(), f"OPTIMIZE {location}").metrics
-    log.info("OPTIMIZE %s, %d day(s): %d files into %d", location, len(crowded), metrics.numFilesRemoved,
-             metrics.numFilesAdded)
+    metrics = table.retried(
+        lambda: DeltaTable.forPath(spark, location).optimize().where(where).executeCompaction().first(),
+        f"OPTIMIZE {location}",
+    ).metrics
+    log.info(
+        "OPTIMIZE %s, %d day(s): %d files into %d",
+        location,
+        len(crowded),
+        metrics.numFilesRemoved,
+        metrics.numFilesAdded,
+    )
     return metrics.numFilesRemoved, metrics.numFilesAdded
 
 
@@ -98,11 +108,14 @@ def vacuum(spark: SparkSession, location: str, retain_hours: float = VACUUM_RETA
     """
     try:
         spark.sql(f"VACUUM delta.`{location}` LITE RETAIN {retain_hours:g} HOURS")
-    except Exception as exc:  # noqa: BLE001 (a JVM error, recognized by its Delta error class)
+    except Exception as exc:
         if "DELTA_CANNOT_VACUUM_LITE" not in str(exc):
             raise
-        log.warning("VACUUM LITE %s: the log since the last VACUUM is gone (%s); a full VACUUM instead", location,
-                    str(exc).splitlines()[0])
+        log.warning(
+            "VACUUM LITE %s: the log since the last VACUUM is gone (%s); a full VACUUM instead",
+            location,
+            str(exc).splitlines()[0],
+        )
         spark.sql(f"VACUUM delta.`{location}` FULL RETAIN {retain_hours:g} HOURS")
     deleted = table.newest_metric(DeltaTable.forPath(spark, location), "operation = 'VACUUM END'", "numDeletedFiles")
     log.info("VACUUM %s (%.0f h retained): %d files deleted", location, retain_hours, deleted)
@@ -163,15 +176,23 @@ def _console_held(spark: SparkSession) -> Iterator[None]:
         # The JVM may be going (Ctrl-C): then the error that stopped the block is the one to see.
         with contextlib.suppress(Py4JError):
             getattr(out, "value_$eq")(before)
-            kept = "".join(line for line in held.toString("UTF-8").splitlines(keepends=True)
-                           if not VACUUM_SUMMARY.fullmatch(line.strip()))
+            kept = "".join(
+                line
+                for line in held.toString("UTF-8").splitlines(keepends=True)
+                if not VACUUM_SUMMARY.fullmatch(line.strip())
+            )
             if kept:
                 before.print(kept)
                 before.flush()
 
 
-def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACUUM_RETAIN_HOURS,
-             pca_tables: bool = True, on_step: Callable[[str], None] | None = None) -> Maintenance:
+def maintain(
+    spark: SparkSession,
+    settings: Settings,
+    retain_hours: float = VACUUM_RETAIN_HOURS,
+    pca_tables: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> Maintenance:
     """VACUUM the refit's tables, keeping ``retain_hours`` (``pca_tables``: the caller holds the
     refit's lease; a table no refit has written yet is left alone); then compact and sort the uploads
     ledger (its own retention: ``fruits_ingest.ledger.RETENTION``). Never touches the stream's tables.
@@ -186,7 +207,11 @@ def maintain(spark: SparkSession, settings: Settings, retain_hours: float = VACU
     step("uploads ledger")
     report.ledger = ledger.maintain(lake.delta_uri(settings.uploads_table), lake.storage_options(settings))
     if report.ledger:
-        log.info("uploads ledger: %d earlier day(s) sorted by key, today compacted: %d files into %d; %d deleted",
-                 len(report.ledger.days), report.ledger.files_removed, report.ledger.files_added,
-                 report.ledger.vacuumed)
+        log.info(
+            "uploads ledger: %d earlier day(s) sorted by key, today compacted: %d files into %d; %d deleted",
+            len(report.ledger.days),
+            report.ledger.files_removed,
+            report.ledger.files_added,
+            report.ledger.vacuumed,
+        )
     return report

@@ -7,7 +7,6 @@ stream's exactly-once check reads only the partitions of a micro-batch's dates (
 
 from __future__ import annotations
 
-from fruits_ingest.ledger import PARTITION  # FEATURES and QUARANTINE are partitioned as the ledger is
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import (
     ArrayType,
@@ -23,6 +22,8 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from fruits_ingest.ledger import PARTITION  # FEATURES and QUARANTINE are partitioned as the ledger is
 
 from ..classifier.model import ANSWER_TYPE
 

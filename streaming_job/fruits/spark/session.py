@@ -81,8 +81,8 @@ def submitted() -> bool:
 def session_conf(settings: Settings, master: str | None = None, on_cluster: bool = False) -> dict[str, str]:
     """The session's configuration. On a cluster (``on_cluster``): what every session needs, and S3A
     pointed at an emulator if one is configured; spark-submit's ``--jars``/``spark.jars`` (EMR's own
-    Delta jars, infra/) and ``--conf`` give the rest. On one machine: also the master, the Delta and S3A jars resolved once from Maven
-    Central, and tuning for a small local machine."""
+    Delta jars, infra/) and ``--conf`` give the rest. On one machine: also the master, the Delta and
+    S3A jars resolved once from Maven Central, and tuning for a small local machine."""
     conf = dict(REQUIRED)
     if on_cluster:
         return conf | (s3a_conf(settings) if settings.endpoint_url else {})

@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import pandas as pd
-
 # delta-spark 4.x converts the JVM's conflict exceptions to these Python classes only once its
 # `captured` module is imported, which `delta.exceptions` no longer does: without this import
 # every conflict arrived as a bare Py4JJavaError and no retry ever matched.
 import delta.exceptions.captured  # noqa: F401
+import pandas as pd
 from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -38,7 +37,9 @@ class TableLayoutError(RuntimeError):
     """A table an older version of the pipeline created, without the columns or partitions this one needs."""
 
 
-def ensure_table(spark: SparkSession, location: str, schema: StructType, partition_by: tuple[str, ...] = ()) -> DeltaTable:
+def ensure_table(
+    spark: SparkSession, location: str, schema: StructType, partition_by: tuple[str, ...] = ()
+) -> DeltaTable:
     """The table at ``location``, created with ``schema`` if there is none. (Delta stores a schema
     written this way as nullable throughout, as it does every DataFrame write's: delta-rs reads the
     files' nullable lists only into a schema that allows them.)"""
@@ -90,8 +91,10 @@ def retried(operation: Callable[[], T], what: str, attempts: int = 5) -> T:
         except BENIGN_CONFLICTS as exc:
             log.info("%s met a concurrent commit (%s), attempt %d of %d", what, type(exc).__name__, attempt, attempts)
             if attempt == attempts:
-                raise RuntimeError(f"{what} met a concurrent commit {attempts} times in a row; run it again when the "
-                                   "other jobs are quieter") from exc
+                raise RuntimeError(
+                    f"{what} met a concurrent commit {attempts} times in a row; run it again when the "
+                    "other jobs are quieter"
+                ) from exc
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
 

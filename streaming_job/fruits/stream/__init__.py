@@ -2,9 +2,29 @@
 ``written`` (the exactly-once check, kept by the tables). The workers' side is ``fruits.featurize``."""
 
 from .job import (
-    BatchWriter, dedupe, drop_written, feature_rows, featurize, label_from_key, labelled, quarantine_rows,
-    RowsRead, read_uploads, start,
+    BatchWriter,
+    RowsRead,
+    dedupe,
+    drop_written,
+    feature_rows,
+    featurize,
+    label_from_key,
+    labelled,
+    quarantine_rows,
+    read_uploads,
+    start,
 )
 
-__all__ = ["BatchWriter", "dedupe", "drop_written", "feature_rows", "featurize", "label_from_key", "labelled",
-           "quarantine_rows", "read_uploads", "RowsRead", "start"]
+__all__ = [
+    "BatchWriter",
+    "dedupe",
+    "drop_written",
+    "feature_rows",
+    "featurize",
+    "label_from_key",
+    "labelled",
+    "quarantine_rows",
+    "read_uploads",
+    "RowsRead",
+    "start",
+]

@@ -27,26 +27,27 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from fruits_ingest.ledger import ensure_ledger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.streaming import StreamingQuery
 
+from fruits_ingest.ledger import ensure_ledger
+
+from ..classifier import registry as classifier_registry
+from ..classifier.model import Classifier
 from ..config import Settings
 from ..featurize.batch import Columns, WorkerOptions, featurize_batches
 from ..featurize.build import WeightsBlob, as_compiled, load_model
 from ..featurize.images import Reason
 from ..featurize.model import COMPILED_SUFFIX, CompiledModel
-from ..classifier import registry as classifier_registry
-from ..classifier.model import Classifier
 from ..io import aws, lake, versions
 from ..pca import registry
 from ..pca.model import PcaModel
 from ..spark import maintenance
 from ..spark import tables as table
-from ..spark.session import submitted
 from ..spark.schema import ANSWER, FEATURES, FEATURIZE_RESULT, QUARANTINE
+from ..spark.session import submitted
 from . import metrics, poison
 from .written import WrittenImages
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 
 # --- source ---------------------------------------------------------------------------------
+
 
 def read_uploads(spark: SparkSession, settings: Settings) -> DataFrame:
     """The uploads ledger as a Delta streaming source: each trigger reads only the commits since the
@@ -69,6 +71,7 @@ def read_uploads(spark: SparkSession, settings: Settings) -> DataFrame:
 
 
 # --- transforms -----------------------------------------------------------------------------
+
 
 def label_from_key(reference_prefixes: tuple[str, ...], rule: str = "folder") -> F.Column:
     """The label of a reference upload, from its key; null for any other key (an app upload) and for
@@ -109,9 +112,13 @@ def drop_written(images: DataFrame, written: WrittenImages) -> DataFrame | None:
 def featurize_udf(model: Any, settings: Settings) -> Any:
     """A pandas UDF ``(bucket, key, etag, version_id) -> FEATURIZE_RESULT``: ``featurize_batches``
     on the workers. ``model`` is a broadcast ``CompiledModel``, loaded once per Python worker."""
-    options = WorkerOptions(endpoint_url=settings.endpoint_url, region=settings.region,
-                            batch_size=settings.batch_size, max_image_bytes=settings.max_image_bytes,
-                            model_threads=settings.model_threads)
+    options = WorkerOptions(
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        batch_size=settings.batch_size,
+        max_image_bytes=settings.max_image_bytes,
+        model_threads=settings.model_threads,
+    )
 
     @pandas_udf(FEATURIZE_RESULT)  # type: ignore[call-overload]
     def featurize(batches: Iterator[Columns]) -> Iterator[pd.DataFrame]:
@@ -127,8 +134,10 @@ def featurize(images: DataFrame, model: Any, settings: Settings, model_id: str) 
     # Spread the batch over the cluster: the dedupe shuffle otherwise coalesces small batches
     # into one partition, so one executor would featurize everything.
     partitions = settings.featurize_partitions or images.sparkSession.sparkContext.defaultParallelism
-    return images.repartition(partitions).withColumn("result", udf("bucket", "key", "etag", "version_id")).withColumn(
-        "model_id", F.lit(model_id)
+    return (
+        images.repartition(partitions)
+        .withColumn("result", udf("bucket", "key", "etag", "version_id"))
+        .withColumn("model_id", F.lit(model_id))
     )
 
 
@@ -136,33 +145,48 @@ def featurize(images: DataFrame, model: Any, settings: Settings, model_id: str) 
 DERIVED = ("pca_features", "pca_version", *ANSWER.fieldNames(), "classifier_version")
 
 
-def feature_rows(scored: DataFrame, pca: CurrentPca | None = None, answer: CurrentClassifier | None = None) -> DataFrame:
+def feature_rows(
+    scored: DataFrame, pca: CurrentPca | None = None, answer: CurrentClassifier | None = None
+) -> DataFrame:
     """The features-table rows of the images that were featurized; projected if a PCA model is
     given, answered if a classifier is."""
     rows = scored.where(F.col("result.reason").isNull()).select(
         *[
-            F.col("result.features").alias("features") if f.name == "features"
-            else F.current_timestamp().alias("ingested_at") if f.name == "ingested_at"
-            else F.lit(None).cast(f.dataType).alias(f.name) if f.name in DERIVED
+            F.col("result.features").alias("features")
+            if f.name == "features"
+            else F.current_timestamp().alias("ingested_at")
+            if f.name == "ingested_at"
+            else F.lit(None).cast(f.dataType).alias(f.name)
+            if f.name in DERIVED
             else F.col(f.name)
             for f in FEATURES.fields
         ]
     )
     if pca is not None and pca.model is not None and pca.projection is not None:
-        rows = rows.withColumn("pca_features", pca.projection) \
-            .withColumn("pca_version", F.lit(pca.model.version).cast("long"))
+        rows = rows.withColumn("pca_features", pca.projection).withColumn(
+            "pca_version", F.lit(pca.model.version).cast("long")
+        )
     if answer is not None and answer.classifier is not None and answer.column is not None:
-        rows = rows.withColumn("answer", answer.column).withColumns(
-            {**{name: F.col(f"answer.{name}") for name in ANSWER.fieldNames()},
-             "classifier_version": F.lit(answer.classifier.version).cast("long")}).drop("answer")
+        rows = (
+            rows.withColumn("answer", answer.column)
+            .withColumns(
+                {
+                    **{name: F.col(f"answer.{name}") for name in ANSWER.fieldNames()},
+                    "classifier_version": F.lit(answer.classifier.version).cast("long"),
+                }
+            )
+            .drop("answer")
+        )
     return rows
 
 
 def quarantine_rows(scored: DataFrame) -> DataFrame:
     return scored.where(F.col("result.reason").isNotNull()).select(
         *[
-            F.col(f"result.{f.name}").alias(f.name) if f.name in ("reason", "error")
-            else F.current_timestamp().alias("quarantined_at") if f.name == "quarantined_at"
+            F.col(f"result.{f.name}").alias(f.name)
+            if f.name in ("reason", "error")
+            else F.current_timestamp().alias("quarantined_at")
+            if f.name == "quarantined_at"
             else F.col(f.name)
             for f in QUARANTINE.fields
         ]
@@ -170,6 +194,7 @@ def quarantine_rows(scored: DataFrame) -> DataFrame:
 
 
 # --- sink -----------------------------------------------------------------------------------
+
 
 @contextmanager
 def materialized(df: DataFrame, reliable_dir: str | None = None) -> Iterator[DataFrame]:
@@ -232,8 +257,14 @@ class BatchWriter:
     every ``compact_every`` micro-batches, VACUUM LITE after every ``vacuum_every`` (``maintain``).
     """
 
-    def __init__(self, spark: SparkSession, settings: Settings, model: WeightsBlob | CompiledModel,
-                 reliable: bool | None = None, guard: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        model: WeightsBlob | CompiledModel,
+        reliable: bool | None = None,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
         self.spark = spark
         # Called right before each table write: raises if this stream may no longer write (its lease
         # ran out or was taken over), which fails the stream instead of letting two writers append.
@@ -261,8 +292,9 @@ class BatchWriter:
         if self._pca_versions.changed():
             model = registry.model(self.settings)
             usable = model is not None and model.feature_model_id == self.model_id
-            self._pca = CurrentPca(model, registry.project_column(self.spark, model)) if usable \
-                else CurrentPca(None, None)
+            self._pca = (
+                CurrentPca(model, registry.project_column(self.spark, model)) if usable else CurrentPca(None, None)
+            )
         return self._pca
 
     def current_classifier(self) -> CurrentClassifier:
@@ -272,8 +304,11 @@ class BatchWriter:
         if self._classifier_versions.changed():
             found = classifier_registry.classifier(self.settings)
             usable = found is not None and found.feature_model_id == self.model_id
-            self._classifier = CurrentClassifier(found, classifier_registry.answer_column(self.spark, found)) \
-                if usable else CurrentClassifier(None, None)
+            self._classifier = (
+                CurrentClassifier(found, classifier_registry.answer_column(self.spark, found))
+                if usable
+                else CurrentClassifier(None, None)
+            )
         return self._classifier
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -296,8 +331,12 @@ class BatchWriter:
             try:
                 job()
             except Exception as exc:  # noqa: BLE001 - the next run tries again
-                log.warning("%s failed after micro-batch %d (left for the next run): %s", what, batch_id,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                log.warning(
+                    "%s failed after micro-batch %d (left for the next run): %s",
+                    what,
+                    batch_id,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
 
     def write(self, batch: DataFrame, batch_id: int) -> None:
         """Featurize the micro-batch's new images and append them to ``features`` or ``quarantine``."""
@@ -310,7 +349,9 @@ class BatchWriter:
         reliable_dir = f"{s.checkpoint}/batches/{batch_id}-{uuid.uuid4().hex[:8]}" if self.reliable else None
         with ExitStack() as stack:
             try:
-                scored = stack.enter_context(materialized(featurize(images, self.model, s, self.model_id), reliable_dir))
+                scored = stack.enter_context(
+                    materialized(featurize(images, self.model, s, self.model_id), reliable_dir)
+                )
             except Exception as exc:
                 if poison.systemic(exc):
                     raise
@@ -325,21 +366,29 @@ class BatchWriter:
                 self.guard()
                 table.append(quarantine_rows(scored), s.quarantine_table)
         written = time.perf_counter()
-        metrics.publish(s, metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
-                        self._cloudwatch)
+        metrics.publish(
+            s,
+            metrics.BatchMetrics(batch_id, total, quarantined, featurized - started, written - featurized),
+            self._cloudwatch,
+        )
 
     def isolated(self, images: DataFrame, batch_id: int, failure: Exception) -> DataFrame:
         """The scores of a micro-batch whose featurizing failed, found part by part
         (``poison.isolate``), the images that failed alone quarantined as ``poison``; raises if
         every image failed alone, until that happened ``poison_attempts`` times."""
         s = self.settings
-        log.warning("micro-batch %d failed (%s): featurizing its images in parts to find the cause",
-                    batch_id, poison.summary(failure))
+        log.warning(
+            "micro-batch %d failed (%s): featurizing its images in parts to find the cause",
+            batch_id,
+            poison.summary(failure),
+        )
         spark, rows = images.sparkSession, images.toArrow()
         scored_schema = featurize(images, self.model, s, self.model_id).schema
 
         def score(part: list[int]) -> pa.Table:
-            return featurize(spark.createDataFrame(rows.take(part), images.schema), self.model, s, self.model_id).toArrow()
+            return featurize(
+                spark.createDataFrame(rows.take(part), images.schema), self.model, s, self.model_id
+            ).toArrow()
 
         results, poisoned = poison.isolate(rows.num_rows, score)
         attempts = poison.Attempts(s, batch_id)
@@ -351,10 +400,17 @@ class BatchWriter:
         attempts.clear()
         for row, error in poisoned.items():
             log.error("s3://%s/%s quarantined as poison: %s", rows["bucket"][row], rows["key"][row], error)
-        bad = [{**line, "result": {"features": None, "reason": str(Reason.POISON), "error": error}, "model_id": self.model_id}
-               for line, error in zip(rows.take(list(poisoned)).to_pylist(), poisoned.values())]
+        bad = [
+            {
+                **line,
+                "result": {"features": None, "reason": str(Reason.POISON), "error": error},
+                "model_id": self.model_id,
+            }
+            for line, error in zip(rows.take(list(poisoned)).to_pylist(), poisoned.values())
+        ]
         parts = ([spark.createDataFrame(pa.concat_tables(results), scored_schema)] if results else []) + (
-            [spark.createDataFrame(bad, scored_schema)] if bad else [])
+            [spark.createDataFrame(bad, scored_schema)] if bad else []
+        )
         return functools.reduce(DataFrame.unionByName, parts)
 
 
@@ -389,7 +445,6 @@ def start(
         .queryName("fruits-featurizer")
         .start()
     )
-
 
 
 class RowsRead:

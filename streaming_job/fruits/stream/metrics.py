@@ -38,11 +38,17 @@ class BatchMetrics:
 
     def metric_data(self, bucket: str) -> list[dict[str, Any]]:
         dimensions = [{"Name": "Bucket", "Value": bucket}]
-        values = (("BatchesCommitted", 1, "Count"), ("ImagesFeaturized", self.images - self.quarantined, "Count"),
-                  ("ImagesQuarantined", self.quarantined, "Count"), ("FeaturizeSeconds", self.featurize_s, "Seconds"),
-                  ("WriteSeconds", self.write_s, "Seconds"))
-        return [{"MetricName": name, "Dimensions": dimensions, "Value": float(value), "Unit": unit}
-                for name, value, unit in values]
+        values = (
+            ("BatchesCommitted", 1, "Count"),
+            ("ImagesFeaturized", self.images - self.quarantined, "Count"),
+            ("ImagesQuarantined", self.quarantined, "Count"),
+            ("FeaturizeSeconds", self.featurize_s, "Seconds"),
+            ("WriteSeconds", self.write_s, "Seconds"),
+        )
+        return [
+            {"MetricName": name, "Dimensions": dimensions, "Value": float(value), "Unit": unit}
+            for name, value, unit in values
+        ]
 
 
 def publish(settings: Settings, metrics: BatchMetrics, client: Any = None) -> None:
@@ -52,6 +58,7 @@ def publish(settings: Settings, metrics: BatchMetrics, client: Any = None) -> No
         return
     try:
         (client or aws.client("cloudwatch", settings)).put_metric_data(
-            Namespace=settings.metrics_namespace, MetricData=metrics.metric_data(settings.bucket))
+            Namespace=settings.metrics_namespace, MetricData=metrics.metric_data(settings.bucket)
+        )
     except (BotoCoreError, ClientError) as exc:
         log.warning("could not publish the metrics of batch %d to CloudWatch: %s", metrics.batch_id, exc)

@@ -34,7 +34,6 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-
 from ..config import Settings
 from ..io import lake
 
@@ -80,7 +79,7 @@ def isolate(n: int, score: Callable[[list[int]], T], tries: int = 2) -> tuple[li
             try:
                 results.append(score(part))
                 break
-            except Exception as exc:  # noqa: BLE001 - any worker failure; systemic ones re-raise
+            except Exception as exc:
                 if systemic(exc):
                     raise
                 if len(part) > 1:
@@ -123,4 +122,3 @@ class Attempts:
             pass
         except OSError as exc:  # nothing depends on it: the next success clears it
             log.warning("could not clear %s: %s", self.folder, exc)
-

@@ -54,11 +54,11 @@ def lookup_dates(rows: pa.Table) -> list[dt.date]:
     event had none): each row's date, the neighbouring day for an event within ``MARGIN`` of
     midnight, and the day before for an event without a time."""
     dates = set()
-    for date, time in zip(rows.column(PARTITION).to_pylist(), rows.column("event_time").to_pylist()):
-        if time is None:
+    for date, when in zip(rows.column(PARTITION).to_pylist(), rows.column("event_time").to_pylist()):
+        if when is None:
             dates.update({date, date - dt.timedelta(days=1)})
         else:
-            time = time.astimezone(dt.timezone.utc) if time.tzinfo else time  # naive: already UTC
+            time = when.astimezone(dt.UTC) if when.tzinfo else when  # naive: already UTC
             dates.update({date, (time - MARGIN).date(), (time + MARGIN).date()})
     return sorted(dates)
 
@@ -72,8 +72,9 @@ def candidates(settings: Settings, location: str, delta: DeltaTable, ids: pa.Arr
 class WrittenImages:
     """Looks ids up in ``features`` and ``quarantine`` (or in ``locations``), at their newest versions."""
 
-    def __init__(self, settings: Settings, spark: SparkSession | None = None,
-                 locations: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, spark: SparkSession | None = None, locations: tuple[str, ...] | None = None
+    ) -> None:
         self._settings = settings
         self._spark = spark  # only for tables Arrow cannot read file by file
         self._tables: dict[str, DeltaTable] = {
@@ -102,7 +103,10 @@ class WrittenImages:
         """A Delta reader's answer, for tables whose rows are not just their files' rows."""
         if self._spark is None:
             raise ValueError(f"{location} needs a Delta reader (deletion vectors or column mapping); pass spark")
-        found = (table.read(self._spark, location)
-                 .where(F.col(PARTITION).isin(dates) & F.col("image_id").isin(ids.to_pylist()))
-                 .select("image_id").toArrow())
+        found = (
+            table.read(self._spark, location)
+            .where(F.col(PARTITION).isin(dates) & F.col("image_id").isin(ids.to_pylist()))
+            .select("image_id")
+            .toArrow()
+        )
         return found.column(0).combine_chunks()
