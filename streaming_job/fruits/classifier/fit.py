@@ -246,7 +246,7 @@ def update(
         )
 
     def mark(classifier_version: int | None) -> None:
-        registry.write_progress(settings, registry.Progress(classifier_version or 0, version, table_id))
+        registry.write_progress(settings, registry.ReadMark(classifier_version or 0, version, table_id))
 
     requantile = own is not None and quantile != own["reject_quantile"]
     after = None if rebuild else _read_up_to(registry.read_progress(settings), own, table_id, version)
@@ -310,7 +310,7 @@ def update(
     return done
 
 
-def _read_up_to(mark: registry.Progress | None, own: dict | None, table_id: str, version: int) -> int | None:
+def _read_up_to(mark: registry.ReadMark | None, own: dict | None, table_id: str, version: int) -> int | None:
     """The features version the classifier has read up to on this table; None: read every
     reference row. ``own``: the newest version's summary, if it covers this table."""
     covered = own["source_table_version"] if own is not None else None

@@ -2,7 +2,7 @@
 
 Each fit that changed the reference sample (or the reject quantile) appends one version (one
 row: the prototypes, the threshold, the held-out metrics; ``io.versions``), read by version like
-the PCA models. Beside the table, ``_checkpoints/classifier.json`` (a ``Progress``) records how far
+the PCA models. Beside the table, ``_checkpoints/classifier.json`` (a ``ReadMark``) records how far
 the refit has read ``features`` for the classifier: a refit that changed nothing writes no
 version, only that mark, so the next refit reads from there and no further back.
 
@@ -37,7 +37,7 @@ SUMMARY = ["version", "feature_model_id", "reject_quantile", "source_table_versi
 
 
 @dataclass(frozen=True)
-class Progress:
+class ReadMark:
     """How far the classifier has read ``features``: up to ``features_version`` of the table
     ``table_id``, the newest version then being ``classifier_version`` (0: none)."""
 
@@ -109,17 +109,17 @@ def commit(spark: SparkSession, settings: Settings, new: Classifier) -> None:
         )
 
 
-def read_progress(settings: Settings) -> Progress | None:
+def read_progress(settings: Settings) -> ReadMark | None:
     """The mark, or None (none yet, or unreadable: the newest version's own coverage serves)."""
     try:
         with lake.filesystem(settings).open_input_stream(lake.path_in(progress_uri(settings))) as f:
             mark = json.loads(f.read().decode())
-        return Progress(int(mark["classifier_version"]), int(mark["features_version"]), str(mark["table_id"]))
+        return ReadMark(int(mark["classifier_version"]), int(mark["features_version"]), str(mark["table_id"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_progress(settings: Settings, mark: Progress) -> None:
+def write_progress(settings: Settings, mark: ReadMark) -> None:
     data = {**asdict(mark), "written_at": dt.datetime.now(dt.UTC).isoformat()}
     aws.write_bytes(settings, progress_uri(settings), json.dumps(data).encode(), "application/json")
 
